@@ -1,0 +1,1 @@
+"""edgerec.benchmarks: latency/throughput/memory harness, baselines and reports."""

@@ -1,0 +1,1 @@
+"""Inference backends behind one interface; see `registry` for the name -> import-string map."""

@@ -1,0 +1,167 @@
+"""Raw request -> model input arrays, driven by a `FeatureSpec`.
+
+The sdk builds its training arrays with this same class, so serving and training encode a raw
+row identically (ids -> indices with OOV, most-recent-L history left-padded with 0, context
+buckets from the timestamp, standardised dense features).
+
+A raw request is a dict::
+
+    {"user_id": "42",                       # optional; keys the user-state cache
+     "history": ["10", "31", "7"],           # raw item ids, oldest -> newest (may be empty)
+     "item": "99",                           # candidate item (for predict / fused scoring)
+     "context": {"timestamp": 964982703},    # or explicit {"hour": 13, "weekday": 2, "device": "ios"}
+     "dense": {"price": 3.5}}                # only for specs with dense fields
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import RequestError, expected
+from .spec import CAND_ITEM, DENSE, HIST_ITEMS, PAD_INDEX, FeatureSpec
+
+REQUEST_KEYS = frozenset({"user_id", "history", "item", "context", "dense", "expected", "request_id"})
+_SCALAR_ID = (str, int, np.integer)
+
+
+def hour_of(timestamp: int) -> int:
+    return int(timestamp // 3600 % 24)
+
+
+def weekday_of(timestamp: int) -> int:
+    """Monday = 0 (1970-01-01, unix day 0, was a Thursday)."""
+    return int((timestamp // 86400 + 3) % 7)
+
+
+class Preprocessor:
+    """Encodes raw requests for one `FeatureSpec`.
+
+    Args:
+        spec: the feature spec saved with the model / bundle.
+        strict: reject unknown top-level request keys (catches typos such as ``"hist"``).
+
+    Examples:
+        >>> pre = Preprocessor(spec)
+        >>> arrays = pre.encode_requests([{"history": ["1", "2"], "item": "3"}])
+        >>> arrays["hist_items"].shape
+        (1, spec.max_seq_len)
+    """
+
+    def __init__(self, spec: FeatureSpec, strict: bool = True):
+        if not isinstance(spec, FeatureSpec):
+            raise RequestError(expected("a FeatureSpec", type(spec).__name__))
+        self.spec = spec
+        self.strict = strict
+
+    # -- single pieces -------------------------------------------------------------------
+    def encode_history(self, histories: Sequence[Sequence[Any]]) -> np.ndarray:
+        length = self.spec.max_seq_len
+        out = np.full((len(histories), length), PAD_INDEX, dtype=np.int32)
+        lookup = self.spec.item_vocab.lookup_many
+        for row, history in enumerate(histories):
+            if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+                raise RequestError(expected("history as a list of item ids", type(history).__name__))
+            recent = list(history)[-length:]
+            for item in recent:
+                if not isinstance(item, _SCALAR_ID):
+                    raise RequestError(expected("history item ids as str or int", type(item).__name__))
+            if recent:
+                out[row, length - len(recent):] = lookup(recent)
+        return out
+
+    def encode_items(self, items: Sequence[Any]) -> np.ndarray:
+        for item in items:
+            if not isinstance(item, _SCALAR_ID):
+                raise RequestError(expected("a candidate item id as str or int", item))
+        return self.spec.item_vocab.lookup_many(items)
+
+    def encode_context(self, contexts: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
+        out = {f.name: np.zeros(len(contexts), dtype=np.int32) for f in self.spec.context}
+        for row, context in enumerate(contexts):
+            context = {} if context is None else context
+            if not isinstance(context, Mapping):
+                raise RequestError(expected("context as a JSON object", type(context).__name__))
+            timestamp = context.get("timestamp")
+            if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.integer, np.floating))
+                                          or not math.isfinite(timestamp) or timestamp < 0):
+                raise RequestError(expected("context.timestamp as non-negative unix seconds", timestamp))
+            for field in self.spec.context:
+                value = context.get(field.name)
+                if field.kind == "categorical":
+                    if value is not None and not isinstance(value, _SCALAR_ID):
+                        raise RequestError(expected(f"context.{field.name} as str or int", value))
+                    out[field.name][row] = field.vocab.lookup(value)
+                    continue
+                limit = 24 if field.kind == "hour" else 7
+                if value is None and timestamp is not None:
+                    value = (hour_of if field.kind == "hour" else weekday_of)(int(timestamp))
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < limit:
+                    raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                out[field.name][row] = int(value) + 1
+        return out
+
+    def encode_dense(self, dense_rows: Sequence[Mapping | None]) -> np.ndarray:
+        fields = self.spec.dense
+        out = np.zeros((len(dense_rows), len(fields)), dtype=np.float32)
+        for row, values in enumerate(dense_rows):
+            values = {} if values is None else values
+            if not isinstance(values, Mapping):
+                raise RequestError(expected("dense as a JSON object of numbers", type(values).__name__))
+            for col, field in enumerate(fields):
+                value = values.get(field.name, field.default)
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                    raise RequestError(expected(f"dense.{field.name} as a number", value))
+                if not math.isfinite(value):
+                    raise RequestError(expected(f"a finite dense.{field.name}", value))
+                out[row, col] = (float(value) - field.mean) / field.std
+        return out
+
+    # -- whole requests ------------------------------------------------------------------
+    def check_request(self, request: Any, need_item: bool = True) -> Mapping:
+        if not isinstance(request, Mapping):
+            raise RequestError(expected("a request as a JSON object", type(request).__name__))
+        if self.strict:
+            unknown = set(request) - REQUEST_KEYS
+            if unknown:
+                raise RequestError(expected(f"request keys among {sorted(REQUEST_KEYS)}", sorted(unknown)))
+        if "history" not in request:
+            raise RequestError(expected("a 'history' list in the request", sorted(request)))
+        if need_item and "item" not in request:
+            raise RequestError(expected("an 'item' (candidate id) in the request", sorted(request)))
+        return request
+
+    def encode_requests(self, requests: Sequence[Mapping]) -> dict[str, np.ndarray]:
+        """Fused-model inputs for a batch of raw requests (one row per request)."""
+        if isinstance(requests, Mapping) or not isinstance(requests, Sequence):
+            raise RequestError(expected("a list of request objects", type(requests).__name__))
+        if len(requests) == 0:
+            raise RequestError(expected("at least one request", 0))
+        requests = [self.check_request(r) for r in requests]
+        arrays = {HIST_ITEMS: self.encode_history([r["history"] for r in requests]),
+                  CAND_ITEM: self.encode_items([r["item"] for r in requests])}
+        arrays.update(self.encode_context([r.get("context") for r in requests]))
+        if self.spec.dense:
+            arrays[DENSE] = self.encode_dense([r.get("dense") for r in requests])
+        return arrays
+
+    def encode_user(self, request: Mapping) -> dict[str, np.ndarray]:
+        """User-encoder inputs (batch of 1) for one request's history."""
+        request = self.check_request(request, need_item=False)
+        return {HIST_ITEMS: self.encode_history([request["history"]])}
+
+    def encode_candidates(self, items: Sequence[Any], context: Mapping | None = None,
+                          dense: Mapping | None = None) -> dict[str, np.ndarray]:
+        """Scorer inputs (minus user state) for N candidates sharing one context."""
+        if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)) or len(items) == 0:
+            raise RequestError(expected("a non-empty list of candidate ids", items))
+        n = len(items)
+        arrays = {CAND_ITEM: self.encode_items(list(items))}
+        for name, column in self.encode_context([context]).items():
+            arrays[name] = np.repeat(column, n)
+        if self.spec.dense:
+            arrays[DENSE] = np.repeat(self.encode_dense([dense]), n, axis=0)
+        return arrays

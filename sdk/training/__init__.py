@@ -1,0 +1,1 @@
+"""edgerec.sdk.training"""
