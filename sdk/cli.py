@@ -11,7 +11,6 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("edgerec.sdk.commands", "train a recommendation model on synthetic or MovieLens data"),
-    "update": ("edgerec.sdk.commands", "incrementally update a trained model from new events"),
     "export": ("edgerec.converters.commands", "prune/quantize/export a model into a validated bundle"),
     "validate": ("edgerec.converters.commands", "re-validate a bundle's artifacts"),
     "predict": ("edgerec.runtime.commands", "score JSON-lines requests with a bundle"),
