@@ -1,0 +1,139 @@
+"""PNG plots of a benchmark report (matplotlib, Agg backend, imported only here).
+
+* ``latency_percentiles.png`` – p50/p90/p99/p99.9 per backend × variant on the tensor path, one
+  panel per batch size, log-scaled milliseconds.
+* ``size_auc_latency.png`` – the trade-off: artifact size vs ΔAUC, marker colour = p50 latency at
+  the smallest batch, one marker shape per backend.
+* ``overhead.png`` – edgerec p50 / raw backend p50 with the goal lines (1.10× tensor, 2× raw request).
+
+Examples:
+    >>> paths = write_plots(report, "bench-out")   # list of written PNG paths
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .report import OVERHEAD_GOALS, _ok
+
+PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))
+MARKERS = {"onnxruntime": "o", "litert": "s"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(record: dict) -> str:
+    return f"{record['backend']}\n{record['variant']}"
+
+
+def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str = "tensor") -> Path | None:
+    rows = [r for r in _ok(records) if r["scenario"] == scenario]
+    if not rows:
+        return None
+    plt = _pyplot()
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(len(batches), 1, figsize=(max(7.0, 1.1 * max(len([r for r in rows if r["batch"] == b])
+                                                                          for b in batches) + 2), 3.6 * len(batches)),
+                             squeeze=False)
+    width = 0.8 / len(PERCENTILES)
+    for ax, batch in zip(axes[:, 0], batches):
+        subset = sorted([r for r in rows if r["batch"] == batch], key=lambda r: (r["backend"], r["variant"]))
+        for i, (key, name) in enumerate(PERCENTILES):
+            xs = [j + (i - (len(PERCENTILES) - 1) / 2) * width for j in range(len(subset))]
+            ax.bar(xs, [r[key] for r in subset], width=width, label=name)
+        ax.set_xticks(range(len(subset)))
+        ax.set_xticklabels([_label(r) for r in subset], fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per call (ms, log)")
+        ax.set_title(f"{scenario} path, batch {batch}, threads "
+                     f"{','.join(str(t) for t in sorted({r['threads'] for r in subset}))}: latency percentiles")
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(title="percentile", fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
+    rows = [r for r in _ok(records) if r["scenario"] == "tensor" and r["backend"].startswith(("edgerec_", "raw_"))
+            and r.get("size_bytes")]
+    if not rows:
+        return None
+    batch = min(r["batch"] for r in rows)
+    rows = [r for r in rows if r["batch"] == batch]
+    # one point per artifact: prefer the edgerec record, fall back to the raw one
+    points: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: not r["backend"].startswith("edgerec_")):
+        points.setdefault((r["backend"].split("_", 1)[1], r["variant"]), r)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    latencies = [p["p50_ms"] for p in points.values()]
+    norm = plt.Normalize(vmin=min(latencies), vmax=max(latencies) if max(latencies) > min(latencies) else min(latencies) * 1.01)
+    scatter = None
+    for backend in sorted({k[0] for k in points}):
+        subset = [p for k, p in points.items() if k[0] == backend]
+        scatter = ax.scatter([p["size_bytes"] / 1024 for p in subset],
+                             [p["delta_auc"] if p.get("delta_auc") is not None else 0.0 for p in subset],
+                             c=[p["p50_ms"] for p in subset], cmap="viridis", norm=norm, s=90,
+                             marker=MARKERS.get(backend, "^"), edgecolors="black", label=backend)
+        for p in subset:
+            ax.annotate(f"{p['variant']}\n{p['p50_ms']:.3g} ms", (p["size_bytes"] / 1024,
+                        p["delta_auc"] if p.get("delta_auc") is not None else 0.0),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact size (KB, log)")
+    ax.set_ylabel("ΔAUC vs the Keras model (paired, higher is better)")
+    ax.set_title(f"Size vs accuracy vs latency (batch {batch}; colour = p50 ms, lower is better)")
+    fig.colorbar(scatter, ax=ax, label="p50 latency (ms)")
+    ax.legend(title="backend (marker)", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_overhead(comparison: dict, path: Path) -> Path | None:
+    rows = comparison.get("overhead") or []
+    rows = [r for r in rows if r.get("ratio") is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(rows) + 2), 4.5))
+    labels = [f"{r['scenario']}\n{r['backend'][8:]} {r['variant']}\nb{r['batch']}" for r in rows]
+    colors = ["tab:green" if r["meets_goal"] else "tab:red" for r in rows]
+    ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=colors)
+    for scenario, goal in OVERHEAD_GOALS.items():
+        ax.axhline(goal, linestyle="--", linewidth=1, color="black" if scenario == "tensor" else "grey",
+                   label=f"goal {scenario} ≤ {goal:g}×")
+    ax.axhline(1.0, linewidth=0.8, color="tab:blue", label="raw backend = 1×")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("edgerec p50 / raw backend p50 (×)")
+    ax.set_title("edgerec overhead over the raw backend (green = within goal)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
+    """Write every plot the report has data for; returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = report.get("results", [])
+    written = [plot_latency_percentiles(records, out / "latency_percentiles.png"),
+               plot_tradeoff(records, out / "size_auc_latency.png"),
+               plot_overhead(report.get("comparisons", {}), out / "overhead.png")]
+    return [p for p in written if p is not None]
