@@ -28,11 +28,14 @@ def _check_same_length(**arrays) -> None:
 def auc(labels, scores) -> float:
     """Area under the ROC curve (Mann-Whitney U with tied scores sharing their average rank).
 
-    Returns NaN when only one class is present.
+    Returns NaN when only one class is present or any score is NaN (a broken model must not
+    get an arbitrary AUC from the sort order of its NaNs).
     """
     y = _as_1d("labels", labels)
     s = _as_1d("scores", scores)
     _check_same_length(labels=y, scores=s)
+    if np.isnan(s).any():
+        return float("nan")
     positives = y > 0.5
     n_pos = int(positives.sum())
     n_neg = y.size - n_pos
@@ -65,10 +68,12 @@ def _split_by_group(groups, *arrays):
 def gauc(labels, scores, groups) -> float:
     """Group AUC: per-group AUC weighted by the group's impression count.
 
-    Groups with a single class are skipped; NaN when no group has both classes.
+    Groups with a single class are skipped; NaN when no group has both classes or any score is NaN.
     """
     y, s = _as_1d("labels", labels), _as_1d("scores", scores)
     _check_same_length(labels=y, scores=s, groups=np.asarray(groups).reshape(-1))
+    if np.isnan(s).any():
+        return float("nan")
     total, weight = 0.0, 0
     for _, (gy, gs) in _split_by_group(groups, y, s):
         value = auc(gy, gs)
@@ -86,7 +91,11 @@ def logloss(labels, probabilities, eps: float = 1e-7) -> float:
 
 
 def positive_ranks(labels, scores, groups) -> np.ndarray:
-    """0-based rank of each group's single positive among its group (ties count against it)."""
+    """0-based rank of each group's single positive among its group.
+
+    Ties count against the positive; a NaN score ranks below everything (a NaN positive gets the
+    worst rank, a NaN negative never beats the positive).
+    """
     y, s = _as_1d("labels", labels), _as_1d("scores", scores)
     _check_same_length(labels=y, scores=s, groups=np.asarray(groups).reshape(-1))
     ranks = []
@@ -96,7 +105,7 @@ def positive_ranks(labels, scores, groups) -> np.ndarray:
             raise ValueError(expected(f"exactly one positive in group {group!r}", int(pos.size)))
         pos_score = gs[pos[0]]
         negatives = np.delete(gs, pos[0])
-        ranks.append(int(np.sum(negatives >= pos_score)))
+        ranks.append(negatives.size if np.isnan(pos_score) else int(np.sum(negatives >= pos_score)))
     return np.asarray(ranks, dtype=np.int64)
 
 
