@@ -1,0 +1,98 @@
+"""LiteRT (TFLite) backend: `ai_edge_litert`, falling back to `tflite_runtime`.
+
+Feeds go by signature name (converted input order is alphabetical — never rely on it).
+Tensors are allocated once per input-shape combination: a call with the shapes of the
+previous call only sets tensors and invokes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
+from ..manifest import TensorSpec
+from .base import Backend, dims
+
+
+def load_interpreter_class():
+    """The Interpreter class of ai_edge_litert, else tflite_runtime, else MissingDependencyError."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        raise MissingDependencyError("ai_edge_litert", "litert", "the LiteRT backend") from None
+
+
+class LiteRTBackend(Backend):
+    """Runs a .tflite file through its (single) signature.
+
+    Args:
+        model_path: the .tflite file.
+        num_threads: interpreter threads (None = LiteRT default).
+        signature: signature key; default the only one (or ``serving_default``).
+    """
+
+    name = "litert"
+    model_format = "tflite"
+
+    def __init__(self, model_path, num_threads: int | None = None, signature: str | None = None):
+        super().__init__(model_path)
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
+        interpreter_class = load_interpreter_class()
+        try:
+            self._interpreter = interpreter_class(model_path=self.model_path, num_threads=num_threads)
+        except (ValueError, RuntimeError, OSError) as err:
+            raise BundleError(expected(f"a loadable .tflite model at {self.model_path}", str(err))) from None
+        signatures = self._interpreter.get_signature_list()
+        if not signatures:
+            raise BundleError(expected("a .tflite model with a signature", "none"))
+        if signature is None:
+            signature = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+        if signature not in signatures:
+            raise BundleError(expected(f"a signature among {sorted(signatures)}", signature))
+        runner = self._interpreter.get_signature_runner(signature)
+        in_details, out_details = runner.get_input_details(), runner.get_output_details()
+        self._in_index = {name: d["index"] for name, d in in_details.items()}
+        self._out_index = {name: d["index"] for name, d in out_details.items()}
+        self.inputs = [TensorSpec(n, np.dtype(d["dtype"]).name, dims(d["shape_signature"]))
+                       for n, d in sorted(in_details.items())]
+        self.outputs = [TensorSpec(n, np.dtype(d["dtype"]).name, dims(d["shape_signature"]))
+                        for n, d in sorted(out_details.items())]
+        # The interpreter's own tensor API addresses subgraph 0; use it (with shape tracking) when
+        # the signature lives there, otherwise the signature runner (which reallocates each call).
+        main_inputs = {d["index"] for d in self._interpreter.get_input_details()}
+        self._direct = len(signatures) == 1 and main_inputs == set(self._in_index.values())
+        # A live SignatureRunner holds a reference that makes allocate_tensors() refuse to run.
+        self._runner = None if self._direct else runner
+        del runner
+        self._shapes: dict | None = None
+        self.info = {"signature": signature, "num_threads": num_threads, "direct": self._direct,
+                     "interpreter": f"{interpreter_class.__module__}.{interpreter_class.__name__}",
+                     "allocations": 0}
+        if self._direct:
+            self._interpreter.allocate_tensors()
+
+    def _run_impl(self, feeds):
+        if not self._direct:
+            return self._runner(**feeds)
+        interp = self._interpreter
+        shapes = {name: value.shape for name, value in feeds.items()}
+        if shapes != self._shapes:
+            for name, shape in shapes.items():
+                interp.resize_tensor_input(self._in_index[name], list(shape), strict=False)
+            interp.allocate_tensors()
+            self._shapes = shapes
+            self.info["allocations"] += 1
+        for name, value in feeds.items():
+            interp.set_tensor(self._in_index[name], value)
+        interp.invoke()
+        return {name: interp.get_tensor(index) for name, index in self._out_index.items()}
+
+    def _close_impl(self):
+        self._runner = None
+        self._interpreter = None

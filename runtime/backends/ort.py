@@ -1,0 +1,127 @@
+"""ONNX Runtime backend: providers by availability and preference, session options, TensorRT
+engine/timing caches, optional IO binding."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
+from ..manifest import TensorSpec
+from .base import Backend, dims
+from .providers import TRT, check_active, plan_providers, tensorrt_options
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "onnx", "the ONNX Runtime backend") from None
+    return onnxruntime
+
+
+class OrtBackend(Backend):
+    """Runs a .onnx file with ONNX Runtime.
+
+    Args:
+        model_path: the .onnx file.
+        num_threads: intra-op threads (None = ORT default); inter-op is 1 (sequential).
+        providers: "auto" (TensorRT > CUDA > CPU, whichever activates) or a list such as
+            ["cuda"]; an explicitly requested provider that does not activate raises
+            BackendUnavailableError.
+        graph_optimization_level: "disable" | "basic" | "extended" | "all".
+        optimized_model_path: where ORT saves the optimised graph (reuse it offline).
+        cache_dir: TensorRT engine and timing caches (keyed by GPU/TensorRT/ORT versions).
+        trt_fp16, trt_int8: TensorRT precision flags.
+        trt_profile: {"min", "opt", "max"} batch sizes for the dynamic batch/candidate dimension.
+        io_binding: run through IO binding (outputs bound to host memory).
+    """
+
+    name = "onnxruntime"
+    model_format = "onnx"
+    serialize_calls = False   # InferenceSession.run is thread-safe
+
+    def __init__(self, model_path, num_threads: int | None = None, providers="auto",
+                 graph_optimization_level: str = "all", optimized_model_path=None, cache_dir=None,
+                 trt_fp16: bool = False, trt_int8: bool = False, trt_profile: dict | None = None,
+                 io_binding: bool = False):
+        super().__init__(model_path)
+        ort = import_ort()
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
+        if graph_optimization_level not in OPT_LEVELS:
+            raise BackendUnavailableError(expected(f"graph_optimization_level in {OPT_LEVELS}",
+                                                   graph_optimization_level))
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = str(optimized_model_path)
+        options.log_severity_level = 3
+        available = ort.get_available_providers()
+        trt_opts = None
+        if TRT in available and (providers == "auto" or providers is None or TRT in _names(providers)):
+            trt_opts = tensorrt_options(self._declared_inputs(ort), cache_dir, ort.__version__,
+                                        trt_fp16, trt_int8, trt_profile)
+        plan = plan_providers(providers, available, {TRT: trt_opts} if trt_opts else None)
+        try:
+            self._session = ort.InferenceSession(self.model_path, sess_options=options,
+                                                 providers=plan.providers)
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            text = str(err)
+            if "provider" in text.lower():
+                raise BackendUnavailableError(expected(f"providers {plan.names} usable", text)) from None
+            raise BundleError(expected(f"a loadable .onnx model at {self.model_path}", text)) from None
+        active = self._session.get_providers()
+        notes = check_active(plan, active)
+        self.inputs = [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in self._session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, _dtype(o.type), dims(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        self._io_binding = bool(io_binding)
+        self.info = {"providers": active, "requested": providers, "fallback": notes,
+                     "graph_optimization_level": graph_optimization_level, "num_threads": num_threads,
+                     "io_binding": self._io_binding, "tensorrt_options": trt_opts}
+
+    def _declared_inputs(self, ort):
+        """Inputs read from the graph itself (cheap CPU session with no optimisation)."""
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        probe = ort.InferenceSession(self.model_path, sess_options=options, providers=["CPUExecutionProvider"])
+        return [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in probe.get_inputs()]
+
+    def _run_impl(self, feeds):
+        if self._io_binding:
+            binding = self._session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name in self._output_names:
+                binding.bind_output(name)
+            self._session.run_with_iobinding(binding)
+            return dict(zip(self._output_names, binding.copy_outputs_to_cpu()))
+        return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
+
+    def _close_impl(self):
+        self._session = None
+
+
+def _names(providers) -> list[str]:
+    from .providers import canonical
+    if isinstance(providers, str):
+        providers = [providers]
+    return [canonical(p) for p in providers] if isinstance(providers, (list, tuple)) else []
+
+
+def _dtype(ort_type: str) -> str:
+    if ort_type not in _ORT_TYPES:
+        raise BundleError(expected(f"an input/output type among {sorted(_ORT_TYPES)}", ort_type))
+    return _ORT_TYPES[ort_type]

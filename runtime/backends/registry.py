@@ -1,0 +1,55 @@
+"""Backend name -> import string, and the factory every caller uses."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from ..errors import BackendUnavailableError, expected
+
+BACKENDS: dict[str, str] = {
+    "litert": "edgerec.runtime.backends.litert:LiteRTBackend",
+    "onnxruntime": "edgerec.runtime.backends.ort:OrtBackend",
+}
+# Which artifact format each backend runs, and the module(s) that must be importable.
+BACKEND_FORMATS = {"litert": "tflite", "onnxruntime": "onnx"}
+BACKEND_MODULES = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",)}
+
+
+def backend_class(name: str):
+    if name not in BACKENDS:
+        raise BackendUnavailableError(expected(f"a backend name in {sorted(BACKENDS)}", name))
+    module_name, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def is_available(name: str) -> bool:
+    """True when the backend's Python module is installed (found without importing it)."""
+    if name not in BACKENDS:
+        return False
+    for module in BACKEND_MODULES[name]:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose module is installed here."""
+    return [name for name in BACKENDS if is_available(name)]
+
+
+def create_backend(name: str, model_path, **options):
+    """Load ``model_path`` into backend ``name`` ("litert" | "onnxruntime").
+
+    Unknown name -> BackendUnavailableError; module not installed -> MissingDependencyError
+    (naming the pip extra); unknown option -> BackendUnavailableError.
+    """
+    cls = backend_class(name)
+    try:
+        return cls(model_path, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err) or "positional argument" in str(err):
+            raise BackendUnavailableError(expected(f"options accepted by the {name} backend", str(err))) from None
+        raise
