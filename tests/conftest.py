@@ -1,0 +1,37 @@
+"""Shared fixtures: the real MovieLens folder (or a clear skip) and a tiny synthetic dataset."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS_ENV = "EDGEREC_MOVIELENS"
+MOVIELENS_FILES = ("ratings.csv", "movies.csv", "tags.csv")
+
+
+def movielens_location() -> Path:
+    """$EDGEREC_MOVIELENS, else <repo>/../shared/data/movielens-latest-small."""
+    env = os.environ.get(MOVIELENS_ENV)
+    return Path(env) if env else REPO.parent / "shared" / "data" / "movielens-latest-small"
+
+
+@pytest.fixture(scope="session")
+def movielens_path() -> Path:
+    """Path of the ml-latest-small folder; skips (with the reason) when it is not there."""
+    path = movielens_location()
+    missing = [name for name in MOVIELENS_FILES if not (path / name).is_file()]
+    if missing:
+        pytest.skip(f"MovieLens ml-latest-small not found at {path} (missing {missing}); "
+                    f"set ${MOVIELENS_ENV} to the folder holding ratings.csv/movies.csv/tags.csv")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_dataset():
+    """A small synthetic `RecDataset` (300 users, 400 items, 9,000 events; ~1 s to build)."""
+    from edgerec.sdk.data import load_dataset
+
+    return load_dataset("synthetic", num_users=300, num_items=400, num_events=9000, max_seq_len=20,
+                        seed=7, progress=False)
