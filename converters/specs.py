@@ -1,0 +1,173 @@
+"""Validation specs: per model family and part, which tensors go in and out, how rows are drawn,
+and how close each precision must stay to the Keras reference (optimum-style).
+
+Tolerances are declared here, once, and read by the validator, the selector and the tests:
+
+* ``fp32``  – numerical equality up to float noise (max |Δ| 1e-4).
+* ``fp16``  – half-precision weights (max |Δ| 1e-2).
+* ``dynamic`` / ``int8`` – quantization moves individual probabilities; they are bounded by a
+  mean |Δp|, a loose sanity bound on ΔAUC (a corrupted or weightless artifact lands far
+  outside it) and, separately, by the selection budget (`DEFAULT_BUDGET`, ΔAUC ≤ 0.003).
+
+Examples:
+    >>> spec = spec_for_part("din", "fused", feature_spec)
+    >>> spec.tolerance("int8").mean_abs_diff
+    0.03
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+from edgerec.runtime.errors import SpecError, expected
+from edgerec.runtime.manifest import PARTS, PRECISIONS, TensorSpec
+from edgerec.runtime.spec import CAND_ITEM, HIST_ITEMS, SCORE, FeatureSpec
+
+DEFAULT_BUDGET = 0.003            # selection: |ΔAUC| allowed for a compressed variant
+RECALL_K = 10
+FAMILIES = ("din", "gru", "bst", "context", "two_tower", "byom")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an artifact of one precision may drift from its Keras reference.
+
+    Args:
+        max_abs_diff: bound on the largest |artifact - keras| over every output element (None: unchecked).
+        mean_abs_diff: bound on the mean |artifact - keras|.
+        delta_auc: bound on |AUC(artifact) - AUC(keras)| for the validator (sanity; the selection
+            budget is stricter and applied by `select`).
+        min_recall_overlap: lower bound on the mean top-10 overlap per group (None: unchecked).
+    """
+
+    max_abs_diff: float | None
+    mean_abs_diff: float
+    delta_auc: float
+    min_recall_overlap: float | None = None
+
+    def __post_init__(self):
+        for name in ("max_abs_diff", "mean_abs_diff", "delta_auc", "min_recall_overlap"):
+            value = getattr(self, name)
+            if value is not None and (not np.isfinite(value) or value < 0):
+                raise SpecError(expected(f"{name} as a finite number >= 0", value))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=1e-3, min_recall_overlap=0.95),
+    "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=5e-3, min_recall_overlap=0.8),
+    "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.03, delta_auc=0.02, min_recall_overlap=0.5),
+    "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.03, delta_auc=0.02, min_recall_overlap=0.5),
+}
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """What the validator feeds one model part and compares on the way out.
+
+    Args:
+        family: model family (``din``, ``gru``, ``bst``, ``context``, ``byom`` …).
+        part: ``fused``, ``user_encoder``, ``scorer`` or ``content_encoder``.
+        inputs: input tensors (canonical names) with dtypes and shapes (None = dynamic).
+        score_output: the probability output used for AUC / ranking metrics (None: no task metric).
+        id_ranges: ``{input name: (low, high)}`` half-open index ranges of real vocabulary ids,
+            used only when dummy rows must be drawn (no held-out data).
+        tolerances: per precision; defaults to `TOLERANCES`.
+    """
+
+    family: str
+    part: str
+    inputs: tuple[TensorSpec, ...]
+    score_output: str | None = SCORE
+    id_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
+
+    def __post_init__(self):
+        if self.part not in PARTS:
+            raise SpecError(expected(f"part in {PARTS}", self.part))
+        if not self.inputs:
+            raise SpecError(expected(f"at least one input for part {self.part!r}", []))
+        missing = [p for p in PRECISIONS if p not in self.tolerances]
+        if missing:
+            raise SpecError(expected(f"tolerances for every precision {PRECISIONS}", f"missing {missing}"))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def tolerance(self, precision: str) -> Tolerance:
+        if precision not in self.tolerances:
+            raise SpecError(expected(f"precision in {sorted(self.tolerances)}", precision))
+        return self.tolerances[precision]
+
+    def with_tolerances(self, **overrides: Tolerance) -> "PartSpec":
+        merged = dict(self.tolerances)
+        merged.update(overrides)
+        return replace(self, tolerances=merged)
+
+    def dummy_rows(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Rows drawn from the declared id ranges (real vocabulary indices, never arbitrary ints).
+
+        Only for smoke checks when no held-out data exists; ΔAUC needs real rows and labels.
+        """
+        if n < 1:
+            raise SpecError(expected("n >= 1 dummy rows", n))
+        rng = np.random.default_rng(seed)
+        rows = {}
+        for tensor in self.inputs:
+            shape = [n] + [d if d is not None else 1 for d in tensor.shape[1:]]
+            if tensor.dtype.startswith("int"):
+                if tensor.name not in self.id_ranges:
+                    raise SpecError(expected(f"an id range for integer input {tensor.name!r}",
+                                             sorted(self.id_ranges)))
+                low, high = self.id_ranges[tensor.name]
+                rows[tensor.name] = rng.integers(low, high, size=shape).astype(tensor.dtype)
+            else:
+                rows[tensor.name] = rng.standard_normal(shape).astype(tensor.dtype)
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "part": self.part,
+                "inputs": [asdict(t) for t in self.inputs], "score_output": self.score_output,
+                "tolerances": {k: v.to_dict() for k, v in self.tolerances.items()}}
+
+
+def _tensor_specs(signature: Mapping[str, tuple]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, dtype, list(shape)) for name, (dtype, shape) in signature.items())
+
+
+def spec_for_part(family: str, part: str, feature_spec: FeatureSpec,
+                  user_outputs: Mapping[str, tuple] | None = None) -> PartSpec:
+    """The validation spec of one part of an edgerec model.
+
+    Args:
+        family: edgerec model family (recorded; every family shares the tensor contract).
+        part: which part.
+        feature_spec: the model's FeatureSpec (gives inputs and the real id ranges).
+        user_outputs: for ``scorer``: the user encoder's outputs ``{name: (dtype, shape)}``,
+            which are extra scorer inputs.
+    """
+    if family not in FAMILIES:
+        raise SpecError(expected(f"model family in {FAMILIES}", family))
+    if not isinstance(feature_spec, FeatureSpec):
+        raise SpecError(expected("a FeatureSpec", type(feature_spec).__name__))
+    if part == "content_encoder":
+        raise SpecError(expected("a part with a probability output (fused, user_encoder, scorer)", part))
+    signature = dict(feature_spec.input_signature(part))
+    if part == "scorer":
+        signature.update(user_outputs or {})
+    ranges = {HIST_ITEMS: (2, feature_spec.item_vocab.size), CAND_ITEM: (2, feature_spec.item_vocab.size)}
+    for ctx in feature_spec.context:
+        ranges[ctx.name] = (1, ctx.size)
+    score = None if part == "user_encoder" else SCORE
+    return PartSpec(family, part, _tensor_specs(signature), score_output=score, id_ranges=ranges)
+
+
+def spec_for_byom(inputs: list[TensorSpec], score_output: str | None = None,
+                  id_ranges: Mapping[str, tuple[int, int]] | None = None) -> PartSpec:
+    """Spec of a bring-your-own model: only its tensor signature is known."""
+    return PartSpec("byom", "fused", tuple(inputs), score_output=score_output, id_ranges=dict(id_ranges or {}))
