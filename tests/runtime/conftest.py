@@ -128,7 +128,7 @@ def _keras_parts(spec: FeatureSpec):
     feats = keras.layers.Concatenate()([
         item_emb(cand), keras.layers.Embedding(25, 3)(hour), keras.layers.Embedding(4, 2)(device),
         dense, state_in, keras.layers.Multiply()([item_emb(cand), state_in])])
-    hidden = keras.layers.Dense(16, activation="relu")(feats)
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(feats)
     score = keras.layers.Dense(1, activation="sigmoid", name="score")(hidden)
     scorer = keras.Model([cand, hour, device, dense, state_in], score, name="scorer")
 

@@ -1,0 +1,206 @@
+"""One verified, loaded bundle version: its manifest, feature spec and a backend per part.
+
+`LoadedBundle.open` verifies every sha256 before any model file reaches a backend, accepts a
+.tar/.tar.gz archive (extracted with `manifest.safe_extract`), and picks the artifacts the
+manifest selected for the backend. It counts in-flight calls so a hot swap can retire it only
+after they finish.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .backends.registry import BACKEND_FORMATS, BACKENDS, create_backend, is_available
+from .cache import SESSIONS, SessionCache
+from .errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
+from .manifest import MANIFEST_NAME, Manifest, confined_path, load_manifest, safe_extract
+from .preprocess import Preprocessor
+from .spec import FeatureSpec
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
+
+
+def choose_backend(manifest: Manifest, backend: str) -> str:
+    """"auto" -> onnxruntime if importable and it has artifacts, else litert; names are checked."""
+    def usable(name):
+        return bool(manifest.selected.get(name)) or bool(manifest.find(format=BACKEND_FORMATS[name]))
+
+    if backend == "auto":
+        for name in ("onnxruntime", "litert"):
+            if is_available(name) and usable(name):
+                return name
+        raise BackendUnavailableError(expected(
+            "an installed backend with artifacts in the bundle (pip install 'edgerec[onnx]' or 'edgerec[litert]')",
+            {"installed": [n for n in BACKENDS if is_available(n)], "formats": sorted({a.format for a in manifest.artifacts})}))
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(expected(f"backend 'auto' or one of {sorted(BACKENDS)}", backend))
+    if not usable(backend):
+        raise BackendUnavailableError(expected(f"{BACKEND_FORMATS[backend]} artifacts in the bundle for {backend}",
+                                               sorted({a.format for a in manifest.artifacts})))
+    if not is_available(backend):
+        extra = "onnx" if backend == "onnxruntime" else "litert"
+        raise MissingDependencyError(BACKENDS[backend], extra, f"the {backend} backend")
+    return backend
+
+
+def selected_files(manifest: Manifest, backend: str) -> dict[str, str]:
+    """part -> file for ``backend``: the manifest's selection, else the first fp32 (or any) artifact."""
+    chosen = dict(manifest.selected.get(backend) or {})
+    if not chosen:
+        fmt = BACKEND_FORMATS[backend]
+        for part in RUN_PARTS:
+            arts = manifest.find(format=fmt, part=part)
+            arts.sort(key=lambda a: a.precision != "fp32")
+            if arts:
+                chosen[part] = arts[0].file
+    unknown = set(chosen) - set(RUN_PARTS)
+    if unknown or not chosen:
+        raise BundleError(expected(f"selected parts among {RUN_PARTS}", sorted(chosen)))
+    for part, file in chosen.items():
+        art = manifest.artifact(file)
+        if art.format != BACKEND_FORMATS[backend] or art.part != part:
+            raise BundleError(expected(f"a {BACKEND_FORMATS[backend]} '{part}' artifact for {backend}",
+                                       f"{file} ({art.format}, {art.part})"))
+    if "fused" not in chosen and not {"user_encoder", "scorer"} <= set(chosen):
+        raise BundleError(expected("a fused model or a user_encoder + scorer pair", sorted(chosen)))
+    return chosen
+
+
+class LoadedBundle:
+    """A verified bundle with one backend per part. Use `open`; release with `close`."""
+
+    def __init__(self):
+        self.dir: Path | None = None
+        self.manifest: Manifest | None = None
+        self.backend_name = ""
+        self.parts: dict = {}           # part -> Backend
+        self.output_names: dict = {}    # part -> {backend output name: canonical name}
+        self.spec: FeatureSpec | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.version = ""
+        self._tmp: str | None = None
+        self._session_keys: list = []
+        self._sessions: SessionCache | None = None
+        self._owned: list = []
+        self._inflight = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, bundle_path, backend: str = "auto", share_sessions: bool = True, **options) -> "LoadedBundle":
+        self = cls()
+        try:
+            self._open(bundle_path, backend, share_sessions, options)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open(self, bundle_path, backend, share_sessions, options):
+        if not isinstance(bundle_path, (str, Path)):
+            raise BundleError(expected("a bundle directory or .tar.gz path", type(bundle_path).__name__))
+        path = Path(bundle_path)
+        if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+            self._tmp = tempfile.mkdtemp(prefix="edgerec-bundle-")
+            safe_extract(path, self._tmp)
+            inner = [p for p in Path(self._tmp).iterdir() if p.is_dir()]
+            path = Path(self._tmp) if (Path(self._tmp) / MANIFEST_NAME).is_file() or len(inner) != 1 else inner[0]
+        elif not path.exists():
+            raise BundleError(expected("an existing bundle directory or .tar.gz", str(bundle_path)))
+        self.dir = path
+        self.manifest = load_manifest(path, verify=True)   # every sha256 checked before loading
+        self.version = hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+        if self.manifest.feature_spec is not None:
+            self.spec = FeatureSpec.load(confined_path(path, self.manifest.feature_spec))
+            self.preprocessor = Preprocessor(self.spec)
+        self.backend_name = choose_backend(self.manifest, backend)
+        self._sessions = SESSIONS if share_sessions else None
+        for part, file in selected_files(self.manifest, self.backend_name).items():
+            artifact = self.manifest.artifact(file)
+            model_path = confined_path(path, file)
+            make = lambda p=model_path: create_backend(self.backend_name, p, **options)  # noqa: E731
+            if self._sessions is not None:
+                key = SessionCache.key(self.backend_name, artifact.sha256, options)
+                loaded = self._sessions.acquire(key, make)
+                self._session_keys.append(key)
+            else:
+                loaded = make()
+                self._owned.append(loaded)
+            self.parts[part] = loaded
+            self.output_names[part] = self._check_signature(part, artifact, loaded)
+
+    @staticmethod
+    def _check_signature(part, artifact, loaded) -> dict:
+        """Backend inputs must be the manifest's; outputs map to the canonical names."""
+        declared_in = {t.name for t in artifact.inputs}
+        actual_in = {t.name for t in loaded.inputs}
+        if declared_in and declared_in != actual_in:
+            raise BundleError(expected(f"{artifact.file} inputs {sorted(declared_in)} (manifest)", sorted(actual_in)))
+        declared_out = [t.name for t in artifact.outputs]
+        actual_out = [t.name for t in loaded.outputs]
+        if not declared_out or set(declared_out) == set(actual_out):
+            return {n: n for n in actual_out}
+        if len(declared_out) == len(actual_out) == 1:
+            return {actual_out[0]: declared_out[0]}
+        raise BundleError(expected(f"{artifact.file} outputs {sorted(declared_out)} (manifest)", sorted(actual_out)))
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, part: str, arrays: dict) -> dict:
+        """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs."""
+        backend = self.parts[part]
+        feeds = {t.name: arrays[t.name] for t in backend.inputs if t.name in arrays}
+        outputs = backend.run(feeds if len(feeds) == len(backend.inputs) else dict(arrays))
+        names = self.output_names[part]
+        return {names.get(k, k): v for k, v in outputs.items()}
+
+    def score_rows(self, arrays: dict) -> np.ndarray:
+        """Fused-style rows -> scores, without caches (fused model, else user_encoder + scorer)."""
+        n = len(arrays["cand_item"])
+        if "fused" in self.parts:
+            scores = self.run("fused", arrays)["score"]
+        else:
+            state = self.run("user_encoder", {"hist_items": arrays["hist_items"]})
+            scores = self.run("scorer", {**arrays, **state})["score"]
+        return np.asarray(scores, dtype=np.float32).reshape(n)
+
+    def warmup(self) -> None:
+        for part, backend in self.parts.items():
+            feeds = {t.name: np.zeros([1 if d is None else d for d in t.shape], dtype=t.dtype) for t in backend.inputs}
+            backend.run(feeds)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def enter(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            done = self._retired and self._inflight == 0
+        if done:
+            self.close()
+
+    def retire(self) -> None:
+        """Close now if idle, else when the last in-flight call exits."""
+        with self._lock:
+            self._retired = True
+            idle = self._inflight == 0
+        if idle:
+            self.close()
+
+    def close(self) -> None:
+        for key in self._session_keys:
+            self._sessions.release(key)
+        self._session_keys = []
+        for backend in self._owned:
+            backend.close()
+        self._owned = []
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
