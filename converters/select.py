@@ -1,0 +1,225 @@
+"""Variant selection: the fastest validated artifact per backend and part that meets the budget.
+
+Latency is measured on this machine through `edgerec.runtime.backends` (the code apps run):
+every candidate of a (backend, part) group is loaded once, then the candidates are run in
+interleaved rounds (A, B, C, A, B, C, …) at each batch size so drift on a shared machine hits
+all of them alike; the median per candidate and batch size is kept.
+
+Rules (each rejection keeps its reason):
+* an artifact that failed validation is rejected;
+* a compressed variant (fp16/dynamic/int8) whose |ΔAUC| exceeds the budget (default 0.003),
+  or that has no ΔAUC because the data had no labels, is rejected;
+* a compressed variant slower than the fp32 artifact of the same backend/part at the
+  selection batch size (by more than `slower_margin`) is rejected;
+* among the rest, the fastest at the selection batch size is selected.
+
+Examples:
+    >>> latencies = measure_latencies(candidates, {"fused": data.inputs})
+    >>> selection = select_variants(report, latencies, budget=0.003)
+    >>> selection.selected
+    {'litert': {'fused': 'fused_dynamic.tflite'}, 'onnxruntime': {'fused': 'fused_fp32.onnx'}}
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edgerec.runtime.errors import expected
+
+from .specs import DEFAULT_BUDGET
+from .validate import BACKEND_FOR_FORMAT, Candidate, ValidationError, ValidationReport, as_candidate
+
+COMPRESSED = ("fp16", "dynamic", "int8")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured.
+
+    Args:
+        batch_sizes: batch sizes timed (the first is the "online" one, the last the scoring one).
+        rounds: interleaved rounds; the median over rounds is reported.
+        min_time_s: each timed sample repeats the call until at least this long (sub-ms calls).
+        warmup: untimed calls per candidate and batch size before the rounds.
+        num_threads: backend threads (1 = the phone-like setting).
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 256)
+    rounds: int = 7
+    min_time_s: float = 0.01
+    warmup: int = 3
+    num_threads: int = 1
+
+    def __post_init__(self):
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise ValidationError(expected("batch_sizes as positive ints", self.batch_sizes))
+        if self.rounds < 1 or self.warmup < 0 or self.min_time_s < 0:
+            raise ValidationError(expected("rounds >= 1, warmup >= 0, min_time_s >= 0",
+                                           (self.rounds, self.warmup, self.min_time_s)))
+
+
+def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Feeds of ``batch`` rows for the declared inputs, taken from real rows (tiled if short).
+
+    Inputs absent from ``arrays`` (none for edgerec parts when user outputs are given) get zeros.
+    """
+    feeds = {}
+    for spec in declared:
+        if spec.name in arrays and len(arrays[spec.name]):
+            source = np.asarray(arrays[spec.name])
+            rows = np.resize(np.arange(len(source)), batch)
+            feeds[spec.name] = np.ascontiguousarray(source[rows], dtype=spec.dtype)
+        else:
+            shape = [batch] + [d if d is not None else 1 for d in spec.shape[1:]]
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def measure_latencies(candidates: Sequence, arrays_by_part: Mapping[str, Mapping[str, np.ndarray]],
+                      config: LatencyConfig = LatencyConfig(), progress=None) -> dict[str, dict[int, float]]:
+    """Median milliseconds per call, ``{file: {batch: ms}}``, interleaved within each (backend, part)."""
+    from edgerec.runtime.backends import create_backend
+
+    cands = [as_candidate(c) for c in candidates]
+    groups: dict[tuple, list[Candidate]] = {}
+    for cand in cands:
+        groups.setdefault((BACKEND_FOR_FORMAT[cand.format], cand.part), []).append(cand)
+    result: dict[str, dict[int, float]] = {}
+    for (backend_name, part), members in groups.items():
+        if progress:
+            progress(f"timing {len(members)} {part} artifact(s) on {backend_name}")
+        loaded = [create_backend(backend_name, c.path, num_threads=config.num_threads) for c in members]
+        try:
+            arrays = arrays_by_part.get(part, {})
+            feeds = {(i, b): latency_feeds(be.inputs, arrays, b)
+                     for i, be in enumerate(loaded) for b in config.batch_sizes}
+            samples = {(i, b): [] for i in range(len(loaded)) for b in config.batch_sizes}
+            for (i, b), feed in feeds.items():
+                for _ in range(config.warmup):
+                    loaded[i].run(feed)
+            for _ in range(config.rounds):
+                for b in config.batch_sizes:
+                    for i, be in enumerate(loaded):
+                        samples[(i, b)].append(_time_call(be, feeds[(i, b)], config.min_time_s))
+            for i, cand in enumerate(members):
+                result[cand.file] = {b: float(np.median(samples[(i, b)])) for b in config.batch_sizes}
+        finally:
+            for be in loaded:
+                be.close()
+    return result
+
+
+def _time_call(backend, feed, min_time_s: float) -> float:
+    calls, start = 0, time.perf_counter()
+    while True:
+        backend.run(feed)
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time_s:
+            return elapsed * 1000.0 / calls
+
+
+@dataclass
+class Selection:
+    table: list = field(default_factory=list)       # one row per artifact (the full candidates table)
+    selected: dict = field(default_factory=dict)    # {backend: {part: file}}
+    rejected: list = field(default_factory=list)    # [{"file", "backend", "reason"}]
+
+    def row(self, file: str) -> dict:
+        for row in self.table:
+            if row["file"] == file:
+                return row
+        raise ValidationError(expected(f"a candidate named {file!r}", [r["file"] for r in self.table]))
+
+
+def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[int, float]],
+                    budget: float = DEFAULT_BUDGET, backends: Sequence[str] | None = None,
+                    selection_batch: int | None = None, slower_margin: float = 0.05,
+                    sizes: Mapping[str, int] | None = None) -> Selection:
+    """Pick, per backend and part, the fastest artifact within budget; keep the full table.
+
+    Args:
+        report: the `ValidationReport` of every candidate.
+        latencies: ``{file: {batch: ms}}`` from `measure_latencies`.
+        budget: largest |ΔAUC| (vs Keras, paired rows) allowed for a compressed variant.
+        backends: restrict to these backends (default: every backend with candidates).
+        selection_batch: batch size that decides "fastest"/"slower" (default the largest timed).
+        slower_margin: a compressed variant more than this fraction slower than fp32 is rejected.
+        sizes: ``{file: bytes}`` for the table (read from disk when omitted).
+    """
+    if not (isinstance(budget, (int, float)) and 0 <= budget < 1):
+        raise ValidationError(expected("an accuracy budget (|ΔAUC|) in [0, 1)", budget))
+    if backends is not None:
+        unknown = sorted(set(backends) - set(BACKEND_FOR_FORMAT.values()))
+        if unknown:
+            raise ValidationError(expected(f"backends among {sorted(BACKEND_FOR_FORMAT.values())}", unknown))
+    selection = Selection()
+    groups: dict[tuple, list] = {}
+    for res in report.results:
+        backend = BACKEND_FOR_FORMAT[res.format]
+        if backends is not None and backend not in backends:
+            continue
+        groups.setdefault((backend, res.part), []).append(res)
+    for (backend, part), members in groups.items():
+        fp32 = next((r for r in members if r.precision == "fp32" and r.passed), None)
+        rows = []
+        for res in members:
+            lat = dict(latencies.get(res.file, {}))
+            batch = selection_batch or (max(lat) if lat else None)
+            size = (sizes or {}).get(res.file)
+            if size is None and Path(res.path).is_file():
+                size = Path(res.path).stat().st_size
+            fp32_size = (sizes or {}).get(fp32.file) if fp32 else None
+            if fp32 and fp32_size is None and Path(fp32.path).is_file():
+                fp32_size = Path(fp32.path).stat().st_size
+            row = {"file": res.file, "backend": backend, "part": part, "format": res.format,
+                   "precision": res.precision, "size_bytes": size,
+                   "size_ratio": (size / fp32_size) if size and fp32_size else None,
+                   "delta_auc": res.metrics.get("delta_auc"), "auc": res.metrics.get("auc"),
+                   "mean_abs_dp": res.metrics.get("mean_abs_dp"),
+                   "max_abs_diff": res.metrics.get("max_abs_diff"),
+                   **{f"latency_ms_b{b}": ms for b, ms in sorted(lat.items())},
+                   "status": "accepted", "reason": ""}
+            reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin)
+            if reason:
+                row["status"], row["reason"] = "rejected", reason
+                selection.rejected.append({"file": res.file, "backend": backend, "reason": reason})
+            rows.append(row)
+        accepted = [r for r in rows if r["status"] == "accepted" and r.get(_lat_key(r, selection_batch))]
+        if accepted:
+            best = min(accepted, key=lambda r: (r[_lat_key(r, selection_batch)], r["size_bytes"] or 0))
+            best["status"] = "selected"
+            selection.selected.setdefault(backend, {})[part] = best["file"]
+        selection.table.extend(rows)
+    return selection
+
+
+def _lat_key(row: dict, batch: int | None = None) -> str:
+    if batch is not None:
+        return f"latency_ms_b{batch}"
+    keys = sorted((k for k in row if k.startswith("latency_ms_b")), key=lambda k: int(k[len("latency_ms_b"):]))
+    return keys[-1] if keys else "latency_ms_b?"
+
+
+def _rejection(res, lat, batch, fp32, latencies, budget, margin) -> str:
+    if not res.passed:
+        return "failed validation: " + "; ".join(res.failures)
+    if not lat or batch not in lat:
+        return f"no latency measured at batch {batch} on this machine"
+    if res.precision not in COMPRESSED:
+        return ""
+    delta = res.metrics.get("delta_auc")
+    if delta is None:
+        return "no labelled rows to measure ΔAUC against the budget"
+    if abs(delta) > budget:
+        return f"|ΔAUC| {abs(delta):.4f} exceeds the budget {budget:g} (AUC {res.metrics.get('auc', 0):.4f})"
+    if fp32 is not None:
+        base = latencies.get(fp32.file, {}).get(batch)
+        if base and lat[batch] > base * (1.0 + margin):
+            return (f"slower than fp32 at batch {batch}: {lat[batch]:.4f} ms vs {base:.4f} ms "
+                    f"({lat[batch] / base:.2f}x)")
+    return ""

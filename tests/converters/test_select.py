@@ -1,0 +1,87 @@
+"""Variant selection: budget, slower-than-fp32 and failed-validation rejections, full table kept."""
+from __future__ import annotations
+
+import pytest
+
+from edgerec.converters.select import LatencyConfig, latency_feeds, select_variants
+from edgerec.converters.validate import ArtifactResult, ValidationError, ValidationReport
+from edgerec.runtime.manifest import TensorSpec
+
+
+def _res(file, precision, fmt="tflite", delta=0.0, failures=()):
+    metrics = {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "auc": 0.8 + delta, "delta_auc": delta,
+               "mean_abs_dp": abs(delta)}
+    return ArtifactResult(file, f"/nonexistent/{file}", fmt, precision, "fused",
+                          "litert" if fmt == "tflite" else "onnxruntime", metrics, list(failures))
+
+
+def test_fastest_within_budget_wins_and_every_rejection_has_a_reason():
+    report = ValidationReport(results=[
+        _res("f32.tflite", "fp32"), _res("dyn.tflite", "dynamic", delta=-0.001),
+        _res("int8.tflite", "int8", delta=-0.004), _res("f16.tflite", "fp16", delta=0.0),
+        _res("f32.onnx", "fp32", "onnx"), _res("q.onnx", "int8", "onnx", delta=0.0005),
+        _res("bad.onnx", "dynamic", "onnx", failures=["max_abs_diff 1 > tolerance 0.03"])])
+    lat = {"f32.tflite": {1: 0.02, 256: 4.0}, "dyn.tflite": {1: 0.015, 256: 2.0},
+           "int8.tflite": {1: 0.01, 256: 1.0}, "f16.tflite": {1: 0.03, 256: 5.0},
+           "f32.onnx": {1: 0.05, 256: 3.0}, "q.onnx": {1: 0.06, 256: 3.5}, "bad.onnx": {1: 0.01, 256: 0.1}}
+    sel = select_variants(report, lat, budget=0.003, sizes={k: 100 for k in lat})
+    assert sel.selected == {"litert": {"fused": "dyn.tflite"}, "onnxruntime": {"fused": "f32.onnx"}}
+    reasons = {r["file"]: r["reason"] for r in sel.rejected}
+    assert set(reasons) == {"int8.tflite", "f16.tflite", "q.onnx", "bad.onnx"}
+    assert "exceeds the budget 0.003" in reasons["int8.tflite"]
+    assert "slower than fp32 at batch 256" in reasons["f16.tflite"]
+    assert "slower than fp32" in reasons["q.onnx"]
+    assert reasons["bad.onnx"].startswith("failed validation")
+    assert len(sel.table) == 7 and sel.row("f32.tflite")["status"] == "accepted"
+    assert sel.row("dyn.tflite")["latency_ms_b1"] == 0.015 and sel.row("dyn.tflite")["size_ratio"] == 1.0
+
+
+def test_budget_is_configurable_and_fp32_never_needs_labels():
+    report = ValidationReport(results=[_res("f32.tflite", "fp32"), _res("int8.tflite", "int8", delta=-0.004)])
+    lat = {"f32.tflite": {1: 0.02, 256: 4.0}, "int8.tflite": {1: 0.01, 256: 1.0}}
+    assert select_variants(report, lat, budget=0.01).selected["litert"]["fused"] == "int8.tflite"
+    no_labels = ValidationReport(results=[_res("f32.tflite", "fp32"), _res("int8.tflite", "int8")])
+    for res in no_labels.results:
+        res.metrics.pop("delta_auc")
+    sel = select_variants(no_labels, lat)
+    assert sel.selected["litert"]["fused"] == "f32.tflite"
+    assert "no labelled rows" in sel.rejected[0]["reason"]
+
+
+def test_bad_arguments():
+    report = ValidationReport(results=[_res("f32.tflite", "fp32")])
+    with pytest.raises(ValidationError, match="accuracy budget"):
+        select_variants(report, {}, budget=-1)
+    with pytest.raises(ValidationError, match="backends among"):
+        select_variants(report, {}, backends=["tensorrt-x"])
+    with pytest.raises(ValidationError, match="batch_sizes"):
+        LatencyConfig(batch_sizes=(0,))
+
+
+def test_latency_feeds_tile_real_rows_and_fill_missing():
+    import numpy as np
+
+    specs = [TensorSpec("cand_item", "int32", [None]), TensorSpec("user_state", "float32", [None, 4, None])]
+    feeds = latency_feeds(specs, {"cand_item": np.array([5, 6, 7])}, 8)
+    assert feeds["cand_item"].tolist() == [5, 6, 7, 5, 6, 7, 5, 6]
+    assert feeds["user_state"].shape == (8, 4, 1) and feeds["user_state"].dtype == np.float32
+
+
+@pytest.mark.slow
+def test_measure_latencies_on_real_backends(tmp_path, model_dir):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("c2s", Path(__file__).with_name("test_validate_support.py"))
+    S = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(S)
+    from edgerec.converters.select import measure_latencies
+
+    fp32 = S.tflite(model_dir / "gru.keras", "fp32", tmp_path / "a")
+    dyn = S.tflite(model_dir / "gru.keras", "dynamic", tmp_path / "b")
+    rows = S.rows_for({"hist_items": ("int32", (None, 8)), "cand_item": ("int32", (None,))}, 50)
+    lat = measure_latencies([fp32, dyn], {"fused": rows}, LatencyConfig(batch_sizes=(1, 16), rounds=3,
+                                                                          min_time_s=0.002, warmup=1))
+    assert set(lat) == {"fused.fp32.tflite", "fused.dynamic.tflite"}
+    assert all(0 < ms < 1000 for by_batch in lat.values() for ms in by_batch.values())
+    assert all(set(by_batch) == {1, 16} for by_batch in lat.values())
