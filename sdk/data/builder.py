@@ -146,12 +146,35 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
     num_known = item_vocab.size - NUM_RESERVED
     interacted = np.unique(event_user.astype(np.int64) * item_vocab.size + event_item)
 
+    known_seen = np.bincount(event_user[event_item >= NUM_RESERVED], minlength=users.size)
+    exhausted = np.flatnonzero(known_seen >= num_known)
+    if exhausted.size:
+        raise DataError(expected("for every user, some known item they never interacted with (for negatives)",
+                                 f"users {[str(u) for u in users[exhausted[:5]]]} interacted with all "
+                                 f"{num_known} training items"))
+
+    def seen_before(keys: np.ndarray) -> np.ndarray:
+        where = np.minimum(np.searchsorted(interacted, keys), interacted.size - 1)
+        return interacted[where] == keys
+
+    def unseen_pool(u: int) -> np.ndarray:
+        allowed = np.ones(item_vocab.size, dtype=bool)
+        allowed[:NUM_RESERVED] = False
+        allowed[event_item[user_start[u]:user_start[u] + user_counts[u]]] = False
+        return np.flatnonzero(allowed).astype(np.int32)
+
     def sample(event_idx: np.ndarray) -> np.ndarray:
+        keys_user = event_user[event_idx].astype(np.int64) * item_vocab.size
         out = rng.integers(NUM_RESERVED, item_vocab.size, size=event_idx.size)
-        bad = np.isin(event_user[event_idx].astype(np.int64) * item_vocab.size + out, interacted)
-        while bad.any():
+        bad = seen_before(keys_user + out)
+        for _ in range(50):
+            if not bad.any():
+                break
             out[bad] = rng.integers(NUM_RESERVED, item_vocab.size, size=int(bad.sum()))
-            bad = np.isin(event_user[event_idx].astype(np.int64) * item_vocab.size + out, interacted)
+            bad[bad] = seen_before(keys_user[bad] + out[bad])
+        for row in np.flatnonzero(bad).tolist():   # users near the catalog size: sample from what is left
+            pool = unseen_pool(event_user[event_idx[row]])
+            out[row] = pool[rng.integers(pool.size)]
         return out.astype(np.int32)
 
     def pointwise(mask: np.ndarray, shuffle: bool):
@@ -173,11 +196,7 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
 
     test_events, test_cands, test_labels = [], [], []
     for e in np.flatnonzero(is_test).tolist():
-        u = event_user[e]
-        seen = event_item[user_start[u]:user_start[u] + user_counts[u]]
-        pool = np.setdiff1d(np.arange(NUM_RESERVED, item_vocab.size, dtype=np.int32), seen)
-        if pool.size == 0:
-            raise DataError(expected(f"a catalog larger than user {users[u]}'s history", num_known))
+        pool = unseen_pool(event_user[e])
         chosen = rng.choice(pool, size=min(test_negatives, pool.size), replace=False)
         test_events.append(np.full(1 + chosen.size, e))
         test_cands.append(np.concatenate(([event_item[e]], chosen)).astype(np.int32))
@@ -200,8 +219,10 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
     popularity[:NUM_RESERVED] = 0
     step("splits")
 
+    index_to_raw = np.asarray(["", ""] + list(item_vocab.tokens), dtype=object)
+
     def raw_candidates(candidates):
-        return np.asarray([item_vocab.token(int(c)) or "" for c in candidates.tolist()], dtype=object)
+        return index_to_raw[candidates]
 
     trace = BuildTrace(log, event_user, event_pos, user_start, max_seq_len, {
         "train": (train_rows[0], raw_candidates(train_rows[1])),
