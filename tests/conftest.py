@@ -35,3 +35,11 @@ def tiny_synthetic_dataset():
 
     return load_dataset("synthetic", num_users=300, num_items=400, num_events=9000, max_seq_len=20,
                         seed=7, progress=False)
+
+
+@pytest.fixture(scope="session")
+def movielens_dataset(movielens_path):
+    """The default next-item `RecDataset` on ml-latest-small (seed 0; ~4 s to build)."""
+    from edgerec.sdk.data import load_dataset
+
+    return load_dataset(f"movielens:{movielens_path}", progress=False)

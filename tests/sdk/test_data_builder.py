@@ -193,8 +193,8 @@ def test_bad_builder_arguments():
 
 @pytest.mark.movielens
 @pytest.mark.slow
-def test_movielens_dataset_sizes(movielens_path):
-    ds = load_dataset(f"movielens:{movielens_path}", progress=False)
+def test_movielens_dataset_sizes(movielens_dataset):
+    ds = movielens_dataset
     assert len(ds.test) == 61_610 and int(ds.test.labels.sum()) == 610
     assert len(ds.valid) == 610 * 5
     assert len(ds.train) == (100_836 - 2 * 610) * 5
