@@ -1,0 +1,223 @@
+"""`edgerec demo`: raw data → trained DIN → prune 50 % + int8 → TFLite + ONNX → validate → select →
+benchmark → summary table and report folder, in one command (< 10 minutes on 2 cores).
+
+Examples:
+    edgerec demo                                   # synthetic data, report in demo-out/
+    edgerec demo --data movielens:../shared/data/movielens-latest-small --out ml-demo
+    edgerec demo --tiny --out /tmp/demo            # a few hundred users, 1 epoch, short bench (CI)
+
+The report folder holds ``model/`` (MODEL_DIR), ``bundle/`` (the validated bundle),
+``bench/bench.json``, ``bench/bench.md``, ``bench/*.png`` and ``summary.txt``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# The embedded synthetic data at two sizes: the default demo and the CI-sized --tiny run.
+SYNTHETIC_DEFAULT = {"num_users": 2000, "num_items": 1500, "num_events": 60000}
+SYNTHETIC_TINY = {"num_users": 300, "num_items": 200, "num_events": 6000}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Every knob of a demo run, chosen by ``--tiny`` or the defaults."""
+
+    epochs: int = 3
+    max_train_rows: int | None = 150_000
+    max_seq_len: int = 50
+    embedding_dim: int = 32
+    budget_s: float = 1.0
+    batches: tuple = (1, 256)
+    candidates: tuple = (100, 1000)
+    keras_predict: bool = True
+    validation_groups: int | None = 300
+    synthetic: dict | None = None
+
+    @classmethod
+    def tiny(cls) -> "DemoSettings":
+        return cls(epochs=1, max_train_rows=4000, max_seq_len=20, embedding_dim=16, budget_s=0.1,
+                   batches=(1, 32), candidates=(100,), keras_predict=False, validation_groups=40,
+                   synthetic=SYNTHETIC_TINY)
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic",
+                        help="'synthetic' (embedded generator, default) or 'movielens:PATH'")
+    parser.add_argument("--out", default="demo-out", help="report folder (model/, bundle/, bench/, summary.txt)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a few hundred users, 1 epoch, short benchmark (the CI end-to-end run)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
+    parser.add_argument("--budget-s", type=float, default=None, help="override the bench budget per configuration")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+class Steps:
+    """Prints ``[i/n] step …`` with elapsed time, so progress is visible throughout."""
+
+    def __init__(self, total: int, stream=sys.stdout):
+        self.total, self.index, self.stream = total, 0, stream
+        self.start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, title: str) -> None:
+        self._close()
+        self.index += 1
+        self._current = (title, time.perf_counter())
+        print(f"\n[{self.index}/{self.total}] {title}  (t+{time.perf_counter() - self.start:.0f} s)",
+              file=self.stream, flush=True)
+
+    def _close(self) -> None:
+        if self._current:
+            title, began = self._current
+            self.timings[title] = round(time.perf_counter() - began, 1)
+            self._current = None
+
+    def done(self) -> float:
+        self._close()
+        return time.perf_counter() - self.start
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    from edgerec.runtime.errors import SpecError, expected
+
+    settings = DemoSettings.tiny() if args.tiny else DemoSettings()
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise SpecError(expected("--epochs as a positive int", args.epochs))
+        settings = _replace(settings, epochs=args.epochs)
+    if args.budget_s is not None:
+        if not args.budget_s > 0:
+            raise SpecError(expected("--budget-s as a positive number", args.budget_s))
+        settings = _replace(settings, budget_s=args.budget_s)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_demo(args.data, out, settings, seed=args.seed)
+    print("\n" + summary)
+    return 0
+
+
+def _replace(settings: DemoSettings, **changes) -> DemoSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def run_demo(data: str, out: Path, settings: DemoSettings, seed: int = 0) -> str:
+    """Run every stage and return the summary text (also written to ``out/summary.txt``)."""
+    from edgerec.runtime.errors import SpecError, expected
+    from edgerec.runtime.io import atomic_write_text
+
+    steps = Steps(6)
+    steps(f"data: {data}")
+    from edgerec.sdk.data import load_dataset
+
+    options = {}
+    if data == "synthetic":
+        options = dict(settings.synthetic or SYNTHETIC_DEFAULT)
+    elif not data.startswith("movielens"):
+        raise SpecError(expected("--data 'synthetic' or 'movielens:PATH'", data))
+    dataset = load_dataset(data, max_seq_len=settings.max_seq_len, negatives=4, seed=seed, progress=True, **options)
+    print(f"  {dataset.name}: {len(dataset.train):,} train / {len(dataset.valid):,} valid / "
+          f"{len(dataset.test):,} ranking rows, {dataset.spec.item_vocab.size - 2:,} items", flush=True)
+
+    steps(f"train DIN ({settings.epochs} epoch(s), up to {settings.max_train_rows or 'all'} rows)")
+    from edgerec.sdk.models import ModelConfig
+    from edgerec.sdk.training import TrainConfig, save_model_dir, train_model
+
+    train_config = TrainConfig(epochs=settings.epochs, seed=seed, verbose=1, max_train_rows=settings.max_train_rows,
+                               patience=1)
+    parts, history, metrics = train_model(dataset, "din", ModelConfig(embedding_dim=settings.embedding_dim),
+                                          train_config)
+    model_dir = save_model_dir(parts, dataset, out / "model", metrics, train_config, history, data_source=data,
+                               seed=seed)
+    print(f"  test AUC {metrics['test']['auc']:.4f} (popularity {metrics['baseline']['auc']:.4f}), "
+          f"recall@10 {metrics['test'].get('recall@10', float('nan')):.4f}; wrote {model_dir}", flush=True)
+    del parts
+
+    steps("compress + export: prune 50 % → TFLite (fp32, dynamic, int8) + ONNX (fp32, int8)")
+    bundle_dir, export_info = export_bundle(model_dir, out / "bundle", settings, seed)
+
+    steps("validate + select (done by the exporter; re-read from the manifest)")
+    from edgerec.runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle_dir, verify=True)
+    for art in manifest.artifacts:
+        v = art.validation
+        print(f"  {art.file:<34} {art.precision:<8} {art.size_bytes / 1024:9.1f} KB  "
+              f"ΔAUC {v.get('delta_auc', float('nan')):+.4f}  max|Δp| {v.get('max_abs_diff', float('nan')):.2e}")
+    for rejected in manifest.rejected:
+        print(f"  rejected {rejected.get('file')}: {rejected.get('reason')}")
+    print(f"  selected: {manifest.selected}", flush=True)
+
+    steps("check the bundle on this machine (examples.jsonl replay through the runtime)")
+    replay = replay_bundle(bundle_dir)
+
+    steps(f"benchmark (budget {settings.budget_s} s per configuration, batches {list(settings.batches)})")
+    from edgerec.benchmarks.bench import benchmark_bundle
+    from edgerec.benchmarks.summary import summary_table
+
+    report = benchmark_bundle(bundle_dir, out / "bench", keras_dir=model_dir, budget_s=settings.budget_s,
+                              batches=settings.batches, candidates=settings.candidates,
+                              keras_predict=settings.keras_predict, progress=True)
+    total = steps.done()
+    lines = [f"edgerec demo on {dataset.name} — {total:.0f} s in total "
+             f"({', '.join(f'{k.split(':')[0].split(' (')[0]} {v:.0f} s' for k, v in steps.timings.items())})",
+             f"model: DIN, test AUC {metrics['test']['auc']:.4f} vs popularity {metrics['baseline']['auc']:.4f}",
+             f"bundle: {bundle_dir} — selected {manifest.selected}",
+             f"examples replay: {replay}", "", artifact_table(manifest), "", summary_table(report), "",
+             f"report: {out / 'bench' / 'bench.md'}, {out / 'bench' / 'bench.json'}, "
+             f"plots: {', '.join(report.get('plots', []))}"]
+    if export_info:
+        lines.insert(3, f"export: {export_info}")
+    text = "\n".join(lines)
+    atomic_write_text(out / "summary.txt", text + "\n")
+    return text
+
+
+def artifact_table(manifest) -> str:
+    header = f"{'artifact':<34} {'format':<7} {'precision':<9} {'part':<13} {'size KB':>9} {'ΔAUC':>8} {'selected':>9}"
+    chosen = {f for parts in manifest.selected.values() for f in parts.values()}
+    rows = [header, "-" * len(header)]
+    for art in sorted(manifest.artifacts, key=lambda a: (a.part, a.format, a.size_bytes)):
+        delta = art.validation.get("delta_auc")
+        rows.append(f"{art.file:<34} {art.format:<7} {art.precision:<9} {art.part:<13} {art.size_bytes / 1024:>9.1f} "
+                    f"{'-' if delta is None else format(delta, '+.4f'):>8} {'yes' if art.file in chosen else '':>9}")
+    return "\n".join(rows)
+
+
+def export_bundle(model_dir: Path, bundle_dir: Path, settings: DemoSettings, seed: int) -> tuple[Path, str]:
+    """Prune 50 % + int8, export TFLite and ONNX, validate and select, write the bundle."""
+    from edgerec.converters.export import export_model
+
+    result = export_model(model_dir, bundle_dir, sparsity=0.5, seed=seed)
+    return Path(bundle_dir), str(result) if result is not None and not isinstance(result, (str, Path)) else ""
+
+
+def replay_bundle(bundle_dir: Path) -> str:
+    """Replay examples.jsonl through every backend the bundle selects; worst |Δp| per backend."""
+    import json
+
+    import numpy as np
+
+    from edgerec.runtime.backends import is_available
+    from edgerec.runtime.manifest import load_manifest
+    from edgerec.runtime.predictor import load
+
+    manifest = load_manifest(bundle_dir)
+    lines = [json.loads(l) for l in (bundle_dir / "examples.jsonl").read_text("utf-8").splitlines() if l.strip()]
+    requests = [{k: v for k, v in l.items() if k != "expected"} for l in lines]
+    expected_scores = np.array([l["expected"] for l in lines], dtype=np.float64)
+    parts = []
+    for backend in manifest.selected:
+        if not is_available(backend):
+            continue
+        with load(bundle_dir, backend=backend, num_threads=1) as predictor:
+            worst = float(np.max(np.abs(predictor.predict(requests, use_cache=False) - expected_scores)))
+        parts.append(f"{backend} worst |Δp| {worst:.2e} over {len(requests)} requests")
+        print(f"  {parts[-1]}", flush=True)
+    return "; ".join(parts) or "no backend installed"
