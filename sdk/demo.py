@@ -165,8 +165,8 @@ def run_demo(data: str, out: Path, settings: DemoSettings, seed: int = 0) -> str
                               batches=settings.batches, candidates=settings.candidates,
                               keras_predict=settings.keras_predict, progress=True)
     total = steps.done()
-    lines = [f"edgerec demo on {dataset.name} — {total:.0f} s in total "
-             f"({', '.join(f'{k.split(':')[0].split(' (')[0]} {v:.0f} s' for k, v in steps.timings.items())})",
+    stage_times = ", ".join(f"{_stage_name(k)} {v:.0f} s" for k, v in steps.timings.items())
+    lines = [f"edgerec demo on {dataset.name} — {total:.0f} s in total ({stage_times})",
              f"model: DIN, test AUC {metrics['test']['auc']:.4f} vs popularity {metrics['baseline']['auc']:.4f}",
              f"bundle: {bundle_dir} — selected {manifest.selected}",
              f"examples replay: {replay}", "", artifact_table(manifest), "", summary_table(report), "",
@@ -177,6 +177,10 @@ def run_demo(data: str, out: Path, settings: DemoSettings, seed: int = 0) -> str
     text = "\n".join(lines)
     atomic_write_text(out / "summary.txt", text + "\n")
     return text
+
+
+def _stage_name(title: str) -> str:
+    return title.split(":")[0].split(" (")[0]
 
 
 def artifact_table(manifest) -> str:
