@@ -90,6 +90,10 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
                         textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("artifact size (KB, log)")
     ax.set_ylabel("ΔAUC vs the Keras model (paired, higher is better)")
     ax.set_title(f"Size vs accuracy vs latency (batch {batch}; colour = p50 ms, lower is better)")
@@ -109,7 +113,7 @@ def plot_overhead(comparison: dict, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(rows) + 2), 4.5))
-    labels = [f"{r['scenario']}\n{r['backend'][8:]} {r['variant']}\nb{r['batch']}" for r in rows]
+    labels = [f"{r['scenario']}\n{r['variant']}\nb{r['batch']} vs {r.get('raw', 'raw')}" for r in rows]
     colors = ["tab:green" if r["meets_goal"] else "tab:red" for r in rows]
     ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=colors)
     for scenario, goal in OVERHEAD_GOALS.items():
