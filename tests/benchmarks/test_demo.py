@@ -1,0 +1,52 @@
+"""`edgerec demo --tiny` end to end: data → DIN → compress/export → validate/select → bench → report."""
+import json
+import struct
+
+import pytest
+
+from edgerec.sdk.cli import main
+
+
+def test_demo_rejects_unknown_data(tmp_path, capsys):
+    assert main(["demo", "--data", "csv:/nowhere", "--out", str(tmp_path)]) == 2
+    assert "Expected --data 'synthetic' or 'movielens:PATH'" in capsys.readouterr().err
+
+
+def test_demo_rejects_bad_epochs(tmp_path, capsys):
+    assert main(["demo", "--tiny", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "Expected --epochs as a positive int" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "demo"
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for step in range(1, 7):
+        assert f"[{step}/6]" in printed
+    assert "tensor path" in printed and "vs tf.fn" in printed
+    assert (out / "model" / "edgerec_model.json").is_file()
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    precisions = {(a["format"], a["precision"]) for a in manifest["artifacts"] if a["part"] == "fused"}
+    assert ("tflite", "int8") in precisions or ("onnx", "int8") in precisions, precisions
+    assert any(a.get("details", {}).get("sparsity") or "prune" in json.dumps(a.get("lineage", []))
+               for a in manifest["artifacts"]), "no pruned artifact in the bundle"
+    report = json.loads((out / "bench" / "bench.json").read_text())
+    ran = {(r["scenario"], r["backend"]) for r in report["results"] if not r.get("error")}
+    for needed in [("tensor", "keras_tf_function"), ("tensor", "keras_eager"), ("tensor", "raw_litert"),
+                   ("tensor", "edgerec_litert"), ("tensor", "raw_onnxruntime"), ("tensor", "edgerec_onnxruntime"),
+                   ("raw_request", "edgerec_litert"), ("raw_request", "edgerec_onnxruntime")]:
+        assert needed in ran, (needed, [r.get("error") for r in report["results"] if r.get("error")])
+    speed = report["comparisons"]["speedup_vs_keras"]
+    assert speed and all(s["vs_keras_tf_function"] is not None for s in speed)
+    assert report["comparisons"]["overhead"]
+    pngs = list((out / "bench").glob("*.png"))
+    assert len(pngs) >= 2
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])
+        assert width >= 400 and height >= 300
+    summary = (out / "summary.txt").read_text()
+    assert "edgerec demo on synthetic" in summary and "tensor path" in summary
