@@ -11,7 +11,11 @@ the up-to-L previous items (most recent last, left-padded with 0).
 
 Users with fewer than 3 events contribute training rows only. Context = hour and weekday of
 the event timestamp (+ ``device`` when the log has devices). Dense = log1p(seconds since the
-previous event) and log1p(history length), standardised with train mean/std.
+previous event) and log1p(history length), standardised with train mean/std; a raw request
+carries the log1p values (``dense: {"log_seconds_since_prev": …, "log_history_len": …}``) and a
+user's first event leaves the gap out (→ the field default = train mean → 0 after scaling).
+Vocabularies come from training events only (item tokens ordered by training count, then id;
+an item first seen in valid/test is out-of-vocabulary, index 1).
 
 Every array is produced by `edgerec.runtime.preprocess.Preprocessor` (items, context, dense are
 encoded once per event and histories are windows over the per-event encoded items, which is

@@ -200,3 +200,20 @@ def test_movielens_dataset_sizes(movielens_dataset):
     assert len(ds.train) == (100_836 - 2 * 610) * 5
     assert [c.name for c in ds.spec.context] == ["hour", "weekday"]
     assert ds.spec.max_seq_len == 50 and len(ds.examples) == 32
+
+
+def test_built_spec_round_trips_through_json(built, tmp_path):
+    from edgerec.runtime.spec import FeatureSpec
+    ds, _ = built
+    loaded = FeatureSpec.load(ds.spec.save(tmp_path / "feature_spec.json"))
+    assert loaded == ds.spec
+    assert [c.name for c in loaded.context] == ["hour", "weekday", "device"]
+    assert loaded.context[2].vocab.tokens == ("android", "ios", "web")       # by training frequency
+    assert [d.name for d in loaded.dense] == ["log_seconds_since_prev", "log_history_len"]
+
+
+def test_missing_movielens_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="MovieLens folder"):
+        load_dataset(f"movielens:{tmp_path / 'absent'}", progress=False)
+    with pytest.raises(DataError, match="no generator options"):
+        load_dataset(f"movielens:{tmp_path}", num_users=3, progress=False)
