@@ -153,6 +153,11 @@ def render_markdown(report: dict) -> str:
     config = report.get("config", {})
     if config:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, dict)), ""]
+        if not config.get("isolate"):
+            lines += ["Peak RSS is the benchmark process's peak so far (all configurations share one process; "
+                      "Keras baselines run last). Use `--isolate` for one process per configuration.", ""]
+    lines += ["Latency is per call (one batch); p50 ratios of configurations in the same group were measured "
+              "interleaved (A/B rounds), because sub-millisecond timings drift by up to 2× between runs.", ""]
     comp = report.get("comparisons", {})
     if comp.get("overhead"):
         lines += ["## edgerec overhead over the raw backend (same artifact, interleaved, p50)", "",

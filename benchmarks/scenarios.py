@@ -103,6 +103,7 @@ def plan_cases(bundle: str | Path, batches: Sequence[int] = (1, 256), threads: S
         chosen = {parts.get("fused") for parts in manifest.selected.values()}
         fused = [a for a in fused if a.file in chosen] or fused
     specs: list[CaseSpec] = []
+    keras_specs: list[CaseSpec] = []  # run last: TensorFlow's memory would inflate every later peak RSS
     for t in threads:
         for batch in batches:
             for art in fused:
@@ -121,8 +122,8 @@ def plan_cases(bundle: str | Path, batches: Sequence[int] = (1, 256), threads: S
                 if model_dir is not None:
                     modes = baselines.KERAS_MODES if keras_predict else baselines.KERAS_MODES[:2]
                     for mode in modes:
-                        specs.append(CaseSpec("tensor", mode, "keras", batch, t, "",
-                                              {"bundle": path, "keras_dir": str(model_dir)}))
+                        keras_specs.append(CaseSpec("tensor", mode, "keras", batch, t, "",
+                                                    {"bundle": path, "keras_dir": str(model_dir)}))
         if data.requests:
             for backend in manifest.selected:
                 if backends is not None and backend not in backends:
@@ -139,7 +140,7 @@ def plan_cases(bundle: str | Path, batches: Sequence[int] = (1, 256), threads: S
                 for scenario in ("result_cache_hit", "result_cache_miss"):
                     specs.append(CaseSpec(scenario, f"edgerec_{backend}", parts.get("fused", variant), 1, t, group,
                                           params))
-    return specs
+    return specs + keras_specs
 
 
 def build_case(spec: CaseSpec) -> Prepared:
