@@ -139,8 +139,16 @@ class TritonRepositoryError(EdgeRecError, ValueError):
 
 # -- artifact choice and config construction ------------------------------------------------------
 def is_tensorrt_ready(artifact: Artifact) -> bool:
-    """True for a symmetric-QDQ ONNX flagged by the converters (``details["tensorrt_ready"]``)."""
-    return artifact.format == "onnx" and bool(artifact.details.get("tensorrt_ready"))
+    """True for a symmetric-QDQ ONNX from the converters' ``tensorrt`` quantization mode with no
+    error-severity ``tensorrt_violations`` (or one flagged ``details["tensorrt_ready"]``)."""
+    details = artifact.details
+    if artifact.format != "onnx":
+        return False
+    if "tensorrt_ready" in details:
+        return bool(details["tensorrt_ready"])
+    violations = details.get("tensorrt_violations", [])
+    return details.get("quantization") == "tensorrt" and not any(
+        v.get("severity", "error") == "error" for v in violations if isinstance(v, dict))
 
 
 def choose_artifacts(manifest: Manifest, *, prefer_tensorrt_ready: bool = False,

@@ -191,7 +191,7 @@ def test_int8_accelerator_uses_tensorrt_ready_artifact(tmp_path):
     ready.CopyFrom(models["scorer"])
     ready.doc_string = "tensorrt-ready"          # different bytes from the fp32 scorer
     write_bundle(tmp_path / "b", data, extra=[("scorer_trt_int8.onnx", ready.SerializeToString(), "int8", "scorer",
-                                               {"tensorrt_ready": True})])
+                                               {"quantization": "tensorrt", "tensorrt_violations": []})])
     with pytest.raises(TritonRepositoryError, match="TensorRT-ready"):      # fused/user_encoder have none
         write_triton_repository(tmp_path / "b", tmp_path / "r", kind="KIND_GPU", tensorrt_accelerator=True,
                                 precision_mode="INT8")
@@ -204,6 +204,20 @@ def test_int8_accelerator_uses_tensorrt_ready_artifact(tmp_path):
     _edit(tmp_path / "r" / "fused" / "config.pbtxt", 'value: "FP16"', 'value: "INT8"')
     problems = check_triton_repository(tmp_path / "r", tmp_path / "b")
     assert [(p.model, p.field) for p in problems] == [("fused", "optimization.precision_mode")]
+
+
+def test_is_tensorrt_ready_reads_the_quantization_details():
+    from edgerec.converters.triton import is_tensorrt_ready
+
+    def art(details, fmt="onnx"):
+        return Artifact("x", fmt, "int8", "scorer", "0" * 64, 1, details=details)
+
+    warning = {"rule": "int64_weights", "severity": "warning"}
+    assert is_tensorrt_ready(art({"quantization": "tensorrt", "tensorrt_violations": [warning]}))
+    assert not is_tensorrt_ready(art({"quantization": "tensorrt",
+                                      "tensorrt_violations": [{"rule": "nonzero_zero_point", "severity": "error"}]}))
+    assert not is_tensorrt_ready(art({"quantization": "static_qdq"}))
+    assert not is_tensorrt_ready(art({"quantization": "tensorrt"}, fmt="tflite"))
 
 
 def test_bad_options_and_existing_output(bundle, tmp_path):
