@@ -58,7 +58,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 class Steps:
     """Prints ``[i/n] step …`` with elapsed time, so progress is visible throughout."""
 
-    def __init__(self, total: int, stream=sys.stdout):
+    def __init__(self, total: int, stream=None):
         self.total, self.index, self.stream = total, 0, stream
         self.start = time.perf_counter()
         self.timings: dict[str, float] = {}
@@ -69,7 +69,7 @@ class Steps:
         self.index += 1
         self._current = (title, time.perf_counter())
         print(f"\n[{self.index}/{self.total}] {title}  (t+{time.perf_counter() - self.start:.0f} s)",
-              file=self.stream, flush=True)
+              file=self.stream or sys.stdout, flush=True)
 
     def _close(self) -> None:
         if self._current:
