@@ -146,20 +146,23 @@ def _events_per_user(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarr
 
 
 def _timestamps(cfg: SyntheticConfig, rng: np.random.Generator, count: int) -> np.ndarray:
-    """Sessions of a few minutes-apart events around the user's preferred hour."""
+    """Sessions of events a few minutes apart, starting around the user's preferred hour."""
     peak_hour = rng.choice([8.0, 13.0, 20.0, 23.0], p=[0.2, 0.2, 0.45, 0.15]) + rng.normal(0, 1.0)
-    day = rng.uniform(0, cfg.span_days * 0.4)
-    stamps, remaining = [], count
+    first_day = rng.uniform(0, cfg.span_days * 0.4)
     mean_gap_days = max(cfg.span_days * 0.55 / max(count / 4.0, 1.0), 0.05)
-    while remaining > 0:
-        size = min(remaining, 1 + rng.geometric(0.3))
-        hour = (peak_hour + rng.normal(0, 2.5)) % 24
-        start = cfg.start_timestamp + int(np.floor(day)) * 86400 + int(hour * 3600)
-        gaps = np.concatenate(([0], np.cumsum(rng.integers(30, 900, size - 1))))
-        stamps.extend((start + gaps).tolist())
-        remaining -= size
-        day += 0.3 + rng.exponential(mean_gap_days)
-    return np.asarray(stamps, dtype=np.int64)
+    sizes = 1 + rng.geometric(0.3, size=count)                  # at most `count` sessions
+    sessions = int(np.searchsorted(np.cumsum(sizes), count)) + 1
+    sizes = sizes[:sessions]
+    sizes[-1] -= sizes.sum() - count
+    days = first_day + np.concatenate(([0.0], np.cumsum(0.3 + rng.exponential(mean_gap_days, sessions - 1))))
+    hours = (peak_hour + rng.normal(0, 2.5, sessions)) % 24
+    starts = cfg.start_timestamp + np.floor(days).astype(np.int64) * 86400 + (hours * 3600).astype(np.int64)
+    session_of = np.repeat(np.arange(sessions), sizes)
+    gaps = rng.integers(30, 900, count)
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    gaps[first] = 0
+    offsets = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first], sizes)
+    return starts[session_of] + offsets
 
 
 def generate_log(config: SyntheticConfig | None = None) -> InteractionLog:
@@ -182,24 +185,28 @@ def generate_log(config: SyntheticConfig | None = None) -> InteractionLog:
         hours = (times // 3600) % 24
         device = np.where(rng.random(n) < 0.85, main_device, rng.integers(len(DEVICES), size=n))
         uniforms, stay = rng.random((n, 3)), rng.random(n) < cfg.momentum
+        t = np.arange(n)[:, None] / max(n - 1, 1)
+        mix = (1 - cfg.drift * t) * start_mix + cfg.drift * t * end_mix
+        weights = mix * np.exp(hour_effect[band_of_hour[hours]] + device_effect[device])
+        cum = np.cumsum(weights, axis=1)
+        fresh = np.minimum((cum < uniforms[:, :1] * cum[:, -1:]).sum(axis=1), C - 1)
+        cats = fresh.copy()
+        for e in range(1, n):                                    # momentum: stay in the last category
+            if stay[e]:
+                cats[e] = cats[e - 1]
+        first_try = np.empty(n, dtype=np.int64)
+        for c in np.unique(cats).tolist():
+            at = np.flatnonzero(cats == c)
+            pos = np.minimum(np.searchsorted(cumulative[c], uniforms[at, 1], side="right"), members[c].size - 1)
+            first_try[at] = members[c][pos]
         seen: set[int] = set()
-        prev_cat = -1
-        for e in range(n):
-            t = e / max(n - 1, 1)
-            mix = (1 - cfg.drift * t) * start_mix + cfg.drift * t * end_mix
-            weights = mix * np.exp(hour_effect[band_of_hour[hours[e]]] + device_effect[device[e]])
-            if prev_cat >= 0 and stay[e]:
-                cat = prev_cat
-            else:
-                cat = int(np.searchsorted(np.cumsum(weights) / weights.sum(), uniforms[e, 0], side="right"))
-                cat = min(cat, C - 1)
-            row = _pick_unseen(members[cat], cumulative[cat], uniforms[e, 1], seen, rng)
+        for e, row in enumerate(first_try.tolist()):
+            if row in seen:
+                row = _pick_unseen(members[cats[e]], cumulative[cats[e]], rng.random(), seen, rng)
             if row is None:   # category exhausted for this user: any unseen item
                 pool = np.setdiff1d(np.arange(cfg.num_items), np.fromiter(seen, dtype=np.int64))
                 row = int(pool[int(uniforms[e, 2] * pool.size)])
-                cat = int(item_category[row])
             seen.add(row)
-            prev_cat = cat
             item_rows.append(row)
         users.append(np.full(n, user + 1, dtype=np.int64))
         stamps.append(times)
