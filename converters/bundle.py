@@ -98,6 +98,8 @@ def byom_examples(inputs: Mapping[str, np.ndarray], model, n: int = 32) -> list[
 
     rows = {k: np.asarray(v)[:n] for k, v in inputs.items()}
     outputs = keras_outputs(model, rows)
+    if len(outputs) == 1:  # artifacts name a single output canonically
+        outputs = {"score": next(iter(outputs.values()))}
     count = len(next(iter(rows.values())))
     return [{"inputs": {k: v[i].tolist() for k, v in rows.items()},
              "expected": {k: np.asarray(v[i], dtype=np.float64).tolist() for k, v in outputs.items()}}
