@@ -1,0 +1,71 @@
+"""`edgerec train`: data -> model -> fit -> evaluate -> MODEL_DIR (see docs/contracts.md).
+
+Examples:
+    edgerec train --data synthetic --model din --out runs/din
+    edgerec train --data movielens:../shared/data/movielens-latest-small --model gru --out runs/gru --epochs 5
+"""
+from __future__ import annotations
+
+import json
+
+FAMILIES = ("din", "gru", "bst", "context")
+
+
+def configure(name: str, parser) -> None:
+    if name != "train":
+        raise ValueError(f"Expected the command 'train', received: {name!r}")
+    parser.add_argument("--data", default="synthetic",
+                        help="'synthetic' (default) or 'movielens:PATH' (ml-latest-small CSV folder)")
+    parser.add_argument("--model", default="din", help=f"model family: {', '.join(FAMILIES)}")
+    parser.add_argument("--out", required=True, help="model directory to write (replaced atomically)")
+    parser.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=2, help="epochs without improvement before stopping")
+    parser.add_argument("--monitor", choices=("auc", "loss"), default="auc",
+                        help="validation metric for early stopping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negatives", type=int, default=4, help="sampled negatives per training positive")
+    parser.add_argument("--max-seq-len", type=int, default=50)
+    parser.add_argument("--embedding-dim", type=int, default=32)
+    parser.add_argument("--max-train-rows", type=int, default=None,
+                        help="train on a seeded subset of this many rows (quick runs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _format(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def run(name: str, args) -> int:
+    from edgerec.runtime.errors import SpecError, expected
+
+    if args.model not in FAMILIES:
+        raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
+    from .data import load_dataset
+    from .models import ModelConfig
+    from .training import TrainConfig, save_model_dir, train_model
+
+    verbose = 0 if args.quiet else 1
+    dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives,
+                           seed=args.seed, progress=not args.quiet)
+    if verbose:
+        print(f"data {dataset.name}: {len(dataset.train)} train / {len(dataset.valid)} valid / "
+              f"{len(dataset.test)} test rows, {dataset.spec.item_vocab.size - 2} items", flush=True)
+    model_config = ModelConfig(embedding_dim=args.embedding_dim)
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate, patience=args.patience,
+                               monitor=args.monitor, seed=args.seed, verbose=verbose,
+                               max_train_rows=args.max_train_rows)
+    parts, history, metrics = train_model(dataset, args.model, model_config, train_config)
+    out = save_model_dir(parts, dataset, args.out, metrics, train_config, history,
+                         data_source=args.data, seed=args.seed)
+    seconds = [e["seconds"] for e in history["epochs"]]
+    print(f"{args.model} on {dataset.name}: best epoch {history['best_epoch']} of {len(seconds)} "
+          f"({sum(seconds) / len(seconds):.1f} s per epoch)")
+    print(f"test      {_format(metrics['test'])}")
+    print(f"baseline  {_format(metrics['baseline'])}  (popularity)")
+    print(f"wrote {out}")
+    if not verbose:
+        print(json.dumps({"model": args.model, "data": dataset.name, **metrics}))
+    return 0

@@ -1,0 +1,188 @@
+"""Ranking-model families, each built as user_encoder + scorer + fused sharing one set of layers.
+
+The fused model is flat (no nested models) so tfmot can prune it layer by layer and the
+converters see one graph. The user encoder's outputs are named ``user_*``; the scorer takes
+them as inputs of the same names, so ``scorer(user_encoder(x)) == fused(x)`` by construction.
+
+Families:
+    din: item embeddings -> DIN target attention against the candidate -> MLP.
+    gru: item embeddings -> GRU (``unroll=True``, TFLite builtins) final state -> MLP with
+         the candidate. The sequence is left-padded, so the state ends on the latest item.
+    bst: item embeddings + positions -> transformer encoder block(s) -> target attention -> MLP.
+    context: DIN over [item embedding, projected content vector] + an embedding per
+         ``spec.context`` field + ``dense`` features -> MLP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgerec.runtime.errors import SpecError, expected
+from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, FeatureSpec
+
+from .config import FAMILIES, ModelConfig, ModelParts
+
+USER_STATE = "user_state"
+USER_MASK = "user_mask"
+
+
+@dataclass
+class ContentParts:
+    """A pre-trained content encoder and its per-item vector table ``[item_vocab.size, dim]``."""
+
+    encoder: Any
+    table: np.ndarray
+
+
+class _FamilyBuilder:
+    """Creates the shared layers once; `user` and `score` apply them to any input tensors."""
+
+    def __init__(self, family: str, spec: FeatureSpec, config: ModelConfig, content: ContentParts | None):
+        from . import layers as L
+
+        self.L, self.keras = L, L.tf_keras
+        self.family, self.spec, self.config = family, spec, config
+        layers = self.keras.layers
+        regularizer = self.keras.regularizers.L2(config.l2) if config.l2 else None
+        self.item_embedding = layers.Embedding(spec.item_vocab.size, config.embedding_dim,
+                                               embeddings_regularizer=regularizer, name="item_embedding")
+        self.content = content
+        if content is not None:
+            table = np.asarray(content.table, dtype=np.float32)
+            if table.ndim != 2 or table.shape[0] != spec.item_vocab.size:
+                raise SpecError(expected(f"a content table of shape [{spec.item_vocab.size}, dim]", table.shape))
+            self.content_lookup = layers.Embedding(table.shape[0], table.shape[1], trainable=False,
+                                                   name="item_content")
+            self.content_projection = layers.Dense(config.embedding_dim, name="content_projection")
+        self.uses_context = family == "context"
+        self.context_embeddings = {
+            f.name: layers.Embedding(f.size, config.context_dim, name=f"context_{f.name}")
+            for f in (spec.context if self.uses_context else ())}
+        self.uses_dense = self.uses_context and bool(spec.dense)
+        if family == "gru":
+            self.gru = layers.GRU(config.gru_units, unroll=True, name=USER_STATE)
+            self.cand_projection = layers.Dense(config.gru_units, name="cand_projection")
+        else:
+            self.mask = L.SequenceMask(name=USER_MASK)
+            self.state = layers.Activation("linear", name=USER_STATE)
+            self.attention = L.TargetAttention(config.attention_units, name="target_attention")
+            self.mean_pool = L.MaskedMeanPooling(name="mean_pool")
+        if family == "bst":
+            self.positions = L.PositionalEmbedding(spec.max_seq_len, name="positions")
+            self.blocks = [L.TransformerEncoder(config.num_heads, config.ff_dim, config.dropout,
+                                                name=f"transformer_{i}") for i in range(config.num_blocks)]
+        self.mlp = []
+        for i, units in enumerate(config.hidden_units):
+            self.mlp.append(layers.Dense(units, activation="relu", name=f"mlp_{i}"))
+            if config.dropout:
+                self.mlp.append(layers.Dropout(config.dropout, name=f"mlp_dropout_{i}"))
+        self.out = layers.Dense(1, activation="sigmoid", name="score")
+
+    # -- inputs ----------------------------------------------------------------------------
+    def candidate_inputs(self) -> dict:
+        Input = self.keras.Input
+        inputs = {CAND_ITEM: Input(shape=(), dtype="int32", name=CAND_ITEM)}
+        for name in self.context_embeddings:
+            inputs[name] = Input(shape=(), dtype="int32", name=name)
+        if self.uses_dense:
+            inputs[DENSE] = Input(shape=(len(self.spec.dense),), dtype="float32", name=DENSE)
+        return inputs
+
+    def history_input(self):
+        return self.keras.Input(shape=(self.spec.max_seq_len,), dtype="int32", name=HIST_ITEMS)
+
+    def item_repr(self, ids):
+        """Item embedding, concatenated with the projected frozen content vector when used."""
+        emb = self.item_embedding(ids)
+        if self.content is None:
+            return emb
+        projected = self.content_projection(self.content_lookup(ids))
+        return self.keras.layers.Concatenate(axis=-1)([emb, projected])
+
+    # -- the two halves ----------------------------------------------------------------------
+    def user(self, hist) -> dict:
+        if self.family == "gru":
+            return {USER_STATE: self.gru(self.item_embedding(hist))}
+        mask = self.mask(hist)
+        sequence = self.item_repr(hist)
+        if self.family == "bst":
+            sequence = self.positions(sequence)
+            for block in self.blocks:
+                sequence = block([sequence, mask])
+        return {USER_STATE: self.state(sequence), USER_MASK: mask}
+
+    def score(self, user: dict, candidate: dict):
+        concat = self.keras.layers.Concatenate(axis=-1)
+        multiply = self.keras.layers.Multiply()
+        if self.family == "gru":
+            cand = self.item_embedding(candidate[CAND_ITEM])
+            state = user[USER_STATE]
+            features = [state, cand, multiply([state, self.cand_projection(cand)])]
+        else:
+            cand = self.item_repr(candidate[CAND_ITEM])
+            attended = self.attention([cand, user[USER_STATE], user[USER_MASK]])
+            pooled = self.mean_pool([user[USER_STATE], user[USER_MASK]])
+            features = [cand, attended, multiply([cand, attended]), pooled]
+        features += [layer(candidate[name]) for name, layer in self.context_embeddings.items()]
+        if self.uses_dense:
+            features.append(candidate[DENSE])
+        x = concat(features)
+        for layer in self.mlp:
+            x = layer(x)
+        return self.out(x)
+
+    def user_output_inputs(self, user: dict) -> dict:
+        return {name: self.keras.Input(shape=tuple(t.shape[1:]), dtype="float32", name=name)
+                for name, t in user.items()}
+
+
+def build_model(family: str, spec: FeatureSpec, config: ModelConfig | None = None,
+                content: ContentParts | None = None) -> ModelParts:
+    """Build the ``user_encoder``, ``scorer`` and ``fused`` models of one family.
+
+    Args:
+        family: one of ``din``, ``gru``, ``bst``, ``context``.
+        spec: feature spec (item vocabulary, sequence length, context and dense fields).
+        config: hyper-parameters (defaults: `ModelConfig()`).
+        content: pre-trained content encoder + item table, required when
+            ``config.uses_content(family)`` (see `edgerec.sdk.models.content`).
+
+    Examples:
+        >>> parts = build_model("din", spec)
+        >>> sorted(parts.parts())
+        ['fused', 'scorer', 'user_encoder']
+    """
+    if family not in FAMILIES:
+        raise SpecError(expected(f"a model family among {list(FAMILIES)}", family))
+    if not isinstance(spec, FeatureSpec):
+        raise SpecError(expected("a FeatureSpec", type(spec).__name__))
+    config = ModelConfig() if config is None else config
+    if not isinstance(config, ModelConfig):
+        raise SpecError(expected("a ModelConfig", type(config).__name__))
+    needs_content = config.uses_content(family)
+    if needs_content and content is None:
+        raise SpecError(expected(f"a pre-trained content encoder for family '{family}' "
+                                 "(train_content_encoder) or use_content=False", None))
+    builder = _FamilyBuilder(family, spec, config, content if needs_content else None)
+    keras = builder.keras
+
+    hist = builder.history_input()
+    user = builder.user(hist)
+    user_encoder = keras.Model(hist, user, name="user_encoder")
+
+    user_inputs = builder.user_output_inputs(user)
+    cand_inputs = builder.candidate_inputs()
+    scorer = keras.Model({**user_inputs, **cand_inputs}, builder.score(user_inputs, cand_inputs),
+                         name="scorer")
+
+    fused_hist = builder.history_input()
+    fused_cand = builder.candidate_inputs()
+    fused = keras.Model({HIST_ITEMS: fused_hist, **fused_cand},
+                        builder.score(builder.user(fused_hist), fused_cand), name="fused")
+    if builder.content is not None:
+        builder.content_lookup.set_weights([np.asarray(content.table, dtype=np.float32)])
+    return ModelParts(family, spec, config, fused, user_encoder, scorer,
+                      content_encoder=content.encoder if needs_content else None,
+                      content_table=np.asarray(content.table, np.float32) if needs_content else None)

@@ -1,0 +1,251 @@
+"""Custom tf_keras layers of the edgerec models (registered under package ``edgerec``).
+
+Converters import this module by name (``custom_objects_module`` in ``edgerec_model.json``)
+before loading a ``.keras`` part. Every layer is a plain subclass (no ``Lambda``), has a
+``get_config`` round trip and uses only ops that convert to TFLite builtins.
+
+TensorFlow is imported through `edgerec.converters.tfenv.import_tf` when this module is
+imported; import it lazily (``edgerec.sdk.models`` does not import it at package import).
+"""
+from __future__ import annotations
+
+from edgerec.converters.tfenv import import_tf
+from edgerec.runtime.errors import SpecError, expected
+
+tf, tf_keras = import_tf()
+_register = tf_keras.saving.register_keras_serializable(package="edgerec")
+
+# Added to masked attention logits: large enough to zero a softmax weight in fp32, small
+# enough to stay representable after int8 / fp16 conversion.
+MASK_PENALTY = 1e4
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(expected(f"{name} as a positive int", value))
+    return value
+
+
+def _units(name: str, value) -> tuple[int, ...]:
+    if isinstance(value, (int, str)) or not hasattr(value, "__iter__"):
+        raise SpecError(expected(f"{name} as a list of positive ints", value))
+    return tuple(_positive_int(name, v) for v in value)
+
+
+def _rate(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise SpecError(expected(f"{name} in [0, 1)", value))
+    return float(value)
+
+
+@_register
+class SequenceMask(tf_keras.layers.Layer):
+    """Float mask of a padded id sequence: 1.0 where ``ids != 0`` (0 is padding).
+
+    Args:
+        **kwargs: standard layer arguments (``name`` …).
+
+    Examples:
+        >>> SequenceMask()(tf.constant([[0, 0, 5, 7]])).numpy().tolist()
+        [[0.0, 0.0, 1.0, 1.0]]
+    """
+
+    def call(self, ids):
+        return tf.cast(tf.not_equal(ids, 0), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@_register
+class PositionalEmbedding(tf_keras.layers.Layer):
+    """Adds a learned position embedding to a ``[batch, length, dim]`` sequence.
+
+    Args:
+        max_length: longest sequence the layer accepts (the table's row count).
+        initializer_stddev: stddev of the normal initializer of the position table.
+
+    Examples:
+        >>> layer = PositionalEmbedding(max_length=50)
+        >>> layer(tf.zeros([2, 50, 16])).shape
+        TensorShape([2, 50, 16])
+    """
+
+    def __init__(self, max_length: int, initializer_stddev: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = _positive_int("max_length", max_length)
+        self.initializer_stddev = float(initializer_stddev)
+
+    def build(self, input_shape):
+        length, dim = input_shape[-2], input_shape[-1]
+        if length is None or length > self.max_length:
+            raise SpecError(expected(f"a static sequence length <= {self.max_length}", length))
+        self.positions = self.add_weight(
+            name="positions", shape=(self.max_length, int(dim)),
+            initializer=tf_keras.initializers.RandomNormal(stddev=self.initializer_stddev))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        length = inputs.shape[-2]
+        return inputs + self.positions[None, :length, :]
+
+    def get_config(self):
+        return {**super().get_config(), "max_length": self.max_length,
+                "initializer_stddev": self.initializer_stddev}
+
+
+@_register
+class MaskedMeanPooling(tf_keras.layers.Layer):
+    """Mean of a ``[batch, length, dim]`` sequence over the positions where ``mask == 1``.
+
+    Rows with an empty mask pool to zeros (never NaN).
+
+    Examples:
+        >>> pooled = MaskedMeanPooling()([tf.ones([1, 3, 2]), tf.constant([[0.0, 1.0, 1.0]])])
+        >>> pooled.numpy().tolist()
+        [[1.0, 1.0]]
+    """
+
+    def call(self, inputs):
+        values, mask = inputs
+        total = tf.reduce_sum(values * mask[:, :, None], axis=1)
+        count = tf.reduce_sum(mask, axis=1, keepdims=True)
+        return total / tf.maximum(count, 1.0)
+
+
+@_register
+class ClsPooling(tf_keras.layers.Layer):
+    """The first position (the ``[CLS]`` token) of a ``[batch, length, dim]`` sequence.
+
+    Examples:
+        >>> ClsPooling()(tf.reshape(tf.range(6.0), [1, 3, 2])).numpy().tolist()
+        [[0.0, 1.0]]
+    """
+
+    def call(self, inputs):
+        return inputs[:, 0, :]
+
+
+@_register
+class TargetAttention(tf_keras.layers.Layer):
+    """DIN target attention: pools a behaviour sequence by its relevance to a candidate.
+
+    An MLP scores ``[query, key, query - key, query * key]`` per position; masked positions
+    get zero weight; weights are softmax-normalised over the valid positions.
+
+    Args:
+        hidden_units: sizes of the scoring MLP's hidden layers.
+        activation: activation of the hidden layers.
+
+    Call args:
+        inputs: ``[query [B, D], keys [B, L, D], mask [B, L]]`` (mask 1.0 = valid).
+
+    Returns:
+        ``[B, D]``: attention-weighted sum of the keys (zeros when the mask is empty).
+
+    Examples:
+        >>> att = TargetAttention(hidden_units=(16,))
+        >>> att([tf.zeros([2, 8]), tf.zeros([2, 5, 8]), tf.ones([2, 5])]).shape
+        TensorShape([2, 8])
+    """
+
+    def __init__(self, hidden_units=(64, 32), activation: str = "sigmoid", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = _units("hidden_units", hidden_units)
+        self.activation = tf_keras.activations.serialize(tf_keras.activations.get(activation))
+        self.hidden = [tf_keras.layers.Dense(u, activation=self.activation, name=f"att_{i}")
+                       for i, u in enumerate(self.hidden_units)]
+        self.logit = tf_keras.layers.Dense(1, name="att_logit")
+
+    def build(self, input_shape):
+        query_shape, keys_shape, _ = input_shape
+        if query_shape[-1] != keys_shape[-1]:
+            raise SpecError(expected("query and keys with the same last dimension",
+                                     (query_shape[-1], keys_shape[-1])))
+        width = 4 * int(keys_shape[-1])
+        for layer in self.hidden:
+            layer.build((None, None, width))
+            width = layer.units
+        self.logit.build((None, None, width))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        query, keys, mask = inputs
+        queries = tf.zeros_like(keys) + query[:, None, :]
+        features = tf.concat([queries, keys, queries - keys, queries * keys], axis=-1)
+        for layer in self.hidden:
+            features = layer(features)
+        logits = tf.squeeze(self.logit(features), axis=-1)
+        weights = tf.nn.softmax(logits - (1.0 - mask) * MASK_PENALTY, axis=-1) * mask
+        return tf.reduce_sum(weights[:, :, None] * keys, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units),
+                "activation": self.activation}
+
+
+@_register
+class TransformerEncoder(tf_keras.layers.Layer):
+    """Post-norm transformer encoder block (self-attention + feed-forward) with a padding mask.
+
+    Args:
+        num_heads: attention heads.
+        ff_dim: width of the feed-forward hidden layer.
+        dropout: dropout rate after attention and feed-forward (training only).
+
+    Call args:
+        inputs: ``[sequence [B, L, D], mask [B, L]]`` (mask 1.0 = valid token).
+
+    Examples:
+        >>> block = TransformerEncoder(num_heads=2, ff_dim=32)
+        >>> block([tf.zeros([2, 6, 16]), tf.ones([2, 6])]).shape
+        TensorShape([2, 6, 16])
+    """
+
+    def __init__(self, num_heads: int = 2, ff_dim: int = 64, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = _positive_int("num_heads", num_heads)
+        self.ff_dim = _positive_int("ff_dim", ff_dim)
+        self.dropout = _rate("dropout", dropout)
+
+    def build(self, input_shape):
+        seq_shape = tf.TensorShape(input_shape[0])
+        dim = int(seq_shape[-1])
+        if dim % self.num_heads:
+            raise SpecError(expected(f"a model dimension divisible by num_heads={self.num_heads}", dim))
+        self.attention = tf_keras.layers.MultiHeadAttention(
+            self.num_heads, dim // self.num_heads, dropout=self.dropout, name="attention")
+        self.attention._build_from_signature(seq_shape, seq_shape)
+        self.ff_hidden = tf_keras.layers.Dense(self.ff_dim, activation="relu", name="ff_hidden")
+        self.ff_out = tf_keras.layers.Dense(dim, name="ff_out")
+        self.norm_attention = tf_keras.layers.LayerNormalization(epsilon=1e-6, name="norm_attention")
+        self.norm_ff = tf_keras.layers.LayerNormalization(epsilon=1e-6, name="norm_ff")
+        self.drop = tf_keras.layers.Dropout(self.dropout)
+        self.ff_hidden.build(seq_shape)
+        self.ff_out.build(seq_shape[:-1].concatenate([self.ff_dim]))
+        self.norm_attention.build(seq_shape)
+        self.norm_ff.build(seq_shape)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        sequence, mask = inputs
+        key_mask = tf.zeros_like(mask)[:, :, None] + mask[:, None, :]  # [B, L, L]: valid keys
+        attended = self.attention(sequence, sequence, attention_mask=key_mask > 0.5, training=training)
+        sequence = self.norm_attention(sequence + self.drop(attended, training=training))
+        hidden = self.ff_out(self.ff_hidden(sequence))
+        return self.norm_ff(sequence + self.drop(hidden, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
+                "dropout": self.dropout}
+
+
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
+    SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention,
+    TransformerEncoder)}

@@ -1,0 +1,148 @@
+"""Training (`fit`, early stopping on validation AUC or loss) and test evaluation (`evaluate`)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from edgerec.runtime import metrics as M
+from edgerec.runtime.errors import SpecError, expected
+from edgerec.runtime.spec import NUM_RESERVED
+
+MONITORS = ("auc", "loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How `fit` trains the fused model (the parts share its weights).
+
+    Args:
+        epochs: maximum epochs.
+        batch_size: rows per step.
+        learning_rate: Adam learning rate.
+        patience: epochs without improvement of ``monitor`` before stopping.
+        monitor: ``"auc"`` (validation AUC, higher is better) or ``"loss"`` (validation logloss).
+        seed: seeds TensorFlow, numpy and Python (shuffling, initialisation).
+        verbose: 0 silent, 1 Keras progress bar (one line per epoch when not a terminal).
+        max_train_rows: train on a seeded random subset of this many rows (None = all).
+    """
+
+    epochs: int = 5
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    patience: int = 2
+    monitor: str = "auc"
+    seed: int = 0
+    verbose: int = 1
+    max_train_rows: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "patience" else 1):
+                raise SpecError(expected(f"{name} as a positive int", value))
+        if not isinstance(self.learning_rate, (int, float)) or not 0 < self.learning_rate < 1:
+            raise SpecError(expected("learning_rate in (0, 1)", self.learning_rate))
+        if self.monitor not in MONITORS:
+            raise SpecError(expected(f"monitor among {list(MONITORS)}", self.monitor))
+        if self.max_train_rows is not None and (not isinstance(self.max_train_rows, int) or self.max_train_rows < 1):
+            raise SpecError(expected("max_train_rows as a positive int or None", self.max_train_rows))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(expected(f"train-config keys among {sorted(known)}", unknown))
+        return cls(**data)
+
+
+def predict_scores(parts, arrays: dict, batch_size: int = 4096) -> np.ndarray:
+    """Fused-model probabilities ``[N]`` for model-input arrays (extra arrays are ignored)."""
+    inputs = parts.select_inputs(arrays)
+    return np.asarray(parts.fused.predict(inputs, batch_size=batch_size, verbose=0), np.float64).reshape(-1)
+
+
+def _validation_metrics(parts, split) -> dict:
+    scores = predict_scores(parts, split.inputs)
+    return {"auc": M.auc(split.labels, scores), "logloss": M.logloss(split.labels, scores)}
+
+
+def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
+    """Train ``parts.fused`` on ``dataset.train`` with early stopping on ``dataset.valid``.
+
+    The best epoch's weights (by ``config.monitor``) are restored at the end, so the
+    user encoder, scorer and fused model all hold them (they share layers).
+
+    Returns:
+        ``{"epochs": [{"epoch", "loss", "valid_auc", "valid_logloss", "seconds"}, …],
+        "best_epoch", "stopped_early", "train_rows"}``.
+    """
+    from edgerec.converters.tfenv import import_tf
+
+    tf, keras = import_tf()
+    config = TrainConfig() if config is None else config
+    if len(dataset.train) == 0 or len(dataset.valid) == 0:
+        raise SpecError(expected("non-empty train and valid splits",
+                                 {"train": len(dataset.train), "valid": len(dataset.valid)}))
+    keras.utils.set_random_seed(config.seed)
+    train = dataset.train
+    if config.max_train_rows is not None and config.max_train_rows < len(train):
+        rng = np.random.default_rng(config.seed)
+        train = train.take(np.sort(rng.choice(len(train), config.max_train_rows, replace=False)))
+    inputs = parts.select_inputs(train.inputs)
+    labels = np.asarray(train.labels, np.float32).reshape(-1, 1)
+    parts.fused.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                        loss=keras.losses.BinaryCrossentropy())
+    verbose = config.verbose if config.verbose != 1 or sys.stdout.isatty() else 2
+    history, best, best_weights, waited = [], None, None, 0
+    sign = 1.0 if config.monitor == "auc" else -1.0
+    for epoch in range(1, config.epochs + 1):
+        if config.verbose:
+            print(f"epoch {epoch}/{config.epochs}", flush=True)
+        start = time.perf_counter()
+        result = parts.fused.fit(inputs, labels, batch_size=config.batch_size, epochs=1,
+                                 shuffle=True, verbose=verbose)
+        seconds = time.perf_counter() - start
+        valid = _validation_metrics(parts, dataset.valid)
+        row = {"epoch": epoch, "loss": float(result.history["loss"][-1]),
+               "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "seconds": round(seconds, 2)}
+        history.append(row)
+        if config.verbose:
+            print(f"  loss {row['loss']:.4f}  valid auc {row['valid_auc']:.4f}  "
+                  f"valid logloss {row['valid_logloss']:.4f}  ({seconds:.1f} s)", flush=True)
+        value = sign * (valid["auc"] if config.monitor == "auc" else valid["logloss"])
+        if math.isnan(value):
+            raise SpecError(expected("a finite validation metric (does valid hold both labels?)", value))
+        if best is None or value > best[0]:
+            best, best_weights, waited = (value, epoch), parts.fused.get_weights(), 0
+        else:
+            waited += 1
+            if waited > config.patience:
+                break
+    parts.fused.set_weights(best_weights)
+    return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
+            "train_rows": len(train), "monitor": config.monitor}
+
+
+def evaluate(parts, dataset, k: int = 10) -> dict:
+    """Test metrics of the model and of the popularity baseline computed in the same run.
+
+    Returns:
+        ``{"test": {auc, gauc, logloss, recall@10, ndcg@10, coverage@10},
+        "baseline": {auc, recall@10, ndcg@10}}``.
+    """
+    from ..metrics import evaluate_scores, popularity_baseline
+
+    test = dataset.test
+    if test.groups is None or len(test) == 0:
+        raise SpecError(expected("a non-empty test ranking split with groups", len(test)))
+    scores = predict_scores(parts, test.inputs)
+    catalog = parts.spec.item_vocab.size - NUM_RESERVED
+    return {"test": evaluate_scores(test, scores, catalog, k), "baseline": popularity_baseline(dataset, k)}
