@@ -112,6 +112,7 @@ class EngineBuildResult:
     profiles: list = field(default_factory=list)     # [{input: ShapeRange}] per profile
     tensorrt_version: str = ""
     notes: list = field(default_factory=list)
+    artifact: object = None                           # manifest Artifact for a built engine (build_bundle_engines)
 
     @property
     def skipped(self) -> bool:
@@ -298,3 +299,37 @@ def build_engine(onnx_path, engine_path, *, config: EngineConfig | None = None, 
     atomic_write_bytes(engine_path, bytes(serialized))
     return EngineBuildResult("built", "", engine_path, onnx_path, sha256_file(engine_path),
                              engine_path.stat().st_size, profiles, trt.__version__, notes)
+
+
+def build_bundle_engines(bundle_dir, out_dir, *, config: EngineConfig | None = None,
+                         parts=("user_encoder", "scorer", "fused")) -> dict[str, EngineBuildResult]:
+    """Build one engine per part from the bundle's TensorRT-ready ONNX artifacts (``OUT/<part>.plan``).
+
+    A part without such an artifact, or a machine without TensorRT, gives a "skipped" result with
+    the reason. Built results carry ``artifact``: a manifest `Artifact` (format ``trt_engine``) that a
+    bundle writer can add after copying the engine in.
+    """
+    from edgerec.runtime.manifest import Artifact, load_manifest
+
+    from .triton import is_tensorrt_ready
+
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    manifest = load_manifest(bundle_dir, verify=True)
+    results = {}
+    for part in parts:
+        ready = [a for a in manifest.find(format="onnx", part=part) if is_tensorrt_ready(a)]
+        if not ready:
+            results[part] = EngineBuildResult("skipped", f"no TensorRT-ready (symmetric QDQ) ONNX artifact for {part}")
+            continue
+        source = ready[0]
+        result = build_engine(bundle_dir / source.file, out_dir / f"{part}.plan", config=config, part=part,
+                              inputs=source.inputs)
+        if not result.skipped:
+            details = {**result.details(), "source": source.file, "engine_config": (config or EngineConfig()).get_config()}
+            result.artifact = Artifact(result.engine_path.name, "trt_engine", source.precision, part, result.sha256,
+                                       result.size_bytes, list(source.inputs), list(source.outputs),
+                                       lineage=list(source.lineage) + [{"pass": "tensorrt_engine",
+                                                                        "config": details["engine_config"]}],
+                                       details=details)
+        results[part] = result
+    return results

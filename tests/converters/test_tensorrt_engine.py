@@ -219,3 +219,32 @@ def test_device_memory_round_trip(memory):
         mem.free(empty)
     finally:
         mem.close()
+
+
+def test_bundle_engines_pick_tensorrt_ready_artifacts(tmp_path):
+    from edgerec.converters.tensorrt_engine import build_bundle_engines
+    from edgerec.runtime.manifest import Artifact, Manifest, file_entry, write_manifest
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    _onnx_model(bundle / "scorer_trt_int8.onnx")
+    _onnx_model(bundle / "fused_fp32.onnx")
+    ins = [TensorSpec("x", "float32", [None, 4]), TensorSpec("ids", "int32", [None, 6])]
+    outs = [TensorSpec("y", "float32", [None, 2]), TensorSpec("ids_out", "int32", [None, 6])]
+    arts = []
+    for name, part, precision, details in (("scorer_trt_int8.onnx", "scorer", "int8",
+                                            {"quantization": "tensorrt", "tensorrt_violations": []}),
+                                           ("fused_fp32.onnx", "fused", "fp32", {})):
+        entry = file_entry(bundle, name)
+        arts.append(Artifact(name, "onnx", precision, part, entry["sha256"], entry["size_bytes"], ins, outs,
+                             details=details))
+    write_manifest(bundle, Manifest(arts))
+    results = build_bundle_engines(bundle, tmp_path / "engines", config=EngineConfig(candidate_buckets=(10, 100)),
+                                   parts=("scorer", "fused"))
+    assert results["fused"].skipped and "no TensorRT-ready" in results["fused"].reason
+    scorer = results["scorer"]
+    if HAVE_TRT and scorer.status == "built":
+        assert scorer.artifact.format == "trt_engine" and scorer.artifact.part == "scorer"
+    else:
+        assert scorer.skipped and "tensorrt" in scorer.reason
+        assert scorer.profiles[1]["x"] == ShapeRange((11, 4), (100, 4), (100, 4))   # candidate buckets
