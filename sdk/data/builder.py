@@ -37,6 +37,7 @@ from edgerec.runtime.text import build_text_vocab
 
 from .dataset import RecDataset, Split
 from .log import DataError, InteractionLog
+from .negatives import NegativeSampler
 
 DENSE_GAP = "log_seconds_since_prev"
 DENSE_HIST = "log_history_len"
@@ -148,66 +149,13 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
 
     # 4. negatives: uniform over known items, never interacted with by the user
     num_known = item_vocab.size - NUM_RESERVED
-    interacted = np.unique(event_user.astype(np.int64) * item_vocab.size + event_item)
-
-    known_seen = np.bincount(event_user[event_item >= NUM_RESERVED], minlength=users.size)
-    exhausted = np.flatnonzero(known_seen >= num_known)
-    if exhausted.size:
-        raise DataError(expected("for every user, some known item they never interacted with (for negatives)",
-                                 f"users {[str(u) for u in users[exhausted[:5]]]} interacted with all "
-                                 f"{num_known} training items"))
-
-    def seen_before(keys: np.ndarray) -> np.ndarray:
-        where = np.minimum(np.searchsorted(interacted, keys), interacted.size - 1)
-        return interacted[where] == keys
-
-    def unseen_pool(u: int) -> np.ndarray:
-        allowed = np.ones(item_vocab.size, dtype=bool)
-        allowed[:NUM_RESERVED] = False
-        allowed[event_item[user_start[u]:user_start[u] + user_counts[u]]] = False
-        return np.flatnonzero(allowed).astype(np.int32)
-
-    def sample(event_idx: np.ndarray) -> np.ndarray:
-        keys_user = event_user[event_idx].astype(np.int64) * item_vocab.size
-        out = rng.integers(NUM_RESERVED, item_vocab.size, size=event_idx.size)
-        bad = seen_before(keys_user + out)
-        for _ in range(50):
-            if not bad.any():
-                break
-            out[bad] = rng.integers(NUM_RESERVED, item_vocab.size, size=int(bad.sum()))
-            bad[bad] = seen_before(keys_user[bad] + out[bad])
-        for row in np.flatnonzero(bad).tolist():   # users near the catalog size: sample from what is left
-            pool = unseen_pool(event_user[event_idx[row]])
-            out[row] = pool[rng.integers(pool.size)]
-        return out.astype(np.int32)
-
-    def pointwise(mask: np.ndarray, shuffle: bool):
-        positives = np.flatnonzero(mask)
-        events = np.repeat(positives, 1 + negatives)
-        candidates = event_item[events].copy()
-        labels = np.zeros(events.size, dtype=np.float32)
-        labels[:: 1 + negatives] = 1.0
-        neg_slots = labels == 0
-        candidates[neg_slots] = sample(events[neg_slots])
-        if shuffle:
-            perm = rng.permutation(events.size)
-            events, candidates, labels = events[perm], candidates[perm], labels[perm]
-        return events, candidates, labels
-
-    train_rows = pointwise(is_train, shuffle=True)
-    valid_rows = pointwise(is_valid, shuffle=False)
+    sampler = NegativeSampler(event_user, event_item, user_start, user_counts, item_vocab.size, rng, users)
+    train_rows = sampler.pointwise(np.flatnonzero(is_train), negatives, shuffle=True)
+    valid_rows = sampler.pointwise(np.flatnonzero(is_valid), negatives, shuffle=False)
     step("train/valid negatives")
-
-    test_events, test_cands, test_labels = [], [], []
-    for e in np.flatnonzero(is_test).tolist():
-        pool = unseen_pool(event_user[e])
-        chosen = rng.choice(pool, size=min(test_negatives, pool.size), replace=False)
-        test_events.append(np.full(1 + chosen.size, e))
-        test_cands.append(np.concatenate(([event_item[e]], chosen)).astype(np.int32))
-        test_labels.append(np.concatenate(([1.0], np.zeros(chosen.size))))
-    if not test_events:
+    if not is_test.any():
         raise DataError(expected("at least one user with 3 or more events", int(user_counts.max())))
-    test_events, test_cands, test_labels = (np.concatenate(a) for a in (test_events, test_cands, test_labels))
+    test_events, test_cands, test_labels = sampler.ranking(np.flatnonzero(is_test), test_negatives)
     step("test negatives")
 
     def make_split(events, candidates, labels) -> Split:
