@@ -217,3 +217,18 @@ def test_missing_movielens_folder_is_a_clear_error(tmp_path):
         load_dataset(f"movielens:{tmp_path / 'absent'}", progress=False)
     with pytest.raises(DataError, match="no generator options"):
         load_dataset(f"movielens:{tmp_path}", num_users=3, progress=False)
+
+
+def test_sampler_finds_the_last_unseen_item_of_a_near_exhausted_user():
+    from edgerec.sdk.data.negatives import NegativeSampler
+    # user 0 saw item indices 2..100 except 57; user 1 saw only index 2
+    items0 = np.array([i for i in range(2, 101) if i != 57])
+    event_item = np.concatenate((items0, [2]))
+    event_user = np.concatenate((np.zeros(items0.size, int), [1]))
+    sampler = NegativeSampler(event_user, event_item, [0, items0.size], [items0.size, 1], 101,
+                              np.random.default_rng(0), ["a", "b"])
+    negatives = sampler.sample(np.arange(items0.size))
+    assert set(negatives.tolist()) == {57}
+    _, candidates, labels = sampler.ranking(np.array([0, items0.size]), negatives=5)
+    assert candidates[:2].tolist() == [2, 57] and labels[:2].tolist() == [1.0, 0.0]   # fewer when the pool is small
+    assert 2 not in candidates[3:].tolist() and len(set(candidates[3:].tolist())) == 5
