@@ -1,0 +1,101 @@
+"""Custom layers: hand-checked outputs, masking, get_config round trip, argument checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgerec.runtime.errors import SpecError
+
+pytest.importorskip("tf_keras")
+
+
+@pytest.fixture(scope="module")
+def L():
+    from edgerec.sdk.models import layers
+
+    return layers
+
+
+def test_sequence_mask_and_masked_mean(L):
+    mask = L.SequenceMask()(np.array([[0, 0, 5, 7], [0, 0, 0, 0]], np.int32)).numpy()
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 0, 0, 0]])
+    values = np.arange(16, dtype=np.float32).reshape(2, 4, 2)
+    pooled = L.MaskedMeanPooling()([values, mask]).numpy()
+    np.testing.assert_allclose(pooled, [[5.0, 6.0], [0.0, 0.0]])
+
+
+def test_cls_pooling_takes_first_position(L):
+    x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    np.testing.assert_array_equal(L.ClsPooling()(x).numpy(), x[:, 0, :])
+
+
+def test_target_attention_ignores_masked_positions(L):
+    att = L.TargetAttention(hidden_units=(8,))
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(2, 4)).astype(np.float32)
+    keys = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], np.float32)
+    out = att([query, keys, mask]).numpy()
+    changed = keys.copy()
+    changed[:, :2] = 100.0              # garbage in padded positions must not matter
+    np.testing.assert_allclose(att([query, changed, mask]).numpy(), out, atol=1e-6)
+    np.testing.assert_array_equal(out[1], 0.0)            # empty history pools to zeros
+    single = np.array([[0, 0, 0, 0, 1]] * 2, np.float32)  # one valid key -> exactly that key
+    np.testing.assert_allclose(att([query, keys, single]).numpy(), keys[:, 4], atol=1e-6)
+
+
+def test_transformer_encoder_output_of_valid_tokens_ignores_padding(L):
+    block = L.TransformerEncoder(num_heads=2, ff_dim=8)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 4, 6)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1]], np.float32)
+    out = block([x, mask]).numpy()
+    changed = x.copy()
+    changed[:, :2] = 50.0
+    np.testing.assert_allclose(block([changed, mask]).numpy()[:, 2:], out[:, 2:], atol=1e-5)
+
+
+def test_positional_embedding_adds_per_position(L):
+    layer = L.PositionalEmbedding(max_length=5)
+    out = layer(np.zeros((2, 3, 4), np.float32)).numpy()
+    np.testing.assert_allclose(out[0], layer.positions.numpy()[:3])
+    np.testing.assert_allclose(out[0], out[1])
+    with pytest.raises(SpecError, match="static sequence length <= 5"):
+        L.PositionalEmbedding(max_length=5)(np.zeros((1, 6, 4), np.float32))
+
+
+@pytest.mark.parametrize("make", [
+    lambda L: L.SequenceMask(name="m"),
+    lambda L: L.PositionalEmbedding(7, initializer_stddev=0.1, name="p"),
+    lambda L: L.MaskedMeanPooling(),
+    lambda L: L.ClsPooling(),
+    lambda L: L.TargetAttention(hidden_units=(6, 3), activation="relu"),
+    lambda L: L.TransformerEncoder(num_heads=4, ff_dim=12, dropout=0.1),
+])
+def test_get_config_round_trip(L, make):
+    layer = make(L)
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    from edgerec.converters.tfenv import import_tf
+
+    _, keras = import_tf()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda L: L.PositionalEmbedding(0), "max_length as a positive int, received: 0"),
+    (lambda L: L.TargetAttention(hidden_units=8), "hidden_units as a list of positive ints"),
+    (lambda L: L.TargetAttention(hidden_units=(8, 0)), "hidden_units as a positive int, received: 0"),
+    (lambda L: L.TransformerEncoder(num_heads=0), "num_heads as a positive int"),
+    (lambda L: L.TransformerEncoder(dropout=1.5), r"dropout in \[0, 1\), received: 1.5"),
+])
+def test_argument_checks(L, make, message):
+    with pytest.raises(SpecError, match=message):
+        make(L)
+
+
+def test_transformer_dimension_must_divide_heads(L):
+    with pytest.raises(SpecError, match="divisible by num_heads=4"):
+        L.TransformerEncoder(num_heads=4)([np.zeros((1, 3, 6), np.float32), np.ones((1, 3), np.float32)])
