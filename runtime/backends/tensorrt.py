@@ -152,7 +152,8 @@ class TensorRTBackend(Backend):
     Args:
         model_path: the serialized engine (``.plan`` / ``.engine``).
         device: CUDA device index.
-        profile: optimisation profile to use (default 0); feeds must fit its min/max shapes.
+        profile: optimisation profile to use; None (default) picks, per call, the first profile
+            whose min/max shapes hold the feeds (engines built with one profile per batch bucket).
         memory: ``"torch"`` or ``"cuda-python"`` (default: the first that works).
 
     Examples:
@@ -164,7 +165,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     model_format = "trt_engine"
 
-    def __init__(self, model_path, device: int = 0, profile: int = 0, memory: str | None = None):
+    def __init__(self, model_path, device: int = 0, profile: int | None = None, memory: str | None = None):
         super().__init__(model_path)
         if not isinstance(device, int) or device < 0:
             raise BackendUnavailableError(expected("device as an int >= 0", device))
@@ -183,38 +184,52 @@ class TensorRTBackend(Backend):
         if self._engine is None:
             raise BundleError(expected(f"an engine built by this TensorRT ({trt.__version__}) for this GPU",
                                        self.model_path))
-        if not 0 <= profile < self._engine.num_optimization_profiles:
-            raise BackendUnavailableError(expected(f"profile in [0, {self._engine.num_optimization_profiles})", profile))
+        count = self._engine.num_optimization_profiles
+        if profile is not None and (not isinstance(profile, int) or not 0 <= profile < count):
+            raise BackendUnavailableError(expected(f"profile None or in [0, {count})", profile))
         self._context = self._engine.create_execution_context()
-        self._context.set_optimization_profile_async(profile, self._memory.stream_handle)
-        self._bounds = {}
+        self._allowed = [profile] if profile is not None else list(range(count))
+        self._active = self._allowed[0]
+        self._context.set_optimization_profile_async(self._active, self._memory.stream_handle)
+        self._bounds = [{} for _ in range(count)]     # per profile: input name -> (min shape, max shape)
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
             spec = TensorSpec(name, dtype, dims(self._engine.get_tensor_shape(name)))
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs.append(spec)
-                low, _, high = self._engine.get_tensor_profile_shape(name, profile)
-                self._bounds[name] = (tuple(low), tuple(high))
+                for k in range(count):
+                    low, _, high = self._engine.get_tensor_profile_shape(name, k)
+                    self._bounds[k][name] = (tuple(low), tuple(high))
             else:
                 self.outputs.append(spec)
-        self.info = {"tensorrt": trt.__version__, "device": device, "profile": profile,
-                     "memory": self._memory.name, "bounds": {n: [list(a), list(b)] for n, (a, b) in self._bounds.items()}}
+        self.info = {"tensorrt": trt.__version__, "device": device, "profile": profile, "memory": self._memory.name,
+                     "profiles": [{n: [list(a), list(b)] for n, (a, b) in b.items()} for b in self._bounds]}
+
+    def _fitting_profile(self, shapes: dict) -> int | None:
+        for k in self._allowed:
+            bounds = self._bounds[k]
+            if all(name in bounds and len(bounds[name][0]) == len(shape)
+                   and all(lo <= got <= hi for lo, hi, got in zip(*bounds[name], shape))
+                   for name, shape in shapes.items()):
+                return k
+        return None
 
     def check_feeds(self, feeds):
         checked = super().check_feeds(feeds)
-        problems = []
-        for name, value in checked.items():
-            low, high = self._bounds.get(name, ((), ()))
-            if low and not all(lo <= got <= hi for lo, got, hi in zip(low, value.shape, high)):
-                problems.append(expected(f"'{name}' within the engine profile [{list(low)} .. {list(high)}]",
-                                         f"shape {list(value.shape)}"))
-        if problems:
-            raise RequestError("; ".join(problems))
+        shapes = {name: value.shape for name, value in checked.items()}
+        if self._fitting_profile(shapes) is None:
+            ranges = [{n: f"{list(lo)}..{list(hi)}" for n, (lo, hi) in self._bounds[k].items()} for k in self._allowed]
+            raise RequestError(expected(f"input shapes within an engine profile {ranges}",
+                                        {n: list(s) for n, s in shapes.items()}))
         return checked
 
     def _run_impl(self, feeds):
         mem, ctx = self._memory, self._context
+        profile = self._fitting_profile({name: value.shape for name, value in feeds.items()})
+        if profile != self._active:
+            ctx.set_optimization_profile_async(profile, mem.stream_handle)
+            self._active = profile
         buffers = []
         try:
             for name, value in feeds.items():

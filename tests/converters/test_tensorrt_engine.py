@@ -160,6 +160,32 @@ def test_backend_without_device_memory_names_torch_and_cuda_python(monkeypatch, 
         TensorRTBackend(tmp_path / "m.plan", device=-1)
 
 
+def test_backend_picks_the_profile_that_holds_the_batch(tmp_path):
+    """Profile choice is pure bookkeeping over the engine's min/max shapes: exercised without a GPU."""
+    from edgerec.runtime.backends.base import Backend
+    from edgerec.runtime.backends.tensorrt import TensorRTBackend
+    from edgerec.runtime.errors import RequestError
+
+    backend = object.__new__(TensorRTBackend)
+    Backend.__init__(backend, tmp_path / "m.plan")
+    backend.inputs = [TensorSpec("x", "float32", [None, 4]), TensorSpec("ids", "int32", [None, 6])]
+    ranges = [(1, 4), (5, 32)]
+    backend._bounds = [{"x": ((lo, 4), (hi, 4)), "ids": ((lo, 6), (hi, 6))} for lo, hi in ranges]
+    backend._allowed = [0, 1]
+
+    def feeds(batch):
+        return {"x": np.zeros((batch, 4), np.float32), "ids": np.zeros((batch, 6), np.int32)}
+
+    assert backend._fitting_profile({k: v.shape for k, v in feeds(3).items()}) == 0
+    assert backend._fitting_profile({k: v.shape for k, v in feeds(20).items()}) == 1
+    assert set(backend.check_feeds(feeds(32))) == {"x", "ids"}
+    with pytest.raises(RequestError, match="engine profile"):
+        backend.check_feeds(feeds(33))
+    backend._allowed = [0]                                   # profile=0 pinned by the caller
+    with pytest.raises(RequestError, match=r"\[20, 4\]"):
+        backend.check_feeds(feeds(20))
+
+
 def _gpu_ready() -> bool:
     if not HAVE_TRT:
         return False
@@ -186,17 +212,17 @@ def test_engine_builds_and_runs_on_gpu(tmp_path):
     assert result.size_bytes > 0 and len(result.profiles) == 2
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    for profile, batch in ((0, 3), (1, 20)):
-        feeds = {"x": rng.normal(size=(batch, 4)).astype(np.float32),
-                 "ids": rng.integers(0, 100, (batch, 6)).astype(np.int32)}
-        with TensorRTBackend(tmp_path / "m.plan", profile=profile) as backend:
-            assert {t.name for t in backend.inputs} == {"x", "ids"}
+    with TensorRTBackend(tmp_path / "m.plan") as backend:          # profile picked per call
+        assert {t.name for t in backend.inputs} == {"x", "ids"}
+        for batch in (3, 20, 1, 32):
+            feeds = {"x": rng.normal(size=(batch, 4)).astype(np.float32),
+                     "ids": rng.integers(0, 100, (batch, 6)).astype(np.int32)}
             out = backend.run(feeds)
             want = dict(zip(["y", "ids_out"], sess.run(["y", "ids_out"], feeds)))
             np.testing.assert_allclose(out["y"], want["y"], atol=2e-2)
             np.testing.assert_array_equal(out["ids_out"], want["ids_out"])
-            with pytest.raises(RequestError, match="profile"):
-                backend.run({k: np.repeat(v, 20, axis=0) for k, v in feeds.items()})
+        with pytest.raises(RequestError, match="profile"):
+            backend.run({k: np.repeat(v, 2, axis=0) for k, v in feeds.items()})   # 64 > 32
 
 
 @pytest.mark.parametrize("memory", ["torch", "cuda-python"])

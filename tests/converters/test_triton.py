@@ -228,6 +228,8 @@ def test_bad_options_and_existing_output(bundle, tmp_path):
     assert "preferred_batch_sizes" in message and "kind" in message and "instance_count" in message
     with pytest.raises(ConverterConfigError, match="KIND_GPU"):
         TritonConfig(tensorrt_accelerator=True)
+    config = TritonConfig(max_batch_size=32, preferred_batch_sizes=[8, 32], kind="KIND_GPU", prefix="din_")
+    assert TritonConfig.from_config(config.get_config()) == config
     with pytest.raises(ConverterConfigError, match="TritonConfig options"):
         write_triton_repository(bundle, tmp_path / "r", max_batch=8)
     write_triton_repository(bundle, tmp_path / "r")
