@@ -31,6 +31,8 @@ def choose_backend(manifest: Manifest, backend: str) -> str:
     def usable(name):
         return bool(manifest.selected.get(name)) or bool(manifest.find(format=BACKEND_FORMATS[name]))
 
+    if not manifest.artifacts:
+        raise BundleError(expected("at least one artifact in the manifest", 0))
     if backend == "auto":
         for name in ("onnxruntime", "litert"):
             if is_available(name) and usable(name):

@@ -184,6 +184,8 @@ class Predictor:
                 raise RequestError(expected(f"a part among {sorted(model.parts)}", part))
             if not isinstance(feeds, Mapping):
                 raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
+            if model.spec is not None:
+                check_tensor_ranges(model.spec, feeds)
             return model.run(part, dict(feeds))
 
     # -- internals --------------------------------------------------------------------------------
@@ -277,6 +279,24 @@ class Predictor:
 
     def __repr__(self):
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
+
+
+def check_tensor_ranges(spec, feeds: Mapping) -> None:
+    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError)."""
+    limits = {HIST_ITEMS: spec.item_vocab.size, CAND_ITEM: spec.item_vocab.size}
+    limits.update({field.name: field.size for field in spec.context})
+    problems = []
+    for name, value in feeds.items():
+        if not isinstance(value, np.ndarray) or value.size == 0:
+            continue
+        if name in limits and value.dtype.kind in "iu":
+            low, high = int(value.min()), int(value.max())
+            if low < 0 or high >= limits[name]:
+                problems.append(expected(f"'{name}' ids in [0, {limits[name]})", f"range [{low}, {high}]"))
+        elif value.dtype.kind == "f" and not np.isfinite(value).all():
+            problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
+    if problems:
+        raise RequestError("; ".join(problems))
 
 
 def _as_scores(scores: np.ndarray, n: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from .spec import CAND_ITEM, DENSE, HIST_ITEMS, PAD_INDEX, FeatureSpec
 
 REQUEST_KEYS = frozenset({"user_id", "history", "item", "context", "dense", "expected", "request_id"})
 _SCALAR_ID = (str, int, np.integer)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def hour_of(timestamp: int) -> int:
@@ -118,7 +119,10 @@ class Preprocessor:
                     raise RequestError(expected(f"dense.{field.name} as a number", value))
                 if not math.isfinite(value):
                     raise RequestError(expected(f"a finite dense.{field.name}", value))
-                out[row, col] = (float(value) - field.mean) / field.std
+                scaled = (float(value) - field.mean) / field.std
+                if not abs(scaled) <= _FLOAT32_MAX:
+                    raise RequestError(expected(f"dense.{field.name} within float32 range once standardised", value))
+                out[row, col] = scaled
         return out
 
     # -- whole requests ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import RequestError, expected
+from ..errors import EdgeRecError, RequestError, expected
 from ..manifest import TensorSpec
 
 
@@ -44,11 +44,17 @@ class Backend:
         if self._closed:
             raise RequestError(expected(f"an open {self.name} backend", "closed"))
         checked = self.check_feeds(feeds)
-        if self._lock is None:
-            outputs = self._run_impl(checked)
-        else:
-            with self._lock:
+        try:
+            if self._lock is None:
                 outputs = self._run_impl(checked)
+            else:
+                with self._lock:
+                    outputs = self._run_impl(checked)
+        except EdgeRecError:
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. an id outside an embedding table
+            raise RequestError(expected(f"inputs the {self.name} model can run (ids inside its tables)",
+                                        f"{type(err).__name__}: {str(err)[:300]}")) from None
         return {name: np.array(value, copy=True) for name, value in outputs.items()}
 
     def check_feeds(self, feeds) -> dict[str, np.ndarray]:
