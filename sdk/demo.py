@@ -35,13 +35,15 @@ class DemoSettings:
     candidates: tuple = (100, 1000)
     keras_predict: bool = True
     validation_groups: int | None = 300
+    prune_epochs: int = 2
+    latency_rounds: int = 5
     synthetic: dict | None = None
 
     @classmethod
     def tiny(cls) -> "DemoSettings":
         return cls(epochs=1, max_train_rows=4000, max_seq_len=20, embedding_dim=16, budget_s=0.1,
                    batches=(1, 32), candidates=(100,), keras_predict=False, validation_groups=40,
-                   synthetic=SYNTHETIC_TINY)
+                   prune_epochs=1, latency_rounds=3, synthetic=SYNTHETIC_TINY)
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -197,9 +199,19 @@ def artifact_table(manifest) -> str:
 def export_bundle(model_dir: Path, bundle_dir: Path, settings: DemoSettings, seed: int) -> tuple[Path, str]:
     """Prune 50 % + int8, export TFLite and ONNX, validate and select, write the bundle."""
     from edgerec.converters.export import export_model
+    from edgerec.converters.select import LatencyConfig
 
-    result = export_model(model_dir, bundle_dir, sparsity=0.5, seed=seed)
-    return Path(bundle_dir), str(result) if result is not None and not isinstance(result, (str, Path)) else ""
+    manifest = export_model(model_dir, bundle_dir, prune=0.5, quantize=("int8",), targets=("tflite", "onnx"),
+                            max_groups=settings.validation_groups, prune_epochs=settings.prune_epochs, seed=seed,
+                            latency=LatencyConfig(batch_sizes=tuple(settings.batches), rounds=settings.latency_rounds),
+                            progress=lambda line: print(f"  {line}", flush=True))
+    prune = manifest.lineage.get("prune") or {}
+    sparsity = (f"fused model pruned to {prune['achieved_sparsity']:.1%} zeros"
+                if prune.get("achieved_sparsity") is not None else "pruning not recorded")
+    if prune.get("delta_auc") is not None:
+        sparsity += f" (ΔAUC {prune['delta_auc']:+.4f} vs unpruned Keras)"
+    return Path(bundle_dir), (f"{len(manifest.artifacts)} artifacts passed validation, "
+                              f"{len(manifest.rejected)} rejected; {sparsity}")
 
 
 def replay_bundle(bundle_dir: Path) -> str:
