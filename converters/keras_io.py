@@ -169,7 +169,11 @@ def save_serving_savedmodel(model, folder: str | os.PathLike, part: str = "fused
     tf, _ = import_tf()
     flat, _ = flat_serving_function(model, part, names)
     module = tf.Module()
-    module.model = model
+    if model_flavour(model) == KERAS3:
+        # Keras 3 layers are not tf.Module-tracked: without this the SavedModel has no weights (NaN out).
+        module.keras_variables = [getattr(v, "value", v) for v in model.variables]
+    else:
+        module.model = model
     folder = Path(folder)
     tf.saved_model.save(module, str(folder), signatures={"serving_default": flat.get_concrete_function()})
     return folder

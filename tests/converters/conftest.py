@@ -24,39 +24,47 @@ def _tf():
     return import_tf()
 
 
-_TF, _K = _tf()
+_LAYERS = {}
 
 
-@_K.saving.register_keras_serializable(package="edgerec_tests")
-class NonPadMask(_K.layers.Layer):
-    """Custom layer (tfmot cannot prune it): 1.0 where the id is not padding.
+def custom_layers():
+    """Register (once) and return the custom test layers: NonPadMask, LearnedScale."""
+    if _LAYERS:
+        return _LAYERS
+    _TF, _K = _tf()
 
-    Args:
-        expand: add a trailing axis of size 1.
-    """
+    @_K.saving.register_keras_serializable(package="edgerec_tests")
+    class NonPadMask(_K.layers.Layer):
+        """Custom layer (tfmot cannot prune it): 1.0 where the id is not padding.
 
-    def __init__(self, expand: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.expand = bool(expand)
+        Args:
+            expand: add a trailing axis of size 1.
+        """
 
-    def call(self, ids):
-        mask = _TF.cast(_TF.not_equal(ids, 0), _TF.float32)
-        return mask[..., None] if self.expand else mask
+        def __init__(self, expand: bool = False, **kwargs):
+            super().__init__(**kwargs)
+            self.expand = bool(expand)
 
-    def get_config(self):
-        return {**super().get_config(), "expand": self.expand}
+        def call(self, ids):
+            mask = _TF.cast(_TF.not_equal(ids, 0), _TF.float32)
+            return mask[..., None] if self.expand else mask
 
+        def get_config(self):
+            return {**super().get_config(), "expand": self.expand}
 
-@_K.saving.register_keras_serializable(package="edgerec_tests")
-class LearnedScale(_K.layers.Layer):
-    """Custom layer WITH a weight (tfmot does not know it: pruning must list it as skipped)."""
+    @_K.saving.register_keras_serializable(package="edgerec_tests")
+    class LearnedScale(_K.layers.Layer):
+        """Custom layer WITH a weight (tfmot does not know it: pruning must list it as skipped)."""
 
-    def build(self, input_shape):
-        self.scale = self.add_weight(name="scale", shape=(int(input_shape[-1]),), initializer="ones")
-        super().build(input_shape)
+        def build(self, input_shape):
+            self.scale = self.add_weight(name="scale", shape=(int(input_shape[-1]),), initializer="ones")
+            super().build(input_shape)
 
-    def call(self, x):
-        return x * self.scale
+        def call(self, x):
+            return x * self.scale
+
+    _LAYERS.update(NonPadMask=NonPadMask, LearnedScale=LearnedScale)
+    return _LAYERS
 
 
 def _inputs(k, with_context=True):
@@ -78,10 +86,10 @@ def build_din():
     att_in = k.layers.Concatenate()([h, c_rep, k.layers.Multiply()([h, c_rep])])
     w = k.layers.Dense(8, activation="relu", name="att_hidden")(att_in)
     w = k.layers.Dense(1, name="att_logit")(w)      # [B, L, 1]
-    mask = NonPadMask(expand=True, name="pad_mask")(hist)
+    mask = custom_layers()["NonPadMask"](expand=True, name="pad_mask")(hist)
     w = k.layers.Multiply()([w, mask])
     pooled = k.layers.Dot(axes=1)([w, h])           # [B, 1, E]
-    pooled = LearnedScale(name="pool_scale")(k.layers.Flatten()(pooled))
+    pooled = custom_layers()["LearnedScale"](name="pool_scale")(k.layers.Flatten()(pooled))
     hour_e = k.layers.Flatten()(k.layers.Embedding(25, 4, name="hour_embedding")(hour))
     x = k.layers.Concatenate()([pooled, c, hour_e, dense])
     x = k.layers.Dense(16, activation="relu", name="mlp_1")(x)
@@ -120,7 +128,7 @@ def build_split():
     hist = k.Input((SEQ,), dtype="int32", name="hist_items")
     h = k.layers.Embedding(VOCAB, EMB, name="item_embedding")(hist)
     state = k.layers.Dense(EMB, activation="tanh", name="user_proj")(h)
-    mask = NonPadMask(name="user_mask")(hist)
+    mask = custom_layers()["NonPadMask"](name="user_mask")(hist)
     user = k.Model(hist, {"user_state": state, "user_mask": mask}, name="user_encoder")
     cand = k.Input((), dtype="int32", name="cand_item")
     hour = k.Input((), dtype="int32", name="hour")
@@ -133,6 +141,21 @@ def build_split():
     out = k.layers.Dense(1, activation="sigmoid", name="score")(x)
     scorer = k.Model({"cand_item": cand, "hour": hour, "user_state": s_in, "user_mask": m_in}, out, name="scorer")
     return user, scorer
+
+
+def build_keras3():
+    """A small Keras 3 (not tf_keras) model: for bring-your-own-model paths."""
+    _tf()
+    import keras
+
+    hist = keras.Input((SEQ,), dtype="int32", name="hist_items")
+    cand = keras.Input((), dtype="int32", name="cand_item")
+    emb = keras.layers.Embedding(VOCAB, EMB)
+    pooled = keras.layers.GlobalAveragePooling1D()(emb(hist))
+    x = keras.layers.Concatenate()([pooled, emb(cand)])
+    x = keras.layers.Dense(8, activation="relu")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    return keras.Model({"hist_items": hist, "cand_item": cand}, out, name="keras3_model")
 
 
 def make_rows(n=256, seed=0):
@@ -165,7 +188,7 @@ def rows_npz(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """A folder with din.keras, mha.keras, gru.keras, user_encoder.keras, scorer.keras (tf_keras)."""
+    """A folder with din/mha/gru/user_encoder/scorer.keras (tf_keras) and keras3.keras (Keras 3)."""
     folder = tmp_path_factory.mktemp("models")
     rows = make_rows()
     for name, builder in (("din", build_din), ("mha", build_mha), ("gru", build_gru)):
@@ -175,9 +198,16 @@ def model_dir(tmp_path_factory):
     user, scorer = build_split()
     user.save(folder / "user_encoder.keras")
     scorer.save(folder / "scorer.keras")
+    build_keras3().save(folder / "keras3.keras")
     return folder
 
 
 @pytest.fixture()
 def cache_dir(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def rows_for():
+    """``rows_for(n, seed)`` → fresh rows (conftest is not importable under --import-mode=importlib)."""
+    return make_rows
