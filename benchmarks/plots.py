@@ -49,7 +49,7 @@ def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str 
             xs = [j + (i - (len(PERCENTILES) - 1) / 2) * width for j in range(len(subset))]
             ax.bar(xs, [r[key] for r in subset], width=width, label=name)
         ax.set_xticks(range(len(subset)))
-        ax.set_xticklabels([_label(r) for r in subset], fontsize=7)
+        ax.set_xticklabels([_label(r) for r in subset], fontsize=7, rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("latency per call (ms, log)")
         ax.set_title(f"{scenario} path, batch {batch}, threads "
@@ -72,7 +72,7 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
     # one point per artifact: prefer the edgerec record, fall back to the raw one
     points: dict[tuple, dict] = {}
     for r in sorted(rows, key=lambda r: not r["backend"].startswith("edgerec_")):
-        points.setdefault((r["backend"].split("_", 1)[1], r["variant"]), r)
+        points.setdefault((r["backend"].split("_", 1)[1].removesuffix("_direct"), r["variant"]), r)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     latencies = [p["p50_ms"] for p in points.values()]
@@ -84,14 +84,16 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
                              [p["delta_auc"] if p.get("delta_auc") is not None else 0.0 for p in subset],
                              c=[p["p50_ms"] for p in subset], cmap="viridis", norm=norm, s=90,
                              marker=MARKERS.get(backend, "^"), edgecolors="black", label=backend)
-        for p in subset:
-            ax.annotate(f"{p['variant']}\n{p['p50_ms']:.3g} ms", (p["size_bytes"] / 1024,
+        for i, p in enumerate(subset):
+            ax.annotate(f"{p['variant']} {p['p50_ms']:.3g} ms", (p["size_bytes"] / 1024,
                         p["delta_auc"] if p.get("delta_auc") is not None else 0.0),
-                        textcoords="offset points", xytext=(6, 4), fontsize=7)
+                        textcoords="offset points", xytext=(6, 6 - 12 * (i % 3)) if backend != "litert"
+                        else (6, 12 + 10 * (i % 2)), fontsize=7)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("artifact size (KB, log)")
@@ -107,25 +109,30 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
 
 
 def plot_overhead(comparison: dict, path: Path) -> Path | None:
-    rows = comparison.get("overhead") or []
-    rows = [r for r in rows if r.get("ratio") is not None]
+    rows = [r for r in comparison.get("overhead") or [] if r.get("ratio") is not None
+            and not str(r.get("raw", "")).endswith("_direct")]
     if not rows:
         return None
+    rows.sort(key=lambda r: (r["scenario"], r["backend"], r["batch"], r["variant"]))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(rows) + 2), 4.5))
-    labels = [f"{r['scenario']}\n{r['variant']}\nb{r['batch']} vs {r.get('raw', 'raw')}" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.32 * len(rows)))
+    labels = [f"{r['scenario']} · {r['backend'][len('edgerec_'):]} · {r['variant']} · batch {r['batch']}"
+              for r in rows]
     colors = ["tab:green" if r["meets_goal"] else "tab:red" for r in rows]
-    ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=colors)
+    ys = list(range(len(rows)))[::-1]
+    ax.barh(ys, [r["ratio"] for r in rows], color=colors)
+    for y, r in zip(ys, rows):
+        ax.annotate(f"{r['ratio']:.2f}×", (r["ratio"], y), textcoords="offset points", xytext=(3, -3), fontsize=7)
     for scenario, goal in OVERHEAD_GOALS.items():
-        ax.axhline(goal, linestyle="--", linewidth=1, color="black" if scenario == "tensor" else "grey",
+        ax.axvline(goal, linestyle="--", linewidth=1, color="black" if scenario == "tensor" else "grey",
                    label=f"goal {scenario} ≤ {goal:g}×")
-    ax.axhline(1.0, linewidth=0.8, color="tab:blue", label="raw backend = 1×")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("edgerec p50 / raw backend p50 (×)")
+    ax.axvline(1.0, linewidth=0.8, color="tab:blue", label="raw backend = 1×")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("edgerec p50 / raw backend p50 on the same artifact and inputs (×, lower is better)")
     ax.set_title("edgerec overhead over the raw backend (green = within goal)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
