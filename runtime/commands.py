@@ -27,10 +27,10 @@ def configure(name: str, parser) -> None:
     if name == "predict":
         parser.add_argument("--input", required=True, help="JSON-lines requests ('-' = stdin)")
         parser.add_argument("--output", default="-", help="JSON-lines output ('-' = stdout)")
-        parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "litert"])
+        parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "litert", "tensorrt"])
         parser.add_argument("--batch-size", type=int, default=256, help="requests per model call")
     else:
-        parser.add_argument("--backend", default="all", choices=["all", "auto", "onnxruntime", "litert"])
+        parser.add_argument("--backend", default="all", choices=["all", "auto", "onnxruntime", "litert", "tensorrt"])
         parser.add_argument("--tolerance", type=float, default=None,
                             help="max |diff| allowed (default: max(1e-4, 2 x the validator's max_abs_diff))")
 
@@ -148,7 +148,7 @@ def run_check(args, options) -> int:
     from .backends.registry import BACKENDS, is_available
     from .loaded import LoadedBundle
 
-    names = [n for n in BACKENDS if is_available(n)] if args.backend == "all" else [args.backend]
+    names = [n for n in BACKENDS if is_available(n) and n != "tensorrt"] if args.backend == "all" else [args.backend]
     failed, checked = 0, 0
     for name in names:
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.registry import BACKEND_FORMATS, BACKENDS, create_backend, is_available
+from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from .manifest import MANIFEST_NAME, Manifest, confined_path, load_manifest, safe_extract
@@ -46,8 +46,7 @@ def choose_backend(manifest: Manifest, backend: str) -> str:
         raise BackendUnavailableError(expected(f"{BACKEND_FORMATS[backend]} artifacts in the bundle for {backend}",
                                                sorted({a.format for a in manifest.artifacts})))
     if not is_available(backend):
-        extra = "onnx" if backend == "onnxruntime" else "litert"
-        raise MissingDependencyError(BACKENDS[backend], extra, f"the {backend} backend")
+        raise MissingDependencyError(BACKEND_MODULES[backend][0], BACKEND_EXTRAS[backend], f"the {backend} backend")
     return backend
 
 

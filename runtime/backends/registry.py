@@ -9,10 +9,13 @@ from ..errors import BackendUnavailableError, expected
 BACKENDS: dict[str, str] = {
     "litert": "edgerec.runtime.backends.litert:LiteRTBackend",
     "onnxruntime": "edgerec.runtime.backends.ort:OrtBackend",
+    "tensorrt": "edgerec.runtime.backends.tensorrt:TensorRTBackend",   # serialized engines, GPU only
 }
 # Which artifact format each backend runs, and the module(s) that must be importable.
-BACKEND_FORMATS = {"litert": "tflite", "onnxruntime": "onnx"}
-BACKEND_MODULES = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",)}
+BACKEND_FORMATS = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "trt_engine"}
+BACKEND_MODULES = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",),
+                   "tensorrt": ("tensorrt",)}
+BACKEND_EXTRAS = {"litert": "litert", "onnxruntime": "onnx", "tensorrt": "gpu"}
 
 
 def backend_class(name: str):
