@@ -30,6 +30,8 @@ def configure(name: str, parser) -> None:
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--max-train-rows", type=int, default=None,
                         help="train on a seeded subset of this many rows (quick runs)")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
+                        help="synthetic generator option, e.g. num_users=500 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -37,18 +39,34 @@ def _format(metrics: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
+def _data_options(pairs: list[str]) -> dict:
+    from edgerec.runtime.errors import SpecError, expected
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            options[key.strip()] = int(value)
+        except ValueError:
+            raise SpecError(expected("--data-option as KEY=INT", pair)) from None
+        if not sep or not key.strip():
+            raise SpecError(expected("--data-option as KEY=INT", pair))
+    return options
+
+
 def run(name: str, args) -> int:
     from edgerec.runtime.errors import SpecError, expected
 
     if args.model not in FAMILIES:
         raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
+    options = _data_options(args.data_option)
     from .data import load_dataset
     from .models import ModelConfig
     from .training import TrainConfig, save_model_dir, train_model
 
     verbose = 0 if args.quiet else 1
     dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives,
-                           seed=args.seed, progress=not args.quiet)
+                           seed=args.seed, progress=not args.quiet, **options)
     if verbose:
         print(f"data {dataset.name}: {len(dataset.train)} train / {len(dataset.valid)} valid / "
               f"{len(dataset.test)} test rows, {dataset.spec.item_vocab.size - 2} items", flush=True)
