@@ -1,0 +1,208 @@
+"""Distributed training: TF_CONFIG handling, the local worker launcher, MirroredStrategy on two
+logical CPUs and MultiWorkerMirroredStrategy with two local workers on loopback (issue 7 item 4)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from edgerec.runtime.errors import SpecError
+from edgerec.sdk.training.distributed import (RESULT_PREFIX, DistributedError, free_ports, launch_local_workers,
+                                              local_tf_config, parse_tf_config)
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_DATA = ["--data", "synthetic", "--data-options", '{"num_users": 200, "num_items": 300, "num_events": 5000}',
+             "--max-seq-len", "12", "--negatives", "1"]
+TINY_MODEL = ["--model", "din", "--embedding-dim", "8",
+              "--model-config", '{"hidden_units": [8], "attention_units": [8]}']
+
+
+# -- TF_CONFIG and the launcher (no TensorFlow) -------------------------------------------------
+def test_local_tf_config_is_a_worker_cluster_that_parses():
+    config = local_tf_config([5001, 5002], 1)
+    assert config == {"cluster": {"worker": ["127.0.0.1:5001", "127.0.0.1:5002"]},
+                      "task": {"type": "worker", "index": 1}}
+    assert parse_tf_config(json.dumps(config)) == config
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "TF_CONFIG set"),
+    ("{not json", "JSON in $TF_CONFIG"),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}', "'cluster'"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}', "'task'"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "ps", "index": 0}}', "'task'"),
+])
+def test_parse_tf_config_rejects_bad_configs(text, fragment):
+    with pytest.raises(DistributedError, match="Expected") as info:
+        parse_tf_config(text)
+    assert fragment in str(info.value)
+
+
+def test_free_ports_are_distinct_and_bindable():
+    import socket
+
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_launcher_gives_each_worker_its_own_tf_config():
+    code = "import os, json; c = json.loads(os.environ['TF_CONFIG']); print(c['task']['index'], len(c['cluster']['worker']))"
+    results = launch_local_workers(3, [sys.executable, "-c", code], timeout=60)
+    assert [r.output.split() for r in results] == [["0", "3"], ["1", "3"], ["2", "3"]]
+    assert [r.returncode for r in results] == [0, 0, 0]
+    assert not any(r.killed or r.timed_out for r in results)
+
+
+def test_launcher_stops_the_others_when_one_worker_fails():
+    code = ("import os, json, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+            "if i == 1: sys.exit(3)\ntime.sleep(60)")
+    start = time.monotonic()
+    results = launch_local_workers(2, [sys.executable, "-c", code], timeout=60, check=False)
+    assert time.monotonic() - start < 20
+    assert results[1].returncode == 3 and not results[1].killed
+    assert results[0].killed and results[0].returncode is None and not results[0].timed_out
+    with pytest.raises(DistributedError, match="worker 1: exit 3"):
+        launch_local_workers(2, [sys.executable, "-c", code], timeout=60)
+
+
+def test_launcher_kills_stragglers_at_the_timeout():
+    code = ("import os, json, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+            "print('up', flush=True)\ntime.sleep(0 if i == 0 else 60)")
+    start = time.monotonic()
+    results = launch_local_workers(2, [sys.executable, "-c", code], timeout=2, check=False)
+    assert time.monotonic() - start < 15
+    assert results[0].returncode == 0 and not results[0].killed
+    assert results[1].timed_out and results[1].killed and results[1].output.strip() == "up"
+    with pytest.raises(DistributedError, match="timed out"):
+        launch_local_workers(2, [sys.executable, "-c", code], timeout=2)
+
+
+@pytest.mark.parametrize("count, argv, timeout", [(0, ["x"], 1), (True, ["x"], 1), (1, [], 1), (1, "python", 1),
+                                                  (1, ["x"], 0)])
+def test_launcher_rejects_bad_arguments(count, argv, timeout):
+    with pytest.raises(SpecError, match="Expected"):
+        launch_local_workers(count, argv, timeout=timeout)
+
+
+def test_make_strategy_rejects_unknown_names():
+    from edgerec.sdk.training.distributed import make_strategy
+
+    with pytest.raises(SpecError, match="--strategy among"):
+        make_strategy("parameter_server")
+
+
+# -- real strategies (subprocesses: logical devices and TF_CONFIG must precede TF's runtime) --------
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    from edgerec.sdk.data import load_dataset
+    from edgerec.sdk.models import ModelConfig
+    from edgerec.sdk.training import TrainConfig
+    from edgerec.sdk.training.distributed import (build_model_distributed, fit_distributed, make_strategy,
+                                                  make_train_dataset, unwrap_parts, weights_sha256)
+
+    strategy = make_strategy("mirrored", cpu_devices=2)          # before any TensorFlow op
+    ds = load_dataset("synthetic", num_users=200, num_items=300, num_events=5000, max_seq_len=12,
+                      negatives=1, seed=3, progress=False)
+    config = ModelConfig(embedding_dim=8, hidden_units=(8,), attention_units=(8,))
+    parts = build_model_distributed(strategy, "din", ds.spec, config)
+    variable = parts.fused.get_layer("item_embedding").embeddings
+    before = parts.fused.get_weights()
+    history = fit_distributed(parts, ds, TrainConfig(epochs=1, batch_size=16, max_train_rows=192, verbose=0),
+                              strategy)
+    after = parts.fused.get_weights()
+    plain = unwrap_parts(parts)
+
+    # the global batch of 32 reaches each replica as 16 rows (DATA sharding + rebatching)
+    rows = ds.train.take(np.arange(64))
+    data = make_train_dataset(parts.select_inputs(rows.inputs), rows.labels.reshape(-1, 1), 32, 0, False)
+    first = next(iter(strategy.experimental_distribute_dataset(data)))
+    per_replica = [int(t.shape[0]) for t in strategy.experimental_local_results(first[1])]
+
+    x = plain.select_inputs(ds.test.take(np.arange(101)).inputs)
+    fused = plain.fused(x, training=False).numpy()
+    user = {k: v.numpy() for k, v in plain.user_encoder(plain.select_inputs(x, "user_encoder")).items()}
+    split = plain.scorer(plain.select_inputs({**x, **user}, "scorer"), training=False).numpy()
+    distributed = parts.fused(x, training=False).numpy()
+    print("RESULT " + json.dumps({
+        "devices": list(strategy.extended.worker_devices), "replicas": strategy.num_replicas_in_sync,
+        "variable": type(variable).__name__, "copies": len(variable.values),
+        "changed": sum(int(not np.array_equal(a, b)) for a, b in zip(before, after)), "weights": len(after),
+        "history": history, "per_replica": per_replica,
+        "split_vs_fused": float(np.max(np.abs(split - fused))), "fused_std": float(np.std(fused)),
+        "plain_vs_distributed": float(np.max(np.abs(fused - distributed))),
+        "same_weights": weights_sha256(plain.fused) == weights_sha256(parts.fused),
+        "plain_variable": type(plain.fused.get_layer("item_embedding").embeddings).__name__}))
+""")
+
+
+def _run_python(args, timeout, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env, **kw)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_logical_cpus_trains_and_parts_stay_equivalent(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    proc = _run_python([str(script)], timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result["replicas"] == 2 and len(result["devices"]) == 2
+    assert all("CPU" in d for d in result["devices"])
+    assert result["variable"] == "MirroredVariable" and result["copies"] == 2
+    history = result["history"]
+    assert (history["replicas"], history["per_replica_batch"], history["global_batch"]) == (2, 16, 32)
+    assert history["steps_per_epoch"] == 6 and history["train_rows"] == 192
+    assert result["per_replica"] == [16, 16]
+    assert result["changed"] >= result["weights"] - 1 > 0        # every trained tensor moved
+    assert result["split_vs_fused"] <= 1e-6 and result["fused_std"] > 0
+    assert result["plain_vs_distributed"] <= 1e-6 and result["same_weights"]
+    assert result["plain_variable"] != "MirroredVariable"
+
+
+@pytest.mark.slow
+def test_two_local_workers_end_with_identical_weights(tmp_path):
+    try:
+        free_ports(2)
+    except DistributedError as err:
+        pytest.skip(f"cannot bind loopback ports for a local cluster: {err}")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "model"
+    argv = [sys.executable, "-m", "edgerec.sdk.training.distributed", "--strategy", "multiworker",
+            *TINY_DATA, *TINY_MODEL, "--epochs", "1", "--batch-size", "16", "--max-train-rows", "192",
+            "--seed", "5", "--quiet", "--out", str(out)]
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONUNBUFFERED="1")
+    results = launch_local_workers(2, argv, timeout=120, env=env, cwd=REPO)
+    reports = []
+    for result in results:
+        lines = [l for l in result.output.splitlines() if l.startswith(RESULT_PREFIX)]
+        assert lines, result.output[-3000:]
+        reports.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
+    chief, other = reports
+    assert (chief["is_chief"], other["is_chief"]) == (True, False)
+    assert chief["workers"] == other["workers"] == 2 and chief["replicas"] == 2
+    assert chief["global_batch"] == 32 and chief["steps_per_epoch"] == 6
+    assert chief["out"] == str(out) and other["out"] is None
+    assert list(scratch.iterdir()) == []                        # the other worker's model dir is gone
+    from edgerec.sdk.training import load_model_dir
+    from edgerec.sdk.training.distributed import weights_sha256
+
+    saved = load_model_dir(out)
+    assert weights_sha256(saved.fused) == chief["weights_sha256"] == other["weights_sha256"]
+    manifest = json.loads((out / "edgerec_model.json").read_text())
+    assert manifest["config"]["history"]["strategy"].endswith(("MultiWorkerMirroredStrategy",
+                                                              "CollectiveAllReduceStrategy"))
