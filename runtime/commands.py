@@ -81,6 +81,15 @@ def predict_lines(predictor, rows: list, batch_size: int = 256) -> list[dict]:
         pending.clear()
 
     for i, row in enumerate(rows):
+        if isinstance(row, dict) and isinstance(row.get("inputs"), dict):     # tensor rows (BYOM)
+            try:
+                model = predictor._model
+                part = "fused" if "fused" in model.parts else next(iter(model.parts))
+                outs = predictor.predict_arrays(stack_tensor_rows(model.parts[part].inputs, [row]), part=part)
+                results[i] = {"outputs": {k: v[0].tolist() for k, v in outs.items()}}
+            except EdgeRecError as err:
+                results[i] = {"error": f"{type(err).__name__}: {err}"}
+            continue
         if isinstance(row, dict) and "candidates" in row:
             user = {k: v for k, v in row.items() if k not in ("candidates", "item", "expected")}
             try:
@@ -119,22 +128,53 @@ def run_predict(args, options) -> int:
 
 
 # -- check ------------------------------------------------------------------------------------
+def stack_tensor_rows(specs, rows: list) -> dict:
+    """BYOM example rows {"inputs": {name: row}} -> batched arrays of the declared dtypes."""
+    arrays = {}
+    for spec in specs:
+        try:
+            arrays[spec.name] = np.asarray([r["inputs"][spec.name] for r in rows], dtype=spec.dtype)
+        except (KeyError, TypeError, ValueError) as err:
+            raise RequestError(expected(f"'inputs.{spec.name}' rows of {spec.dtype}", str(err))) from None
+    return arrays
+
+
 def replay_examples(model) -> dict:
-    """Replay a loaded bundle's examples.jsonl: worst and mean |score - expected|."""
+    """Replay a loaded bundle's examples.jsonl: worst and mean |output - expected|.
+
+    edgerec bundles: raw requests + ``expected`` probability. Bring-your-own-model bundles:
+    ``{"inputs": {name: row}, "expected": {output: row}}`` run on the fused (or only) part.
+    """
     path = model.dir / EXAMPLES
+    files = {part: Path(b.model_path).name for part, b in model.parts.items()}
     if not path.is_file():
-        return {"backend": model.backend_name, "rows": 0, "worst": None, "mean": None}
-    if model.preprocessor is None:
-        raise BundleError(expected("a feature spec to replay examples.jsonl", "none"))
+        return {"backend": model.backend_name, "rows": 0, "worst": None, "mean": None, "files": files}
     rows = read_jsonl(path)
-    want = np.asarray([r.get("expected", np.nan) for r in rows], dtype=np.float64)
-    if np.isnan(want).any():
-        raise BundleError(expected("an 'expected' number on every examples.jsonl line", "missing"))
-    got = model.score_rows(model.preprocessor.encode_requests(
-        [{k: v for k, v in r.items() if k != "expected"} for r in rows]))
-    diff = np.abs(got.astype(np.float64) - want)
+    if not rows:
+        return {"backend": model.backend_name, "rows": 0, "worst": None, "mean": None, "files": files}
+    if all(isinstance(r, dict) and isinstance(r.get("inputs"), dict) for r in rows):
+        part = "fused" if "fused" in model.parts else next(iter(model.parts))
+        outputs = model.run(part, stack_tensor_rows(model.parts[part].inputs, rows))
+        diffs = []
+        for name in rows[0].get("expected", {}):
+            if name not in outputs:
+                raise BundleError(expected(f"output '{name}' from the {part} model", sorted(outputs)))
+            want = np.asarray([r["expected"][name] for r in rows], dtype=np.float64)
+            diffs.append(np.abs(outputs[name].astype(np.float64).reshape(want.shape) - want).reshape(-1))
+        if not diffs:
+            raise BundleError(expected("'expected' outputs on the examples.jsonl lines", "none"))
+        diff = np.concatenate(diffs)
+    else:
+        if model.preprocessor is None:
+            raise BundleError(expected("a feature spec to replay raw-request examples.jsonl", "none"))
+        want = np.asarray([r.get("expected", np.nan) if isinstance(r, dict) else np.nan for r in rows], dtype=np.float64)
+        if np.isnan(want).any():
+            raise BundleError(expected("an 'expected' number on every examples.jsonl line", "missing"))
+        got = model.score_rows(model.preprocessor.encode_requests(
+            [{k: v for k, v in r.items() if k != "expected"} for r in rows]))
+        diff = np.abs(got.astype(np.float64) - want)
     return {"backend": model.backend_name, "rows": len(rows), "worst": float(diff.max()), "mean": float(diff.mean()),
-            "files": {part: b.model_path.rsplit("/", 1)[-1] for part, b in model.parts.items()}}
+            "files": files}
 
 
 def default_tolerance(model) -> float:

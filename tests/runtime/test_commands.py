@@ -87,3 +87,36 @@ def test_predict_command_does_not_import_tensorflow(bundle, tmp_path):
         "print('RC', rc, rc2, 'HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "RC 0 0 HEAVY []" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_byom_bundle_tensor_examples(copy_bundle, tmp_path, capsys):
+    """A bundle without a feature spec replays/predicts tensor rows {"inputs": …, "expected": …}."""
+    from edgerec.runtime.preprocess import Preprocessor
+
+    from .conftest import make_spec
+
+    path = copy_bundle("byom")
+    rows = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    arrays = Preprocessor(make_spec()).encode_requests([{k: v for k, v in r.items() if k != "expected"} for r in rows])
+    lines = [{"inputs": {k: v[i].tolist() for k, v in arrays.items()}, "expected": {"score": [r["expected"]]}}
+             for i, r in enumerate(rows)]
+    (path / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (path / "feature_spec.json").unlink()
+    manifest = load_manifest(path, verify=False)
+    manifest.feature_spec = None
+    manifest.files = [file_entry(path, "examples.jsonl", "examples")]
+    write_manifest(path, manifest)
+    assert _cli("check", str(path)) == 0
+    assert "litert: 32 examples" in capsys.readouterr().out
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps(lines[0]) + "\n" + json.dumps({"history": [], "item": "10"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert _cli("predict", str(path), "--input", str(inp), "--output", str(out)) == 1   # raw line needs a spec
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert abs(first["outputs"]["score"][0] - rows[0]["expected"]) < 1e-5
+    assert "feature spec" in second["error"]
+    lines[5]["expected"]["score"] = [lines[5]["expected"]["score"][0] + 0.2]
+    (path / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest.files = [file_entry(path, "examples.jsonl", "examples")]
+    write_manifest(path, manifest)
+    assert _cli("check", str(path), "--backend", "onnxruntime") == 1

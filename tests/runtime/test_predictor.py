@@ -69,6 +69,26 @@ def test_top_k(predictor):
         predictor.top_k(user, candidates, k=0)
 
 
+def test_preprocessing_parity_indices(predictor):
+    """The predictor encodes exactly like training (shared Preprocessor): OOV, padding, truncation,
+    context buckets, standardised dense — and the model sees those arrays."""
+    request = {"history": ["99", "10"], "item": "29",
+               "context": {"timestamp": 4 * 86400 + 13 * 3600, "device": "web"}, "dense": {"price": 9.0}}
+    long_request = {**request, "history": ["10", "99", "11", "12", "13", "14", "15"]}
+    arrays = predictor._model.preprocessor.encode_requests([request, long_request])
+    np.testing.assert_array_equal(arrays["hist_items"], [[0, 0, 0, 1, 2], [3, 4, 5, 6, 7]])
+    np.testing.assert_array_equal(arrays["cand_item"], [21, 21])
+    np.testing.assert_array_equal(arrays["hour"], [14, 14])          # hour 13 -> bucket 14
+    np.testing.assert_array_equal(arrays["device"], [1, 1])          # "web" is OOV
+    np.testing.assert_allclose(arrays["dense"], [[2.0], [2.0]])      # (9 - 5) / 2
+    from edgerec.runtime.preprocess import Preprocessor
+    training = Preprocessor(make_spec()).encode_requests([request, long_request])
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], training[name])
+    np.testing.assert_allclose(predictor.predict([request, long_request]),
+                               predictor.predict_arrays(arrays)["score"].reshape(-1), atol=1e-6)
+
+
 def test_predict_arrays_tensor_path(predictor, bundle):
     rows = _examples(bundle)
     arrays = Preprocessor(make_spec()).encode_requests(rows)
