@@ -129,3 +129,23 @@ def test_bench_command_rejects_missing_bundle(tmp_path, capsys):
 def test_bench_command_rejects_bad_batches(tmp_path):
     with pytest.raises(SystemExit):
         main(["bench", str(tmp_path), "--out", str(tmp_path), "--batches", "0,x"])
+
+
+def test_resolve_keras_dir(tmp_path):
+    from edgerec.benchmarks.baselines import resolve_keras_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert resolve_keras_dir(None, {"source": str(model)}, tmp_path) is None  # no edgerec_model.json
+    (model / "edgerec_model.json").write_text("{}")
+    assert resolve_keras_dir(None, {"source": str(model)}, tmp_path) == model.resolve()
+    assert resolve_keras_dir(None, {"source": "model"}, tmp_path) == model.resolve()  # relative to the bundle
+    assert resolve_keras_dir(str(model), {}, tmp_path) == model.resolve()
+    with pytest.raises(BundleError, match="Expected a model directory holding edgerec_model.json"):
+        resolve_keras_dir(str(tmp_path / "elsewhere"), {"source": str(model)}, tmp_path)
+
+
+def test_bench_command_rejects_bad_keras_dir(tiny_onnx_bundle, tmp_path, capsys):
+    rc = main(["bench", str(tiny_onnx_bundle), "--out", str(tmp_path / "o"), "--keras", str(tmp_path / "none")])
+    assert rc == 2
+    assert "Expected a model directory holding edgerec_model.json" in capsys.readouterr().err
