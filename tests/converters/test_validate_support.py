@@ -14,6 +14,17 @@ import numpy as np
 VOCAB = 60
 
 
+def conftest_module():
+    """The converters conftest module pytest already imported (its model builders)."""
+    import sys
+
+    here = Path(__file__).with_name("conftest.py").resolve()
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == here:
+            return module
+    raise LookupError("tests/converters/conftest.py was not imported by pytest")
+
+
 def model_inputs(model) -> dict[str, tuple[str, tuple]]:
     from edgerec.converters.keras_io import input_specs
 
