@@ -27,6 +27,8 @@ def load_rows(path: str | os.PathLike, names: list[str], limit: int | None = Non
                 raise ConverterConfigError(expected(f"arrays {wanted} in {path}",
                                                     f"missing {missing} (has {sorted(present)})"))
             rows = {n: np.asarray(data[n]) for n in wanted}
+    except ConverterConfigError:
+        raise
     except (OSError, ValueError) as err:
         raise ConverterConfigError(expected(f"a readable .npz of model inputs at {path}", str(err))) from None
     counts = {n: len(a) for n, a in rows.items()}

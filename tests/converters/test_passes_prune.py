@@ -1,0 +1,105 @@
+"""Prune pass: target sparsity reached and reported per layer, skips listed, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgerec.converters.errors import ConverterConfigError, ModelLoadError
+from edgerec.converters.pipeline import PassRunner
+
+
+@pytest.mark.slow
+def test_din_pruned_to_target_with_per_layer_report(model_dir, rows_npz, cache_dir, rows_for):
+    from edgerec.converters.keras_io import load_keras_model
+    from edgerec.converters.passes.prune import PruneConfig, PrunePass
+
+    # batch 8 → 64 steps: frequency 6 > 1, end_step 42; the shared item embedding steps twice per batch.
+    config = PruneConfig(sparsity=0.5, data=str(rows_npz), epochs=2, batch_size=8)
+    art = PassRunner(cache_dir).run(PrunePass(), model_dir / "din.keras", config)
+    details = art.details
+    assert (details["steps"], details["end_step"], details["frequency"]) == (64, 42, 6)
+    assert abs(details["achieved_sparsity"] - 0.5) <= 0.01
+    assert {"item_embedding", "att_hidden", "mlp_1", "mlp_2", "score", "hour_embedding"} <= set(details["layers"])
+    for name, layer in details["layers"].items():
+        assert abs(layer["sparsity"] - 0.5) <= 1 / layer["weights"] + 1e-9, name
+    assert [s["layer"] for s in details["skipped_layers"]] == ["pool_scale"]   # custom layer with a weight
+    assert "tfmot cannot prune LearnedScale" in details["skipped_layers"][0]["reason"]
+    # Count zeros in the saved file ourselves: the report is not taken on trust.
+    pruned = load_keras_model(art.path)
+    table = pruned.get_layer("item_embedding").get_weights()[0]
+    assert abs(np.mean(table == 0) - 0.5) <= 0.01
+    assert np.all(pruned.get_layer("pool_scale").get_weights()[0] != 0)
+    rows = rows_for(32, seed=2)
+    names = ["hist_items", "cand_item", "hour", "dense"]
+    probs = np.asarray(pruned({n: rows[n] for n in names}))
+    assert probs.shape == (32, 1) and np.all((probs >= 0) & (probs <= 1))
+    assert art.format == "keras" and art.lineage[-1]["config"]["sparsity"] == 0.5
+
+
+@pytest.mark.slow
+def test_attention_model_prunes_mha_kernels(model_dir, rows_npz, cache_dir):
+    from edgerec.converters.passes.prune import PruneConfig, PrunePass
+
+    art = PassRunner(cache_dir).run(PrunePass(), model_dir / "mha.keras",
+                                    PruneConfig(sparsity=0.3, data=str(rows_npz), epochs=1))
+    assert abs(art.details["achieved_sparsity"] - 0.3) <= 0.01
+    assert "mha" in art.details["layers"] and art.details["skipped_layers"] == []
+
+
+@pytest.mark.slow
+def test_pruned_model_flows_into_export(model_dir, rows_npz, cache_dir):
+    from edgerec.converters.passes.prune import PruneConfig, PrunePass
+    from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
+    from edgerec.converters.pipeline import Pipeline
+
+    steps = [(PrunePass(), PruneConfig(sparsity=0.5, data=str(rows_npz), epochs=1)),
+             (TFLitePass(), TFLiteConfig(mode="dynamic"))]
+    result = Pipeline(steps, PassRunner(cache_dir)).run(model_dir / "gru.keras")
+    assert result.format == "tflite" and [s["pass"] for s in result.lineage] == ["prune", "tflite"]
+
+
+def test_schedule_is_computed_from_real_steps():
+    from edgerec.converters.passes.prune import PruneConfig, schedule_steps
+
+    assert schedule_steps(2000, PruneConfig(data="x", epochs=1, batch_size=64)) == (32, 21, 3)
+    assert schedule_steps(100, PruneConfig(data="x", epochs=1, batch_size=64)) == (2, 1, 1)
+    total, end, frequency = schedule_steps(61610, PruneConfig(data="x", epochs=2, batch_size=64))
+    assert frequency == 100 and end % frequency == 0 and end < total
+    with pytest.raises(ConverterConfigError, match="at least 2 fine-tuning steps"):
+        schedule_steps(10, PruneConfig(data="x", epochs=1, batch_size=64))
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.5"])
+def test_sparsity_outside_0_1_is_refused(bad):
+    from edgerec.converters.passes.prune import PruneConfig
+
+    with pytest.raises(ConverterConfigError, match="sparsity strictly between 0 and 1"):
+        PruneConfig(sparsity=bad, data="x.npz")
+
+
+def test_missing_data_is_refused():
+    from edgerec.converters.passes.prune import PruneConfig
+
+    with pytest.raises(ConverterConfigError, match="training rows"):
+        PruneConfig(sparsity=0.5)
+
+
+@pytest.mark.slow
+def test_keras3_model_is_refused_clearly(model_dir, rows_npz, cache_dir):
+    from edgerec.converters.passes.prune import PruneConfig, PrunePass
+
+    with pytest.raises(ModelLoadError, match="tf_keras .*Keras 3"):
+        PassRunner(cache_dir).run(PrunePass(), model_dir / "keras3.keras",
+                                  PruneConfig(sparsity=0.5, data=str(rows_npz)))
+
+
+@pytest.mark.slow
+def test_npz_without_labels_is_refused(model_dir, tmp_path, cache_dir, rows_for):
+    from edgerec.converters.passes.prune import PruneConfig, PrunePass
+
+    rows = rows_for(64)
+    rows.pop("labels")
+    np.savez(tmp_path / "nolabels.npz", **rows)
+    with pytest.raises(ConverterConfigError, match="missing \\['labels'\\]"):
+        PassRunner(cache_dir).run(PrunePass(), model_dir / "gru.keras",
+                                  PruneConfig(sparsity=0.5, data=str(tmp_path / "nolabels.npz")))
