@@ -84,7 +84,8 @@ def parse_tf_config(text: str | None = None) -> dict:
         config = json.loads(text)
     except json.JSONDecodeError as err:
         raise DistributedError(expected(f"JSON in ${TF_CONFIG}", str(err))) from None
-    cluster, task = config.get("cluster") if isinstance(config, dict) else None, config.get("task") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not cluster or not all(isinstance(v, list) and v for v in cluster.values()):
         raise DistributedError(expected(f"a 'cluster' of host:port lists in ${TF_CONFIG}", cluster))
     if (not isinstance(task, dict) or task.get("type") not in cluster
@@ -344,6 +345,7 @@ def local_tf_config(ports: list[int], index: int, host: str = "127.0.0.1") -> di
 
 def _stop(proc) -> None:
     import signal
+    import subprocess
 
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         if proc.poll() is not None:
@@ -354,7 +356,7 @@ def _stop(proc) -> None:
             proc.send_signal(sig)
         try:
             proc.wait(wait)
-        except Exception:                      # noqa: BLE001 - escalate to SIGKILL
+        except subprocess.TimeoutExpired:      # escalate to SIGKILL
             continue
 
 
@@ -466,17 +468,27 @@ def run_train(args, worker_argv: list[str] | None = None) -> int:
 
     from ..data import load_dataset
 
+    if args.strategy not in STRATEGIES:
+        raise SpecError(expected(f"--strategy among {list(STRATEGIES)}", args.strategy))
+    if isinstance(args.workers, bool) or not isinstance(args.workers, int) or args.workers < 0:
+        raise SpecError(expected("--workers as an int >= 0", args.workers))
+    if args.workers and args.strategy != "multiworker":
+        raise SpecError(expected("--workers only with --strategy multiworker", args.strategy))
     if args.strategy == "multiworker" and args.workers and TF_CONFIG not in os.environ:
         argv = worker_argv or [sys.executable, "-m", "edgerec.sdk.cli", *sys.argv[1:]]
         results = launch_local_workers(args.workers, argv, timeout=args.worker_timeout)
         print(results[0].output, end="")
+        for result in results[1:]:
+            print("".join(l + "\n" for l in result.output.splitlines() if l.startswith(RESULT_PREFIX)), end="")
         print(f"{len(results)} local workers finished in {max(r.seconds for r in results):.1f} s")
         return 0
     strategy = make_strategy(args.strategy, cpu_devices=args.cpu_devices)
     info = task_info(strategy)
     verbose = 0 if args.quiet or not info.is_chief else 1
+    from ..commands import _data_options
+
     dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives, seed=args.seed,
-                           progress=bool(verbose), **_json_arg(getattr(args, "data_options", None), "--data-options"))
+                           progress=bool(verbose), **_data_options(getattr(args, "data_option", None) or []))
     model_config = ModelConfig.from_dict({"embedding_dim": args.embedding_dim,
                                           **_json_arg(getattr(args, "model_config", None), "--model-config")})
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -508,7 +520,6 @@ def main(argv: list[str] | None = None) -> int:
                                      description="edgerec train under a tf.distribute strategy")
     configure("train", parser)
     add_arguments(parser)
-    parser.add_argument("--data-options", default=None, help="JSON: synthetic generator options (num_users, …)")
     parser.add_argument("--model-config", default=None, help="JSON: ModelConfig fields")
     args = parser.parse_args(argv)
     if args.strategy is None:
