@@ -468,6 +468,8 @@ def run_train(args, worker_argv: list[str] | None = None) -> int:
 
     from ..data import load_dataset
 
+    if args.model not in FAMILIES:
+        raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
     if args.strategy not in STRATEGIES:
         raise SpecError(expected(f"--strategy among {list(STRATEGIES)}", args.strategy))
     if isinstance(args.workers, bool) or not isinstance(args.workers, int) or args.workers < 0:

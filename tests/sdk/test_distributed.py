@@ -94,6 +94,35 @@ def test_launcher_rejects_bad_arguments(count, argv, timeout):
         launch_local_workers(count, argv, timeout=timeout)
 
 
+class _FakeResolver:
+    def __init__(self, cluster, task_type, task_id):
+        self.cluster, self.task_type, self.task_id = cluster, task_type, task_id
+
+    def cluster_spec(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(as_dict=lambda: self.cluster)
+
+
+@pytest.mark.parametrize("cluster, task_type, task_id, chief, workers", [
+    ({"worker": ["a:1", "b:2"]}, "worker", 0, True, 2),
+    ({"worker": ["a:1", "b:2"]}, "worker", 1, False, 2),
+    ({"chief": ["c:0"], "worker": ["a:1", "b:2"]}, "worker", 0, False, 3),
+    ({"chief": ["c:0"], "worker": ["a:1"]}, "chief", 0, True, 2),
+])
+def test_task_info_picks_the_chief_like_tf_docs(cluster, task_type, task_id, chief, workers):
+    from types import SimpleNamespace
+
+    from edgerec.sdk.training.distributed import global_batch_size, task_info
+
+    strategy = SimpleNamespace(cluster_resolver=_FakeResolver(cluster, task_type, task_id), num_replicas_in_sync=4)
+    info = task_info(strategy)
+    assert (info.is_chief, info.num_workers, info.replicas, info.task_index) == (chief, workers, 4, task_id)
+    assert global_batch_size(16, strategy) == 64
+    single = task_info(SimpleNamespace(cluster_resolver=None, num_replicas_in_sync=2))
+    assert (single.is_chief, single.num_workers, single.task_type) == (True, 1, None)
+
+
 def test_make_strategy_rejects_unknown_names():
     from edgerec.sdk.training.distributed import make_strategy
 
@@ -109,7 +138,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from edgerec.sdk.models import ModelConfig
     from edgerec.sdk.training import TrainConfig
     from edgerec.sdk.training.distributed import (build_model_distributed, fit_distributed, make_strategy,
-                                                  make_train_dataset, unwrap_parts, weights_sha256)
+                                                  make_train_dataset, task_info, unwrap_parts,
+                                                  weights_sha256)
 
     from edgerec.sdk.training.distributed import DistributedError, configure_logical_cpus
 
@@ -142,7 +172,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     user = {k: v.numpy() for k, v in plain.user_encoder(plain.select_inputs(x, "user_encoder")).items()}
     split = plain.scorer(plain.select_inputs({**x, **user}, "scorer"), training=False).numpy()
     distributed = parts.fused(x, training=False).numpy()
+    task = task_info(strategy)
     print("RESULT " + json.dumps({
+        "task": [task.task_type, task.is_chief, task.num_workers],
         "devices": list(strategy.extended.worker_devices), "replicas": strategy.num_replicas_in_sync,
         "variable": type(variable).__name__, "copies": len(variable.values),
         "changed": sum(int(not np.array_equal(a, b)) for a, b in zip(before, after)), "weights": len(after),
@@ -170,6 +202,7 @@ def test_mirrored_on_two_logical_cpus_trains_and_parts_stay_equivalent(tmp_path)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     assert result["replicas"] == 2 and len(result["devices"]) == 2
+    assert result["task"] == [None, True, 1]
     assert all("CPU" in d for d in result["devices"])
     assert result["variable"] == "MirroredVariable" and result["copies"] == 2
     history = result["history"]
@@ -216,7 +249,8 @@ def test_two_local_workers_end_with_identical_weights(tmp_path):
                                                               "CollectiveAllReduceStrategy"))
 
 
-@pytest.mark.parametrize("extra, fragment", [(["--strategy", "mirrored", "--workers", "2"], "--workers only with"),
+@pytest.mark.parametrize("extra, fragment", [(["--strategy", "mirrored", "--model", "mlp"], "--model among"),
+                                             (["--strategy", "mirrored", "--workers", "2"], "--workers only with"),
                                              (["--strategy", "multiworker", "--workers", "-1"], "--workers as an int")])
 def test_command_line_rejects_bad_worker_options(extra, fragment):
     from edgerec.sdk.training.distributed import main
