@@ -111,30 +111,40 @@ def make_requests(n: int, seed: int = 0) -> list[dict]:
 
 
 def _keras_parts(spec: FeatureSpec):
+    """Flat fused model + user_encoder + scorer built from the SAME layer objects (so the three
+    agree exactly and each saves/loads on its own)."""
     tf, keras = _tf()
     keras.utils.set_random_seed(7)
-    n_items = spec.item_vocab.size
-    item_emb = keras.layers.Embedding(n_items, 8, name="item_emb")
+    item_emb = keras.layers.Embedding(spec.item_vocab.size, 8, name="item_emb")
+    pool = keras.layers.GlobalAveragePooling1D(name="pool")
+    to_state = keras.layers.Dense(8, activation="tanh", name="user_state")
+    hour_emb = keras.layers.Embedding(25, 3, name="hour_emb")
+    device_emb = keras.layers.Embedding(4, 2, name="device_emb")
+    concat = keras.layers.Concatenate(name="concat")
+    multiply = keras.layers.Multiply(name="interaction")
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")
+    head = keras.layers.Dense(1, activation="sigmoid", name="score")
+
+    def user_side(hist):
+        return to_state(pool(item_emb(hist)))
+
+    def score_side(cand, hour, device, dense, state):
+        cand_vec = item_emb(cand)
+        feats = concat([cand_vec, hour_emb(hour), device_emb(device), dense, state, multiply([cand_vec, state])])
+        return head(hidden(feats))
+
+    def inputs():
+        return (keras.Input((), dtype="int32", name="cand_item"), keras.Input((), dtype="int32", name="hour"),
+                keras.Input((), dtype="int32", name="device"), keras.Input((1,), dtype="float32", name="dense"))
+
     hist = keras.Input((SEQ,), dtype="int32", name="hist_items")
-    pooled = keras.layers.GlobalAveragePooling1D()(item_emb(hist))
-    user_state = keras.layers.Dense(8, activation="tanh", name="user_state")(pooled)
-    user_encoder = keras.Model(hist, user_state, name="user_encoder")
-
-    cand = keras.Input((), dtype="int32", name="cand_item")
-    hour = keras.Input((), dtype="int32", name="hour")
-    device = keras.Input((), dtype="int32", name="device")
-    dense = keras.Input((1,), dtype="float32", name="dense")
+    user_encoder = keras.Model(hist, user_side(hist), name="user_encoder")
+    scorer_inputs = inputs()
     state_in = keras.Input((8,), dtype="float32", name="user_state")
-    feats = keras.layers.Concatenate()([
-        item_emb(cand), keras.layers.Embedding(25, 3)(hour), keras.layers.Embedding(4, 2)(device),
-        dense, state_in, keras.layers.Multiply()([item_emb(cand), state_in])])
-    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(feats)
-    score = keras.layers.Dense(1, activation="sigmoid", name="score")(hidden)
-    scorer = keras.Model([cand, hour, device, dense, state_in], score, name="scorer")
-
-    fused_out = scorer([cand, hour, device, dense, user_encoder(hist)])
-    fused_out = keras.layers.Activation("linear", name="score")(fused_out)
-    fused = keras.Model([hist, cand, hour, device, dense], fused_out, name="fused")
+    scorer = keras.Model([*scorer_inputs, state_in], score_side(*scorer_inputs, state_in), name="scorer")
+    hist_f = keras.Input((SEQ,), dtype="int32", name="hist_items")
+    fused_inputs = inputs()
+    fused = keras.Model([hist_f, *fused_inputs], score_side(*fused_inputs, user_side(hist_f)), name="fused")
     return tf, fused, user_encoder, scorer
 
 
