@@ -22,7 +22,7 @@ from .errors import BundleError, RequestError, expected
 from .loaded import LoadedBundle
 from .spec import CAND_ITEM, HIST_ITEMS, SCORE
 
-USER_FIELDS = ("user_id", "history", "context", "dense")
+ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
 
 
 def load(bundle_path, backend: str = "auto", warmup: bool = True, cache=None, **backend_options) -> "Predictor":
@@ -174,6 +174,22 @@ class Predictor:
         scores = self.score_candidates(user_request, candidates, context, dense, use_cache)
         order = np.argsort(-scores, kind="stable")[: int(k)]
         return [(candidates[i], float(scores[i])) for i in order]
+
+    def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Content-encoder vectors [N, D] for item texts, tokenised exactly as in training."""
+        with self._serving() as model:
+            spec = self._preprocessor(model).spec
+            if spec.text is None or "content_encoder" not in model.parts:
+                raise RequestError(expected("a bundle with a text spec and a content_encoder part",
+                                            sorted(model.parts)))
+            if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or len(texts) == 0:
+                raise RequestError(expected("a non-empty list of item texts", type(texts).__name__))
+            bad = [t for t in texts if not isinstance(t, str)]
+            if bad:
+                raise RequestError(expected("item texts as str", bad[:3]))
+            from .text import Tokenizer
+            tokens = Tokenizer(spec.text.vocab, spec.text.max_tokens).encode_batch(list(texts))
+            return model.run("content_encoder", {ITEM_TOKENS: tokens})[ITEM_VECTOR]
 
     # -- tensors ----------------------------------------------------------------------------------
     def predict_arrays(self, feeds: Mapping[str, np.ndarray], part: str | None = None) -> dict[str, np.ndarray]:

@@ -181,3 +181,46 @@ def test_auto_backend_and_stats(bundle):
         assert stats["parts"] == ["fused", "scorer", "user_encoder"] and len(stats["version"]) == 16
     with pytest.raises(RequestError, match="closed"):
         p.predict(make_requests(1))
+
+
+def test_item_vectors_through_content_encoder(copy_bundle):
+    """A content_encoder part gets item texts tokenised with the training Tokenizer."""
+    import tf2onnx
+
+    from edgerec.runtime.io import sha256_file
+    from edgerec.runtime.manifest import Artifact, TensorSpec, file_entry, load_manifest, write_manifest
+    from edgerec.runtime.spec import FeatureSpec, TextSpec
+    from edgerec.runtime.text import Tokenizer
+
+    from .conftest import _tf
+
+    tf, keras = _tf()
+    tokens = keras.Input((6,), dtype="int32", name="item_tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(8, 4)(tokens))
+    encoder = keras.Model(tokens, keras.layers.Dense(3, name="item_vector")(pooled))
+    path = copy_bundle("text")
+    proto, _ = tf2onnx.convert.from_keras(encoder, input_signature=[tf.TensorSpec([None, 6], tf.int32, name="item_tokens")],
+                                          opset=17)
+    (path / "content.onnx").write_bytes(proto.SerializeToString())
+    spec_dict = make_spec().to_dict()
+    spec_dict["text"] = TextSpec(("toy", "story", "war"), max_tokens=6).to_dict()
+    FeatureSpec.from_dict(spec_dict).save(path / "feature_spec.json")
+    manifest = load_manifest(path, verify=False)
+    manifest.artifacts.append(Artifact("content.onnx", "onnx", "fp32", "content_encoder", sha256_file(path / "content.onnx"),
+                                       (path / "content.onnx").stat().st_size, [TensorSpec("item_tokens", "int32", [None, 6])],
+                                       [TensorSpec("item_vector", "float32", [None, 3])]))
+    manifest.selected["onnxruntime"]["content_encoder"] = "content.onnx"
+    manifest.files = [file_entry(path, f["file"], f.get("role", "")) for f in manifest.files]
+    write_manifest(path, manifest)
+    texts = ["Toy Story", "War of the Worlds", ""]
+    with er.load(path, backend="onnxruntime") as p:
+        vectors = p.item_vectors(texts)
+        want = encoder.predict(Tokenizer(("toy", "story", "war"), 6).encode_batch(texts), verbose=0)
+        np.testing.assert_allclose(vectors, want, atol=1e-5)
+        with pytest.raises(RequestError):
+            p.item_vectors(["ok", 3])
+        with pytest.raises(RequestError):
+            p.item_vectors("Toy Story")
+    with er.load(path, backend="litert") as p:
+        with pytest.raises(RequestError, match="content_encoder"):
+            p.item_vectors(texts)
