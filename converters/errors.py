@@ -4,7 +4,7 @@ from __future__ import annotations
 from edgerec.runtime.errors import EdgeRecError, expected
 
 __all__ = ["ConverterError", "ConverterConfigError", "ModelLoadError", "ConversionError",
-           "PruningError", "CacheError", "expected"]
+           "PruningError", "CacheError", "ValidationError", "expected"]
 
 
 class ConverterError(EdgeRecError):
@@ -40,3 +40,7 @@ class PruningError(ConverterError, RuntimeError):
 
 class CacheError(ConverterError):
     """A cached pass result is unreadable or fails its sha256 check."""
+
+
+class ValidationError(ConverterError, ValueError):
+    """An artifact differs from its Keras reference beyond the declared tolerance."""

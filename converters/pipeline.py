@@ -170,6 +170,12 @@ class Pass:
         raise NotImplementedError
 
     @staticmethod
+    def carried_details(source: ExportedArtifact) -> dict:
+        """Facts of upstream passes worth keeping on every downstream artifact (e.g. sparsity)."""
+        keep = ("achieved_sparsity", "target_sparsity", "skipped_layers")
+        return {k: source.details[k] for k in keep if k in source.details}
+
+    @staticmethod
     def _as_artifact(source, part: str) -> ExportedArtifact:
         if isinstance(source, ExportedArtifact):
             return source
@@ -220,7 +226,11 @@ class PassRunner:
             self._store(tmp, result, key)
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
-            os.replace(tmp, entry)
+            try:
+                os.replace(tmp, entry)
+            except OSError:
+                if not entry.is_dir():  # another process finished the same key first: reuse theirs
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

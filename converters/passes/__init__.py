@@ -1,1 +1,23 @@
-"""edgerec.converters.passes"""
+"""edgerec.converters.passes: typed, cacheable model transformations (heavy imports happen inside run).
+
+| pass | input → output | config |
+|---|---|---|
+| `PrunePass` ("prune") | tf_keras model → pruned tf_keras .keras | `PruneConfig` |
+| `TFLitePass` ("tflite") | Keras model → .tflite fp32/fp16/dynamic/int8 | `TFLiteConfig` |
+| `OnnxExportPass` ("onnx_export") | Keras model → fp32 .onnx | `OnnxExportConfig` |
+| `OrtOptimizePass` ("ort_optimize") | .onnx → ORT-optimised .onnx | `OrtOptimizeConfig` |
+| `OrtQuantizePass` ("ort_quantize") | fp32 .onnx → dynamic / static QDQ / TensorRT-ready int8 | `OrtQuantizeConfig` |
+
+`check_tensorrt_ready(onnx_path)` lists every TensorRT violation of a graph.
+"""
+from .onnx import OnnxExportConfig, OnnxExportPass, OrtOptimizeConfig, OrtOptimizePass
+from .onnx_quant import OrtQuantizeConfig, OrtQuantizePass
+from .prune import PruneConfig, PrunePass
+from .tensorrt import Violation, check_tensorrt_ready, dedicate_qdq_pairs
+from .tflite import TFLiteConfig, TFLitePass
+
+PASSES = {p.name: p for p in (PrunePass, TFLitePass, OnnxExportPass, OrtOptimizePass, OrtQuantizePass)}
+
+__all__ = ["PASSES", "PrunePass", "PruneConfig", "TFLitePass", "TFLiteConfig", "OnnxExportPass",
+           "OnnxExportConfig", "OrtOptimizePass", "OrtOptimizeConfig", "OrtQuantizePass", "OrtQuantizeConfig",
+           "Violation", "check_tensorrt_ready", "dedicate_qdq_pairs"]

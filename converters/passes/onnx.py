@@ -88,8 +88,9 @@ class OnnxExportPass(Pass):
         inputs, outputs = graph_specs(proto)
         return ExportedArtifact(path=str(out), format="onnx", precision="fp32", part=source.part,
                                 inputs=inputs, outputs=outputs,
-                                details={"opset": opset, "tf2onnx_opset": config.opset,
-                                         "nodes": len(proto.graph.node), "size_bytes": out.stat().st_size})
+                                details={**self.carried_details(source), "opset": opset,
+                                         "tf2onnx_opset": config.opset, "nodes": len(proto.graph.node),
+                                         "size_bytes": out.stat().st_size})
 
 
 def canonicalize_io(proto, input_names: list[str], output_names: list[str]) -> None:

@@ -107,6 +107,7 @@ class OrtQuantizePass(Pass):
         inputs, outputs = graph_specs(proto)
         ops = sorted({n.op_type for n in proto.graph.node})
         details = {k: v for k, v in source.details.items() if k in ("opset", "tf2onnx_opset", "ort_optimization")}
+        details.update(self.carried_details(source))
         details.update({"quantization": config.mode, "per_channel": config.per_channel,
                         "calibrate_method": None if config.mode == "dynamic" else config.calibrate_method,
                         "op_types": ops, "size_bytes": out.stat().st_size})

@@ -88,10 +88,10 @@ class TFLitePass(Pass):
         out = out_dir / f"{source.part}.{config.mode}.tflite"
         out.write_bytes(flat)
         inputs, outputs, sample = sanity_check(out, rows, specs)
-        details = {"mode": config.mode, "calibration_rows": (len(next(iter(rows.values()))) if rows else 0)
-                   if config.mode == "int8" else 0, "sanity_output_mean": sample,
-                   "float_fallback": config.allow_float_fallback if config.mode == "int8" else None,
-                   "size_bytes": out.stat().st_size}
+        calibrated = len(next(iter(rows.values()))) if rows and config.mode == "int8" else 0
+        details = {**self.carried_details(source), "mode": config.mode, "calibration_rows": calibrated,
+                   "sanity_output_mean": sample, "size_bytes": out.stat().st_size,
+                   "float_fallback": config.allow_float_fallback if config.mode == "int8" else None}
         return ExportedArtifact(path=str(out), format="tflite", precision=PRECISION[config.mode], part=source.part,
                                 inputs=inputs, outputs=outputs, details=details)
 

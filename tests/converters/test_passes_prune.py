@@ -56,6 +56,7 @@ def test_pruned_model_flows_into_export(model_dir, rows_npz, cache_dir):
              (TFLitePass(), TFLiteConfig(mode="dynamic"))]
     result = Pipeline(steps, PassRunner(cache_dir)).run(model_dir / "gru.keras")
     assert result.format == "tflite" and [s["pass"] for s in result.lineage] == ["prune", "tflite"]
+    assert abs(result.details["achieved_sparsity"] - 0.5) <= 0.01
 
 
 def test_schedule_is_computed_from_real_steps():
