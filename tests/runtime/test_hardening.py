@@ -210,3 +210,32 @@ def test_runtime_never_unpickles():
     sources = "\n".join(p.read_text() for p in root.rglob("*.py"))
     assert "import pickle" not in sources and "allow_pickle=True" not in sources
     assert "np.load(" not in sources and "eval(" not in sources.replace("_eval(", "")
+
+
+@pytest.fixture(scope="module")
+def scratch_bundle(bundle, tmp_path_factory):
+    import shutil
+    return Path(shutil.copytree(bundle, tmp_path_factory.mktemp("scratch") / "b"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_flipped_or_truncated_byte_is_refused(scratch_bundle, data):
+    """Whatever file and offset: a flipped bit or a cut file fails the sha256/size check before loading."""
+    files = sorted(p.name for p in scratch_bundle.iterdir() if p.name != "manifest.json")
+    name = data.draw(st.sampled_from(files))
+    target = scratch_bundle / name
+    original = target.read_bytes()
+    offset = data.draw(st.integers(0, len(original) - 1))
+    truncate = data.draw(st.booleans())
+    try:
+        if truncate:
+            target.write_bytes(original[:offset])
+        else:
+            changed = bytearray(original)
+            changed[offset] ^= 1 << data.draw(st.integers(0, 7))
+            target.write_bytes(bytes(changed))
+        with pytest.raises(IntegrityError, match=name.replace(".", r"\.")):
+            er.load(scratch_bundle, warmup=False)
+    finally:
+        target.write_bytes(original)
