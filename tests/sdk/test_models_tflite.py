@@ -1,0 +1,67 @@
+"""Every family's parts convert to TFLite builtins only and run in LiteRT with the Keras outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf_keras")
+pytest.importorskip("ai_edge_litert")
+
+
+def _load_helpers():
+    """The tiny spec/arrays helpers of test_models.py (pytest runs with --import-mode=importlib)."""
+    import importlib.util
+    from pathlib import Path
+
+    location = Path(__file__).with_name("test_models.py")
+    module_spec = importlib.util.spec_from_file_location("_edgerec_test_models_helpers", location)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+_helpers = _load_helpers()
+_arrays, _item_text, _small_config, _spec = (_helpers._arrays, _helpers._item_text,
+                                             _helpers._small_config, _helpers._spec)
+
+
+def _tflite_runner(model):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgerec.converters.tfenv import import_tf
+
+    tf, _ = import_tf()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]   # no Flex ops
+    return Interpreter(model_content=converter.convert()).get_signature_runner()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["din", "gru", "bst", "context"])
+def test_parts_convert_to_builtins_and_match(family):
+    from edgerec.sdk.models import (ContentParts, build_content_encoder, build_model, content_table,
+                                    tokenize_items)
+
+    spec, config = _spec(), _small_config()
+    content = None
+    if family == "context":
+        encoder = build_content_encoder(spec, config)
+        content = ContentParts(encoder, content_table(encoder, tokenize_items(spec, _item_text(spec))))
+    parts = build_model(family, spec, config, content)
+    row = {k: v[1:2] for k, v in _arrays(spec).items()}          # batch 1, short history
+    user = {k: v.numpy() for k, v in parts.user_encoder(parts.select_inputs(row, "user_encoder")).items()}
+    feeds = {"fused": parts.select_inputs(row), "user_encoder": parts.select_inputs(row, "user_encoder"),
+             "scorer": parts.select_inputs({**row, **user}, "scorer")}
+    if content is not None:
+        feeds["content_encoder"] = {"item_tokens": np.array([[2, 4, 5, 3, 0, 0, 0, 0]], np.int32)}
+    # fused covers every op; the split parts' extra float inputs/outputs are checked once (din)
+    checked = ["fused", "content_encoder"] + (["user_encoder", "scorer"] if family == "din" else [])
+    for name, model in parts.parts().items():
+        if name not in checked:
+            continue
+        got = _tflite_runner(model)(**feeds[name])
+        want = model(feeds[name], training=False)
+        want = want if isinstance(want, dict) else {"score": want}
+        assert sorted(got) == sorted(want), name
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key].numpy(), atol=2e-5, err_msg=f"{family}/{name}/{key}")
