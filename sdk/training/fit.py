@@ -23,7 +23,8 @@ class TrainConfig:
         epochs: maximum epochs.
         batch_size: rows per step.
         learning_rate: Adam learning rate.
-        patience: epochs without improvement of ``monitor`` before stopping.
+        patience: epochs without improvement of ``monitor`` before stopping (as Keras'
+            EarlyStopping: 0 and 1 both stop at the first epoch that does not improve).
         monitor: ``"auc"`` (validation AUC, higher is better) or ``"loss"`` (validation logloss).
         seed: seeds TensorFlow, numpy and Python (shuffling, initialisation).
         verbose: 0 silent, 1 Keras progress bar (one line per epoch when not a terminal).
@@ -124,7 +125,7 @@ def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
             best, best_weights, waited = (value, epoch), parts.fused.get_weights(), 0
         else:
             waited += 1
-            if waited > config.patience:
+            if waited >= max(1, config.patience):
                 break
     parts.fused.set_weights(best_weights)
     return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
