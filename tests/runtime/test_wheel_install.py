@@ -40,18 +40,37 @@ def wheel(tmp_path_factory) -> Path:
     return wheels[0]
 
 
-@pytest.mark.parametrize("extra, backend, absent", [("onnx", "onnxruntime", "ai_edge_litert"),
-                                                    ("litert", "litert", "onnxruntime")])
-def test_wheel_with_one_extra(wheel, bundle, tmp_path, extra, backend, absent):
-    env_dir = tmp_path / f"venv-{extra}"
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+EXTRAS = ("onnx", "litert")
+
+
+def _make_venv(env_dir: Path, wheel: Path, extra: str) -> dict:
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{wheel}[{extra}]"],
-                             capture_output=True, text=True, timeout=600, env=clean_env, cwd=tmp_path)
-    if install.returncode != 0 and "No matching distribution" in install.stderr:
-        pytest.skip(f"the package index cannot serve the [{extra}] extra here: {install.stderr[-300:]}")
-    assert install.returncode == 0, install.stderr[-3000:]
+                             capture_output=True, text=True, timeout=600, env=CLEAN_ENV, cwd=env_dir)
+    return {"dir": env_dir, "python": python, "rc": install.returncode, "stderr": install.stderr}
+
+
+@pytest.fixture(scope="module")
+def venvs(wheel, tmp_path_factory) -> dict:
+    """One clean venv per extra, installed concurrently (pip mostly waits on I/O)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("venvs")
+    with ThreadPoolExecutor(len(EXTRAS)) as pool:
+        futures = {extra: pool.submit(_make_venv, root / extra, wheel, extra) for extra in EXTRAS}
+        return {extra: future.result() for extra, future in futures.items()}
+
+
+@pytest.mark.parametrize("extra, backend, absent", [("onnx", "onnxruntime", "ai_edge_litert"),
+                                                    ("litert", "litert", "onnxruntime")])
+def test_wheel_with_one_extra(venvs, bundle, tmp_path, extra, backend, absent):
+    env = venvs[extra]
+    env_dir, python, clean_env = env["dir"], env["python"], CLEAN_ENV
+    if env["rc"] != 0 and "No matching distribution" in env["stderr"]:
+        pytest.skip(f"the package index cannot serve the [{extra}] extra here: {env['stderr'][-300:]}")
+    assert env["rc"] == 0, env["stderr"][-3000:]
     freeze = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True,
                             env=clean_env, cwd=tmp_path).stdout.lower()
     assert "tensorflow" not in freeze and absent.replace("_", "-") not in freeze
