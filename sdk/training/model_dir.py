@@ -64,7 +64,7 @@ def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, hi
 
     _check_metrics(metrics)
     out = Path(out_dir).absolute()
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir()))):
         raise BundleError(expected("an empty folder or an existing model dir as --out", str(out)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
