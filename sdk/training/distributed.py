@@ -139,6 +139,14 @@ def task_info(strategy) -> TaskInfo:
     return TaskInfo(task_type, task_index, bool(chief), workers, int(strategy.num_replicas_in_sync))
 
 
+def strategy_name(strategy) -> str:
+    """``"multiworker"``, ``"mirrored"`` or the class name of another strategy."""
+    cls = type(strategy).__name__
+    if "MultiWorker" in cls or "CollectiveAllReduce" in cls:
+        return "multiworker"
+    return "mirrored" if cls == "MirroredStrategy" else cls
+
+
 def global_batch_size(per_replica: int, strategy) -> int:
     """``per_replica`` x the strategy's replicas in sync."""
     return int(per_replica) * int(strategy.num_replicas_in_sync)
@@ -232,7 +240,7 @@ def fit_distributed(parts: ModelParts, dataset, config: TrainConfig | None, stra
     with strategy.scope():
         parts.fused.set_weights(best_weights)
     return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
-            "train_rows": len(train), "monitor": config.monitor, "strategy": type(strategy).__name__,
+            "train_rows": len(train), "monitor": config.monitor, "strategy": strategy_name(strategy),
             "replicas": info.replicas, "workers": info.num_workers, "per_replica_batch": config.batch_size,
             "global_batch": batch, "steps_per_epoch": steps}
 
@@ -500,7 +508,7 @@ def run_train(args, worker_argv: list[str] | None = None) -> int:
     out = write_model_dir(strategy, parts, dataset, args.out, metrics, train_config, history,
                           data_source=args.data, seed=args.seed)
     if info.is_chief:
-        print(f"{args.model} on {dataset.name} with {history['strategy']} ({history['replicas']} replicas, "
+        print(f"{args.model} on {dataset.name}, {history['strategy']} strategy ({history['replicas']} replicas, "
               f"{history['workers']} workers, global batch {history['global_batch']}): best epoch "
               f"{history['best_epoch']}, test auc {metrics['test']['auc']:.4f}  wrote {out}")
     print(RESULT_PREFIX + json.dumps({
