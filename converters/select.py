@@ -164,6 +164,7 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
         if backends is not None and backend not in backends:
             continue
         groups.setdefault((backend, res.part), []).append(res)
+    composed = _composition_deltas(report)
     for (backend, part), members in groups.items():
         fp32 = next((r for r in members if r.precision == "fp32" and r.passed), None)
         rows = []
@@ -184,7 +185,10 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
                    "max_abs_diff": res.metrics.get("max_abs_diff"),
                    **{f"latency_ms_b{b}": ms for b, ms in sorted(lat.items())},
                    "status": "accepted", "reason": ""}
-            reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin)
+            if part == "user_encoder" and res.file in composed:
+                # no probability of its own: judged by user_encoder -> scorer against the Keras fused model
+                row["delta_auc"], row["delta_auc_source"] = composed[res.file], "composition"
+            reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin, row["delta_auc"])
             if reason:
                 row["status"], row["reason"] = "rejected", reason
                 selection.rejected.append({"file": res.file, "backend": backend, "reason": reason})
@@ -205,18 +209,32 @@ def _lat_key(row: dict, batch: int | None = None) -> str:
     return keys[-1] if keys else "latency_ms_b?"
 
 
-def _rejection(res, lat, batch, fp32, latencies, budget, margin) -> str:
+def _composition_deltas(report: ValidationReport) -> dict[str, float]:
+    """``{user_encoder file: ΔAUC of its worst composition}`` (largest |ΔAUC| over its scorers)."""
+    worst: dict[str, float] = {}
+    for comp in report.compositions:
+        delta = comp["metrics"].get("delta_auc")
+        if delta is None or comp["failures"]:
+            continue
+        if comp["user_encoder"] not in worst or abs(delta) > abs(worst[comp["user_encoder"]]):
+            worst[comp["user_encoder"]] = delta
+    return worst
+
+
+def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta) -> str:
     if not res.passed:
         return "failed validation: " + "; ".join(res.failures)
     if not lat or batch not in lat:
         return f"no latency measured at batch {batch} on this machine"
     if res.precision not in COMPRESSED:
         return ""
-    delta = res.metrics.get("delta_auc")
     if delta is None:
+        if res.part == "user_encoder":
+            return "no validated user_encoder -> scorer composition of this precision to measure ΔAUC"
         return "no labelled rows to measure ΔAUC against the budget"
     if abs(delta) > budget:
-        return f"|ΔAUC| {abs(delta):.4f} exceeds the budget {budget:g} (AUC {res.metrics.get('auc', 0):.4f})"
+        auc = res.metrics.get("auc")
+        return f"|ΔAUC| {abs(delta):.4f} exceeds the budget {budget:g}" + (f" (AUC {auc:.4f})" if auc else "")
     if fp32 is not None:
         base = latencies.get(fp32.file, {}).get(batch)
         if base and lat[batch] > base * (1.0 + margin):

@@ -12,7 +12,7 @@ Tolerances are declared here, once, and read by the validator, the selector and 
 Examples:
     >>> spec = spec_for_part("din", "fused", feature_spec)
     >>> spec.tolerance("int8").mean_abs_diff
-    0.03
+    0.1
 """
 from __future__ import annotations
 
@@ -60,8 +60,10 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=1e-3, min_recall_overlap=0.95),
     "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=5e-3, min_recall_overlap=0.8),
-    "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.03, delta_auc=0.02, min_recall_overlap=0.5),
-    "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.03, delta_auc=0.02, min_recall_overlap=0.5),
+    # Sanity bounds only (a broken artifact lands far outside); the budget decides selection, so an
+    # over-budget int8 variant is rejected by `select` with its ΔAUC, not dropped as "broken".
+    "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
+    "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
 }
 
 

@@ -48,6 +48,22 @@ def test_budget_is_configurable_and_fp32_never_needs_labels():
     assert "no labelled rows" in sel.rejected[0]["reason"]
 
 
+def test_user_encoder_is_judged_by_its_composition():
+    ue32, uedyn, ue8 = (_res(f, p) for f, p in (("u32.tflite", "fp32"), ("udyn.tflite", "dynamic"),
+                                                ("u8.tflite", "int8")))
+    for res in (ue32, uedyn, ue8):
+        res.part = "user_encoder"
+        res.metrics = {"max_abs_diff": 0.01, "mean_abs_diff": 0.001}
+    report = ValidationReport(results=[ue32, uedyn, ue8], compositions=[
+        {"user_encoder": "udyn.tflite", "scorer": "sdyn.tflite", "metrics": {"delta_auc": -0.001}, "failures": []},
+        {"user_encoder": "u8.tflite", "scorer": "s8.tflite", "metrics": {"delta_auc": -0.02}, "failures": []}])
+    lat = {"u32.tflite": {256: 3.0}, "udyn.tflite": {256: 2.0}, "u8.tflite": {256: 1.0}}
+    sel = select_variants(report, lat)
+    assert sel.selected == {"litert": {"user_encoder": "udyn.tflite"}}
+    assert sel.row("udyn.tflite")["delta_auc_source"] == "composition"
+    assert "exceeds the budget" in sel.row("u8.tflite")["reason"]
+
+
 def test_bad_arguments():
     report = ValidationReport(results=[_res("f32.tflite", "fp32")])
     with pytest.raises(ValidationError, match="accuracy budget"):
