@@ -116,7 +116,7 @@ def _configure(tf, converter, config: TFLiteConfig, rows) -> None:
 
 
 _OP = re.compile(r"'((?:tfl?|mhlo|stablehlo)\.[A-Za-z0-9_]+)'")
-_LOC = re.compile(r'loc\((?:callsite\()?(?:fused\[)?"([^"]+)"')
+_LOC = re.compile(r'"([^"@\s]+)@')  # "model/<layer>/...@__inference_…" inside converter locations
 
 
 def conversion_error(mode: str, err: Exception) -> ConversionError:
@@ -125,11 +125,9 @@ def conversion_error(mode: str, err: Exception) -> ConversionError:
     ops = list(dict.fromkeys(_OP.findall(text)))
     layers = []
     for loc in _LOC.findall(text):
-        head = loc.split("@")[0]
-        parts = [p for p in head.split("/") if p and not p.startswith(("StatefulPartitionedCall", "PartitionedCall"))]
-        if parts:
-            layer = parts[1] if len(parts) > 1 and parts[0] in ("model", "functional") else parts[0]
-            layers.append(layer)
+        parts = [p for p in loc.split("/") if p]
+        if len(parts) >= 2 and not parts[0].startswith(("StatefulPartitionedCall", "PartitionedCall")):
+            layers.append(parts[1])  # "<model name>/<layer name>/…"
     layers = list(dict.fromkeys(layers))
     first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.strip()[:300])
     blocked = ops + [f"layer:{ln}" for ln in layers]

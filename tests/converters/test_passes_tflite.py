@@ -111,14 +111,15 @@ def test_masked_lstm_failure_names_the_blocking_op(tmp_path, cache_dir):
     k.Model(hist, k.layers.Dense(1, activation="sigmoid")(x)).save(tmp_path / "lstm.keras")
     with pytest.raises(ConversionError) as info:
         PassRunner(cache_dir).run(TFLitePass(), tmp_path / "lstm.keras", TFLiteConfig(mode="fp32"))
-    assert info.value.blocked_by, str(info.value)
+    assert "tf.TensorListReserve" in info.value.blocked_by and "layer:masked_lstm" in info.value.blocked_by, str(info.value)
     assert "blocked by" in str(info.value) and info.value.mode == "fp32"
 
 
 def test_conversion_error_parses_ops_and_layers():
     from edgerec.converters.passes.tflite import conversion_error
 
-    message = ('<unknown>:0: error: loc(callsite("model/masked_lstm/while@__inference_serve_12"(...))): '
+    message = ('<unknown>:0: error: loc(callsite(fused["TensorListReserve:", "TensorArrayV2_1@__inference_lstm_3"] at '
+               'callsite(fused["PartitionedCall:", "model/masked_lstm/PartitionedCall@__inference_serve_4"]))): '
                "'tf.TensorListReserve' op is neither a custom op nor a flex op\n"
                "<unknown>:0: error: failed to legalize operation 'tfl.custom_tf'")
     err = conversion_error("int8", RuntimeError(message))
