@@ -431,7 +431,8 @@ def time_slice_evaluation(log, family: str = "din", *, base_fraction: float = 0.
     Returns:
         ``{"base": {"events", "metrics", "history"}, "slices": [{"slice", "start", "end",
         "events", "eval_rows", "new_user_share", "oov_item_share", "frozen_auc",
-        "online_before_auc", "online_after_auc"}, …], "config": {…}}``.
+        "online_before_auc", "online_after_auc", "prequential_auc", "steps"}, …], "config": {…},
+        "parts": the online-updated `ModelParts`}`` (``parts`` is not JSON: pop it before dumping).
     """
     from edgerec.runtime import metrics as M
 

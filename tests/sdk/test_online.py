@@ -187,3 +187,19 @@ def test_update_exports_a_new_bundle_version(model_dir, tiny_synthetic_dataset, 
     manifest = load_manifest(tmp_path / "bundle", verify=True)
     assert manifest.bundle_version == 2 == summary["bundle_version"]
     assert manifest.model["source"] == str(tmp_path / "v2") and manifest.selected["litert"]["fused"]
+
+
+def test_update_cli_reports_bad_events_as_typed_error(tmp_path, monkeypatch, capsys):
+    from edgerec.sdk import cli
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "edgerec_model.json").write_text(json.dumps(
+        {"format_version": 1, "family": "din", "parts": {}, "feature_spec": "feature_spec.json"}))
+    bad = _write(tmp_path / "bad.csv", "uid,item_id,timestamp\n1,2,3\n")
+    monkeypatch.setitem(cli.COMMANDS, "update", ("edgerec.sdk.commands_update", "online update"))
+    assert cli.main(["update", str(model), "--events", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "DataError" in err and "Expected columns ['user_id', 'item_id', 'timestamp']" in err
+    assert cli.main(["update", str(tmp_path / "nowhere"), "--events", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "Expected an existing MODEL_DIR" in capsys.readouterr().err
