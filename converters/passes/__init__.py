@@ -3,6 +3,7 @@
 | pass | input → output | config |
 |---|---|---|
 | `PrunePass` ("prune") | tf_keras model → pruned tf_keras .keras | `PruneConfig` |
+| `PrunedPartPass` ("pruned_part") | split part → part with the pruned fused weights | `PrunedPartConfig` |
 | `TFLitePass` ("tflite") | Keras model → .tflite fp32/fp16/dynamic/int8 | `TFLiteConfig` |
 | `OnnxExportPass` ("onnx_export") | Keras model → fp32 .onnx | `OnnxExportConfig` |
 | `OrtOptimizePass` ("ort_optimize") | .onnx → ORT-optimised .onnx | `OrtOptimizeConfig` |
@@ -12,12 +13,12 @@
 """
 from .onnx import OnnxExportConfig, OnnxExportPass, OrtOptimizeConfig, OrtOptimizePass
 from .onnx_quant import OrtQuantizeConfig, OrtQuantizePass
-from .prune import PruneConfig, PrunePass
+from .prune import PruneConfig, PrunedPartConfig, PrunedPartPass, PrunePass
 from .tensorrt import Violation, check_tensorrt_ready, dedicate_qdq_pairs
 from .tflite import TFLiteConfig, TFLitePass
 
-PASSES = {p.name: p for p in (PrunePass, TFLitePass, OnnxExportPass, OrtOptimizePass, OrtQuantizePass)}
+PASSES = {p.name: p for p in (PrunePass, PrunedPartPass, TFLitePass, OnnxExportPass, OrtOptimizePass, OrtQuantizePass)}
 
-__all__ = ["PASSES", "PrunePass", "PruneConfig", "TFLitePass", "TFLiteConfig", "OnnxExportPass",
+__all__ = ["PASSES", "PrunePass", "PruneConfig", "PrunedPartPass", "PrunedPartConfig", "TFLitePass", "TFLiteConfig", "OnnxExportPass",
            "OnnxExportConfig", "OrtOptimizePass", "OrtOptimizeConfig", "OrtQuantizePass", "OrtQuantizeConfig",
            "Violation", "check_tensorrt_ready", "dedicate_qdq_pairs"]

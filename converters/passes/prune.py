@@ -201,3 +201,62 @@ def sparsity_report(model, prunable: dict[str, list[int]]) -> dict:
         size_all += size
     return {"layers": layers, "prunable_sparsity": zeros_all / size_all if size_all else 0.0,
             "model_sparsity": model_zeros / model_size if model_size else 0.0}
+
+
+@dataclass(frozen=True)
+class PrunedPartConfig:
+    """Args:
+        pruned_model: the pruned fused model (output of `PrunePass`) whose weights the part takes.
+        custom_objects_module: module registering custom layers, imported before loading.
+    """
+
+    pruned_model: str | None = None
+    custom_objects_module: str | None = None
+
+    def __post_init__(self):
+        if not self.pruned_model:
+            raise ConverterConfigError(expected("pruned_model=<pruned fused .keras>", self.pruned_model))
+
+
+class PrunedPartPass(Pass):
+    """Give a split part (user_encoder, scorer) the weights of the pruned fused model.
+
+    edgerec families build ``fused``, ``user_encoder`` and ``scorer`` from the SAME layers, so
+    tfmot prunes and fine-tunes the fused model (the only one with labels) and each part then
+    takes the weights of its layers by name: ``scorer(user_encoder(x)) == pruned_fused(x)``.
+    A part layer with weights that the fused model lacks (or with other shapes) is an error.
+    """
+
+    name = "pruned_part"
+    version = 1
+    Config = PrunedPartConfig
+    path_fields = ("pruned_model",)
+    accepts = ("keras", "savedmodel")
+
+    def _run_impl(self, source: ExportedArtifact, config: PrunedPartConfig, out_dir: Path) -> ExportedArtifact:
+        part = load_keras_model(source.path, config.custom_objects_module)
+        fused = load_keras_model(config.pruned_model, config.custom_objects_module)
+        require_tf_keras(part, "taking pruned weights")
+        donors = {layer.name: layer for layer in _walk(fused) if not hasattr(layer, "layers")}
+        copied, problems, prunable = [], [], {}
+        for layer in _walk(part):
+            if hasattr(layer, "layers") or not layer.weights:
+                continue
+            donor = donors.get(layer.name)
+            shapes = [tuple(w.shape) for w in layer.weights]
+            if donor is None or [tuple(w.shape) for w in donor.weights] != shapes:
+                problems.append(layer.name)
+                continue
+            layer.set_weights(donor.get_weights())
+            copied.append(layer.name)
+            prunable[layer.name] = [i for i, w in enumerate(donor.get_weights()) if w.ndim >= 2]
+        if problems:
+            raise ConverterConfigError(expected(f"every weighted layer of the {source.part} in the pruned fused "
+                                                "model with the same shapes", f"missing or different: {problems}"))
+        out = out_dir / f"{source.part}.pruned.keras"
+        part.save(str(out))
+        report = sparsity_report(part, prunable)
+        return ExportedArtifact(path=str(out), format="keras", precision="fp32", part=source.part,
+                                details={"achieved_sparsity": report["prunable_sparsity"],
+                                         "model_sparsity": report["model_sparsity"], "layers": report["layers"],
+                                         "copied_layers": copied})

@@ -143,6 +143,32 @@ def build_split():
     return user, scorer
 
 
+def build_shared_split():
+    """``(fused, user_encoder, scorer)`` built from the SAME layers, as edgerec families are."""
+    tf, k = _tf()
+    emb = k.layers.Embedding(VOCAB, EMB, name="item_embedding")
+    proj = k.layers.Dense(EMB, activation="tanh", name="user_proj")
+    mlp = k.layers.Dense(16, activation="relu", name="mlp_1")
+    head = k.layers.Dense(1, activation="sigmoid", name="score")
+
+    def user(hist):
+        return {"user_state": k.layers.GlobalAveragePooling1D()(proj(emb(hist)))}
+
+    def score(state, cand):
+        return head(mlp(k.layers.Concatenate()([state, emb(cand)])))
+
+    hist = k.Input((SEQ,), dtype="int32", name="hist_items")
+    user_encoder = k.Model(hist, user(hist), name="user_encoder")
+    state = k.Input((EMB,), dtype="float32", name="user_state")
+    cand = k.Input((), dtype="int32", name="cand_item")
+    scorer = k.Model({"user_state": state, "cand_item": cand}, score(state, cand), name="scorer")
+    f_hist = k.Input((SEQ,), dtype="int32", name="hist_items")
+    f_cand = k.Input((), dtype="int32", name="cand_item")
+    fused = k.Model({"hist_items": f_hist, "cand_item": f_cand}, score(user(f_hist)["user_state"], f_cand),
+                    name="fused")
+    return fused, user_encoder, scorer
+
+
 def build_keras3():
     """A small Keras 3 (not tf_keras) model: for bring-your-own-model paths."""
     _tf()
@@ -188,7 +214,8 @@ def rows_npz(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """A folder with din/mha/gru/user_encoder/scorer.keras (tf_keras) and keras3.keras (Keras 3)."""
+    """din/mha/gru/user_encoder/scorer.keras and shared_{fused,user_encoder,scorer}.keras (tf_keras, the
+    shared_* ones built from the same layers) and keras3.keras (Keras 3)."""
     folder = tmp_path_factory.mktemp("models")
     rows = make_rows()
     for name, builder in (("din", build_din), ("mha", build_mha), ("gru", build_gru)):
@@ -199,6 +226,10 @@ def model_dir(tmp_path_factory):
     user.save(folder / "user_encoder.keras")
     scorer.save(folder / "scorer.keras")
     build_keras3().save(folder / "keras3.keras")
+    fused, user, scorer = build_shared_split()
+    _fit_briefly(fused, rows)
+    for name, model in (("fused", fused), ("user_encoder", user), ("scorer", scorer)):
+        model.save(folder / f"shared_{name}.keras")
     return folder
 
 

@@ -104,3 +104,30 @@ def test_npz_without_labels_is_refused(model_dir, tmp_path, cache_dir, rows_for)
     with pytest.raises(ConverterConfigError, match="missing \\['labels'\\]"):
         PassRunner(cache_dir).run(PrunePass(), model_dir / "gru.keras",
                                   PruneConfig(sparsity=0.5, data=str(tmp_path / "nolabels.npz")))
+
+
+@pytest.mark.slow
+def test_split_parts_take_the_pruned_fused_weights(model_dir, rows_npz, cache_dir, rows_for):
+    from edgerec.converters.keras_io import load_keras_model
+    from edgerec.converters.passes.prune import PrunedPartConfig, PrunedPartPass, PruneConfig, PrunePass
+    from edgerec.converters.pipeline import ExportedArtifact
+
+    runner = PassRunner(cache_dir)
+    pruned = runner.run(PrunePass(), model_dir / "shared_fused.keras",
+                        PruneConfig(sparsity=0.5, data=str(rows_npz), epochs=1))
+    config = PrunedPartConfig(pruned_model=pruned.path)
+    user = runner.run(PrunedPartPass(), ExportedArtifact.from_keras(model_dir / "shared_user_encoder.keras",
+                                                                    "user_encoder"), config)
+    scorer = runner.run(PrunedPartPass(), ExportedArtifact.from_keras(model_dir / "shared_scorer.keras", "scorer"),
+                        config)
+    assert user.part == "user_encoder" and sorted(user.details["copied_layers"]) == ["item_embedding", "user_proj"]
+    assert abs(scorer.details["achieved_sparsity"] - 0.5) <= 0.01
+    rows = rows_for(16, seed=4)
+    state = load_keras_model(user.path)({"hist_items": rows["hist_items"]})
+    split = np.asarray(load_keras_model(scorer.path)({"user_state": state["user_state"],
+                                                      "cand_item": rows["cand_item"]}))
+    fused = np.asarray(load_keras_model(pruned.path)({"hist_items": rows["hist_items"],
+                                                      "cand_item": rows["cand_item"]}))
+    assert np.allclose(split, fused, atol=1e-6)
+    with pytest.raises(ConverterConfigError, match="missing or different"):
+        runner.run(PrunedPartPass(), ExportedArtifact.from_keras(model_dir / "scorer.keras", "scorer"), config)
