@@ -145,8 +145,9 @@ class PrunePass(Pass):
         report = sparsity_report(stripped, prunable)
         achieved = report["prunable_sparsity"]
         if abs(achieved - float(config.sparsity)) > config.tolerance:
-            raise PruningError(expected(f"{config.sparsity:.1%} zeros in the prunable weights (±{config.tolerance:.1%})",
-                                        f"{achieved:.2%} after {total} steps (end_step {end}, frequency {frequency})"))
+            raise PruningError(expected(
+                f"{config.sparsity:.1%} zeros in the prunable weights (±{config.tolerance:.1%})",
+                f"{achieved:.2%} after {total} steps (end_step {end}, frequency {frequency})"))
         out = out_dir / f"{source.part}.pruned.keras"
         stripped.save(str(out))
         details = {"target_sparsity": float(config.sparsity), "achieved_sparsity": achieved,
