@@ -19,6 +19,7 @@ from .tflite import TFLiteConfig, TFLitePass
 
 PASSES = {p.name: p for p in (PrunePass, PrunedPartPass, TFLitePass, OnnxExportPass, OrtOptimizePass, OrtQuantizePass)}
 
-__all__ = ["PASSES", "PrunePass", "PruneConfig", "PrunedPartPass", "PrunedPartConfig", "TFLitePass", "TFLiteConfig", "OnnxExportPass",
+__all__ = ["PASSES", "PrunePass", "PruneConfig", "PrunedPartPass", "PrunedPartConfig", "TFLitePass",
+           "TFLiteConfig", "OnnxExportPass",
            "OnnxExportConfig", "OrtOptimizePass", "OrtOptimizeConfig", "OrtQuantizePass", "OrtQuantizeConfig",
            "Violation", "check_tensorrt_ready", "dedicate_qdq_pairs"]

@@ -111,7 +111,8 @@ def test_masked_lstm_failure_names_the_blocking_op(tmp_path, cache_dir):
     k.Model(hist, k.layers.Dense(1, activation="sigmoid")(x)).save(tmp_path / "lstm.keras")
     with pytest.raises(ConversionError) as info:
         PassRunner(cache_dir).run(TFLitePass(), tmp_path / "lstm.keras", TFLiteConfig(mode="fp32"))
-    assert "tf.TensorListReserve" in info.value.blocked_by and "layer:masked_lstm" in info.value.blocked_by, str(info.value)
+    blocked = info.value.blocked_by
+    assert "tf.TensorListReserve" in blocked and "layer:masked_lstm" in blocked, str(info.value)
     assert "blocked by" in str(info.value) and info.value.mode == "fp32"
 
 
