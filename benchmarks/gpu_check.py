@@ -44,6 +44,15 @@ def feeds_for(artifact, batch: int, rng: np.random.Generator, item_count: int) -
     return feeds
 
 
+def wanted(artifact, provider: str) -> bool:
+    """fp32 and static-QDQ int8 everywhere; the TensorRT-ready int8 variant on TensorRT only."""
+    if artifact.precision == "fp32":
+        return True
+    if "trt" in artifact.file:
+        return provider == "tensorrt"
+    return artifact.precision == "int8"
+
+
 def gpu_description() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
@@ -74,6 +83,8 @@ def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
     for provider, names in PROVIDERS.items():
         status = {"active": False}
         for art in onnx_artifacts:
+            if not wanted(art, provider):
+                continue
             try:
                 backend = create_backend("onnxruntime", bundle / art.file, providers=names)
             except EdgeRecError as err:
