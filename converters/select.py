@@ -210,15 +210,24 @@ def _lat_key(row: dict, batch: int | None = None) -> str:
 
 
 def _composition_deltas(report: ValidationReport) -> dict[str, float]:
-    """``{user_encoder file: ΔAUC of its worst composition}`` (largest |ΔAUC| over its scorers)."""
-    worst: dict[str, float] = {}
+    """``{user_encoder file: ΔAUC of user_encoder -> scorer vs the Keras fused model}``.
+
+    The scorer of the same variant (``user_encoder_X`` -> ``scorer_X``) is preferred; otherwise the
+    best validated pairing of the same format and precision counts.
+    """
+    found: dict[str, float] = {}
+    matched: set[str] = set()
     for comp in report.compositions:
         delta = comp["metrics"].get("delta_auc")
         if delta is None or comp["failures"]:
             continue
-        if comp["user_encoder"] not in worst or abs(delta) > abs(worst[comp["user_encoder"]]):
-            worst[comp["user_encoder"]] = delta
-    return worst
+        ue, sc = comp["user_encoder"], comp["scorer"]
+        if ue.replace("user_encoder", "scorer", 1) == sc:
+            found[ue] = delta
+            matched.add(ue)
+        elif ue not in matched and (ue not in found or abs(delta) < abs(found[ue])):
+            found[ue] = delta
+    return found
 
 
 def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta) -> str:

@@ -56,12 +56,19 @@ def test_user_encoder_is_judged_by_its_composition():
         res.metrics = {"max_abs_diff": 0.01, "mean_abs_diff": 0.001}
     report = ValidationReport(results=[ue32, uedyn, ue8], compositions=[
         {"user_encoder": "udyn.tflite", "scorer": "sdyn.tflite", "metrics": {"delta_auc": -0.001}, "failures": []},
-        {"user_encoder": "u8.tflite", "scorer": "s8.tflite", "metrics": {"delta_auc": -0.02}, "failures": []}])
+        {"user_encoder": "u8.tflite", "scorer": "s8.tflite", "metrics": {"delta_auc": -0.02}, "failures": []},
+        {"user_encoder": "user_encoder_trt.onnx", "scorer": "scorer_qdq.onnx", "metrics": {"delta_auc": -0.02},
+         "failures": []},
+        {"user_encoder": "user_encoder_trt.onnx", "scorer": "scorer_trt.onnx", "metrics": {"delta_auc": 0.0},
+         "failures": []}])
     lat = {"u32.tflite": {256: 3.0}, "udyn.tflite": {256: 2.0}, "u8.tflite": {256: 1.0}}
     sel = select_variants(report, lat)
     assert sel.selected == {"litert": {"user_encoder": "udyn.tflite"}}
     assert sel.row("udyn.tflite")["delta_auc_source"] == "composition"
     assert "exceeds the budget" in sel.row("u8.tflite")["reason"]
+    from edgerec.converters.select import _composition_deltas
+
+    assert _composition_deltas(report)["user_encoder_trt.onnx"] == 0.0  # its own scorer variant counts
 
 
 def test_bad_arguments():
