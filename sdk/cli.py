@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).configure(name, command_parser)
         except ModuleNotFoundError as err:
-            if not (err.name or "").startswith("edgerec"):
-                raise
-            command_parser.set_defaults(_unavailable=str(err))
+            # A command whose module needs an extra that is not installed stays listed and
+            # says which extra to install; the other commands keep working.
+            top = (err.name or "").split(".")[0]
+            hint = f"pip install 'edgerec[{EXTRAS[top]}]'" if top in EXTRAS else str(err)
+            command_parser.set_defaults(_unavailable=f"needs the optional module '{top}': {hint}")
     return parser
 
 

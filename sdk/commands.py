@@ -33,6 +33,11 @@ def configure(name: str, parser) -> None:
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
                         help="synthetic generator option, e.g. num_users=500 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    from .training.adversarial import add_train_arguments
+    from .training.distributed import add_arguments as add_distributed_arguments
+
+    add_train_arguments(parser)
+    add_distributed_arguments(parser)
 
 
 def _format(metrics: dict) -> str:
@@ -59,6 +64,12 @@ def run(name: str, args) -> int:
 
     if args.model not in FAMILIES:
         raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
+    if getattr(args, "strategy", None):
+        if getattr(args, "adversarial", None):
+            raise SpecError(expected("--adversarial without --strategy (not combined yet)", args.strategy))
+        from .training.distributed import run_train
+
+        return run_train(args)
     options = _data_options(args.data_option)
     from .data import load_dataset
     from .models import ModelConfig
@@ -75,7 +86,14 @@ def run(name: str, args) -> int:
                                learning_rate=args.learning_rate, patience=args.patience,
                                monitor=args.monitor, seed=args.seed, verbose=verbose,
                                max_train_rows=args.max_train_rows)
-    parts, history, metrics = train_model(dataset, args.model, model_config, train_config)
+    from .training.adversarial import config_from_args, train_adversarial_model
+
+    adversarial = config_from_args(args)
+    if adversarial is None:
+        parts, history, metrics = train_model(dataset, args.model, model_config, train_config)
+    else:
+        parts, history, metrics = train_adversarial_model(dataset, args.model, model_config, train_config,
+                                                          adversarial)
     out = save_model_dir(parts, dataset, args.out, metrics, train_config, history,
                          data_source=args.data, seed=args.seed)
     seconds = [e["seconds"] for e in history["epochs"]]
