@@ -11,6 +11,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("edgerec.sdk.commands", "train a recommendation model on synthetic or MovieLens data"),
+    "update": ("edgerec.sdk.commands_update",
+               "warm-start a model on new events (online update), optionally export a new bundle version"),
     "export": ("edgerec.converters.commands", "prune/quantize/export a model into a validated bundle"),
     "validate": ("edgerec.converters.commands", "re-validate a bundle's artifacts"),
     "predict": ("edgerec.runtime.commands", "score JSON-lines requests with a bundle"),
