@@ -188,6 +188,9 @@ def render_markdown(report: dict) -> str:
                                                         ("batch", "batch"), ("hit_p50_ms", "hit p50 ms"),
                                                         ("miss_p50_ms", "miss p50 ms"),
                                                         ("miss_over_hit", "miss / hit ×"))), ""]
+    if report.get("load_test"):
+        from .loadtest import load_test_markdown
+        lines += load_test_markdown(report["load_test"])
     results = report.get("results", [])
     ok = _ok(results)
     if ok:
