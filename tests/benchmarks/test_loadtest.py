@@ -138,3 +138,17 @@ def test_bench_command_writes_the_load_test_section(bundles, tmp_path, capsys):
     assert main(["bench", str(a), "--out", str(tmp_path / "bad"), "--load-test", "--swap-to", str(bad),
                  "--load-only", "--load-requests", "200", "--backend", "onnxruntime", "--quiet"]) == 1
     shutil.rmtree(bad)
+
+
+def test_stale_cache_answers_are_caught(bundles, monkeypatch):
+    """A predictor whose result cache ignores the version and survives the swap serves old
+    answers after it: the load test must count them (the check has teeth)."""
+    import edgerec.runtime.predictor as predictor_module
+    from edgerec.runtime.cache import LRUCache, request_key
+
+    a, b = bundles
+    monkeypatch.setattr(predictor_module, "request_key", lambda version, request: request_key("any", request))
+    monkeypatch.setattr(LRUCache, "clear", lambda self: None)
+    result = run_load_test(a, b, **{**SMALL, "mix": {"predict_cached": 1.0}})
+    assert result["answers"]["old_after_swap"] > 0 and not result["passed"]
+    assert any("old model" in f for f in result["failures"])
