@@ -240,7 +240,11 @@ def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_00
         predictor.close()
         if scratch is not None:
             scratch.cleanup()
-    return _summarise(locals())   # every measurement above, by name
+    settings = dict(bundle_a=str(bundle_a), bundle_b=str(bundle_b), threads=threads, requests=requests,
+                    swap_at=swap_at, mix=mix, batch=batch, candidates=candidates, users=users, rows=rows,
+                    num_threads=num_threads, atol=atol, bad_swap_first=bad_swap_first, expect_swap_ok=expect_swap_ok)
+    return _summarise(settings, config, workers, refs, swap, swap_start, swap_end, wall_s, final_stats,
+                      cache_peak, rss_before, rss_peak[0], reference_b_error)
 
 
 def _matches(answer, ref: np.ndarray, atol: float) -> bool:
@@ -248,10 +252,10 @@ def _matches(answer, ref: np.ndarray, atol: float) -> bool:
     return answer.shape == ref.shape and bool(np.all(np.abs(answer - ref) <= atol))
 
 
-def _summarise(ctx: dict) -> dict:
+def _summarise(ctx: dict, config, workers, refs, swap, swap_start, swap_end, wall_s, final_stats, cache_peak,
+               rss_before, rss_peak, reference_b_error) -> dict:
     """Attribute answers to models, compute latencies and the checks (all failures collected)."""
-    workers, refs, swap, batch = ctx["workers"], ctx["refs"], ctx["swap"], ctx["batch"]
-    swap_start, swap_end, config = ctx["swap_start"], ctx["swap_end"], ctx["config"]
+    batch = ctx["batch"]
     records = [r for w in workers for r in w.records]
     errors = sum((w.errors for w in workers), collections.Counter())
     answers = collections.Counter()
@@ -285,40 +289,36 @@ def _summarise(ctx: dict) -> dict:
                 summary = summarize(values, batch=rows_per_call).to_dict()
                 latency.append({"call": call, "phase": phase, **{k: summary[k] for k in (
                     "iterations", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms", "max_ms", "rows_per_s")}})
-    final_caches = ctx["final_stats"]["caches"]
+    final_caches = final_stats["caches"]
     caches = {}
     for name, bound_entries, bound_bytes in (("user_state", config.user_entries, config.user_bytes),
                                              ("result", config.result_entries, config.result_bytes)):
-        final, peak = final_caches[name], ctx["cache_peak"][name]
+        final, peak = final_caches[name], cache_peak[name]
         caches[name] = {"max_bytes": bound_bytes, "max_entries": bound_entries, "peak_bytes": peak["bytes"],
                         "peak_entries": peak["entries"], "final_bytes": final["bytes"],
                         "hits": final["hits"], "misses": final["misses"], "evictions": final["evictions"],
                         "within_bound": peak["bytes"] <= bound_bytes and peak["entries"] <= bound_entries}
     calls = len(records) + sum(errors.values())
     rows_total = sum(ctx["candidates"] if r[0] == 2 else batch for r in records)
-    counts = ctx["final_stats"]
+    counts = final_stats
     differ = {key: float(np.mean(np.any(np.abs(refs["a"][key] - refs["b"][key]).reshape(len(refs["a"][key]), -1)
                                         > ctx["atol"], axis=1))) for key in ("rows", "candidates")} \
         if "b" in refs else None
     result = {
-        "config": {"bundle_a": str(ctx["bundle_a"]), "bundle_b": str(ctx["bundle_b"]), "threads": ctx["threads"],
-                   "requests": ctx["requests"], "swap_at": ctx["swap_at"], "backend": counts["backend"],
-                   "mix": ctx["mix"], "batch": batch, "candidates": ctx["candidates"], "users": ctx["users"],
-                   "rows": ctx["rows"], "num_threads": ctx["num_threads"], "atol": ctx["atol"],
-                   "bad_swap_first": ctx["bad_swap_first"], "expect_swap_ok": ctx["expect_swap_ok"]},
-        "totals": {"calls": calls, "rows": rows_total, "wall_s": ctx["wall_s"],
-                   "calls_per_s": calls / ctx["wall_s"] if ctx["wall_s"] > 0 else None,
-                   "rows_per_s": rows_total / ctx["wall_s"] if ctx["wall_s"] > 0 else None,
+        "config": {**ctx, "backend": counts["backend"]},
+        "totals": {"calls": calls, "rows": rows_total, "wall_s": wall_s,
+                   "calls_per_s": calls / wall_s if wall_s > 0 else None,
+                   "rows_per_s": rows_total / wall_s if wall_s > 0 else None,
                    "errors": sum(errors.values()), "errors_by_type": dict(errors),
                    "error_examples": [e for w in workers for e in w.examples][:5],
                    "predictor_swaps": counts["swaps"], "predictor_failed_swaps": counts["failed_swaps"]},
-        "swap": {**swap, "reference_b_error": ctx["reference_b_error"],
+        "swap": {**swap, "reference_b_error": reference_b_error,
                  "versions": {k: v["version"] for k, v in refs.items()}},
         "answers": {k: answers.get(k, 0) for k in ("before", "during", "after", "old_after_swap",
                                                     "new_before_swap", "wrong", "ambiguous")},
         "distinguishable": differ,
         "latency": latency, "caches": caches,
-        "memory": {"rss_before_mb": ctx["rss_before"], "rss_peak_sampled_mb": ctx["rss_peak"][0],
+        "memory": {"rss_before_mb": rss_before, "rss_peak_sampled_mb": rss_peak,
                    "peak_rss_mb": peak_rss_mb()},
     }
     result["failures"] = load_test_failures(result)
