@@ -354,10 +354,11 @@ def load_test_markdown(section: dict) -> list[str]:
     from .report import markdown_table
 
     cfg, totals, answers, swap = section["config"], section["totals"], section["answers"], section["swap"]
+    mix = ", ".join(f"{k} {v / sum(cfg['mix'].values()):.0%}" for k, v in cfg["mix"].items())
     verdict = "passed" if section.get("passed") else "FAILED: " + "; ".join(section.get("failures", []))
     lines = ["## Load test with a hot swap", "",
              f"{cfg['threads']} threads × {totals['calls']:,} calls ({totals['rows']:,} rows) of mixed raw calls "
-             f"{cfg['mix']} on {cfg['backend']}, swap to `{Path(cfg['bundle_b']).name}` after "
+             f"({mix}) on {cfg['backend']}, swap to `{Path(cfg['bundle_b']).name}` after "
              f"{swap.get('after_calls', '?'):,} calls ({swap.get('duration_ms', 0):.0f} ms to validate and switch; "
              f"{'ok' if swap['ok'] else 'refused: ' + str(swap['error'])}). {verdict}.", "",
              markdown_table([{"errors": totals["errors"], "old": answers["old_after_swap"], "wrong": answers["wrong"],
