@@ -4,6 +4,12 @@ The fused model is flat (no nested models) so tfmot can prune it layer by layer 
 converters see one graph. The user encoder's outputs are named ``user_*``; the scorer takes
 them as inputs of the same names, so ``scorer(user_encoder(x)) == fused(x)`` by construction.
 
+In the fused model history and candidate ids go through ONE item lookup (``AppendCandidate``
+-> ``item_embedding`` [-> frozen ``item_content`` + projection] -> ``SplitLast``). Two lookups
+of one table become two Gathers in TFLite; full-integer int8 then stores the table twice with
+different scales (one of them set by a downstream Concatenate), which almost doubled the file
+and cost accuracy. The split parts each need their own table anyway and keep two lookups.
+
 Families:
     din: item embeddings -> DIN target attention against the candidate -> MLP.
     gru: item embeddings -> GRU (``unroll=True``, TFLite builtins) final state -> MLP with
@@ -79,6 +85,8 @@ class _FamilyBuilder:
             if config.dropout:
                 self.mlp.append(layers.Dropout(config.dropout, name=f"mlp_dropout_{i}"))
         self.out = layers.Dense(1, activation="sigmoid", name="score")
+        self.append_candidate = L.AppendCandidate(name="append_candidate")
+        self.split_candidate = L.SplitLast(name="split_candidate")
 
     # -- inputs ----------------------------------------------------------------------------
     def candidate_inputs(self) -> dict:
@@ -101,27 +109,35 @@ class _FamilyBuilder:
         projected = self.content_projection(self.content_lookup(ids))
         return self.keras.layers.Concatenate(axis=-1)([emb, projected])
 
+    def shared_item_repr(self, hist, cand):
+        """``(history [B, L, E], candidate [B, E])`` representations from one lookup of both ids."""
+        ids = self.append_candidate([hist, cand])
+        joint = self.item_embedding(ids) if self.family == "gru" else self.item_repr(ids)
+        return self.split_candidate(joint)
+
     # -- the two halves ----------------------------------------------------------------------
-    def user(self, hist) -> dict:
+    def user(self, hist, sequence=None) -> dict:
+        """User-encoder outputs; ``sequence`` is the history's item representation when precomputed."""
         if self.family == "gru":
-            return {USER_STATE: self.gru(self.item_embedding(hist))}
+            return {USER_STATE: self.gru(self.item_embedding(hist) if sequence is None else sequence)}
         mask = self.mask(hist)
-        sequence = self.item_repr(hist)
+        sequence = self.item_repr(hist) if sequence is None else sequence
         if self.family == "bst":
             sequence = self.positions(sequence)
             for block in self.blocks:
                 sequence = block([sequence, mask])
         return {USER_STATE: self.state(sequence), USER_MASK: mask}
 
-    def score(self, user: dict, candidate: dict):
+    def score(self, user: dict, candidate: dict, cand=None):
+        """Score tensor; ``cand`` is the candidate's item representation when precomputed."""
         concat = self.keras.layers.Concatenate(axis=-1)
         multiply = self.keras.layers.Multiply()
         if self.family == "gru":
-            cand = self.item_embedding(candidate[CAND_ITEM])
+            cand = self.item_embedding(candidate[CAND_ITEM]) if cand is None else cand
             state = user[USER_STATE]
             features = [state, cand, multiply([state, self.cand_projection(cand)])]
         else:
-            cand = self.item_repr(candidate[CAND_ITEM])
+            cand = self.item_repr(candidate[CAND_ITEM]) if cand is None else cand
             attended = self.attention([cand, user[USER_STATE], user[USER_MASK]])
             pooled = self.mean_pool([user[USER_STATE], user[USER_MASK]])
             features = [cand, attended, multiply([cand, attended]), pooled]
@@ -179,8 +195,10 @@ def build_model(family: str, spec: FeatureSpec, config: ModelConfig | None = Non
 
     fused_hist = builder.history_input()
     fused_cand = builder.candidate_inputs()
+    hist_repr, cand_repr = builder.shared_item_repr(fused_hist, fused_cand[CAND_ITEM])
     fused = keras.Model({HIST_ITEMS: fused_hist, **fused_cand},
-                        builder.score(builder.user(fused_hist), fused_cand), name="fused")
+                        builder.score(builder.user(fused_hist, hist_repr), fused_cand, cand_repr),
+                        name="fused")
     if builder.content is not None:
         builder.content_lookup.set_weights([np.asarray(content.table, dtype=np.float32)])
     return ModelParts(family, spec, config, fused, user_encoder, scorer,

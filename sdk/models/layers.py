@@ -246,6 +246,62 @@ class TransformerEncoder(tf_keras.layers.Layer):
                 "dropout": self.dropout}
 
 
+@_register
+class AppendCandidate(tf_keras.layers.Layer):
+    """Appends the candidate id to the behaviour ids: ``[B, L]`` ++ ``[B]`` -> ``[B, L + 1]``.
+
+    Lets one ``Embedding`` call look up history and candidate together, so the converted
+    model holds (and, in full-integer int8, quantizes) the item table once.
+
+    Args:
+        **kwargs: standard layer arguments (``name`` …).
+
+    Examples:
+        >>> AppendCandidate()([tf.constant([[0, 3, 4]]), tf.constant([9])]).numpy().tolist()
+        [[0, 3, 4, 9]]
+    """
+
+    def call(self, inputs):
+        history, candidate = inputs
+        return tf.concat([history, tf.reshape(tf.cast(candidate, history.dtype), [-1, 1])], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        history_shape = tf.TensorShape(input_shape[0])
+        length = history_shape[1]
+        return history_shape[:1].concatenate([None if length is None else length + 1])
+
+
+@_register
+class SplitLast(tf_keras.layers.Layer):
+    """Splits ``[B, L + 1, …]`` into the first ``L`` steps ``[B, L, …]`` and the last step ``[B, …]``.
+
+    The inverse of `AppendCandidate` after a shared lookup: ``(history, candidate)``.
+
+    Args:
+        **kwargs: standard layer arguments (``name`` …).
+
+    Examples:
+        >>> history, last = SplitLast()(tf.reshape(tf.range(6.0), [1, 3, 2]))
+        >>> history.numpy().tolist(), last.numpy().tolist()
+        ([[[0.0, 1.0], [2.0, 3.0]]], [[4.0, 5.0]])
+    """
+
+    def build(self, input_shape):
+        length = tf.TensorShape(input_shape)[1]
+        if length is None or length < 2:
+            raise SpecError(expected("a static time dimension of at least 2", length))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        length = inputs.shape[1]
+        return inputs[:, : length - 1], inputs[:, length - 1]
+
+    def compute_output_shape(self, input_shape):
+        shape = tf.TensorShape(input_shape)
+        return [shape[:1].concatenate([shape[1] - 1]).concatenate(shape[2:]),
+                shape[:1].concatenate(shape[2:])]
+
+
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
     SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention,
-    TransformerEncoder)}
+    TransformerEncoder, AppendCandidate, SplitLast)}

@@ -71,6 +71,8 @@ def test_positional_embedding_adds_per_position(L):
     lambda L: L.ClsPooling(),
     lambda L: L.TargetAttention(hidden_units=(6, 3), activation="relu"),
     lambda L: L.TransformerEncoder(num_heads=4, ff_dim=12, dropout=0.1),
+    lambda L: L.AppendCandidate(name="append"),
+    lambda L: L.SplitLast(name="split"),
 ])
 def test_get_config_round_trip(L, make):
     layer = make(L)
@@ -82,6 +84,38 @@ def test_get_config_round_trip(L, make):
     _, keras = import_tf()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer) and restored.get_config() == config
+
+
+def test_append_candidate_then_split_last_inverts(L):
+    hist = np.array([[0, 0, 4, 5], [1, 2, 3, 6]], np.int32)
+    cand = np.array([9, 7], np.int32)
+    ids = L.AppendCandidate()([hist, cand]).numpy()
+    np.testing.assert_array_equal(ids, [[0, 0, 4, 5, 9], [1, 2, 3, 6, 7]])
+    assert ids.dtype == np.int32
+    table = np.arange(20, dtype=np.float32).reshape(10, 2)
+    history, last = L.SplitLast()(table[ids])
+    np.testing.assert_array_equal(history.numpy(), table[hist])
+    np.testing.assert_array_equal(last.numpy(), table[cand])
+    history, last = L.SplitLast()(ids)            # rank 2: the last step drops the time axis
+    np.testing.assert_array_equal(history.numpy(), hist)
+    np.testing.assert_array_equal(last.numpy(), cand)
+
+
+def test_shared_lookup_layers_in_a_functional_model_keep_static_shapes(L):
+    from edgerec.converters.tfenv import import_tf
+
+    _, keras = import_tf()
+    hist = keras.Input(shape=(6,), dtype="int32")
+    cand = keras.Input(shape=(), dtype="int32")
+    ids = L.AppendCandidate()([hist, cand])
+    assert tuple(ids.shape) == (None, 7)
+    history, last = L.SplitLast()(keras.layers.Embedding(10, 3)(ids))
+    assert tuple(history.shape) == (None, 6, 3) and tuple(last.shape) == (None, 3)
+
+
+def test_split_last_needs_a_static_time_axis_of_two(L):
+    with pytest.raises(SpecError, match="static time dimension of at least 2, received: 1"):
+        L.SplitLast()(np.zeros((2, 1, 3), np.float32))
 
 
 @pytest.mark.parametrize("make, message", [

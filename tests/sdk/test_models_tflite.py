@@ -65,3 +65,49 @@ def test_parts_convert_to_builtins_and_match(family):
         assert sorted(got) == sorted(want), name
         for key in want:
             np.testing.assert_allclose(got[key], want[key].numpy(), atol=2e-5, err_msg=f"{family}/{name}/{key}")
+
+
+def _item_tables(path, shape):
+    """``(dtype, scale)`` of every tensor shaped like the item-embedding table in a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return [(d["dtype"], tuple(d["quantization_parameters"]["scales"].tolist()))
+            for d in details if tuple(d["shape"]) == tuple(shape)]
+
+
+@pytest.mark.slow
+def test_fused_din_full_int8_stores_the_item_table_once(tmp_path):
+    """Issue 3: one shared lookup -> one int8 item table, int8 file <= 0.30x the fp32 file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
+    from edgerec.runtime.spec import FeatureSpec, Vocabulary
+    from edgerec.sdk.models import ModelConfig, build_model
+
+    seq, items = 10, 2400
+    spec = FeatureSpec(seq, Vocabulary("item", tuple(str(i) for i in range(items))))
+    parts = build_model("din", spec, ModelConfig(embedding_dim=32, dropout=0.0))
+    model_path = tmp_path / "fused.keras"
+    parts.fused.save(model_path)
+    rng = np.random.default_rng(0)
+    hist = rng.integers(2, spec.item_vocab.size, (256, seq)).astype(np.int32)
+    hist[np.arange(seq)[None, :] < rng.integers(0, seq, 256)[:, None]] = 0   # left padding
+    rows = {"hist_items": hist, "cand_item": rng.integers(2, spec.item_vocab.size, 256).astype(np.int32),
+            "labels": rng.integers(0, 2, 256).astype(np.float32)}
+    np.savez(tmp_path / "calibration.npz", **rows)
+    module = "edgerec.sdk.models.layers"
+    fp32 = TFLitePass().run(model_path, TFLiteConfig(mode="fp32", custom_objects_module=module), tmp_path / "fp32")
+    int8 = TFLitePass().run(model_path, TFLiteConfig(mode="int8", data=str(tmp_path / "calibration.npz"),
+                                                     custom_objects_module=module), tmp_path / "int8")
+    table_shape = (spec.item_vocab.size, 32)
+    fp32_tables, int8_tables = _item_tables(fp32.path, table_shape), _item_tables(int8.path, table_shape)
+    assert [dtype for dtype, _ in fp32_tables] == [np.float32]
+    assert len(int8_tables) == 1 and int8_tables[0][0] == np.int8, int8_tables
+    ratio = int8.details["size_bytes"] / fp32.details["size_bytes"]
+    assert ratio <= 0.30, (int8.details["size_bytes"], fp32.details["size_bytes"])
+    runner = Interpreter(model_path=int8.path).get_signature_runner("serving_default")
+    feed = {k: rows[k][:64] for k in ("cand_item", "hist_items")}
+    got = runner(**feed)["score"]
+    want = parts.fused(feed, training=False).numpy()
+    assert np.max(np.abs(got - want)) <= 0.02
