@@ -76,6 +76,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         if not args.quiet:
             from .loadtest import load_test_markdown
             print("\n".join(load_test_markdown(section)))
+        if not section["passed"]:
+            print("edgerec bench: load test failed: " + "; ".join(section["failures"]), file=sys.stderr)
         return 0 if section["passed"] else 1
     report = benchmark_bundle(args.bundle, args.out, keras_dir=args.keras, keras=not args.no_keras,
                               keras_predict=not args.no_predict, budget_s=args.budget_s, max_iters=args.max_iters,
@@ -87,10 +89,11 @@ def run(name: str, args: argparse.Namespace) -> int:
         print(f"\nwrote {args.out}/bench.json, {args.out}/bench.md and {len(report.get('plots', []))} plots")
     if args.load_test:
         report = _load_test(args, report)
-        if not args.quiet:
-            print(f"load test: {'passed' if report['load_test']['passed'] else report['load_test']['failures']}")
         if not report["load_test"]["passed"]:
+            print("edgerec bench: load test failed: " + "; ".join(report["load_test"]["failures"]), file=sys.stderr)
             return 1
+        if not args.quiet:
+            print("load test: passed (see bench.md)")
     failed = [r for r in report["results"] if r.get("error")]
     if failed and len(failed) == len(report["results"]):
         print("edgerec bench: every configuration failed; see bench.md", file=sys.stderr)

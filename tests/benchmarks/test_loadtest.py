@@ -54,9 +54,13 @@ def bundles(tmp_path_factory):
     return _finish_bundle(a), _finish_bundle(b)
 
 
-def test_swap_under_load_serves_only_the_new_model_after(bundles):
-    a, b = bundles
-    result = run_load_test(a, b, bad_swap_first=True, **SMALL)
+@pytest.fixture(scope="module")
+def load_result(bundles):
+    return run_load_test(*bundles, bad_swap_first=True, **SMALL)
+
+
+def test_swap_under_load_serves_only_the_new_model_after(load_result):
+    result = load_result
     assert result["failures"] == [] and result["passed"]
     totals, answers, swap = result["totals"], result["answers"], result["swap"]
     assert totals["calls"] == 8 * 300 and totals["errors"] == 0 and totals["errors_by_type"] == {}
@@ -93,10 +97,9 @@ def test_refused_swap_keeps_the_old_model_serving(bundles, tmp_path):
     assert result["totals"]["predictor_failed_swaps"] == 1
 
 
-def test_failures_name_each_broken_invariant(bundles):
-    a, b = bundles
-    result = run_load_test(a, b, **{**SMALL, "requests": 8 * 40})
-    assert result["passed"]
+def test_failures_name_each_broken_invariant(load_result):
+    result = load_result
+    assert load_test_failures(result) == []
     broken = json.loads(json.dumps(result))
     broken["totals"].update(errors=3, errors_by_type={"RequestError": 3})
     broken["answers"].update(old_after_swap=2, wrong=2)
@@ -122,11 +125,12 @@ def test_bench_command_writes_the_load_test_section(bundles, tmp_path, capsys):
     a, b = bundles
     out = tmp_path / "report"
     code = main(["bench", str(a), "--out", str(out), "--load-test", "--swap-to", str(b), "--load-only",
-                 "--load-requests", "400", "--load-threads", "4", "--backend", "onnxruntime", "--quiet"])
-    assert code == 0
+                 "--load-requests", "800", "--load-threads", "4", "--load-swap-at", "0.2", "--backend", "onnxruntime",
+                 "--quiet"])
+    assert code == 0, capsys.readouterr()
     report = json.loads((out / "bench.json").read_text())
     section = report["load_test"]
-    assert section["passed"] and section["totals"]["calls"] == 400 and section["config"]["threads"] == 4
+    assert section["passed"] and section["totals"]["calls"] == 800 and section["config"]["threads"] == 4
     assert section["swap"]["ok"] and section["answers"]["old_after_swap"] == 0
     markdown = (out / "bench.md").read_text()
     assert "## Load test with a hot swap" in markdown and "old-model answers after swap" in markdown
@@ -149,6 +153,7 @@ def test_stale_cache_answers_are_caught(bundles, monkeypatch):
     a, b = bundles
     monkeypatch.setattr(predictor_module, "request_key", lambda version, request: request_key("any", request))
     monkeypatch.setattr(LRUCache, "clear", lambda self: None)
-    result = run_load_test(a, b, **{**SMALL, "mix": {"predict_cached": 1.0}})
+    roomy = {**CACHE, "result_entries": 1000, "result_bytes": 1 << 20}     # every row stays cached
+    result = run_load_test(a, b, **{**SMALL, "mix": {"predict_cached": 1.0}, "cache": roomy})
     assert result["answers"]["old_after_swap"] > 0 and not result["passed"]
     assert any("old model" in f for f in result["failures"])
