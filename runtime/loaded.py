@@ -20,7 +20,7 @@ from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from .manifest import MANIFEST_NAME, Manifest, confined_path, load_manifest, safe_extract
 from .preprocess import Preprocessor
-from .spec import FeatureSpec
+from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
@@ -73,6 +73,13 @@ def selected_files(manifest: Manifest, backend: str) -> dict[str, str]:
     return chosen
 
 
+def id_limits(spec: FeatureSpec) -> dict[str, int]:
+    """Encoded id inputs of ``spec`` -> their table sizes (valid ids are in ``[0, size)``)."""
+    limits = {HIST_ITEMS: spec.item_vocab.size, CAND_ITEM: spec.item_vocab.size}
+    limits.update({field.name: field.size for field in spec.context})
+    return limits
+
+
 class LoadedBundle:
     """A verified bundle with one backend per part. Use `open`; release with `close`."""
 
@@ -89,7 +96,9 @@ class LoadedBundle:
         self._session_keys: list = []
         self._sessions: SessionCache | None = None
         self._owned: list = []
-        self._inflight = 0
+        self._run_plans: dict = {}      # part -> (input names, output renames or None), see `run`
+        self._id_limits: dict | None = None
+        self._calls: list = []          # one entry per in-flight call (see `enter`)
         self._retired = False
         self._lock = threading.Lock()
 
@@ -155,10 +164,28 @@ class LoadedBundle:
     def run(self, part: str, arrays: dict) -> dict:
         """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs."""
         backend = self.parts[part]
-        feeds = {t.name: arrays[t.name] for t in backend.inputs if t.name in arrays}
-        outputs = backend.run(feeds if len(feeds) == len(backend.inputs) else dict(arrays))
-        names = self.output_names[part]
-        return {names.get(k, k): v for k, v in outputs.items()}
+        plan = self._run_plans.get(part)
+        if plan is None:
+            names = self.output_names[part]
+            renames = {k: v for k, v in names.items() if k != v} or None
+            order = tuple(t.name for t in backend.inputs)
+            plan = self._run_plans[part] = (order, frozenset(order), names if renames else None)
+        order, inputs, renames = plan
+        if type(arrays) is dict and arrays.keys() == inputs:
+            outputs = backend.run(arrays)            # exactly the declared inputs: no re-packing
+        else:
+            feeds = {name: arrays[name] for name in order if name in arrays}
+            outputs = backend.run(feeds if len(feeds) == len(inputs) else dict(arrays))
+        if renames is None:
+            return outputs
+        return {renames.get(k, k): v for k, v in outputs.items()}
+
+    @property
+    def id_limits(self) -> dict:
+        """Input name -> table size for id inputs of the feature spec (empty without a spec)."""
+        if self._id_limits is None:
+            self._id_limits = id_limits(self.spec) if self.spec is not None else {}
+        return self._id_limits
 
     def score_rows(self, arrays: dict) -> np.ndarray:
         """Fused-style rows -> scores, without caches (fused model, else user_encoder + scorer)."""
@@ -176,32 +203,35 @@ class LoadedBundle:
             backend.run(feeds)
 
     # -- lifetime ----------------------------------------------------------------------------
+    # In-flight calls are counted as entries of a list: append/pop are atomic in CPython, so the
+    # hot path takes no lock. retire/exit each re-read the other's state after their own write,
+    # so the last of them sees "retired and idle" and closes (a second close is a no-op).
     def enter(self) -> None:
-        with self._lock:
-            self._inflight += 1
+        self._calls.append(None)
 
     def exit(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            done = self._retired and self._inflight == 0
-        if done:
+        self._calls.pop()
+        if self._retired and not self._calls:
             self.close()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._calls)
 
     def retire(self) -> None:
         """Close now if idle, else when the last in-flight call exits."""
-        with self._lock:
-            self._retired = True
-            idle = self._inflight == 0
-        if idle:
+        self._retired = True
+        if not self._calls:
             self.close()
 
     def close(self) -> None:
-        for key in self._session_keys:
+        with self._lock:
+            keys, self._session_keys = self._session_keys, []
+            owned, self._owned = self._owned, []
+            tmp, self._tmp = self._tmp, None
+        for key in keys:
             self._sessions.release(key)
-        self._session_keys = []
-        for backend in self._owned:
+        for backend in owned:
             backend.close()
-        self._owned = []
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from contextlib import contextmanager
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, request_key, user_state_key
 from .errors import BundleError, RequestError, expected
-from .loaded import LoadedBundle
+from .loaded import LoadedBundle, id_limits
 from .spec import CAND_ITEM, HIST_ITEMS, SCORE
 
 ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
@@ -88,83 +87,102 @@ class Predictor:
     def spec(self):
         return self._model.spec
 
-    @contextmanager
-    def _serving(self):
-        """Pin the current bundle for one call (a concurrent swap retires it after we finish)."""
+    # The swap protocol without a context manager on the hot path: `_enter` pins the serving
+    # bundle (under the swap lock, so a swap either happens before and we get the new bundle, or
+    # after and the old one stays open until our `_leave`); `_leave` unpins and books the call.
+    def _enter(self) -> LoadedBundle:
         if self._closed:
             raise RequestError(expected("an open Predictor", "closed"))
         with self._swap_lock:
             model = self._model
             model.enter()
-        start = time.perf_counter()
-        try:
-            yield model
-        except BaseException:
-            with self._counts_lock:
-                self._counts["errors"] += 1
-            raise
-        finally:
-            model.exit()
-            with self._counts_lock:
-                self._counts["calls"] += 1
-                self._counts["seconds"] += time.perf_counter() - start
+        return model
+
+    def _leave(self, model: LoadedBundle, start: float, failed: bool) -> None:
+        model.exit()
+        elapsed = time.perf_counter() - start
+        counts = self._counts
+        with self._counts_lock:
+            counts["calls"] += 1
+            counts["seconds"] += elapsed
+            if failed:
+                counts["errors"] += 1
 
     def _count(self, key: str, n: int) -> None:
         with self._counts_lock:
             self._counts[key] += n
 
+    def _serve(self, impl, *args):
+        """Run ``impl(model, *args)`` on the pinned serving bundle, booking the call."""
+        model = self._enter()
+        start = time.perf_counter()
+        try:
+            result = impl(model, *args)
+        except BaseException:
+            self._leave(model, start, True)
+            raise
+        self._leave(model, start, False)
+        return result
+
     # -- raw requests ---------------------------------------------------------------------------
     def predict(self, requests: Sequence[Mapping], use_cache: bool = True) -> np.ndarray:
         """Probabilities (float32, one per request) for a batch of raw request dicts."""
-        with self._serving() as model:
-            pre = self._preprocessor(model)
-            if isinstance(requests, Mapping) or not isinstance(requests, Sequence):
-                raise RequestError(expected("a list of request objects", type(requests).__name__))
-            if len(requests) == 0:
-                raise RequestError(expected("at least one request", 0))
-            for request in requests:
-                pre.check_request(request)
-            cached = self.result_cache.enabled and use_cache
-            keys = [request_key(model.version, r) for r in requests] if cached else []
-            out = np.empty(len(requests), dtype=np.float32)
-            todo = []
-            for i in range(len(requests)):
-                hit = self.result_cache.get(keys[i]) if cached else None
-                if hit is None:
-                    todo.append(i)
-                else:
-                    out[i] = hit
-            if todo:
-                arrays = pre.encode_requests([requests[i] for i in todo])
-                scores = self._score_rows(model, arrays, requests=[requests[i] for i in todo], use_cache=use_cache)
-                out[todo] = scores
-                if cached:
-                    for i, s in zip(todo, scores):
-                        self.result_cache.put(keys[i], np.float32(s))
+        return self._serve(self._predict, requests, use_cache)
+
+    def _predict(self, model: LoadedBundle, requests, use_cache: bool) -> np.ndarray:
+        pre = self._preprocessor(model)
+        if type(requests) is not list and (isinstance(requests, Mapping) or not isinstance(requests, Sequence)):
+            raise RequestError(expected("a list of request objects", type(requests).__name__))
+        if len(requests) == 0:
+            raise RequestError(expected("at least one request", 0))
+        check = pre.check_request
+        for request in requests:
+            check(request)
+        if not (use_cache and self.result_cache.enabled):
+            out = self._score_rows(model, pre.encode_checked(requests), requests, use_cache)
             self._count("predict_rows", len(requests))
             return out
+        keys = [request_key(model.version, r) for r in requests]
+        out = np.empty(len(requests), dtype=np.float32)
+        todo = []
+        for i in range(len(requests)):
+            hit = self.result_cache.get(keys[i])
+            if hit is None:
+                todo.append(i)
+            else:
+                out[i] = hit
+        if todo:
+            rows = [requests[i] for i in todo]
+            scores = self._score_rows(model, pre.encode_checked(rows), rows, use_cache)
+            out[todo] = scores
+            for i, s in zip(todo, scores):
+                self.result_cache.put(keys[i], np.float32(s))
+        self._count("predict_rows", len(requests))
+        return out
 
     def score_candidates(self, user_request: Mapping, candidates: Sequence[Any], context: Mapping | None = None,
                          dense: Mapping | None = None, use_cache: bool = True) -> np.ndarray:
         """Scores of N candidates for one user: the user encoder runs once (cached), the scorer
         runs on the N candidates in one batch. ``context``/``dense`` default to the request's."""
-        with self._serving() as model:
-            pre = self._preprocessor(model)
-            request = pre.check_request(user_request, need_item=False)
-            context = request.get("context") if context is None else context
-            dense = request.get("dense") if dense is None else dense
-            arrays = pre.encode_candidates(candidates, context, dense)
-            n = len(arrays[CAND_ITEM])
-            hist = pre.encode_history([request["history"]])
-            if "scorer" in model.parts and "user_encoder" in model.parts:
-                state = self._user_state(model, request.get("user_id"), hist, use_cache)
-                arrays.update({k: np.repeat(v, n, axis=0) for k, v in state.items()})
-                scores = model.run("scorer", arrays)[SCORE]
-            else:
-                arrays[HIST_ITEMS] = np.repeat(hist, n, axis=0)
-                scores = model.run("fused", arrays)[SCORE]
-            self._count("candidate_rows", n)
-            return _as_scores(scores, n)
+        return self._serve(self._score_candidates, user_request, candidates, context, dense, use_cache)
+
+    def _score_candidates(self, model: LoadedBundle, user_request, candidates, context, dense, use_cache):
+        pre = self._preprocessor(model)
+        request = pre.check_request(user_request, need_item=False)
+        context = request.get("context") if context is None else context
+        dense = request.get("dense") if dense is None else dense
+        arrays = pre.encode_candidates(candidates, context, dense)
+        n = len(arrays[CAND_ITEM])
+        hist = pre.encode_history([request["history"]])
+        if "scorer" in model.parts and "user_encoder" in model.parts:
+            state = self._user_state(model, request.get("user_id"), hist, use_cache)
+            arrays.update({k: np.repeat(v, n, axis=0) for k, v in state.items()})
+            scores = model.run("scorer", arrays)[SCORE]
+        else:
+            arrays[HIST_ITEMS] = np.repeat(hist, n, axis=0)
+            scores = model.run("fused", arrays)[SCORE]
+        self._count("candidate_rows", n)
+        return _as_scores(scores, n)
 
     def top_k(self, user_request: Mapping, candidates: Sequence[Any], k: int, context: Mapping | None = None,
               dense: Mapping | None = None, use_cache: bool = True) -> list[tuple[Any, float]]:
@@ -177,32 +195,45 @@ class Predictor:
 
     def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Content-encoder vectors [N, D] for item texts, tokenised exactly as in training."""
-        with self._serving() as model:
-            spec = self._preprocessor(model).spec
-            if spec.text is None or "content_encoder" not in model.parts:
-                raise RequestError(expected("a bundle with a text spec and a content_encoder part",
-                                            sorted(model.parts)))
-            if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or len(texts) == 0:
-                raise RequestError(expected("a non-empty list of item texts", type(texts).__name__))
-            bad = [t for t in texts if not isinstance(t, str)]
-            if bad:
-                raise RequestError(expected("item texts as str", bad[:3]))
-            from .text import Tokenizer
-            tokens = Tokenizer(spec.text.vocab, spec.text.max_tokens).encode_batch(list(texts))
-            return model.run("content_encoder", {ITEM_TOKENS: tokens})[ITEM_VECTOR]
+        return self._serve(self._item_vectors, texts)
+
+    def _item_vectors(self, model: LoadedBundle, texts) -> np.ndarray:
+        spec = self._preprocessor(model).spec
+        if spec.text is None or "content_encoder" not in model.parts:
+            raise RequestError(expected("a bundle with a text spec and a content_encoder part",
+                                        sorted(model.parts)))
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or len(texts) == 0:
+            raise RequestError(expected("a non-empty list of item texts", type(texts).__name__))
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise RequestError(expected("item texts as str", bad[:3]))
+        from .text import Tokenizer
+        tokens = Tokenizer(spec.text.vocab, spec.text.max_tokens).encode_batch(list(texts))
+        return model.run("content_encoder", {ITEM_TOKENS: tokens})[ITEM_VECTOR]
 
     # -- tensors ----------------------------------------------------------------------------------
     def predict_arrays(self, feeds: Mapping[str, np.ndarray], part: str | None = None) -> dict[str, np.ndarray]:
         """Run one part on already-encoded tensors (no preprocessing); default part: fused, else scorer."""
-        with self._serving() as model:
-            part = part or ("fused" if "fused" in model.parts else "scorer")
-            if part not in model.parts:
-                raise RequestError(expected(f"a part among {sorted(model.parts)}", part))
-            if not isinstance(feeds, Mapping):
-                raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
+        # `_serve` written out: this is the latency-critical path (see issue 5, `tensor` scenario).
+        model = self._enter()
+        start = time.perf_counter()
+        try:
+            parts = model.parts
+            part = part or ("fused" if "fused" in parts else "scorer")
+            if part not in parts:
+                raise RequestError(expected(f"a part among {sorted(parts)}", part))
+            if type(feeds) is not dict:
+                if not isinstance(feeds, Mapping):
+                    raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
+                feeds = dict(feeds)
             if model.spec is not None:
-                check_tensor_ranges(model.spec, feeds)
-            return model.run(part, dict(feeds))
+                check_tensor_ranges(model.spec, feeds, model.id_limits)
+            result = model.run(part, feeds)
+        except BaseException:
+            self._leave(model, start, True)
+            raise
+        self._leave(model, start, False)
+        return result
 
     # -- internals --------------------------------------------------------------------------------
     @staticmethod
@@ -297,22 +328,36 @@ class Predictor:
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
 
 
-def check_tensor_ranges(spec, feeds: Mapping) -> None:
-    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError)."""
-    limits = {HIST_ITEMS: spec.item_vocab.size, CAND_ITEM: spec.item_vocab.size}
-    limits.update({field.name: field.size for field in spec.context})
+def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None = None) -> None:
+    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError).
+
+    ``limits`` (input name -> table size) defaults to the spec's (`loaded.id_limits`); pass it
+    precomputed on hot paths. Each array costs one or two ``argmax``/``argmin`` calls (a
+    fraction of a ufunc reduction's dispatch on request-sized arrays): ids are read as unsigned,
+    so a negative id wraps above every table size and the largest value bounds both ends;
+    ``argmax``/``argmin`` propagate NaN, so finite extremes mean every value is finite.
+    """
+    if limits is None:
+        limits = id_limits(spec)
     problems = []
     for name, value in feeds.items():
         if not isinstance(value, np.ndarray) or value.size == 0:
             continue
-        if name in limits and value.dtype.kind in "iu":
-            low, high = int(value.min()), int(value.max())
-            if low < 0 or high >= limits[name]:
-                problems.append(expected(f"'{name}' ids in [0, {limits[name]})", f"range [{low}, {high}]"))
-        elif value.dtype.kind == "f" and not np.isfinite(value).all():
-            problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
+        kind = value.dtype.kind
+        limit = limits.get(name)
+        if limit is not None and kind in "iu":
+            unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
+            if not unsigned.item(unsigned.argmax()) < limit:
+                low, high = int(value.min()), int(value.max())
+                problems.append(expected(f"'{name}' ids in [0, {limit})", f"range [{low}, {high}]"))
+        elif kind == "f":
+            if not (math.isfinite(value.item(value.argmax())) and math.isfinite(value.item(value.argmin()))):
+                problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
     if problems:
         raise RequestError("; ".join(problems))
+
+
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def _as_scores(scores: np.ndarray, n: int) -> np.ndarray:

@@ -60,76 +60,98 @@ class Preprocessor:
     # -- single pieces -------------------------------------------------------------------
     def encode_history(self, histories: Sequence[Sequence[Any]]) -> np.ndarray:
         length = self.spec.max_seq_len
-        out = np.full((len(histories), length), PAD_INDEX, dtype=np.int32)
-        lookup = self.spec.item_vocab.lookup_many
-        for row, history in enumerate(histories):
-            if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
-                raise RequestError(expected("history as a list of item ids", type(history).__name__))
-            recent = list(history)[-length:]
-            for item in recent:
-                if not isinstance(item, _SCALAR_ID):
-                    raise RequestError(expected("history item ids as str or int", type(item).__name__))
-            if recent:
-                out[row, length - len(recent):] = lookup(recent)
-        return out
+        rows = []
+        for history in histories:
+            if type(history) is not list and type(history) is not tuple:
+                if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+                    raise RequestError(expected("history as a list of item ids", type(history).__name__))
+                history = list(history)
+            recent = history[-length:]
+            codes = self._item_indices(recent, "history item ids as str or int", True) if recent else []
+            rows.append([PAD_INDEX] * (length - len(codes)) + codes)     # left-padded
+        return np.array(rows, dtype=np.int32).reshape(len(rows), length)
 
     def encode_items(self, items: Sequence[Any]) -> np.ndarray:
-        for item in items:
+        if type(items) is not list and type(items) is not tuple:
+            items = list(items)
+        return np.array(self._item_indices(items, "a candidate item id as str or int", False),
+                        dtype=np.int32).reshape(-1)
+
+    def _item_indices(self, raws: Sequence[Any], what: str, by_type: bool) -> list[int]:
+        """Vocabulary indices of raw item ids. Known str ids take one dict probe each; only the
+        rest are type-checked (RequestError naming the first bad id) and looked up one by one."""
+        vocab = self.spec.item_vocab
+        try:
+            codes = vocab.hits(raws)
+        except TypeError:                       # unhashable: certainly not a str/int id
+            codes = [None] * len(raws)
+        if None not in codes:
+            return codes
+        for item in raws:
             if not isinstance(item, _SCALAR_ID):
-                raise RequestError(expected("a candidate item id as str or int", item))
-        return self.spec.item_vocab.lookup_many(items)
+                raise RequestError(expected(what, type(item).__name__ if by_type else item))
+        lookup = vocab.lookup
+        return [lookup(r) if c is None else c for r, c in zip(raws, codes)]
 
     def encode_context(self, contexts: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
-        out = {f.name: np.zeros(len(contexts), dtype=np.int32) for f in self.spec.context}
-        for row, context in enumerate(contexts):
+        fields = self.spec.context
+        columns = [[] for _ in fields]
+        for context in contexts:
             context = {} if context is None else context
-            if not isinstance(context, Mapping):
+            if type(context) is not dict and not isinstance(context, Mapping):
                 raise RequestError(expected("context as a JSON object", type(context).__name__))
             timestamp = context.get("timestamp")
-            if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.integer, np.floating))
-                                          or not math.isfinite(timestamp) or timestamp < 0):
+            if timestamp is not None and not (type(timestamp) is int and timestamp >= 0) and (
+                    isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.integer, np.floating))
+                    or not math.isfinite(timestamp) or timestamp < 0):
                 raise RequestError(expected("context.timestamp as non-negative unix seconds", timestamp))
-            for field in self.spec.context:
+            for field, column in zip(fields, columns):
                 value = context.get(field.name)
                 if field.kind == "categorical":
                     if value is not None and not isinstance(value, _SCALAR_ID):
                         raise RequestError(expected(f"context.{field.name} as str or int", value))
-                    out[field.name][row] = field.vocab.lookup(value)
+                    column.append(field.vocab.lookup(value))
                     continue
                 limit = 24 if field.kind == "hour" else 7
                 if value is None and timestamp is not None:
                     value = (hour_of if field.kind == "hour" else weekday_of)(int(timestamp))
                 if value is None:
+                    column.append(0)
                     continue
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < limit:
+                if type(value) is not int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
                     raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
-                out[field.name][row] = int(value) + 1
-        return out
+                if not 0 <= value < limit:
+                    raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                column.append(int(value) + 1)
+        return {field.name: np.array(column, dtype=np.int32).reshape(-1) for field, column in zip(fields, columns)}
 
     def encode_dense(self, dense_rows: Sequence[Mapping | None]) -> np.ndarray:
         fields = self.spec.dense
-        out = np.zeros((len(dense_rows), len(fields)), dtype=np.float32)
-        for row, values in enumerate(dense_rows):
+        rows = []
+        for values in dense_rows:
             values = {} if values is None else values
-            if not isinstance(values, Mapping):
+            if type(values) is not dict and not isinstance(values, Mapping):
                 raise RequestError(expected("dense as a JSON object of numbers", type(values).__name__))
-            for col, field in enumerate(fields):
+            row = []
+            for field in fields:
                 value = values.get(field.name, field.default)
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                if type(value) is not float and (isinstance(value, bool) or
+                                                 not isinstance(value, (int, float, np.integer, np.floating))):
                     raise RequestError(expected(f"dense.{field.name} as a number", value))
                 if not math.isfinite(value):
                     raise RequestError(expected(f"a finite dense.{field.name}", value))
                 scaled = (float(value) - field.mean) / field.std
                 if not abs(scaled) <= _FLOAT32_MAX:
                     raise RequestError(expected(f"dense.{field.name} within float32 range once standardised", value))
-                out[row, col] = scaled
-        return out
+                row.append(scaled)
+            rows.append(row)
+        return np.array(rows, dtype=np.float32).reshape(len(rows), len(fields))
 
     # -- whole requests ------------------------------------------------------------------
     def check_request(self, request: Any, need_item: bool = True) -> Mapping:
-        if not isinstance(request, Mapping):
+        if type(request) is not dict and not isinstance(request, Mapping):
             raise RequestError(expected("a request as a JSON object", type(request).__name__))
-        if self.strict:
+        if self.strict and not REQUEST_KEYS.issuperset(request):
             unknown = set(request) - REQUEST_KEYS
             if unknown:
                 raise RequestError(expected(f"request keys among {sorted(REQUEST_KEYS)}", sorted(unknown)))
@@ -145,7 +167,10 @@ class Preprocessor:
             raise RequestError(expected("a list of request objects", type(requests).__name__))
         if len(requests) == 0:
             raise RequestError(expected("at least one request", 0))
-        requests = [self.check_request(r) for r in requests]
+        return self.encode_checked([self.check_request(r) for r in requests])
+
+    def encode_checked(self, requests: Sequence[Mapping]) -> dict[str, np.ndarray]:
+        """`encode_requests` for a non-empty list already passed through `check_request`."""
         arrays = {HIST_ITEMS: self.encode_history([r["history"] for r in requests]),
                   CAND_ITEM: self.encode_items([r["item"] for r in requests])}
         arrays.update(self.encode_context([r.get("context") for r in requests]))

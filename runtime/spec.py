@@ -49,6 +49,7 @@ class Vocabulary:
     name: str
     tokens: tuple[str, ...]
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
+    _hits: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -57,7 +58,10 @@ class Vocabulary:
         if len(set(tokens)) != len(tokens):
             raise SpecError(expected(f"unique tokens in vocabulary '{self.name}'", "duplicates"))
         object.__setattr__(self, "tokens", tokens)
-        object.__setattr__(self, "_index", {t: i + NUM_RESERVED for i, t in enumerate(tokens)})
+        index = {t: i + NUM_RESERVED for i, t in enumerate(tokens)}
+        object.__setattr__(self, "_index", index)
+        # What `lookup` returns for a str, as one dict probe: tokens, and "" -> padding.
+        object.__setattr__(self, "_hits", {**index, "": PAD_INDEX})
 
     @property
     def size(self) -> int:
@@ -70,9 +74,23 @@ class Vocabulary:
         return self._index.get(str(raw), OOV_INDEX)
 
     def lookup_many(self, raws: Iterable[Any]) -> np.ndarray:
-        get = self._index.get
-        out = [PAD_INDEX if r is None or r == "" else get(str(r), OOV_INDEX) for r in raws]
-        return np.asarray(out, dtype=np.int32).reshape(-1)
+        if type(raws) is not list and type(raws) is not tuple:
+            raws = list(raws)
+        try:
+            codes = self.hits(raws)
+        except TypeError:             # an unhashable raw id: str() of it is looked up below
+            codes = [None] * len(raws)
+        if None in codes:
+            lookup = self.lookup
+            codes = [lookup(r) if c is None else c for r, c in zip(raws, codes)]
+        return np.array(codes, dtype=np.int32).reshape(-1)
+
+    def hits(self, raws: Sequence[Any]) -> list:
+        """The first, cheap pass of `lookup_many`: ``lookup(r)`` where ``r`` is a str (a known
+        token, or "" -> padding), None for anything else (other types, unknown ids: call `lookup`).
+        Raises TypeError for an unhashable raw id."""
+        get = self._hits.get
+        return [get(r) for r in raws]
 
     def token(self, index: int) -> str | None:
         """The raw id of an index, or None for padding/OOV."""

@@ -43,6 +43,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
     model_format = "onnx"
     serialize_calls = False   # InferenceSession.run is thread-safe
+    fresh_outputs = True      # run / copy_outputs_to_cpu return new arrays
 
     def __init__(self, model_path, num_threads: int | None = None, providers="auto",
                  graph_optimization_level: str = "all", optimized_model_path=None, cache_dir=None,
