@@ -11,6 +11,13 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def _default_mode() -> int:
+    """0o666 minus the process umask: what a plain open() would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -29,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())   # mkstemp creates 0600; bundles are read by other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
