@@ -11,11 +11,14 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
-def _default_mode() -> int:
-    """0o666 minus the process umask: what a plain open() would have created."""
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+# 0o666 minus the umask (what a plain open() creates); read once at import, as os.umask is process-wide.
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -36,7 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _default_mode())   # mkstemp creates 0600; bundles are read by other users
+        os.chmod(tmp, _FILE_MODE)   # mkstemp creates 0600; bundles are read by other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
