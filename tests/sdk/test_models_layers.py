@@ -44,6 +44,26 @@ def test_target_attention_ignores_masked_positions(L):
     np.testing.assert_allclose(att([query, keys, single]).numpy(), keys[:, 4], atol=1e-6)
 
 
+def test_target_attention_masks_exactly_whatever_the_logit_spread(L):
+    """The mask penalty adapts to the row's logit spread (no huge constant that int8 cannot hold)."""
+    att = L.TargetAttention(hidden_units=(8,), activation="relu")
+    rng = np.random.default_rng(2)
+    query = rng.normal(size=(3, 4)).astype(np.float32)
+    keys = (rng.normal(size=(3, 6, 4)) * np.array([1.0, 30.0, 300.0])[:, None, None]).astype(np.float32)
+    mask = np.array([[0, 0, 0, 1, 1, 1]] * 3, np.float32)
+    out = att([query, keys, mask]).numpy()
+    for garbage in (-1e3, 1e3):
+        changed = keys.copy()
+        changed[:, :3] = garbage
+        np.testing.assert_allclose(att([query, changed, mask]).numpy(), out, rtol=1e-5, atol=1e-5)
+    logits = att.logit(att.hidden[0](np.concatenate(
+        [np.broadcast_to(query[:, None], keys.shape), keys, query[:, None] - keys, query[:, None] * keys], -1)))
+    logits = logits.numpy()[..., 0][:, 3:]
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("bl,bld->bd", weights, keys[:, 3:]), rtol=1e-4, atol=1e-4)
+
+
 def test_transformer_encoder_output_of_valid_tokens_ignores_padding(L):
     block = L.TransformerEncoder(num_heads=2, ff_dim=8)
     rng = np.random.default_rng(1)
