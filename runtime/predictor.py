@@ -346,8 +346,12 @@ def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None =
         kind = value.dtype.kind
         limit = limits.get(name)
         if limit is not None and kind in "iu":
-            unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
-            if not unsigned.item(unsigned.argmax()) < limit:
+            if value.size == 1:
+                ok = 0 <= value.item() < limit
+            else:
+                unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
+                ok = unsigned.item(unsigned.argmax()) < limit
+            if not ok:
                 low, high = int(value.min()), int(value.max())
                 problems.append(expected(f"'{name}' ids in [0, {limit})", f"range [{low}, {high}]"))
         elif kind == "f":
