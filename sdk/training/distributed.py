@@ -528,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m edgerec.sdk.training.distributed",
                                      description="edgerec train under a tf.distribute strategy")
-    configure("train", parser)
-    add_arguments(parser)
+    configure("train", parser)   # includes the distributed options (add_arguments)
     parser.add_argument("--model-config", default=None, help="JSON: ModelConfig fields")
     args = parser.parse_args(argv)
     if args.strategy is None:
