@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(VENV)/bin/edgerec demo --out demo-out
 
 test: $(STAMP)
-	EDGEREC_MOVIELENS=$(MOVIELENS) $(PY) -m pytest -q tests
+	EDGEREC_MOVIELENS=$(MOVIELENS) $(PY) -m pytest -q --timeout=1200 tests
 
 test-fast: $(STAMP)
-	EDGEREC_MOVIELENS=$(MOVIELENS) $(PY) -m pytest -q -m "not slow" tests
+	EDGEREC_MOVIELENS=$(MOVIELENS) $(PY) -m pytest -q --timeout=1200 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) demo-out build *.egg-info

@@ -11,6 +11,17 @@ MOVIELENS_ENV = "EDGEREC_MOVIELENS"
 MOVIELENS_FILES = ("ratings.csv", "movies.csv", "tags.csv")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_pass_cache(tmp_path_factory):
+    """Converter passes cache under a per-run folder: tests never read results left by other runs."""
+    if "EDGEREC_CACHE" not in os.environ:
+        os.environ["EDGEREC_CACHE"] = str(tmp_path_factory.mktemp("edgerec-pass-cache"))
+        yield
+        del os.environ["EDGEREC_CACHE"]
+    else:
+        yield
+
+
 def movielens_location() -> Path:
     """$EDGEREC_MOVIELENS, else <repo>/../shared/data/movielens-latest-small."""
     env = os.environ.get(MOVIELENS_ENV)
