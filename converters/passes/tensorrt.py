@@ -75,12 +75,7 @@ def check_tensorrt_ready(onnx_path: str | os.PathLike | object) -> list[Violatio
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers[name].append(node)
+    producer, consumers = _graph_index(graph)
     graph_outputs = {o.name for o in graph.output}
 
     def value(name):
@@ -153,12 +148,7 @@ def dedicate_qdq_pairs(proto) -> int:
     Returns the number of pairs added.
     """
     graph = proto.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers[name].append(node)
+    producer, consumers = _graph_index(graph)
     added = 0
     new_nodes = []
     for node in list(graph.node):
@@ -194,3 +184,14 @@ def _copy_node(node, name):
     copy.CopyFrom(node)
     copy.name = name
     return copy
+
+
+def _graph_index(graph):
+    """``(producer, consumers)``: tensor name -> the node writing it / the nodes reading it."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                consumers[name].append(node)
+    return producer, consumers
