@@ -30,7 +30,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--prune", type=float, default=None, help="target sparsity in (0, 1) (tf_keras only)")
         parser.add_argument("--quantize", type=_csv, default=["int8"],
                             help="comma list of none,fp16,dynamic,int8 (int8 implies dynamic too)")
-        parser.add_argument("--targets", type=_csv, default=["tflite", "onnx"], help="comma list of tflite,onnx")
+        parser.add_argument("--targets", type=_csv, default=["tflite", "onnx"],
+                            help="comma list of tflite,onnx and, after the bundle, triton (a Triton model "
+                                 "repository in OUT/triton, implies onnx) and tensorrt (engines in "
+                                 "OUT/tensorrt when the tensorrt package is importable)")
         parser.add_argument("--data", default=None, help=".npz of held-out rows (inputs + labels [+ groups])")
         parser.add_argument("--budget", type=float, default=0.003, help="largest |ΔAUC| of a selectable variant")
         parser.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
@@ -53,22 +56,57 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+SERVING_TARGETS = ("triton", "tensorrt")   # built from the written bundle's ONNX artifacts
+
+
 def _export(args) -> int:
     from .export import check_options, export_model
 
-    check_options(args.prune, args.quantize, args.targets, args.budget)  # fail fast, before TF loads
+    serving = [t for t in args.targets if t in SERVING_TARGETS]
+    formats = [t for t in args.targets if t not in SERVING_TARGETS]
+    if serving and "onnx" not in formats:
+        formats.append("onnx")
+    check_options(args.prune, args.quantize, formats, args.budget)  # fail fast, before TF loads
     if not Path(args.model_dir).exists():
         from .errors import ConverterConfigError, expected
 
         raise ConverterConfigError(expected("an existing MODEL_DIR (or saved Keras model)", args.model_dir))
     manifest = export_model(args.model_dir, args.out, prune=args.prune, quantize=args.quantize,
-                            targets=args.targets, data=args.data, budget=args.budget, archive=args.archive,
+                            targets=formats, data=args.data, budget=args.budget, archive=args.archive,
                             cache_dir=args.cache_dir, max_groups=args.max_groups,
                             progress=None if args.quiet else _say)
     print(candidates_table(manifest.candidates))
-    print(json.dumps({"bundle": str(args.out), "selected": manifest.selected,
-                      "rejected": len(manifest.rejected)}))
+    summary = {"bundle": str(args.out), "selected": manifest.selected, "rejected": len(manifest.rejected)}
+    summary.update(_serving_targets(serving, Path(args.out)))
+    print(json.dumps(summary))
     return 0
+
+
+def _serving_targets(targets: list[str], bundle: Path) -> dict:
+    """Triton repository and TensorRT engines next to the bundle (``BUNDLE/triton``, ``BUNDLE/tensorrt``)."""
+    out = {}
+    if "triton" in targets:
+        from .triton import write_triton_repository
+        from .triton_check import check_triton_repository
+
+        repo = write_triton_repository(bundle, bundle / "triton", overwrite=True)
+        problems = check_triton_repository(repo.path, bundle)
+        if problems:
+            from .errors import ConverterConfigError
+
+            raise ConverterConfigError("Triton repository failed its check: " + "; ".join(map(str, problems)))
+        out["triton"] = {"path": str(repo.path), "models": sorted(repo.models)}
+        _say(f"wrote Triton repository {repo.path} ({', '.join(sorted(repo.models))})")
+    if "tensorrt" in targets:
+        from .tensorrt_engine import build_bundle_engines
+
+        results = build_bundle_engines(bundle, bundle / "tensorrt")
+        out["tensorrt"] = {part: {"status": r.status, "reason": r.reason,
+                                  "engine": str(r.engine_path) if r.engine_path else None}
+                           for part, r in results.items()}
+        for part, r in results.items():
+            _say(f"tensorrt {part}: {r.status}{' — ' + r.reason if r.reason else ''}")
+    return out
 
 
 def candidates_table(rows: list[dict]) -> str:

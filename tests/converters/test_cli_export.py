@@ -138,3 +138,28 @@ def test_byom_keras3_through_the_cli(tmp_path):
     assert _cli("validate", "B", cwd=tmp_path, block_tf=True).returncode == 0
     refused = _cli("export", "mine.keras", "--data", "rows.npz", "--out", "C", "--prune", "0.5", cwd=tmp_path)
     assert refused.returncode == 2 and "tfmot cannot prune Keras 3" in refused.stderr
+
+
+@pytest.mark.slow
+def test_export_targets_triton_and_tensorrt(cli_bundle, capsys):
+    """`--targets triton,tensorrt` adds ONNX, writes a checked Triton repository and states why engines were skipped."""
+    import importlib.util
+
+    from edgerec.converters.triton_check import check_triton_repository
+    from edgerec.sdk.cli import main
+
+    out = cli_bundle["root"] / "SERVING"
+    capsys.readouterr()
+    rc = main(["export", str(cli_bundle["mdir"]), "--quantize", "none", "--targets", "triton,tensorrt",
+               "--out", str(out), "--cache-dir", str(cli_bundle["root"] / "cache"), "--quiet"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any(a["format"] == "onnx" for a in manifest["artifacts"])
+    assert (out / "triton" / "fused" / "config.pbtxt").is_file()
+    assert (out / "triton" / "fused" / "1" / "model.onnx").is_file()
+    assert check_triton_repository(out / "triton", out) == []
+    assert "fused" in summary["triton"]["models"]
+    if importlib.util.find_spec("tensorrt") is None:   # no engines here, and each part says why
+        assert summary["tensorrt"] and all(r["status"] == "skipped" and r["reason"] and r["engine"] is None
+                                           for r in summary["tensorrt"].values())
