@@ -38,7 +38,7 @@ import numpy as np
 from edgerec.runtime.errors import SpecError, expected
 
 from ..models.config import FAMILIES, ModelConfig, ModelParts
-from .fit import TrainConfig, evaluate
+from .fit import TrainConfig, evaluate, seeded_training_rows
 from .launch import (DistributedError, WorkerResult, free_ports, launch_local_workers,  # noqa: F401 (re-exported)
                      local_tf_config)
 
@@ -193,14 +193,7 @@ def fit_distributed(parts: ModelParts, dataset, config: TrainConfig | None, stra
 
     tf, keras = import_tf()
     config = TrainConfig() if config is None else config
-    if len(dataset.train) == 0 or len(dataset.valid) == 0:
-        raise SpecError(expected("non-empty train and valid splits",
-                                 {"train": len(dataset.train), "valid": len(dataset.valid)}))
-    keras.utils.set_random_seed(config.seed)
-    train = dataset.train
-    if config.max_train_rows is not None and config.max_train_rows < len(train):
-        rng = np.random.default_rng(config.seed)
-        train = train.take(np.sort(rng.choice(len(train), config.max_train_rows, replace=False)))
+    train = seeded_training_rows(dataset, config, keras)
     info = task_info(strategy)
     batch = global_batch_size(config.batch_size, strategy)
     # Several workers must run the same number of steps: drop the ragged last batch there.

@@ -75,6 +75,19 @@ def _validation_metrics(parts, split) -> dict:
     return {"auc": M.auc(split.labels, scores), "logloss": M.logloss(split.labels, scores)}
 
 
+def seeded_training_rows(dataset, config: TrainConfig, keras):
+    """Check both splits are non-empty, seed Keras, and return the (optionally subsampled) train split."""
+    if len(dataset.train) == 0 or len(dataset.valid) == 0:
+        raise SpecError(expected("non-empty train and valid splits",
+                                 {"train": len(dataset.train), "valid": len(dataset.valid)}))
+    keras.utils.set_random_seed(config.seed)
+    train = dataset.train
+    if config.max_train_rows is not None and config.max_train_rows < len(train):
+        rng = np.random.default_rng(config.seed)
+        train = train.take(np.sort(rng.choice(len(train), config.max_train_rows, replace=False)))
+    return train
+
+
 def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
     """Train ``parts.fused`` on ``dataset.train`` with early stopping on ``dataset.valid``.
 
@@ -89,14 +102,7 @@ def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
 
     tf, keras = import_tf()
     config = TrainConfig() if config is None else config
-    if len(dataset.train) == 0 or len(dataset.valid) == 0:
-        raise SpecError(expected("non-empty train and valid splits",
-                                 {"train": len(dataset.train), "valid": len(dataset.valid)}))
-    keras.utils.set_random_seed(config.seed)
-    train = dataset.train
-    if config.max_train_rows is not None and config.max_train_rows < len(train):
-        rng = np.random.default_rng(config.seed)
-        train = train.take(np.sort(rng.choice(len(train), config.max_train_rows, replace=False)))
+    train = seeded_training_rows(dataset, config, keras)
     inputs = parts.select_inputs(train.inputs)
     labels = np.asarray(train.labels, np.float32).reshape(-1, 1)
     parts.fused.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
