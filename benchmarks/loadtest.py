@@ -114,28 +114,40 @@ class _Worker:
         self.errors = collections.Counter()
         self.examples = []
         self.done = 0
+        self.extra = 0              # calls beyond the quota, made while waiting for the swap
 
-    def __call__(self, barrier: threading.Barrier) -> None:
-        p, pool, rng, batch, clock = self.predictor, self.pool, self.rng, self.batch, time.perf_counter_ns
-        users, rows, cands = pool["users"], pool["rows"], pool["candidates"]
-        append = self.records.append
+    def __call__(self, barrier: threading.Barrier, settled: threading.Event) -> None:
         barrier.wait()
         for _ in range(self.calls):
-            kind = rng.choice(self.types)
-            start = clock()
-            try:
-                if kind == 2:
-                    index = rng.randrange(len(users))
-                    answer = p.score_candidates(users[index], cands)
-                else:
-                    index = rng.randrange(len(rows) - batch + 1)
-                    answer = p.predict(rows[index:index + batch], use_cache=kind == 1)
-                append((kind, start, clock(), index, answer))
-            except Exception as err:  # noqa: BLE001 - every failure is counted by type
-                self.errors[type(err).__name__] += 1
-                if len(self.examples) < 5:
-                    self.examples.append(f"{type(err).__name__}: {err}"[:300])
-            self.done += 1
+            self._one_call()
+        if settled.is_set():
+            return
+        # Quota spent while the swap is still running (slow machine): keep serving until it has
+        # settled, then a tail of calls, so every run has traffic on both sides of the swap.
+        while not settled.is_set():
+            self._one_call()
+            self.extra += 1
+        for _ in range(max(1, self.calls // 10)):
+            self._one_call()
+            self.extra += 1
+
+    def _one_call(self) -> None:
+        p, pool, rng, batch, clock = self.predictor, self.pool, self.rng, self.batch, time.perf_counter_ns
+        kind = rng.choice(self.types)
+        start = clock()
+        try:
+            if kind == 2:
+                index = rng.randrange(len(pool["users"]))
+                answer = p.score_candidates(pool["users"][index], pool["candidates"])
+            else:
+                index = rng.randrange(len(pool["rows"]) - batch + 1)
+                answer = p.predict(pool["rows"][index:index + batch], use_cache=kind == 1)
+            self.records.append((kind, start, clock(), index, answer))
+        except Exception as err:  # noqa: BLE001 - every failure is counted by type
+            self.errors[type(err).__name__] += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"{type(err).__name__}: {err}"[:300])
+        self.done += 1
 
 
 def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_000, swap_at: float = 0.5,
@@ -188,8 +200,8 @@ def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_00
     per_thread = -(-requests // threads)
     predictor = load(bundle_a, backend=backend, cache=config, num_threads=num_threads)
     workers = [_Worker(predictor, pool, per_thread, mix, batch, seed * 1000 + i + 1) for i in range(threads)]
-    barrier = threading.Barrier(threads + 1)
-    pool_threads = [threading.Thread(target=w, args=(barrier,), name=f"load-{i}") for i, w in enumerate(workers)]
+    barrier, settled = threading.Barrier(threads + 1), threading.Event()
+    pool_threads = [threading.Thread(target=w, args=(barrier, settled), name=f"load-{i}") for i, w in enumerate(workers)]
     cache_peak = {"user_state": {"bytes": 0, "entries": 0}, "result": {"bytes": 0, "entries": 0}}
     rss_peak = [rss_before]
 
@@ -227,6 +239,7 @@ def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_00
         except Exception as err:  # noqa: BLE001
             swap["error"] = f"{type(err).__name__}: {err}"[:300]
         swap_end = time.perf_counter_ns()
+        settled.set()
         swap["duration_ms"] = (swap_end - swap_start) / 1e6
         while any(t.is_alive() for t in pool_threads):
             sample()
@@ -237,6 +250,7 @@ def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_00
         sample()
         final_stats = predictor.stats()
     finally:
+        settled.set()
         predictor.close()
         if scratch is not None:
             scratch.cleanup()
@@ -309,6 +323,7 @@ def _summarise(ctx: dict, config, workers, refs, swap, swap_start, swap_end, wal
         "totals": {"calls": calls, "rows": rows_total, "wall_s": wall_s,
                    "calls_per_s": calls / wall_s if wall_s > 0 else None,
                    "rows_per_s": rows_total / wall_s if wall_s > 0 else None,
+                   "calls_past_quota": sum(w.extra for w in workers),
                    "errors": sum(errors.values()), "errors_by_type": dict(errors),
                    "error_examples": [e for w in workers for e in w.examples][:5],
                    "predictor_swaps": counts["swaps"], "predictor_failed_swaps": counts["failed_swaps"]},

@@ -157,3 +157,23 @@ def test_stale_cache_answers_are_caught(bundles, monkeypatch):
     result = run_load_test(a, b, **{**SMALL, "mix": {"predict_cached": 1.0}, "cache": roomy})
     assert result["answers"]["old_after_swap"] > 0 and not result["passed"]
     assert any("old model" in f for f in result["failures"])
+
+
+def test_a_swap_slower_than_the_whole_quota_still_gets_traffic_after_it(bundles, monkeypatch):
+    """On a slow machine the threads may spend their quota before swap() returns: they keep
+    serving until it has, then a tail, so the old-model check always has calls to judge."""
+    import time
+
+    from edgerec.runtime.predictor import Predictor
+
+    real_swap = Predictor.swap
+
+    def slow_swap(self, *args, **kwargs):
+        time.sleep(0.3)                       # far longer than 8 × 20 tiny calls
+        return real_swap(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "swap", slow_swap)
+    result = run_load_test(*bundles, **{**SMALL, "requests": 8 * 20})
+    assert result["totals"]["calls_past_quota"] > 0
+    assert result["answers"]["after"] >= 8 and result["answers"]["old_after_swap"] == 0, result["answers"]
+    assert result["passed"], result["failures"]
