@@ -138,9 +138,11 @@ class OrtOptimizeConfig:
         level: onnxruntime graph optimisation level: ``basic`` (portable, constant folding and
             redundancy removal), ``extended`` (adds fusions into ORT contrib ops), ``all``
             (adds layout changes; the file then only runs on the same ORT build and CPU).
+        compact: short internal tensor names, no node names or value_info (`compact_onnx_names`).
     """
 
     level: str = "basic"
+    compact: bool = True
 
     def __post_init__(self):
         if self.level not in ORT_LEVELS:
@@ -149,13 +151,15 @@ class OrtOptimizeConfig:
 
 class OrtOptimizePass(Pass):
     name = "ort_optimize"
-    version = 1
+    version = 2
     Config = OrtOptimizeConfig
     accepts = ("onnx",)
 
     def _run_impl(self, source: ExportedArtifact, config: OrtOptimizeConfig, out_dir: Path) -> ExportedArtifact:
         import onnx
         import onnxruntime as ort
+
+        from .onnx_compact import compact_onnx_file
 
         levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -165,6 +169,8 @@ class OrtOptimizePass(Pass):
         options.graph_optimization_level = levels[config.level]
         options.optimized_model_filepath = str(out)
         ort.InferenceSession(source.path, options, providers=["CPUExecutionProvider"])
+        if config.compact:
+            compact_onnx_file(out)
         proto = onnx.load(str(out))
         inputs, outputs = graph_specs(proto)
         before = len(onnx.load(source.path).graph.node)

@@ -44,6 +44,8 @@ class OrtQuantizeConfig:
         symmetric_activations: ``static_qdq`` only; ``tensorrt`` always uses symmetric int8.
         nodes_to_exclude: node names left in float.
         preprocess: run ``quant_pre_process`` first.
+        compact: short internal tensor names, no node names or value_info in the result
+            (`compact_onnx_names`; ``nodes_to_exclude`` still names the input graph's nodes).
     """
 
     mode: str = "dynamic"
@@ -56,6 +58,7 @@ class OrtQuantizeConfig:
     symmetric_activations: bool = False
     nodes_to_exclude: tuple[str, ...] = ()
     preprocess: bool = True
+    compact: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -73,7 +76,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 1
+    version = 2
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -102,6 +105,12 @@ class OrtQuantizePass(Pass):
             from .tensorrt import dedicate_qdq_pairs
 
             if dedicate_qdq_pairs(proto):
+                onnx.checker.check_model(proto)
+                out.write_bytes(proto.SerializeToString())
+        if config.compact:
+            from .onnx_compact import compact_onnx_names
+
+            if compact_onnx_names(proto):
                 onnx.checker.check_model(proto)
                 out.write_bytes(proto.SerializeToString())
         inputs, outputs = graph_specs(proto)

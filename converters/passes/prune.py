@@ -114,6 +114,9 @@ class PrunePass(Pass):
                 return tf_keras.models.clone_model(layer, clone_function=clone)
             if not layer.weights:
                 return layer
+            if callable(getattr(layer, "get_prunable_weights", None)) and \
+                    not isinstance(layer, sparsity.PrunableLayer):
+                sparsity.PrunableLayer.register(type(layer))     # duck-typed custom layer (ProjectedGRU)
             supported = isinstance(layer, sparsity.PrunableLayer) or \
                 _registry().supports(layer)
             if layer.name in config.skip_layers or not supported:

@@ -41,6 +41,8 @@ class TFLiteConfig:
         allow_float_fallback: ``int8`` only — keep float kernels for ops without an int8 kernel
             (otherwise such an op fails the conversion and is named in the error).
         output_names: override the canonical output names of a single/list-output model.
+        compact: drop intermediate tensor names, empty buffers and shape signatures
+            (`compact_flatbuffer`); outputs must stay bit-identical or the pass fails.
     """
 
     mode: str = "fp32"
@@ -49,6 +51,7 @@ class TFLiteConfig:
     custom_objects_module: str | None = None
     allow_float_fallback: bool = False
     output_names: tuple[str, ...] | None = None
+    compact: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -61,7 +64,7 @@ class TFLiteConfig:
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 1
+    version = 2
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -86,14 +89,39 @@ class TFLitePass(Pass):
             except Exception as err:  # noqa: BLE001 - converter raises many types; all become ConversionError
                 raise conversion_error(config.mode, err) from None
         out = out_dir / f"{source.part}.{config.mode}.tflite"
+        converted_bytes = len(flat)
+        if config.compact:
+            flat = _compacted(flat, rows, specs)
         out.write_bytes(flat)
         inputs, outputs, sample = sanity_check(out, rows, specs)
         calibrated = len(next(iter(rows.values()))) if rows and config.mode == "int8" else 0
         details = {**self.carried_details(source), "mode": config.mode, "calibration_rows": calibrated,
                    "sanity_output_mean": sample, "size_bytes": out.stat().st_size,
+                   "converted_size_bytes": converted_bytes,
                    "float_fallback": config.allow_float_fallback if config.mode == "int8" else None}
         return ExportedArtifact(path=str(out), format="tflite", precision=PRECISION[config.mode], part=source.part,
                                 inputs=inputs, outputs=outputs, details=details)
+
+
+def _compacted(flat: bytes, rows, specs) -> bytes:
+    """`compact_flatbuffer` of ``flat``, refused unless it gives bit-identical outputs on sample rows."""
+    from .tflite_compact import compact_flatbuffer
+
+    small = compact_flatbuffer(flat)
+    feed = {n: np.ascontiguousarray(a[:4]) for n, a in rows.items()} if rows else sample_inputs(specs, batch=4)
+    before, after = _run_bytes(flat, feed, sorted(specs)), _run_bytes(small, feed, sorted(specs))
+    for name, value in before.items():
+        if not np.array_equal(value, after.get(name)):
+            raise ConversionError(expected(f"identical output '{name}' after compacting the flatbuffer",
+                                           "different values"), mode="compact")
+    return small
+
+
+def _run_bytes(flat: bytes, feed: dict, names: list[str]) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=flat).get_signature_runner(SIGNATURE)
+    return runner(**{n: feed[n] for n in names})
 
 
 def _configure(tf, converter, config: TFLiteConfig, rows) -> None:

@@ -12,8 +12,9 @@ and cost accuracy. The split parts each need their own table anyway and keep two
 
 Families:
     din: item embeddings -> DIN target attention against the candidate -> MLP.
-    gru: item embeddings -> GRU (``unroll=True``, TFLite builtins) final state -> MLP with
-         the candidate. The sequence is left-padded, so the state ends on the latest item.
+    gru: item embeddings -> GRU (`ProjectedGRU`: Keras-GRU weights, unrolled into TFLite builtins
+         with the input projection done once, small in int8) final state -> MLP with the
+         candidate. The sequence is left-padded, so the state ends on the latest item.
     bst: item embeddings + positions -> transformer encoder block(s) -> target attention -> MLP.
     context: DIN over [item embedding, projected content vector] + an embedding per
          ``spec.context`` field + ``dense`` features -> MLP.
@@ -47,6 +48,7 @@ class _FamilyBuilder:
 
     def __init__(self, family: str, spec: FeatureSpec, config: ModelConfig, content: ContentParts | None):
         from . import layers as L
+        from . import recurrent as R
 
         self.L, self.keras = L, L.tf_keras
         self.family, self.spec, self.config = family, spec, config
@@ -68,7 +70,7 @@ class _FamilyBuilder:
             for f in (spec.context if self.uses_context else ())}
         self.uses_dense = self.uses_context and bool(spec.dense)
         if family == "gru":
-            self.gru = layers.GRU(config.gru_units, unroll=True, name=USER_STATE)
+            self.gru = R.ProjectedGRU(config.gru_units, name=USER_STATE)
             self.cand_projection = layers.Dense(config.gru_units, name="cand_projection")
         else:
             self.mask = L.SequenceMask(name=USER_MASK)

@@ -309,6 +309,8 @@ class SplitLast(tf_keras.layers.Layer):
                 shape[:1].concatenate(shape[2:])]
 
 
+from .recurrent import ProjectedGRU  # noqa: E402 - registered with the others for model loading
+
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
     SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention,
-    TransformerEncoder, AppendCandidate, SplitLast)}
+    TransformerEncoder, AppendCandidate, SplitLast, ProjectedGRU)}

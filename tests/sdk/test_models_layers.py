@@ -93,6 +93,7 @@ def test_positional_embedding_adds_per_position(L):
     lambda L: L.TransformerEncoder(num_heads=4, ff_dim=12, dropout=0.1),
     lambda L: L.AppendCandidate(name="append"),
     lambda L: L.SplitLast(name="split"),
+    lambda L: L.ProjectedGRU(5, kernel_initializer="he_normal", name="gru"),
 ])
 def test_get_config_round_trip(L, make):
     layer = make(L)
@@ -144,6 +145,8 @@ def test_split_last_needs_a_static_time_axis_of_two(L):
     (lambda L: L.TargetAttention(hidden_units=(8, 0)), "hidden_units as a positive int, received: 0"),
     (lambda L: L.TransformerEncoder(num_heads=0), "num_heads as a positive int"),
     (lambda L: L.TransformerEncoder(dropout=1.5), r"dropout in \[0, 1\), received: 1.5"),
+    (lambda L: L.ProjectedGRU(0), "units as a positive int, received: 0"),
+    (lambda L: L.ProjectedGRU(4)(np.zeros((2, 3), np.float32)), "a \\[batch, steps, features\\] input"),
 ])
 def test_argument_checks(L, make, message):
     with pytest.raises(SpecError, match=message):
@@ -153,3 +156,21 @@ def test_argument_checks(L, make, message):
 def test_transformer_dimension_must_divide_heads(L):
     with pytest.raises(SpecError, match="divisible by num_heads=4"):
         L.TransformerEncoder(num_heads=4)([np.zeros((1, 3, 6), np.float32), np.ones((1, 3), np.float32)])
+
+
+def test_projected_gru_computes_keras_gru_with_its_weights(L):
+    """Same function as tf_keras GRU(reset_after=True) for any weights, incl. non-zero biases."""
+    from edgerec.converters.tfenv import import_tf
+
+    _, keras = import_tf()
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 7, 5)).astype(np.float32)
+    reference = keras.layers.GRU(6, unroll=True)
+    reference(x)
+    reference.set_weights([rng.normal(scale=0.5, size=w.shape).astype(np.float32) for w in reference.get_weights()])
+    projected = L.ProjectedGRU(6)
+    projected(x)
+    projected.set_weights(reference.get_weights())
+    np.testing.assert_allclose(projected(x).numpy(), reference(x).numpy(), atol=1e-5)
+    assert [w.name.split("/")[-1].split(":")[0] for w in projected.get_prunable_weights()] == \
+        ["kernel", "recurrent_kernel"]

@@ -77,17 +77,21 @@ def _item_tables(path, shape):
 
 
 @pytest.mark.slow
-def test_fused_din_full_int8_stores_the_item_table_once(tmp_path):
-    """Issue 3: one shared lookup -> one int8 item table, int8 file <= 0.30x the fp32 file."""
+@pytest.mark.parametrize("family, seq, items, units", [
+    ("din", 10, 2400, 64),
+    ("gru", 50, 9700, 64),     # the MovieLens shape: 50 unrolled steps, ~9.7k items
+])
+def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items, units):
+    """Issue 3: one shared lookup -> one int8 item table, int8 file <= 0.30x the fp32 file (both
+    compacted); for the GRU that needs `ProjectedGRU` (no per-step int32 biases) and the compaction."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
     from edgerec.runtime.spec import FeatureSpec, Vocabulary
     from edgerec.sdk.models import ModelConfig, build_model
 
-    seq, items = 10, 2400
     spec = FeatureSpec(seq, Vocabulary("item", tuple(str(i) for i in range(items))))
-    parts = build_model("din", spec, ModelConfig(embedding_dim=32, dropout=0.0))
+    parts = build_model(family, spec, ModelConfig(embedding_dim=32, gru_units=units, dropout=0.0))
     model_path = tmp_path / "fused.keras"
     parts.fused.save(model_path)
     rng = np.random.default_rng(0)
