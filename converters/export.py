@@ -202,7 +202,7 @@ def run_export(job: ExportJob, out: Path, *, prune, quantize, targets, budget, a
         refs = {part: load_keras_model(path, job.custom_objects_module) for part, path in job.keras_paths.items()}
         paths = dict(job.keras_paths)
         if prune is not None:
-            paths["fused"], refs["fused"] = _prune(job, runner, prune, prune_epochs, seed, lineage, refs, say)
+            paths.update(_prune(job, runner, prune, prune_epochs, seed, lineage, refs, say))
         calibration = _part_calibration(job, refs, work)
         produced = []
         for part, path in paths.items():
@@ -242,7 +242,7 @@ def run_export(job: ExportJob, out: Path, *, prune, quantize, targets, budget, a
 
 def _prune(job, runner, sparsity, epochs, seed, lineage, refs, say):
     from .keras_io import load_keras_model
-    from .passes.prune import PruneConfig, PrunePass
+    from .passes.prune import PrunedPartConfig, PrunedPartPass, PruneConfig, PrunePass
 
     if not job.calibration:
         raise ConverterConfigError(expected("calibration rows with labels to fine-tune pruning", None))
@@ -263,14 +263,26 @@ def _prune(job, runner, sparsity, epochs, seed, lineage, refs, say):
             auc(job.validation.labels, score(after))
         info["delta_auc"] = info["auc_after"] - info["auc_before"]
     lineage["prune"] = info
-    if any(p != "fused" for p in job.keras_paths):
-        lineage["impossible"].append({"file": "user_encoder/scorer (pruned)", "backend": "all",
-                                      "reason": "split parts are exported unpruned: tfmot fine-tuning needs a "
-                                                "single-output model with labels (the user encoder outputs user "
-                                                "state); only the fused model is pruned"})
+    paths = {"fused": pruned.path}
+    refs["fused"] = model
     say(f"  achieved sparsity {info['achieved_sparsity']:.3f}" +
         (f", ΔAUC {info['delta_auc']:+.4f} vs unpruned" if "delta_auc" in info else ""))
-    return pruned.path, model
+    info["parts"] = {}
+    for part, path in job.keras_paths.items():
+        if part == "fused":
+            continue
+        try:   # the parts share the fused model's layers: they take its pruned weights by layer name
+            art = runner.run(PrunedPartPass(), path, PrunedPartConfig(
+                pruned_model=pruned.path, custom_objects_module=job.custom_objects_module), part=part)
+        except ConverterConfigError as err:
+            lineage["impossible"].append({"file": f"{part} (pruned)", "backend": "all",
+                                          "reason": f"{part} exported unpruned: {err}"[:600]})
+            say(f"  {part}: exported unpruned ({err})")
+            continue
+        paths[part], refs[part] = art.path, load_keras_model(art.path, job.custom_objects_module)
+        info["parts"][part] = art.details["achieved_sparsity"]
+        say(f"  {part}: pruned weights of the fused model, sparsity {art.details['achieved_sparsity']:.3f}")
+    return paths
 
 
 def _part_calibration(job: ExportJob, refs: Mapping, work: Path) -> dict:

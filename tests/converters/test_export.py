@@ -136,3 +136,22 @@ def test_missing_model_dir_and_byom_without_data(tmp_path):
         export_model(tmp_path / "nope", tmp_path / "out")
     with pytest.raises(ConverterConfigError, match="edgerec_model.json, or a saved Keras model"):
         export_model(tmp_path, tmp_path / "out")
+
+
+def test_pruning_reaches_the_split_parts(tmp_path):
+    """The parts take the pruned fused weights by layer name: every part is as sparse as the fused
+    model and scorer(user_encoder(x)) == pruned fused(x) (the validator's composition check)."""
+    from edgerec.converters.export import export_model
+
+    C = S.conftest_module()
+    fused, user, scorer = C.build_shared_split()
+    mdir = S.write_model_dir(tmp_path / "model", fused, user, scorer, n_val=200, groups=10)
+    m = export_model(mdir, tmp_path / "bundle", prune=0.5, quantize=("none",), targets=("tflite",),
+                     cache_dir=tmp_path / "cache", latency=_fast())
+    info = m.lineage["prune"]
+    assert set(info["parts"]) == {"user_encoder", "scorer"}
+    assert all(abs(s - 0.5) <= 0.01 for s in info["parts"].values()), info["parts"]
+    assert not [i for i in m.lineage["impossible"] if "pruned" in i["file"]]
+    comps = m.lineage["validation"]["compositions"]
+    assert comps and all(not c["failures"] for c in comps)
+    assert {a.part for a in m.artifacts} == {"fused", "user_encoder", "scorer"}
