@@ -9,8 +9,11 @@ MovieLens GRU (50 steps, 64 units) that metadata made the int8 file 0.59× the f
 
 `ProjectedGRU` computes the same function (Keras GRU, ``reset_after=True``) in a different order:
 the input projection ``x·W + b`` runs once over the whole sequence (one FULLY_CONNECTED, one bias),
-and each unrolled step does only ``h·U`` (no bias; the recurrent bias is one shared constant
-``Add``) plus the gate arithmetic, in 12 ops per step. Its weights have the shapes and order of ``GRU``'s
+and each unrolled step does only ``h·U`` (no bias: the z/r recurrent biases are folded into the
+input projection, the candidate's enters as ``r*b_h``, because an ``Add`` right after a MatMul
+is fused into a per-step int32 bias with per-channel scales) plus the gate arithmetic.
+
+A ``tf.while_loop`` version would be far smaller, but TF 2.21's int8 calibration segfaults on it. Its weights have the shapes and order of ``GRU``'s
 (``kernel [E, 3H]``, ``recurrent_kernel [H, 3H]``, ``bias [2, 3H]``), so
 ``ProjectedGRU.set_weights(gru.get_weights())`` moves a trained GRU over unchanged.
 """
@@ -85,12 +88,13 @@ class ProjectedGRU(tf_keras.layers.Layer):
         state = None
         for x_zr, x_h in zip(gates_in, candidate_in):
             if state is None:                                                # h0 = 0, so h·U = 0
-                gates, recurrent_h = tf.sigmoid(x_zr), bias_h
+                update, reset = tf.split(tf.sigmoid(x_zr), 2, axis=-1)
+                candidate = tf.tanh(x_h + reset * bias_h)
             else:
-                gates = tf.sigmoid(x_zr + tf.matmul(state, kernel_zr))
-                recurrent_h = tf.matmul(state, kernel_h) + bias_h
-            update, reset = tf.split(gates, 2, axis=-1)
-            candidate = tf.tanh(x_h + reset * recurrent_h)
+                update, reset = tf.split(tf.sigmoid(x_zr + tf.matmul(state, kernel_zr)), 2, axis=-1)
+                # r * (h·U_h + b_h) as r*(h·U_h) + r*b_h: an Add right after the MatMul would be fused
+                # into a per-step int32 bias with per-channel scales (~1 KB of int8 metadata a step)
+                candidate = tf.tanh(x_h + reset * bias_h + reset * tf.matmul(state, kernel_h))
             # u*h + (1-u)*c written as c + u*(h - c): one op fewer per step
             state = candidate - update * candidate if state is None else candidate + update * (state - candidate)
         return state
