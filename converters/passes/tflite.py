@@ -64,7 +64,7 @@ class TFLiteConfig:
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 2
+    version = 3
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")

@@ -11,12 +11,17 @@ the names and shape signatures of subgraph inputs/outputs and of every tensor a 
 refers to, constant data, quantization parameters, variable tensors. It removes intermediate
 tensor names, points every data-less tensor at the shared empty buffer 0 (dropping the others)
 and drops intermediate shape signatures (the interpreter re-infers intermediate shapes when an
-input is resized). Outputs are bit-identical; `TFLitePass` checks that on its sanity rows.
+input is resized; the shapes themselves stay, delegates read them). It then serializes with
+identical small vectors (shapes, op input lists, scales) and identical quantization tables
+written once and referenced by offset, as flatbuffers allow (``CreateSharedString`` does the
+same for strings). Outputs are bit-identical; `TFLitePass` checks that on its sanity rows.
 
 Examples:
     >>> small = compact_flatbuffer(open("m.tflite", "rb").read())  # doctest: +SKIP
 """
 from __future__ import annotations
+
+_SHARED_VECTOR_BYTES = 256     # vectors up to this size are deduplicated (shapes, op I/O lists, scales)
 
 
 def _has_data(buffer) -> bool:
@@ -54,4 +59,56 @@ def compact_flatbuffer(flat: bytes) -> bytes:
             tensor.buffer = new_index[tensor.buffer]
     for md in model.metadata or ():
         md.buffer = new_index[md.buffer]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    _share_quantization(model)
+    return _serialize_sharing(model)
+
+
+def _share_quantization(model) -> None:
+    """Point tensors with equal quantization parameters at one object packed once."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    class SharedQuantization(schema.QuantizationParametersT):
+        def Pack(self, builder):
+            cache = builder.edgerec_tables
+            if id(self) not in cache:
+                cache[id(self)] = super().Pack(builder)
+            return cache[id(self)]
+
+    def key(q):
+        arrays = (q.scale, q.zeroPoint, q.min, q.max)
+        return tuple(None if a is None else (str(getattr(a, "dtype", "")), bytes(memoryview(a)) if hasattr(a, "dtype")
+                                             else tuple(a)) for a in arrays) + (q.quantizedDimension, q.detailsType)
+
+    shared = {}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            q = tensor.quantization
+            if q is None or q.details is not None:
+                continue
+            k = key(q)
+            if k not in shared:
+                q.__class__ = SharedQuantization
+                shared[k] = q
+            tensor.quantization = shared[k]
+
+
+def _serialize_sharing(model) -> bytes:
+    import flatbuffers
+    import numpy as np
+
+    class SharingBuilder(flatbuffers.Builder):
+        def __init__(self, size):
+            super().__init__(size)
+            self.edgerec_vectors, self.edgerec_tables = {}, {}
+
+        def CreateNumpyVector(self, x):  # noqa: N802 - flatbuffers' name
+            if not isinstance(x, np.ndarray) or x.nbytes > _SHARED_VECTOR_BYTES:
+                return super().CreateNumpyVector(x)
+            key = (x.dtype.str, x.shape, x.tobytes())
+            if key not in self.edgerec_vectors:
+                self.edgerec_vectors[key] = super().CreateNumpyVector(x)
+            return self.edgerec_vectors[key]
+
+    builder = SharingBuilder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

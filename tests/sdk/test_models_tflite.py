@@ -77,14 +77,13 @@ def _item_tables(path, shape):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, seq, items, units, max_ratio", [
-    ("din", 10, 2400, 64, 0.30),
-    # the MovieLens shape (50 unrolled steps, ~9.7k items): the per-step activation metadata keeps
-    # the GRU just above the issue's 0.30 (0.31 on the trained MovieLens GRU, README); 0.59 before
-    # ProjectedGRU and the compaction
-    ("gru", 50, 9700, 64, 0.32),
+@pytest.mark.parametrize("family, seq, items, units", [
+    ("din", 10, 2400, 64),
+    # the MovieLens shape (50 unrolled steps, ~9.7k items): 0.59 before ProjectedGRU and the
+    # compaction; the per-step activation metadata still takes most of the margin
+    ("gru", 50, 9700, 64),
 ])
-def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items, units, max_ratio):
+def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items, units):
     """Issue 3: one shared lookup -> one int8 item table, int8 file small against the fp32 one (both
     compacted); for the GRU that needs `ProjectedGRU` (no per-step int32 biases) and the compaction."""
     from ai_edge_litert.interpreter import Interpreter
@@ -116,7 +115,7 @@ def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items
     assert [dtype for dtype, _ in fp32_tables] == [np.float32]
     assert len(int8_tables) == 1 and int8_tables[0][0] == np.int8, int8_tables
     ratio = int8.details["size_bytes"] / fp32.details["size_bytes"]
-    assert ratio <= max_ratio, (int8.details["size_bytes"], fp32.details["size_bytes"])
+    assert ratio <= 0.30, (ratio, int8.details["size_bytes"], fp32.details["size_bytes"])
     runner = Interpreter(model_path=int8.path).get_signature_runner("serving_default")
     feed = {k: rows[k][:64] for k in ("cand_item", "hist_items")}
     got = runner(**feed)["score"]
