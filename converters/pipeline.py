@@ -96,6 +96,24 @@ class ExportedArtifact:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def module_source_sha256(module_name: str) -> str:
+    """sha256 of the ``.py`` files of the package that holds ``module_name`` (custom layers
+    usually import their siblings), or of the module's name when its source cannot be found."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return hashlib.sha256(module_name.encode()).hexdigest()
+    folder = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for item in sorted(folder.glob("*.py")):
+        digest.update(item.name.encode() + b"\0" + sha256_file(item).encode())
+    return digest.hexdigest()
+
+
 def sha256_path(path: str | os.PathLike) -> str:
     """sha256 of a file, or of a folder (relative names + file hashes, sorted)."""
     path = Path(path)
@@ -162,6 +180,9 @@ class Pass:
             value = getattr(config, name)
             cfg.pop(name, None)  # hash the file's content, not where it lives
             extra[name] = sha256_path(value) if value is not None else None
+        module = getattr(config, "custom_objects_module", None)
+        if module:   # a layer's call() is code, not weights: a changed layer must not hit the cache
+            extra["custom_objects_module"] = module_source_sha256(module)
         payload = {"pass": self.name, "version": self.version, "config": cfg, "input": sha256_path(source.path),
                    "part": source.part, "precision_in": source.precision, "extra_inputs": extra}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

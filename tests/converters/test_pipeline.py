@@ -183,3 +183,38 @@ def test_artifact_round_trip(source):
                            details={"a": 1}, lineage=[{"pass": "x", "config": {}}])
     again = ExportedArtifact.from_dict(json.loads(json.dumps(art.to_dict())))
     assert again == art and again.inputs[0].name == "hist_items" and again.size_bytes == 3
+
+
+@dataclass(frozen=True)
+class LayersConfig:
+    custom_objects_module: str | None = None
+
+
+class LayersPass(UpperPass):
+    name = "layers"
+    Config = LayersConfig
+    path_fields = ()
+
+    def _run_impl(self, source, config, out_dir):
+        out = out_dir / "model.keras"
+        out.write_text(Path(source.path).read_text())
+        return ExportedArtifact(path=out, format="keras", part=source.part)
+
+
+def test_changed_custom_layer_code_misses(source, cache_dir, tmp_path, monkeypatch):
+    """Same model file and config, but a custom layer's code changed (in the module or a sibling it
+    imports): the cached conversion of the old code must not be reused."""
+    package = tmp_path / "mylayers"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text("from .cells import Cell\n")
+    (package / "cells.py").write_text("class Cell:\n    scale = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    LayersPass.calls = 0
+    runner, config = PassRunner(cache_dir), LayersConfig(custom_objects_module="mylayers.layers")
+    runner.run(LayersPass(), source, config)
+    runner.run(LayersPass(), source, config)
+    assert LayersPass.calls == 1
+    (package / "cells.py").write_text("class Cell:\n    scale = 2\n")
+    runner.run(LayersPass(), source, config)
+    assert LayersPass.calls == 2
