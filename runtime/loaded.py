@@ -8,16 +8,19 @@ after they finish.
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
+from .backends.base import feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
-from .errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
+from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, expected
 from .manifest import MANIFEST_NAME, Manifest, confined_path, load_manifest, safe_extract
 from .preprocess import Preprocessor
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
@@ -80,6 +83,57 @@ def id_limits(spec: FeatureSpec) -> dict[str, int]:
     return limits
 
 
+def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None = None) -> None:
+    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError).
+
+    ``limits`` (input name -> table size) defaults to the spec's (`id_limits`). The hot path runs
+    the same checks inside `backends.base.feeds_match`; this is the full version that names every
+    problem. Ids are read as unsigned, so a negative id wraps above every table size and the largest
+    value bounds both ends; ``argmax``/``argmin`` propagate NaN, so finite extremes mean every value
+    is finite.
+    """
+    if limits is None:
+        limits = id_limits(spec)
+    problems = []
+    for name, value in feeds.items():
+        if not isinstance(value, np.ndarray) or value.size == 0:
+            continue
+        kind = value.dtype.kind
+        limit = limits.get(name)
+        if limit is not None and kind in "iu":
+            if value.size == 1:
+                ok = 0 <= value.item() < limit
+            else:
+                unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
+                ok = unsigned.item(unsigned.argmax()) < limit
+            if not ok:
+                low, high = int(value.min()), int(value.max())
+                problems.append(expected(f"'{name}' ids in [0, {limit})", f"range [{low}, {high}]"))
+        elif kind == "f":
+            if not (math.isfinite(value.item(value.argmax())) and math.isfinite(value.item(value.argmin()))):
+                problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
+    if problems:
+        raise RequestError("; ".join(problems))
+
+
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+
+
+def encoded_fits(produced: Mapping[str, tuple], backend) -> bool:
+    """Whether every input ``backend`` declares is one the Preprocessor produces (``produced``:
+    `FeatureSpec.input_signature`) with the same dtype, rank and dims, and a dynamic batch."""
+    for spec in backend.inputs:
+        if spec.name not in produced:
+            return False
+        dtype, shape = produced[spec.name]
+        if np.dtype(spec.dtype) != np.dtype(dtype) or len(spec.shape) != len(shape) or not shape:
+            return False
+        if spec.shape[0] is not None or any(want is not None and want != got
+                                            for want, got in zip(spec.shape[1:], shape[1:])):
+            return False
+    return True
+
+
 class LoadedBundle:
     """A verified bundle with one backend per part. Use `open`; release with `close`."""
 
@@ -97,6 +151,10 @@ class LoadedBundle:
         self._sessions: SessionCache | None = None
         self._owned: list = []
         self._run_plans: dict = {}      # part -> (input names, output renames or None), see `run`
+        self._tensor_plans: dict = {}   # part -> (backend, feeds_match rows, fast, renames), see `run_tensors`
+        self._encoded_fits: dict = {}   # part -> its signature takes Preprocessor arrays as they are
+        self.default_part = ""          # what `Predictor.predict_arrays` runs without a part
+        self.request_inputs: frozenset = frozenset()   # inputs raw requests must be encoded into
         self._id_limits: dict | None = None
         self._calls: list = []          # one entry per in-flight call (see `enter`)
         self._retired = False
@@ -144,6 +202,11 @@ class LoadedBundle:
                 self._owned.append(loaded)
             self.parts[part] = loaded
             self.output_names[part] = self._check_signature(part, artifact, loaded)
+        self.default_part = "fused" if "fused" in self.parts else "scorer"
+        row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
+        self.request_inputs = frozenset(t.name for p in row_parts for t in self.parts[p].inputs)
+        if self.spec is not None and "fused" in self.parts:
+            self._encoded_fits = {"fused": encoded_fits(self.spec.input_signature("fused"), self.parts["fused"])}
 
     @staticmethod
     def _check_signature(part, artifact, loaded) -> dict:
@@ -164,13 +227,7 @@ class LoadedBundle:
     def run(self, part: str, arrays: dict) -> dict:
         """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs."""
         backend = self.parts[part]
-        plan = self._run_plans.get(part)
-        if plan is None:
-            names = self.output_names[part]
-            renames = {k: v for k, v in names.items() if k != v} or None
-            order = tuple(t.name for t in backend.inputs)
-            plan = self._run_plans[part] = (order, frozenset(order), names if renames else None)
-        order, inputs, renames = plan
+        order, inputs, renames = self._run_plans.get(part) or self._run_plan(part)
         if type(arrays) is dict and arrays.keys() == inputs:
             outputs = backend.run(arrays)            # exactly the declared inputs: no re-packing
         else:
@@ -179,6 +236,60 @@ class LoadedBundle:
         if renames is None:
             return outputs
         return {renames.get(k, k): v for k, v in outputs.items()}
+
+    def _run_plan(self, part: str) -> tuple:
+        """(input order, input names, output renames or None) of ``part``, computed once."""
+        plan = self._run_plans.get(part)
+        if plan is None:
+            names = self.output_names[part]
+            order = tuple(t.name for t in self.parts[part].inputs)
+            renames = names if any(k != v for k, v in names.items()) else None
+            plan = self._run_plans[part] = (order, frozenset(order), renames)
+        return plan
+
+    def run_encoded(self, part: str, arrays: dict) -> dict:
+        """`run` for arrays the bundle's `Preprocessor` built with `request_inputs`: where the
+        part's signature is the spec's (`encoded_fits`, checked at open) they match it by
+        construction (int32/float32, C-contiguous, one batch of at least one row), so they go to
+        the backend without a second check."""
+        if self._encoded_fits.get(part) and arrays.keys() == self.request_inputs:
+            outputs = self.parts[part].run_validated(arrays)
+            renames = self._run_plan(part)[2]
+            return outputs if renames is None else {renames.get(k, k): v for k, v in outputs.items()}
+        return self.run(part, arrays)
+
+    def run_tensors(self, part: str, feeds) -> dict:
+        """`run` for caller-supplied arrays (`Predictor.predict_arrays`): exactly the declared
+        inputs, ids inside the spec's tables and finite floats, checked in one pass
+        (`feeds_match`); anything else gets the full checks and their typed errors."""
+        plan = self._tensor_plans.get(part)
+        if plan is None:
+            plan = self._tensor_plan(part)
+        backend, rows, fast, renames = plan
+        if not (fast and feeds_match(rows, feeds)):
+            feeds = self._check_tensors(backend, feeds)
+        outputs = backend.run_validated(feeds)
+        if renames is None:
+            return outputs
+        return {renames.get(k, k): v for k, v in outputs.items()}
+
+    def _tensor_plan(self, part: str) -> tuple:
+        backend = self.parts[part]
+        renames = self._run_plan(part)[2]
+        with_spec = self.spec is not None
+        rows = backend.feed_plan(self.id_limits if with_spec else None, finite=with_spec)
+        plan = self._tensor_plans[part] = (backend, rows, backend.fast_checks, renames)
+        return plan
+
+    def _check_tensors(self, backend, feeds) -> dict:
+        """The full checks, in the order the errors are reported: feeds type, value ranges, signature."""
+        if type(feeds) is not dict:
+            if not isinstance(feeds, Mapping):
+                raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
+            feeds = dict(feeds)
+        if self.spec is not None:
+            check_tensor_ranges(self.spec, feeds, self.id_limits)
+        return backend.check_feeds(feeds)
 
     @property
     def id_limits(self) -> dict:
@@ -203,6 +314,7 @@ class LoadedBundle:
             backend.run(feeds)
 
     # -- lifetime ----------------------------------------------------------------------------
+    # (`Predictor._enter`/`_leave` inline `enter`/`exit`: keep the three in step.)
     # In-flight calls are counted as entries of a list: append/pop are atomic in CPython, so the
     # hot path takes no lock. retire/exit each re-read the other's state after their own write,
     # so the last of them sees "retired and idle" and closes (a second close is a no-op).

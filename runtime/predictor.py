@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -18,10 +17,12 @@ import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, request_key, user_state_key
 from .errors import BundleError, RequestError, expected
-from .loaded import LoadedBundle, id_limits
+from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
 from .spec import CAND_ITEM, HIST_ITEMS, SCORE
 
 ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
+_clock = time.perf_counter
+FOLD_EVERY = 1024   # calls between folds of the lock-free per-call figures into the counters
 
 
 def load(bundle_path, backend: str = "auto", warmup: bool = True, cache=None, **backend_options) -> "Predictor":
@@ -51,10 +52,14 @@ class Predictor:
         c = self.cache_config
         self.user_cache = LRUCache(c.user_entries, c.user_bytes, c.user_ttl_s)
         self.result_cache = LRUCache(c.result_entries, c.result_bytes, c.result_ttl_s)
-        self._swap_lock = threading.Lock()     # guards the reference to the serving bundle
+        self._swap_lock = threading.Lock()     # serialises swap/close (calls pin the bundle lock-free)
         self._counts_lock = threading.Lock()
         self._counts = {"predict_rows": 0, "candidate_rows": 0, "calls": 0, "errors": 0, "swaps": 0,
                         "failed_swaps": 0, "seconds": 0.0}
+        # Per-call figures are appended lock-free (list.append is atomic in CPython) and folded into
+        # `_counts` under the lock by `_fold` (every `FOLD_EVERY` calls and in `stats`).
+        self._call_seconds: list = []
+        self._predict_rows: list = []
         self._closed = False
         self._model = self._open(bundle_path)
 
@@ -87,26 +92,58 @@ class Predictor:
     def spec(self):
         return self._model.spec
 
-    # The swap protocol without a context manager on the hot path: `_enter` pins the serving
-    # bundle (under the swap lock, so a swap either happens before and we get the new bundle, or
-    # after and the old one stays open until our `_leave`); `_leave` unpins and books the call.
+    # The swap protocol without a lock on the hot path: `_enter` pins the serving bundle (an entry
+    # in its in-flight list), then re-reads `self._model`. If it is still the same, any swap assigns
+    # the new bundle after our pin, so its `retire()` sees us in flight and the old bundle stays open
+    # until our `_leave`; if a swap came in between, we unpin and take the new bundle. Calls that
+    # start after `swap()` returned always see the new bundle.
     def _enter(self) -> LoadedBundle:
-        if self._closed:
-            raise RequestError(expected("an open Predictor", "closed"))
-        with self._swap_lock:
+        model = self._model
+        model._calls.append(None)                # `model.enter()`, inlined on the hot path
+        if self._model is model and not self._closed:
+            return model
+        model.exit()
+        return self._enter_slow()
+
+    def _enter_slow(self) -> LoadedBundle:
+        while True:
+            if self._closed:
+                raise RequestError(expected("an open Predictor", "closed"))
             model = self._model
             model.enter()
-        return model
+            if self._model is model and not self._closed:
+                return model
+            model.exit()
 
     def _leave(self, model: LoadedBundle, start: float, failed: bool) -> None:
-        model.exit()
-        elapsed = time.perf_counter() - start
-        counts = self._counts
+        calls = model._calls                     # `model.exit()`, inlined on the hot path
+        calls.pop()
+        if model._retired and not calls:
+            model.close()
+        seconds = self._call_seconds
+        seconds.append(_clock() - start)
+        if failed:
+            self._count("errors", 1)
+        if len(seconds) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move the lock-free per-call figures into `_counts` (pop is atomic: nothing is lost or
+        counted twice while other threads keep appending)."""
         with self._counts_lock:
-            counts["calls"] += 1
-            counts["seconds"] += elapsed
-            if failed:
-                counts["errors"] += 1
+            counts = self._counts
+            for source, calls_key, total_key in ((self._call_seconds, "calls", "seconds"),
+                                                 (self._predict_rows, None, "predict_rows")):
+                pop, n, total = source.pop, 0, 0
+                try:
+                    while True:
+                        total += pop()
+                        n += 1
+                except IndexError:
+                    pass
+                if calls_key:
+                    counts[calls_key] += n
+                counts[total_key] += total
 
     def _count(self, key: str, n: int) -> None:
         with self._counts_lock:
@@ -115,7 +152,7 @@ class Predictor:
     def _serve(self, impl, *args):
         """Run ``impl(model, *args)`` on the pinned serving bundle, booking the call."""
         model = self._enter()
-        start = time.perf_counter()
+        start = _clock()
         try:
             result = impl(model, *args)
         except BaseException:
@@ -127,10 +164,21 @@ class Predictor:
     # -- raw requests ---------------------------------------------------------------------------
     def predict(self, requests: Sequence[Mapping], use_cache: bool = True) -> np.ndarray:
         """Probabilities (float32, one per request) for a batch of raw request dicts."""
-        return self._serve(self._predict, requests, use_cache)
+        # `_serve` written out: the `raw_request` scenario of issue 5 times this path.
+        model = self._enter()
+        start = _clock()
+        try:
+            result = self._predict(model, requests, use_cache)
+        except BaseException:
+            self._leave(model, start, True)
+            raise
+        self._leave(model, start, False)
+        return result
 
     def _predict(self, model: LoadedBundle, requests, use_cache: bool) -> np.ndarray:
-        pre = self._preprocessor(model)
+        pre = model.preprocessor
+        if pre is None:
+            pre = self._preprocessor(model)      # raises the typed error
         if type(requests) is not list and (isinstance(requests, Mapping) or not isinstance(requests, Sequence)):
             raise RequestError(expected("a list of request objects", type(requests).__name__))
         if len(requests) == 0:
@@ -139,8 +187,8 @@ class Predictor:
         for request in requests:
             check(request)
         if not (use_cache and self.result_cache.enabled):
-            out = self._score_rows(model, pre.encode_checked(requests), requests, use_cache)
-            self._count("predict_rows", len(requests))
+            out = self._score_rows(model, pre.encode_checked(requests, model.request_inputs), requests, use_cache)
+            self._predict_rows.append(len(requests))
             return out
         keys = [request_key(model.version, r) for r in requests]
         out = np.empty(len(requests), dtype=np.float32)
@@ -153,11 +201,11 @@ class Predictor:
                 out[i] = hit
         if todo:
             rows = [requests[i] for i in todo]
-            scores = self._score_rows(model, pre.encode_checked(rows), rows, use_cache)
+            scores = self._score_rows(model, pre.encode_checked(rows, model.request_inputs), rows, use_cache)
             out[todo] = scores
             for i, s in zip(todo, scores):
                 self.result_cache.put(keys[i], np.float32(s))
-        self._count("predict_rows", len(requests))
+        self._predict_rows.append(len(requests))
         return out
 
     def score_candidates(self, user_request: Mapping, candidates: Sequence[Any], context: Mapping | None = None,
@@ -216,19 +264,13 @@ class Predictor:
         """Run one part on already-encoded tensors (no preprocessing); default part: fused, else scorer."""
         # `_serve` written out: this is the latency-critical path (see issue 5, `tensor` scenario).
         model = self._enter()
-        start = time.perf_counter()
+        start = _clock()
         try:
-            parts = model.parts
-            part = part or ("fused" if "fused" in parts else "scorer")
-            if part not in parts:
-                raise RequestError(expected(f"a part among {sorted(parts)}", part))
-            if type(feeds) is not dict:
-                if not isinstance(feeds, Mapping):
-                    raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
-                feeds = dict(feeds)
-            if model.spec is not None:
-                check_tensor_ranges(model.spec, feeds, model.id_limits)
-            result = model.run(part, feeds)
+            if not part:
+                part = model.default_part
+            elif part not in model.parts:
+                raise RequestError(expected(f"a part among {sorted(model.parts)}", part))
+            result = model.run_tensors(part, feeds)
         except BaseException:
             self._leave(model, start, True)
             raise
@@ -256,7 +298,7 @@ class Predictor:
     def _score_rows(self, model: LoadedBundle, arrays: dict, requests, use_cache: bool) -> np.ndarray:
         n = len(arrays[CAND_ITEM])
         if "fused" in model.parts:
-            return _as_scores(model.run("fused", arrays)[SCORE], n)
+            return _as_scores(model.run_encoded("fused", arrays)[SCORE], n)
         states = [self._user_state(model, r.get("user_id"), arrays[HIST_ITEMS][i:i + 1], use_cache)
                   for i, r in enumerate(requests)]
         for name in states[0]:
@@ -301,6 +343,7 @@ class Predictor:
     # -- bookkeeping ------------------------------------------------------------------------------
     def stats(self) -> dict:
         model = self._model
+        self._fold()
         with self._counts_lock:
             counts = dict(self._counts)
         return {**counts, "backend": model.backend_name, "version": model.version,
@@ -326,42 +369,6 @@ class Predictor:
 
     def __repr__(self):
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
-
-
-def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None = None) -> None:
-    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError).
-
-    ``limits`` (input name -> table size) defaults to the spec's (`loaded.id_limits`); pass it
-    precomputed on hot paths. Each array costs one or two ``argmax``/``argmin`` calls (a
-    fraction of a ufunc reduction's dispatch on request-sized arrays): ids are read as unsigned,
-    so a negative id wraps above every table size and the largest value bounds both ends;
-    ``argmax``/``argmin`` propagate NaN, so finite extremes mean every value is finite.
-    """
-    if limits is None:
-        limits = id_limits(spec)
-    problems = []
-    for name, value in feeds.items():
-        if not isinstance(value, np.ndarray) or value.size == 0:
-            continue
-        kind = value.dtype.kind
-        limit = limits.get(name)
-        if limit is not None and kind in "iu":
-            if value.size == 1:
-                ok = 0 <= value.item() < limit
-            else:
-                unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
-                ok = unsigned.item(unsigned.argmax()) < limit
-            if not ok:
-                low, high = int(value.min()), int(value.max())
-                problems.append(expected(f"'{name}' ids in [0, {limit})", f"range [{low}, {high}]"))
-        elif kind == "f":
-            if not (math.isfinite(value.item(value.argmax())) and math.isfinite(value.item(value.argmin()))):
-                problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
-    if problems:
-        raise RequestError("; ".join(problems))
-
-
-_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def _as_scores(scores: np.ndarray, n: int) -> np.ndarray:

@@ -56,24 +56,45 @@ class Preprocessor:
             raise RequestError(expected("a FeatureSpec", type(spec).__name__))
         self.spec = spec
         self.strict = strict
+        self._plans: dict = {}      # input-name set -> `_context_plan`
 
     # -- single pieces -------------------------------------------------------------------
     def encode_history(self, histories: Sequence[Sequence[Any]]) -> np.ndarray:
         length = self.spec.max_seq_len
+        hits = self.spec.item_vocab.hits
+        rows = []
+        try:
+            for history in histories:
+                recent = self._recent(history, length)
+                codes = hits(recent) if recent else []
+                pad = length - len(codes)
+                rows.append([PAD_INDEX] * pad + codes if pad else codes)     # left-padded
+            # a None (an id `hits` leaves to `lookup`) makes the conversion raise TypeError
+            return np.array(rows, dtype=np.int32).reshape(len(rows), length)
+        except TypeError:
+            pass
         rows = []
         for history in histories:
-            if type(history) is not list and type(history) is not tuple:
-                if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
-                    raise RequestError(expected("history as a list of item ids", type(history).__name__))
-                history = list(history)
-            recent = history[-length:]
+            recent = self._recent(history, length)
             codes = self._item_indices(recent, "history item ids as str or int", True) if recent else []
-            rows.append([PAD_INDEX] * (length - len(codes)) + codes)     # left-padded
+            rows.append([PAD_INDEX] * (length - len(codes)) + codes)
         return np.array(rows, dtype=np.int32).reshape(len(rows), length)
+
+    @staticmethod
+    def _recent(history, length: int):
+        if type(history) is not list and type(history) is not tuple:
+            if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+                raise RequestError(expected("history as a list of item ids", type(history).__name__))
+            history = list(history)
+        return history[-length:]
 
     def encode_items(self, items: Sequence[Any]) -> np.ndarray:
         if type(items) is not list and type(items) is not tuple:
             items = list(items)
+        try:
+            return np.array(self.spec.item_vocab.hits(items), dtype=np.int32).reshape(-1)
+        except TypeError:     # an id for `lookup` (None from `hits`) or an unhashable one
+            pass
         return np.array(self._item_indices(items, "a candidate item id as str or int", False),
                         dtype=np.int32).reshape(-1)
 
@@ -93,8 +114,12 @@ class Preprocessor:
         lookup = vocab.lookup
         return [lookup(r) if c is None else c for r, c in zip(raws, codes)]
 
-    def encode_context(self, contexts: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
-        fields = self.spec.context
+    def encode_context(self, contexts: Sequence[Mapping | None], names=None) -> dict[str, np.ndarray]:
+        """Context arrays (int32 [B]) per field. ``names``: the fields to build arrays for (default
+        all, e.g. the inputs an artifact declares); the other fields are still validated."""
+        if names is not None and type(names) is not frozenset:
+            names = frozenset(names)
+        fields = self._context_plan(names)
         columns = [[] for _ in fields]
         for context in contexts:
             context = {} if context is None else context
@@ -105,27 +130,47 @@ class Preprocessor:
                     isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.integer, np.floating))
                     or not math.isfinite(timestamp) or timestamp < 0):
                 raise RequestError(expected("context.timestamp as non-negative unix seconds", timestamp))
-            for field, column in zip(fields, columns):
+            for (field, wanted, derive, limit), column in zip(fields, columns):
                 value = context.get(field.name)
-                if field.kind == "categorical":
+                if derive is None:                          # categorical
                     if value is not None and not isinstance(value, _SCALAR_ID):
                         raise RequestError(expected(f"context.{field.name} as str or int", value))
-                    column.append(field.vocab.lookup(value))
-                    continue
-                limit = 24 if field.kind == "hour" else 7
-                if value is None and timestamp is not None:
-                    value = (hour_of if field.kind == "hour" else weekday_of)(int(timestamp))
-                if value is None:
-                    column.append(0)
-                    continue
-                if type(value) is not int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-                    raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
-                if not 0 <= value < limit:
-                    raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
-                column.append(int(value) + 1)
-        return {field.name: np.array(column, dtype=np.int32).reshape(-1) for field, column in zip(fields, columns)}
+                    if wanted:
+                        column.append(field.vocab.lookup(value))
+                elif value is None:
+                    if wanted:
+                        column.append(0 if timestamp is None else derive(int(timestamp)) + 1)
+                else:
+                    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                    if not 0 <= value < limit:
+                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                    if wanted:
+                        column.append(int(value) + 1)
+        arrays = {}
+        for (field, wanted, _, _), column in zip(fields, columns):
+            if wanted:
+                arrays[field.name] = np.array(column, dtype=np.int32).reshape(-1)
+        return arrays
+
+    def _context_plan(self, names) -> tuple:
+        """Per context field, cached per ``names``: (field, build its array, timestamp -> value
+        (None for categorical fields), exclusive upper bound of explicit values)."""
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = self._plans[names] = tuple(
+                (field, names is None or field.name in names,
+                 None if field.kind == "categorical" else hour_of if field.kind == "hour" else weekday_of,
+                 24 if field.kind == "hour" else 7)
+                for field in self.spec.context)
+        return plan
 
     def encode_dense(self, dense_rows: Sequence[Mapping | None]) -> np.ndarray:
+        fields = self.spec.dense
+        return np.array(self._dense_rows(dense_rows), dtype=np.float32).reshape(len(dense_rows), len(fields))
+
+    def _dense_rows(self, dense_rows: Sequence[Mapping | None]) -> list[list[float]]:
+        """Validated, standardised dense values as lists (`encode_dense` without the array)."""
         fields = self.spec.dense
         rows = []
         for values in dense_rows:
@@ -145,7 +190,7 @@ class Preprocessor:
                     raise RequestError(expected(f"dense.{field.name} within float32 range once standardised", value))
                 row.append(scaled)
             rows.append(row)
-        return np.array(rows, dtype=np.float32).reshape(len(rows), len(fields))
+        return rows
 
     # -- whole requests ------------------------------------------------------------------
     def check_request(self, request: Any, need_item: bool = True) -> Mapping:
@@ -169,13 +214,25 @@ class Preprocessor:
             raise RequestError(expected("at least one request", 0))
         return self.encode_checked([self.check_request(r) for r in requests])
 
-    def encode_checked(self, requests: Sequence[Mapping]) -> dict[str, np.ndarray]:
-        """`encode_requests` for a non-empty list already passed through `check_request`."""
-        arrays = {HIST_ITEMS: self.encode_history([r["history"] for r in requests]),
-                  CAND_ITEM: self.encode_items([r["item"] for r in requests])}
-        arrays.update(self.encode_context([r.get("context") for r in requests]))
+    def encode_checked(self, requests: Sequence[Mapping], inputs=None) -> dict[str, np.ndarray]:
+        """`encode_requests` for a non-empty list already passed through `check_request`.
+
+        ``inputs``: the input names a model declares (a set); context and dense arrays it does not
+        take are not built (their values are still validated). Default: every spec input."""
+        if len(requests) == 1:      # the single-request case without four comprehensions
+            request = requests[0]
+            histories, items = [request["history"]], [request["item"]]
+            contexts, dense = [request.get("context")], [request.get("dense")]
+        else:
+            histories, items = [r["history"] for r in requests], [r["item"] for r in requests]
+            contexts, dense = [r.get("context") for r in requests], [r.get("dense") for r in requests]
+        arrays = {HIST_ITEMS: self.encode_history(histories), CAND_ITEM: self.encode_items(items)}
+        arrays.update(self.encode_context(contexts, inputs))
         if self.spec.dense:
-            arrays[DENSE] = self.encode_dense([r.get("dense") for r in requests])
+            if inputs is None or DENSE in inputs:
+                arrays[DENSE] = self.encode_dense(dense)
+            else:
+                self._dense_rows(dense)
         return arrays
 
     def encode_user(self, request: Mapping) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ then hands them to a small per-backend `_run_impl` (Polygraphy-runner style).
 from __future__ import annotations
 
 import threading
+from math import isfinite
 from typing import Mapping
 
 import numpy as np
@@ -30,6 +31,9 @@ class Backend:
     serialize_calls = True
     # True when `_run_impl` returns arrays nobody else holds (no copy needed before handing them out).
     fresh_outputs = False
+    # True when `_run_impl` reads non-contiguous arrays correctly (the fast feed check then skips
+    # the contiguity test; `check_feeds` still hands over contiguous copies).
+    strided_inputs = False
 
     def __init__(self, model_path):
         self.model_path = str(model_path)
@@ -37,7 +41,7 @@ class Backend:
         self.outputs: list[TensorSpec] = []
         self.info: dict = {}
         self._closed = False
-        self._plan: tuple | None = None      # precomputed per-input checks (see `_feed_plan`)
+        self._plan: tuple | None = None      # (inputs, `feed_plan()`, fast_checks), built on first use
         # LiteRT interpreters are not re-entrant: one call at a time unless the backend says otherwise.
         self._lock = threading.Lock() if self.serialize_calls else None
 
@@ -46,13 +50,20 @@ class Backend:
         """Run one batch. ``feeds``: input name -> array of the declared dtype and rank."""
         if self._closed:
             raise RequestError(expected(f"an open {self.name} backend", "closed"))
-        checked = feeds if self._feeds_match(feeds) else self.check_feeds(feeds)
+        plan = self._plan if self._plan is not None and self._plan[0] is self.inputs else self._make_plan()
+        checked = feeds if plan[2] and feeds_match(plan[1], feeds) else self.check_feeds(feeds)
+        return self.run_validated(checked)
+
+    def run_validated(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`run` for feeds that already passed `check_feeds` (or `feeds_match` on `feed_plan`)."""
+        if self._closed:
+            raise RequestError(expected(f"an open {self.name} backend", "closed"))
         try:
             if self._lock is None:
-                outputs = self._run_impl(checked)
+                outputs = self._run_impl(feeds)
             else:
                 with self._lock:
-                    outputs = self._run_impl(checked)
+                    outputs = self._run_impl(feeds)
         except EdgeRecError:
             raise
         except Exception as err:  # noqa: BLE001 - e.g. an id outside an embedding table
@@ -62,44 +73,39 @@ class Backend:
             return outputs
         return {name: np.array(value, copy=True) for name, value in outputs.items()}
 
-    def _feed_plan(self) -> tuple:
-        """Per input, computed once: (name, dtype, rank, [(axis, fixed size)], batch axis dynamic)."""
-        if self._plan is None or self._plan[0] is not self.inputs:
-            rows = tuple((spec.name, np.dtype(spec.dtype), len(spec.shape),
-                          tuple((i, want) for i, want in enumerate(spec.shape) if want is not None and want >= 0),
-                          bool(spec.shape) and (spec.shape[0] is None or spec.shape[0] == -1))
-                         for spec in self.inputs)
-            self._plan = (self.inputs, rows)
-        return self._plan[1]
+    @property
+    def fast_checks(self) -> bool:
+        """Whether `feeds_match` may stand in for `check_feeds`: not when a subclass adds checks of
+        its own there (e.g. TensorRT's engine-profile bounds)."""
+        return type(self).check_feeds is Backend.check_feeds
+
+    def feed_plan(self, limits: Mapping[str, int] | None = None, finite: bool = False) -> tuple:
+        """Rows for `feeds_match`, one per declared input; with ``limits`` (input name -> table
+        size) integer inputs must also lie in ``[0, limit)``, with ``finite`` float inputs must be
+        finite (the checks of `loaded.check_tensor_ranges`)."""
+        limits = limits or {}
+        rows = []
+        for spec in self.inputs:
+            dtype = np.dtype(spec.dtype)
+            shape = list(spec.shape)
+            fixed = tuple((i, want) for i, want in enumerate(shape) if want is not None and want >= 0)
+            dynamic = bool(shape) and (shape[0] is None or shape[0] == -1)
+            # the usual signature: dynamic batch, every other dim static -> one tuple comparison
+            tail = tuple(shape[1:]) if dynamic and all(d is not None and d >= 0 for d in shape[1:]) else None
+            limit = limits.get(spec.name) if dtype.kind in "iu" else None
+            unsigned = _UNSIGNED[dtype.itemsize] if limit is not None and dtype.kind == "i" else None
+            rows.append((spec.name, dtype, tail, (len(shape), fixed, dynamic), not self.strided_inputs,
+                         limit, unsigned, finite and dtype.kind == "f"))
+        return tuple(rows)
+
+    def _make_plan(self) -> tuple:
+        self._plan = (self.inputs, self.feed_plan(), self.fast_checks)
+        return self._plan
 
     def _feeds_match(self, feeds) -> bool:
-        """Fast path: a plain dict whose arrays already match the signature exactly (same checks as
-        `check_feeds`, by cheap comparisons); anything else goes to `check_feeds` for the error."""
-        if type(feeds) is not dict:
-            return False
-        plan = self._feed_plan()
-        if len(feeds) != len(plan):
-            return False
-        batch = -1
-        for name, dtype, rank, fixed, dynamic in plan:
-            value = feeds.get(name)
-            if type(value) is not np.ndarray or value.dtype is not dtype or value.ndim != rank:
-                return False
-            shape = value.shape
-            for axis, want in fixed:
-                if shape[axis] != want:
-                    return False
-            if rank:
-                if shape[0] == 0:
-                    return False
-                if dynamic:
-                    if batch < 0:
-                        batch = shape[0]
-                    elif shape[0] != batch:
-                        return False
-            if not value.flags.c_contiguous:
-                return False
-        return True
+        """Fast path: `feeds_match` on this backend's signature (False where `fast_checks` is off)."""
+        plan = self._plan if self._plan is not None and self._plan[0] is self.inputs else self._make_plan()
+        return plan[2] and feeds_match(plan[1], feeds)
 
     def check_feeds(self, feeds) -> dict[str, np.ndarray]:
         """Validate names, dtypes, ranks, static dims and a shared batch size; collect every problem."""
@@ -177,3 +183,74 @@ def dims(shape) -> list:
         else:
             out.append(None)
     return out
+
+
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+
+
+def feeds_match(plan: tuple, feeds) -> bool:
+    """True when ``feeds`` is a plain dict holding exactly the inputs of ``plan`` (`Backend.feed_plan`)
+    as arrays of the declared dtype, rank and static dims (C-contiguous unless the backend takes
+    strided arrays), one batch size of at least 1, and (where the plan says so) ids inside their
+    tables and finite floats.
+
+    This is the hot path's only check: cheap comparisons, one ``argmax`` per id array (ids read
+    as unsigned, so a negative id wraps above every table size) and ``argmax``/``argmin`` per
+    checked float array (both propagate NaN). False never raises: the caller then runs the full
+    checks, which collect every problem into the typed error.
+    """
+    if type(feeds) is not dict or len(feeds) != len(plan):
+        return False
+    batch = -1
+    for name, dtype, tail, general, contiguous, limit, unsigned, finite in plan:
+        value = feeds.get(name)
+        if type(value) is not _ndarray or value.dtype is not dtype:
+            return False
+        shape = value.shape
+        if tail is not None:
+            if not shape or shape[1:] != tail:
+                return False
+            size = shape[0]
+            if size != batch:
+                if batch >= 0 or size == 0:
+                    return False
+                batch = size
+        else:
+            batch = _general_shape(shape, general, batch)
+            if batch == -2:
+                return False
+        if contiguous and not value.flags.c_contiguous:
+            return False
+        if limit is not None:
+            if value.size == 1:
+                if not 0 <= value.item() < limit:
+                    return False
+            elif value.size:
+                ids = value if unsigned is None else value.view(unsigned)
+                if ids.item(ids.argmax()) >= limit:
+                    return False
+        elif finite and value.size and not (isfinite(value.item(value.argmax()))
+                                            and isfinite(value.item(value.argmin()))):
+            return False
+    return True
+
+
+def _general_shape(shape: tuple, general: tuple, batch: int) -> int:
+    """Shape check of a row without a static tail: the shared batch size, or -2 on a mismatch."""
+    rank, fixed, dynamic = general
+    if len(shape) != rank:
+        return -2
+    for axis, want in fixed:
+        if shape[axis] != want:
+            return -2
+    if rank:
+        if shape[0] == 0:
+            return -2
+        if dynamic:
+            if batch >= 0 and shape[0] != batch:
+                return -2
+            return shape[0]
+    return batch
+
+
+_ndarray = np.ndarray

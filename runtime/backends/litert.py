@@ -41,6 +41,7 @@ class LiteRTBackend(Backend):
     # get_tensor and the signature runner return copies, never views of interpreter memory
     # (tests/runtime/test_backends.py checks that an output survives the next call).
     fresh_outputs = True
+    strided_inputs = True     # copies a non-contiguous feed itself (tests/runtime/test_hot_path.py)
 
     def __init__(self, model_path, num_threads: int | None = None, signature: str | None = None):
         super().__init__(model_path)
@@ -62,6 +63,7 @@ class LiteRTBackend(Backend):
         in_details, out_details = runner.get_input_details(), runner.get_output_details()
         self._in_index = {name: d["index"] for name, d in in_details.items()}
         self._out_index = {name: d["index"] for name, d in out_details.items()}
+        self._out_items = tuple(self._out_index.items())
         self.inputs = [TensorSpec(n, np.dtype(d["dtype"]).name, dims(d["shape_signature"]))
                        for n, d in sorted(in_details.items())]
         self.outputs = [TensorSpec(n, np.dtype(d["dtype"]).name, dims(d["shape_signature"]))
@@ -100,7 +102,11 @@ class LiteRTBackend(Backend):
             for name, value in feeds.items():
                 fast.SetTensor(index[name], value)
             fast.Invoke()
-            return {name: fast.GetTensor(i) for name, i in self._out_index.items()}
+            outs = self._out_items
+            if len(outs) == 1:
+                (name, i), = outs
+                return {name: fast.GetTensor(i)}
+            return {name: fast.GetTensor(i) for name, i in outs}
         interp = self._interpreter
         for name, value in feeds.items():
             interp.set_tensor(self._in_index[name], value)

@@ -159,9 +159,15 @@ def _feeds(batch=3):
 def test_fast_path_accepts_exact_feeds_only(backend):
     feeds = _feeds()
     assert backend._feeds_match(feeds)
-    wide = {"hist_items": np.zeros((3, 8), np.int32)[:, ::2], "cand_item": feeds["cand_item"]}
-    assert not backend._feeds_match(wide)                                      # not contiguous
-    np.testing.assert_array_equal(backend.run(wide)["score"], backend.run({**feeds, "hist_items": np.zeros((3, 4), np.int32)})["score"])
+    wide = {"hist_items": np.arange(24, dtype=np.int32).reshape(3, 8)[:, ::2], "cand_item": feeds["cand_item"]}
+    assert not wide["hist_items"].flags.c_contiguous
+    assert backend.strided_inputs and backend._feeds_match(wide)            # the backend copies it itself
+    dense = {**wide, "hist_items": np.ascontiguousarray(wide["hist_items"])}
+    np.testing.assert_array_equal(backend.run(wide)["score"], backend.run(dense)["score"])
+    backend.strided_inputs, backend._plan = False, None                      # a backend that needs contiguous feeds
+    assert not backend._feeds_match(wide)
+    np.testing.assert_array_equal(backend.run(wide)["score"], backend.run(dense)["score"])   # check_feeds copies
+    backend.strided_inputs, backend._plan = True, None
     assert not backend._feeds_match({**feeds, "cand_item": feeds["cand_item"].astype(np.int64)})
     assert not backend._feeds_match({**feeds, "cand_item": feeds["cand_item"][:2]})   # batch mismatch
     assert not backend._feeds_match({**feeds, "extra": feeds["cand_item"]})

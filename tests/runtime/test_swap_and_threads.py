@@ -103,14 +103,14 @@ def test_inflight_call_finishes_on_old_model(bundle, bundle_v2):
         old_model = p._model
         fused = old_model.parts["fused"]
         entered, release = threading.Event(), threading.Event()
-        original = fused.run
+        original = fused._run_impl     # every call path (checked or not) ends here
 
         def slow_run(feeds):
             entered.set()
             release.wait(30)
             return original(feeds)
 
-        fused.run = slow_run
+        fused._run_impl = slow_run
         result = {}
         thread = threading.Thread(target=lambda: result.setdefault("scores", p.predict(rows)))
         thread.start()
