@@ -3,7 +3,8 @@
 * ``latency_percentiles.png`` – p50/p90/p99/p99.9 per backend × variant on the tensor path, one
   panel per batch size, log-scaled milliseconds.
 * ``size_auc_latency.png`` – the trade-off: artifact size vs ΔAUC, marker colour = p50 latency at
-  the smallest batch, one marker shape per backend.
+  the smallest batch, one marker shape per backend; points carry numbers (placed so they do not
+  overlap) keyed in a legend under the plot.
 * ``overhead.png`` – edgerec p50 / raw backend p50 with the goal lines (1.10× tensor, 2× raw request).
 
 Examples:
@@ -63,6 +64,22 @@ def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str 
 
 
 def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
+    built = tradeoff_figure(records)
+    if built is None:
+        return None
+    fig, _, _ = built
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def tradeoff_figure(records: Sequence[dict]):
+    """The size-vs-ΔAUC-vs-latency scatter as ``(figure, axes, number labels)``, or None.
+
+    Each artifact is a marker (shape = backend, colour = p50) with a short number beside it; the
+    legend under the plot keys the numbers to variant, size, ΔAUC and p50. Numbers are placed by
+    `place_labels` so they overlap neither each other nor the markers, even when variants sit on
+    top of each other (fp32 ONNX and TFLite files have almost the same size and ΔAUC)."""
     rows = [r for r in _ok(records) if r["scenario"] == "tensor" and r["backend"].startswith(("edgerec_", "raw_"))
             and r.get("size_bytes")]
     if not rows:
@@ -73,22 +90,28 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
     points: dict[tuple, dict] = {}
     for r in sorted(rows, key=lambda r: not r["backend"].startswith("edgerec_")):
         points.setdefault((r["backend"].split("_", 1)[1].removesuffix("_direct"), r["variant"]), r)
+    keys = sorted(points, key=lambda k: (k[0], points[k]["size_bytes"], k[1]))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    latencies = [p["p50_ms"] for p in points.values()]
-    norm = plt.Normalize(vmin=min(latencies), vmax=max(latencies) if max(latencies) > min(latencies) else min(latencies) * 1.01)
-    scatter = None
-    for backend in sorted({k[0] for k in points}):
-        subset = [p for k, p in points.items() if k[0] == backend]
-        scatter = ax.scatter([p["size_bytes"] / 1024 for p in subset],
-                             [p["delta_auc"] if p.get("delta_auc") is not None else 0.0 for p in subset],
-                             c=[p["p50_ms"] for p in subset], cmap="viridis", norm=norm, s=90,
-                             marker=MARKERS.get(backend, "^"), edgecolors="black", label=backend)
-        for i, p in enumerate(subset):
-            ax.annotate(f"{p['variant']} {p['p50_ms']:.3g} ms", (p["size_bytes"] / 1024,
-                        p["delta_auc"] if p.get("delta_auc") is not None else 0.0),
-                        textcoords="offset points", xytext=(6, 6 - 12 * (i % 3)) if backend != "litert"
-                        else (6, 12 + 10 * (i % 2)), fontsize=7)
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    latencies = [points[k]["p50_ms"] for k in keys]
+    low, high = min(latencies), max(latencies)
+    norm = plt.Normalize(vmin=low, vmax=high if high > low else low * 1.01)
+    scatter, xy, handles = None, [], []
+    for backend in sorted({k[0] for k in keys}):
+        subset = [points[k] for k in keys if k[0] == backend]
+        scatter = ax.scatter([p["size_bytes"] / 1024 for p in subset], [_delta(p) for p in subset],
+                             c=[p["p50_ms"] for p in subset], cmap="viridis", norm=norm,
+                             s=110 if backend == "litert" else 70,     # a square stays visible under a circle
+                             marker=MARKERS.get(backend, "^"), edgecolors="black", label=backend, zorder=3)
+    for number, key in enumerate(keys, start=1):
+        p = points[key]
+        xy.append((p["size_bytes"] / 1024, _delta(p)))
+        delta = "n/a" if p.get("delta_auc") is None else f"{p['delta_auc']:+.4f}"
+        handles.append(Line2D([], [], linestyle="none", marker=f"${number}$", color="black", markersize=8,
+                              label=f"{p['variant']} ({key[0]}): {p['size_bytes'] / 1024:,.0f} KB, "
+                                    f"ΔAUC {delta}, p50 {p['p50_ms']:.3g} ms"))
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator
@@ -96,16 +119,68 @@ def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.margins(x=0.12, y=0.15)          # room for the numbers of points on the edges
     ax.set_xlabel("artifact size (KB, log)")
     ax.set_ylabel("ΔAUC vs the Keras model (paired, higher is better)")
     ax.set_title(f"Size vs accuracy vs latency (batch {batch}; colour = p50 ms, lower is better)")
     fig.colorbar(scatter, ax=ax, label="p50 latency (ms)")
-    ax.legend(title="backend (marker)", fontsize=8)
+    shapes = ax.legend(title="backend (marker)", fontsize=8, loc="best")
+    ax.add_artist(shapes)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.45, 0.0), ncol=1 if len(handles) < 5 else 2,
+               fontsize=7.5, title="artifacts (numbers in the plot)", title_fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    labels = place_labels(ax, xy, [str(n) for n in range(1, len(keys) + 1)])
+    return fig, ax, labels
+
+
+def _delta(point: dict) -> float:
+    return point["delta_auc"] if point.get("delta_auc") is not None else 0.0
+
+
+# Offsets (points) tried in turn around a marker: right, above, left, below, then further out.
+_OFFSETS = [(7, -4), (-4, 7), (-15, -4), (-4, -16), (7, 7), (-15, 7), (-15, -16), (7, -16)]
+_OFFSETS += [(dx * 2, dy * 2) for dx, dy in _OFFSETS] + [(dx * 3, dy * 3) for dx, dy in _OFFSETS]
+
+
+def place_labels(ax, xy: Sequence[tuple], texts: Sequence[str], fontsize: float = 8) -> list:
+    """Annotate each data point ``xy[i]`` with ``texts[i]`` at the first offset in `_OFFSETS`
+    whose text box overlaps no earlier label and no marker (greedy, in display pixels); a
+    label that finds no free spot takes the last offset and a connecting line."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    scale = fig.dpi / 72.0
+    markers = []
+    for x, y in xy:
+        px, py = to_pixels((x, y))
+        markers.append((px - 6 * scale, py - 6 * scale, px + 6 * scale, py + 6 * scale))
+    taken: list[tuple] = []
+    labels = []
+    for (x, y), text in zip(xy, texts):
+        chosen = None
+        for dx, dy in _OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                                fontweight="bold", zorder=4)
+            box = label.get_window_extent(renderer)
+            rect = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
+            if not any(_overlap(rect, other) for other in taken + markers):
+                chosen = (label, rect)
+                break
+            label.remove()
+        if chosen is None:
+            dx, dy = _OFFSETS[-1]
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                                fontweight="bold", zorder=4, arrowprops={"arrowstyle": "-", "linewidth": 0.6})
+            box = label.get_window_extent(renderer)
+            chosen = (label, (box.x0, box.y0, box.x1, box.y1))
+        taken.append(chosen[1])
+        labels.append(chosen[0])
+    return labels
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def plot_overhead(comparison: dict, path: Path) -> Path | None:
