@@ -222,10 +222,11 @@ def feeds_match(plan: tuple, feeds) -> bool:
         if contiguous and not value.flags.c_contiguous:
             return False
         if limit is not None:
-            if value.size == 1:
+            n = value.size
+            if n == 1:
                 if not 0 <= value.item() < limit:
                     return False
-            elif value.size:
+            elif n:
                 ids = value if unsigned is None else value.view(unsigned)
                 if ids.item(ids.argmax()) >= limit:
                     return False
