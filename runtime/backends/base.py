@@ -92,9 +92,11 @@ class Backend:
             dynamic = bool(shape) and (shape[0] is None or shape[0] == -1)
             # the usual signature: dynamic batch, every other dim static -> one tuple comparison
             tail = tuple(shape[1:]) if dynamic and all(d is not None and d >= 0 for d in shape[1:]) else None
+            # elements per batch row (so a row's size needs no array attribute), else None
+            row_size = int(np.prod(tail, dtype=np.int64)) if tail is not None else None
             limit = limits.get(spec.name) if dtype.kind in "iu" else None
             unsigned = _UNSIGNED[dtype.itemsize] if limit is not None and dtype.kind == "i" else None
-            rows.append((spec.name, dtype, tail, (len(shape), fixed, dynamic), not self.strided_inputs,
+            rows.append((spec.name, dtype, tail, row_size, (len(shape), fixed, dynamic), not self.strided_inputs,
                          limit, unsigned, finite and dtype.kind == "f"))
         return tuple(rows)
 
@@ -202,7 +204,7 @@ def feeds_match(plan: tuple, feeds) -> bool:
     if type(feeds) is not dict or len(feeds) != len(plan):
         return False
     batch = -1
-    for name, dtype, tail, general, contiguous, limit, unsigned, finite in plan:
+    for name, dtype, tail, row_size, general, contiguous, limit, unsigned, finite in plan:
         value = feeds.get(name)
         if type(value) is not _ndarray or value.dtype is not dtype:
             return False
@@ -215,14 +217,15 @@ def feeds_match(plan: tuple, feeds) -> bool:
                 if batch >= 0 or size == 0:
                     return False
                 batch = size
+            n = size * row_size
         else:
             batch = _general_shape(shape, general, batch)
             if batch == -2:
                 return False
+            n = value.size
         if contiguous and not value.flags.c_contiguous:
             return False
         if limit is not None:
-            n = value.size
             if n == 1:
                 if not 0 <= value.item() < limit:
                     return False
@@ -230,7 +233,7 @@ def feeds_match(plan: tuple, feeds) -> bool:
                 ids = value if unsigned is None else value.view(unsigned)
                 if ids.item(ids.argmax()) >= limit:
                     return False
-        elif finite and value.size and not (isfinite(value.item(value.argmax()))
+        elif finite and n and not (isfinite(value.item(value.argmax()))
                                             and isfinite(value.item(value.argmin()))):
             return False
     return True
