@@ -191,3 +191,36 @@ def test_lock_free_counting_across_threads(bundle):
         assert stats["calls"] == 4 * 400 and stats["errors"] == 4 * 8       # more than one fold (1,024 calls)
         assert stats["predict_rows"] == 4 * 200 * 2 and stats["seconds"] > 0
         assert predictor._model.inflight == 0
+
+
+@pytest.mark.slow
+def test_tensor_path_pins_the_bundle_through_a_swap(bundle, bundle_v2):
+    rows = make_requests(3, seed=8)
+    with er.load(bundle, backend="litert", cache={"share_sessions": False}) as p:
+        feeds = p._model.preprocessor.encode_requests(rows)
+        want_v1 = p.predict_arrays(feeds)["score"]
+        old = p._model
+        fused = old.parts["fused"]
+        entered, release = threading.Event(), threading.Event()
+        original = fused._run_impl
+
+        def slow(f):
+            entered.set()
+            release.wait(30)
+            return original(f)
+
+        fused._run_impl = slow
+        result = {}
+        thread = threading.Thread(target=lambda: result.setdefault("score", p.predict_arrays(feeds)["score"]))
+        thread.start()
+        assert entered.wait(30)
+        p.swap(bundle_v2, check_examples=False)
+        assert p._model is not old and old.inflight == 1 and not fused._closed
+        after = p.predict_arrays(feeds)["score"]                  # a call after swap() returned: new model
+        assert not np.allclose(after, want_v1)
+        release.set()
+        thread.join(30)
+        np.testing.assert_array_equal(result["score"], want_v1)   # the in-flight call finished on the old one
+        assert old.inflight == 0 and fused._closed
+    with pytest.raises(RequestError, match="an open Predictor"):
+        p.predict_arrays(feeds)
