@@ -273,7 +273,8 @@ def _prune(job, runner, sparsity, epochs, seed, lineage, refs, say):
             continue
         try:   # the parts share the fused model's layers: they take its pruned weights by layer name
             art = runner.run(PrunedPartPass(), path, PrunedPartConfig(
-                pruned_model=pruned.path, custom_objects_module=job.custom_objects_module), part=part)
+                pruned_model=pruned.path, custom_objects_module=job.custom_objects_module,
+                unpruned_layers=tuple(s["layer"] for s in info["skipped_layers"])), part=part)
         except ConverterConfigError as err:
             lineage["impossible"].append({"file": f"{part} (pruned)", "backend": "all",
                                           "reason": f"{part} exported unpruned: {err}"[:600]})

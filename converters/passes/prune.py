@@ -212,10 +212,12 @@ class PrunedPartConfig:
     """Args:
         pruned_model: the pruned fused model (output of `PrunePass`) whose weights the part takes.
         custom_objects_module: module registering custom layers, imported before loading.
+        unpruned_layers: layers the prune pass skipped; copied, but left out of the sparsity report.
     """
 
     pruned_model: str | None = None
     custom_objects_module: str | None = None
+    unpruned_layers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.pruned_model:
@@ -232,7 +234,7 @@ class PrunedPartPass(Pass):
     """
 
     name = "pruned_part"
-    version = 1
+    version = 2
     Config = PrunedPartConfig
     path_fields = ("pruned_model",)
     accepts = ("keras", "savedmodel")
@@ -253,7 +255,8 @@ class PrunedPartPass(Pass):
                 continue
             layer.set_weights(donor.get_weights())
             copied.append(layer.name)
-            prunable[layer.name] = [i for i, w in enumerate(donor.get_weights()) if w.ndim >= 2]
+            if layer.name not in config.unpruned_layers:
+                prunable[layer.name] = [i for i, w in enumerate(donor.get_weights()) if w.ndim >= 2]
         if problems:
             raise ConverterConfigError(expected(f"every weighted layer of the {source.part} in the pruned fused "
                                                 "model with the same shapes", f"missing or different: {problems}"))

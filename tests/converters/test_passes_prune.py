@@ -129,5 +129,10 @@ def test_split_parts_take_the_pruned_fused_weights(model_dir, rows_npz, cache_di
     fused = np.asarray(load_keras_model(pruned.path)({"hist_items": rows["hist_items"],
                                                       "cand_item": rows["cand_item"]}))
     assert np.allclose(split, fused, atol=1e-6)
+    # a layer the prune pass skipped is copied but kept out of the part's sparsity report
+    skipped = runner.run(PrunedPartPass(), ExportedArtifact.from_keras(model_dir / "shared_scorer.keras", "scorer"),
+                         PrunedPartConfig(pruned_model=pruned.path, unpruned_layers=("mlp_1",)))
+    assert "mlp_1" in skipped.details["copied_layers"] and "mlp_1" not in skipped.details["layers"]
+    assert "mlp_1" in scorer.details["layers"]
     with pytest.raises(ConverterConfigError, match="missing or different"):
         runner.run(PrunedPartPass(), ExportedArtifact.from_keras(model_dir / "scorer.keras", "scorer"), config)
