@@ -9,7 +9,7 @@ def _f(value, fmt: str) -> str:
 def summary_table(report: dict) -> str:
     comp = report.get("comparisons", {})
     overhead = {(o["scenario"], o["backend"], o["variant"], o["batch"], o["threads"]): o
-                for o in comp.get("overhead", []) if not o["backend"].endswith("_direct")}
+                for o in comp.get("overhead", []) if not o["raw"].endswith("_direct")}
     speed = {(s["backend"], s["variant"], s["batch"], s["threads"]): s for s in comp.get("speedup_vs_keras", [])}
     rows = [r for r in report.get("results", []) if not r.get("error") and r.get("p50_ms") is not None
             and r["scenario"] == "tensor"]
