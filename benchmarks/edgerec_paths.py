@@ -76,7 +76,6 @@ def _user_request(data) -> dict:
 
 
 def _candidate_items(data, n: int) -> list:
-    from edgerec.runtime.preprocess import Preprocessor  # noqa: F401  (spec is loaded by bundle_data)
     from edgerec.runtime.spec import FeatureSpec
 
     spec = FeatureSpec.load(confined_path(data.path, data.manifest.feature_spec))

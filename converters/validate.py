@@ -27,7 +27,7 @@ import numpy as np
 
 from edgerec.runtime import metrics as rmetrics
 from edgerec.runtime.errors import EdgeRecError, expected
-from edgerec.runtime.manifest import FORMATS, PARTS, PRECISIONS
+from edgerec.runtime.manifest import PARTS, PRECISIONS
 from edgerec.runtime.spec import SCORE
 
 from .specs import RECALL_K, TOLERANCES, PartSpec

@@ -2,7 +2,6 @@
 engine/timing caches, optional IO binding."""
 from __future__ import annotations
 
-import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec

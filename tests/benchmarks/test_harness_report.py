@@ -26,8 +26,6 @@ COST = {"raw_onnxruntime": 100_000, "edgerec_onnxruntime": 105_000, "raw_litert"
 
 
 def fake_builder(clock):
-    from edgerec.benchmarks.harness import Prepared
-
     def build(spec):
         if spec.backend == "broken":
             raise RuntimeError("cannot load")

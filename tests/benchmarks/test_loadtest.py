@@ -5,7 +5,6 @@ the section into bench.json and bench.md."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from edgerec.benchmarks.loadtest import broken_copy, build_pool, load_test_failures, run_load_test

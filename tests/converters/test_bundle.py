@@ -25,7 +25,7 @@ S = _support()
 def built(model_dir, tmp_path_factory):
     from edgerec.converters.bundle import examples_with_expected, read_raw_examples, write_bundle
     from edgerec.converters.keras_io import load_keras_model
-    from edgerec.converters.select import Selection, select_variants
+    from edgerec.converters.select import select_variants
     from edgerec.converters.validate import ValidationData, validate_artifacts
     from edgerec.runtime.spec import FeatureSpec
 

@@ -36,7 +36,6 @@ def test_tflite_compaction_keeps_outputs_and_signature(model_dir, rows_npz, cach
 
 
 def _onnx_graph(with_loop: bool = False):
-    import onnx
     from onnx import TensorProto, helper
 
     weight = helper.make_tensor("StatefulPartitionedCall/model/dense/MatMul/ReadVariableOp:0", TensorProto.FLOAT,

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow

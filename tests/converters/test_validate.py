@@ -23,7 +23,7 @@ S = _support()
 @pytest.fixture(scope="module")
 def din_setup(model_dir, tmp_path_factory):
     from edgerec.converters.keras_io import load_keras_model
-    from edgerec.converters.validate import Candidate, ValidationData
+    from edgerec.converters.validate import ValidationData
 
     out = tmp_path_factory.mktemp("din_artifacts")
     model = load_keras_model(model_dir / "din.keras")

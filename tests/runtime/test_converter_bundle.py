@@ -4,7 +4,6 @@ the AUC on the validation rows equals the validator's recorded AUC (1e-6)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import tarfile
 from pathlib import Path
 
@@ -14,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgerec.runtime as er
-from edgerec.runtime.errors import BundleError, EdgeRecError, IntegrityError, RequestError
-from edgerec.runtime.manifest import load_manifest, safe_extract, write_manifest
+from edgerec.runtime.errors import BundleError, IntegrityError, RequestError
+from edgerec.runtime.manifest import safe_extract
 
 from .conftest import ITEMS, SEQ
 

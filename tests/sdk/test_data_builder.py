@@ -72,7 +72,6 @@ def test_leave_last_out_by_time(built):
 
 def test_test_groups_and_no_leakage(built):
     ds, trace = built
-    seen = user_items(trace)
     test = ds.test
     for g in np.unique(test.groups)[:60]:
         rows = np.flatnonzero(test.groups == g)
