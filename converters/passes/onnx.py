@@ -54,7 +54,7 @@ class OnnxExportConfig:
 
 class OnnxExportPass(Pass):
     name = "onnx_export"
-    version = 1
+    version = 2
     Config = OnnxExportConfig
     accepts = ("keras", "savedmodel")
 
@@ -62,7 +62,7 @@ class OnnxExportPass(Pass):
         import onnx
         import tf2onnx
 
-        model = load_keras_model(source.path, config.custom_objects_module)
+        model = with_onnx_twins(load_keras_model(source.path, config.custom_objects_module))
         flat, specs = flat_serving_function(model, source.part,
                                             list(config.output_names) if config.output_names else None)
         out_names = sorted(flat.get_concrete_function().structured_outputs)
@@ -91,6 +91,35 @@ class OnnxExportPass(Pass):
                                 details={**self.carried_details(source), "opset": opset,
                                          "tf2onnx_opset": config.opset, "nodes": len(proto.graph.node),
                                          "size_bytes": out.stat().st_size})
+
+
+def with_onnx_twins(model):
+    """``model`` with every layer that offers ``onnx_twin()`` replaced by that twin (same function,
+    same weight layout, an ONNX-friendlier graph; e.g. `ProjectedGRU` → one ONNX ``GRU`` node).
+
+    Returns the model itself when no layer has a twin. Outputs are unchanged: each twin takes its
+    layer's weights, and the validator compares the exported graph with the original model.
+    """
+    from edgerec.converters.tfenv import import_tf
+
+    from .prune import _walk   # the same flattening the prune pass uses
+
+    if not any(hasattr(layer, "onnx_twin") for layer in _walk(model)):
+        return model
+
+    _, tf_keras = import_tf()
+
+    def clone(layer):
+        if hasattr(layer, "onnx_twin"):
+            return layer.onnx_twin()
+        return layer.__class__.from_config(layer.get_config())
+
+    twin = tf_keras.models.clone_model(model, clone_function=clone)
+    originals = {layer.name: layer for layer in _walk(model)}
+    for layer in _walk(twin):
+        if layer.weights and layer.name in originals:
+            layer.set_weights(originals[layer.name].get_weights())
+    return twin
 
 
 def canonicalize_io(proto, input_names: list[str], output_names: list[str]) -> None:

@@ -152,3 +152,36 @@ def test_bad_configs():
         OrtQuantizeConfig(mode="static_qdq")
     with pytest.raises(ConverterConfigError, match="calibration method"):
         OrtQuantizeConfig(mode="tensorrt", data="x.npz", calibrate_method="kl")
+
+
+@pytest.mark.slow
+def test_projected_gru_exports_as_one_onnx_gru_node(tmp_path):
+    """`ProjectedGRU` (unrolled for TFLite) goes to ONNX through its twin: one ``GRU`` node with the
+    same outputs, and a static-QDQ file small against fp32 (no per-step Q/DQ nodes)."""
+    import onnx
+
+    from edgerec.converters.passes.onnx import OnnxExportConfig, OnnxExportPass
+    from edgerec.converters.passes.onnx_quant import OrtQuantizeConfig, OrtQuantizePass
+    from edgerec.runtime.spec import FeatureSpec, Vocabulary
+    from edgerec.sdk.models import ModelConfig, build_model
+
+    spec = FeatureSpec(20, Vocabulary("item", tuple(str(i) for i in range(3000))))
+    parts = build_model("gru", spec, ModelConfig(embedding_dim=16, gru_units=16, hidden_units=(32,), dropout=0.0))
+    gru = parts.fused.get_layer("user_state")
+    kernel, recurrent, bias = gru.get_weights()
+    gru.set_weights([kernel, recurrent, np.random.default_rng(2).normal(scale=0.2, size=bias.shape)])
+    parts.fused.save(tmp_path / "fused.keras")
+    rng = np.random.default_rng(0)
+    rows = {"hist_items": rng.integers(0, 3000, (128, 20)).astype(np.int32),
+            "cand_item": rng.integers(2, 3000, 128).astype(np.int32)}
+    np.savez(tmp_path / "rows.npz", **rows, labels=rng.integers(0, 2, 128).astype(np.float32))
+    module = "edgerec.sdk.models.layers"
+    fp32 = OnnxExportPass().run(tmp_path / "fused.keras", OnnxExportConfig(custom_objects_module=module), tmp_path / "a")
+    ops = [n.op_type for n in onnx.load(fp32.path).graph.node]
+    assert ops.count("GRU") == 1 and len(ops) < 60, ops
+    want = parts.fused(rows, training=False).numpy()
+    assert np.max(np.abs(ort_predict(fp32.path, rows)["score"] - want)) <= TOLERANCE["fp32"]
+    qdq = OrtQuantizePass().run(fp32, OrtQuantizeConfig(mode="static_qdq", data=str(tmp_path / "rows.npz")),
+                                tmp_path / "b")
+    assert np.max(np.abs(ort_predict(qdq.path, rows)["score"] - want)) <= TOLERANCE["static_qdq"]
+    assert qdq.details["size_bytes"] <= 0.30 * fp32.details["size_bytes"]
