@@ -294,21 +294,12 @@ def train_adversarial_model(dataset, family: str, model_config=None, train_confi
     Returns:
         ``(parts, history, metrics)`` — save with `save_model_dir` as usual.
     """
-    from edgerec.converters.tfenv import import_tf
-
     from ..models import build_model
-    from ..models.config import FAMILIES, ModelConfig
-    from .fit import TrainConfig, evaluate
-    from .pipeline import train_content_encoder
+    from .fit import evaluate
+    from .pipeline import prepare_training
 
-    if family not in FAMILIES:
-        raise SpecError(expected(f"a model family among {list(FAMILIES)}", family))
-    model_config = ModelConfig() if model_config is None else model_config
-    train_config = TrainConfig() if train_config is None else train_config
-    spec, content, content_info = dataset.spec, None, None
-    if model_config.uses_content(family):
-        spec, content, content_info = train_content_encoder(dataset, model_config, train_config.seed)
-    import_tf()[1].utils.set_random_seed(train_config.seed)
+    model_config, train_config, spec, content, content_info = prepare_training(dataset, family, model_config,
+                                                                               train_config)
     parts = build_model(family, spec, model_config, content)
     parts.meta["content"] = content_info
     history = adversarial_fit(parts, dataset, train_config, adv_config)

@@ -266,20 +266,14 @@ def train_model_distributed(dataset, family: str, model_config: ModelConfig | No
     Returns:
         ``(parts, history, metrics)`` like `train_model`; ``parts`` are strategy-free.
     """
-    from edgerec.converters.tfenv import import_tf
+    from .pipeline import prepare_training
 
-    from .pipeline import train_content_encoder
-
-    if family not in FAMILIES:
+    if family not in FAMILIES:     # before the strategy configures devices (prepare_training checks it too)
         raise SpecError(expected(f"a model family among {list(FAMILIES)}", family))
     if isinstance(strategy, str):
         strategy = make_strategy(strategy, cpu_devices=cpu_devices)
-    model_config = ModelConfig() if model_config is None else model_config
-    train_config = TrainConfig() if train_config is None else train_config
-    spec, content, content_info = dataset.spec, None, None
-    if model_config.uses_content(family):
-        spec, content, content_info = train_content_encoder(dataset, model_config, train_config.seed)
-    import_tf()[1].utils.set_random_seed(train_config.seed)
+    model_config, train_config, spec, content, content_info = prepare_training(dataset, family, model_config,
+                                                                               train_config)
     parts = build_model_distributed(strategy, family, spec, model_config, content)
     parts.meta["content"] = content_info
     history = fit_distributed(parts, dataset, train_config, strategy)

@@ -32,20 +32,15 @@ def train_content_encoder(dataset, config: ModelConfig, seed: int = 0, verbose: 
     return spec, ContentParts(encoder, table), info
 
 
-def train_model(dataset, family: str, model_config: ModelConfig | None = None,
-                train_config: TrainConfig | None = None):
-    """Build, (content-pre-train,) fit and evaluate one family on ``dataset``.
+def prepare_training(dataset, family: str, model_config: ModelConfig | None,
+                     train_config: TrainConfig | None):
+    """What every ``train_*`` entry point does before building its model: check the family, fill
+    in default configs, pre-train the content encoder when the family uses it, seed TF.
 
     Returns:
-        ``(parts, history, metrics)`` with metrics shaped like `evaluate`'s result.
-
-    Examples:
-        >>> parts, history, metrics = train_model(load_dataset("synthetic"), "din")
-        >>> metrics["test"]["auc"] > metrics["baseline"]["auc"]
-        True
+        ``(model_config, train_config, spec, content, content_info)``; ``content`` is None (and
+        ``spec`` the dataset's) for families without item content.
     """
-    from ..models import build_model
-
     if family not in FAMILIES:
         raise SpecError(expected(f"a model family among {list(FAMILIES)}", family))
     model_config = ModelConfig() if model_config is None else model_config
@@ -61,6 +56,25 @@ def train_model(dataset, family: str, model_config: ModelConfig | None = None,
     from edgerec.converters.tfenv import import_tf
 
     import_tf()[1].utils.set_random_seed(train_config.seed)
+    return model_config, train_config, spec, content, content_info
+
+
+def train_model(dataset, family: str, model_config: ModelConfig | None = None,
+                train_config: TrainConfig | None = None):
+    """Build, (content-pre-train,) fit and evaluate one family on ``dataset``.
+
+    Returns:
+        ``(parts, history, metrics)`` with metrics shaped like `evaluate`'s result.
+
+    Examples:
+        >>> parts, history, metrics = train_model(load_dataset("synthetic"), "din")
+        >>> metrics["test"]["auc"] > metrics["baseline"]["auc"]
+        True
+    """
+    from ..models import build_model
+
+    model_config, train_config, spec, content, content_info = prepare_training(dataset, family, model_config,
+                                                                               train_config)
     parts = build_model(family, spec, model_config, content)
     parts.meta["content"] = content_info
     history = fit(parts, dataset, train_config)
