@@ -85,6 +85,14 @@ def load_keras_model(path: str | os.PathLike, custom_objects_module: str | None 
                                       f"{type(err).__name__}: {err}")) from None
 
 
+def walk_layers(model):
+    """Every layer of ``model``, nested models' layers included (each container before its layers)."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from walk_layers(layer)
+
+
 def model_flavour(model) -> str:
     _, tf_keras = import_tf()
     return TF_KERAS if isinstance(model, tf_keras.Model) else KERAS3

@@ -19,7 +19,7 @@ import numpy as np
 from edgerec.runtime.manifest import TensorSpec
 
 from ..errors import ConversionError, ConverterConfigError, expected
-from ..keras_io import flat_serving_function, load_keras_model
+from ..keras_io import flat_serving_function, load_keras_model, walk_layers
 from ..pipeline import ExportedArtifact, Pass
 
 MAX_TF2ONNX_OPSET = 18
@@ -102,9 +102,7 @@ def with_onnx_twins(model):
     """
     from edgerec.converters.tfenv import import_tf
 
-    from .prune import _walk   # the same flattening the prune pass uses
-
-    if not any(hasattr(layer, "onnx_twin") for layer in _walk(model)):
+    if not any(hasattr(layer, "onnx_twin") for layer in walk_layers(model)):
         return model
 
     _, tf_keras = import_tf()
@@ -115,8 +113,8 @@ def with_onnx_twins(model):
         return layer.__class__.from_config(layer.get_config())
 
     twin = tf_keras.models.clone_model(model, clone_function=clone)
-    originals = {layer.name: layer for layer in _walk(model)}
-    for layer in _walk(twin):
+    originals = {layer.name: layer for layer in walk_layers(model)}
+    for layer in walk_layers(twin):
         if layer.weights and layer.name in originals:
             layer.set_weights(originals[layer.name].get_weights())
     return twin

@@ -17,6 +17,8 @@ Examples:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def _has_subgraphs(graph) -> bool:
     import onnx
@@ -63,6 +65,4 @@ def compact_onnx_file(path) -> int:
     if compact_onnx_names(proto):
         onnx.checker.check_model(proto)
         atomic_write_bytes(path, proto.SerializeToString())
-    from pathlib import Path
-
     return Path(path).stat().st_size

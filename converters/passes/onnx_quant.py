@@ -101,18 +101,18 @@ class OrtQuantizePass(Pass):
                                                f"{type(err).__name__}: {str(err)[:400]}"),
                                       mode=config.mode) from None
         proto = onnx.load(str(out))
+        changed = False
         if config.mode == "tensorrt":
             from .tensorrt import dedicate_qdq_pairs
 
-            if dedicate_qdq_pairs(proto):
-                onnx.checker.check_model(proto)
-                out.write_bytes(proto.SerializeToString())
+            changed = dedicate_qdq_pairs(proto)
         if config.compact:
             from .onnx_compact import compact_onnx_names
 
-            if compact_onnx_names(proto):
-                onnx.checker.check_model(proto)
-                out.write_bytes(proto.SerializeToString())
+            changed = compact_onnx_names(proto) or changed
+        if changed:                                  # one check and one write for both rewrites
+            onnx.checker.check_model(proto)
+            out.write_bytes(proto.SerializeToString())
         inputs, outputs = graph_specs(proto)
         ops = sorted({n.op_type for n in proto.graph.node})
         details = {k: v for k, v in source.details.items() if k in ("opset", "tf2onnx_opset", "ort_optimization")}

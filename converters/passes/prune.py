@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConverterConfigError, PruningError, expected
-from ..keras_io import input_specs, load_keras_model, require_tf_keras
+from ..keras_io import input_specs, load_keras_model, require_tf_keras, walk_layers
 from ..pipeline import ExportedArtifact, Pass
 from .data import cast_like, load_rows
 
@@ -166,19 +166,12 @@ def _registry():
     return prune_registry.PruneRegistry
 
 
-def _walk(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _walk(layer)
-
-
 def _prunable_indices(pruned) -> dict[str, list[int]]:
     """``{layer name: indices into layer.weights}`` of the weights tfmot prunes."""
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
     out = {}
-    for layer in _walk(pruned):
+    for layer in walk_layers(pruned):
         if isinstance(layer, PruneLowMagnitude):
             chosen = {id(w) for w in layer.prunable_weights}
             out[layer.layer.name] = [i for i, w in enumerate(layer.layer.weights) if id(w) in chosen]
@@ -188,7 +181,7 @@ def _prunable_indices(pruned) -> dict[str, list[int]]:
 def sparsity_report(model, prunable: dict[str, list[int]]) -> dict:
     """Zeros counted per layer in ``model`` (a stripped model) for the listed weight indices."""
     layers, zeros_all, size_all, model_zeros, model_size = {}, 0, 0, 0, 0
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if hasattr(layer, "layers"):
             continue
         values = layer.get_weights()
@@ -243,9 +236,9 @@ class PrunedPartPass(Pass):
         part = load_keras_model(source.path, config.custom_objects_module)
         fused = load_keras_model(config.pruned_model, config.custom_objects_module)
         require_tf_keras(part, "taking pruned weights")
-        donors = {layer.name: layer for layer in _walk(fused) if not hasattr(layer, "layers")}
+        donors = {layer.name: layer for layer in walk_layers(fused) if not hasattr(layer, "layers")}
         copied, problems, prunable = [], [], {}
-        for layer in _walk(part):
+        for layer in walk_layers(part):
             if hasattr(layer, "layers") or not layer.weights:
                 continue
             donor = donors.get(layer.name)
