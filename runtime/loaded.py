@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .backends.base import feeds_match
+from .backends.base import UNSIGNED_VIEW, feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, expected
@@ -104,7 +104,7 @@ def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None =
             if value.size == 1:
                 ok = 0 <= value.item() < limit
             else:
-                unsigned = value.view(_UNSIGNED[value.dtype.itemsize]) if kind == "i" else value
+                unsigned = value.view(UNSIGNED_VIEW[value.dtype.itemsize]) if kind == "i" else value
                 ok = unsigned.item(unsigned.argmax()) < limit
             if not ok:
                 low, high = int(value.min()), int(value.max())
@@ -114,9 +114,6 @@ def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None =
                 problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
     if problems:
         raise RequestError("; ".join(problems))
-
-
-_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def encoded_fits(produced: Mapping[str, tuple], backend) -> bool:

@@ -50,9 +50,7 @@ class Backend:
         """Run one batch. ``feeds``: input name -> array of the declared dtype and rank."""
         if self._closed:
             raise RequestError(expected(f"an open {self.name} backend", "closed"))
-        plan = self._plan if self._plan is not None and self._plan[0] is self.inputs else self._make_plan()
-        checked = feeds if plan[2] and feeds_match(plan[1], feeds) else self.check_feeds(feeds)
-        return self.run_validated(checked)
+        return self.run_validated(feeds if self._feeds_match(feeds) else self.check_feeds(feeds))
 
     def run_validated(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`run` for feeds that already passed `check_feeds` (or `feeds_match` on `feed_plan`)."""
@@ -95,7 +93,7 @@ class Backend:
             # elements per batch row (so a row's size needs no array attribute), else None
             row_size = int(np.prod(tail, dtype=np.int64)) if tail is not None else None
             limit = limits.get(spec.name) if dtype.kind in "iu" else None
-            unsigned = _UNSIGNED[dtype.itemsize] if limit is not None and dtype.kind == "i" else None
+            unsigned = UNSIGNED_VIEW[dtype.itemsize] if limit is not None and dtype.kind == "i" else None
             rows.append((spec.name, dtype, tail, row_size, (len(shape), fixed, dynamic), not self.strided_inputs,
                          limit, unsigned, finite and dtype.kind == "f"))
         return tuple(rows)
@@ -187,7 +185,8 @@ def dims(shape) -> list:
     return out
 
 
-_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+# the unsigned dtype of each integer width: ids viewed as unsigned wrap negatives above any table size
+UNSIGNED_VIEW = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def feeds_match(plan: tuple, feeds) -> bool:
