@@ -22,49 +22,13 @@ from typing import Mapping
 import numpy as np
 
 from edgerec.runtime.errors import SpecError, expected
-from edgerec.runtime.manifest import PARTS, PRECISIONS, TensorSpec
+from edgerec.runtime.contract import BUNDLE_FAMILIES as FAMILIES
+from edgerec.runtime.contract import PARTS, PRECISIONS, TOLERANCES, Tolerance  # noqa: F401  (re-exported)
+from edgerec.runtime.manifest import TensorSpec
 from edgerec.runtime.spec import CAND_ITEM, HIST_ITEMS, SCORE, FeatureSpec
 
 DEFAULT_BUDGET = 0.003            # selection: |ΔAUC| allowed for a compressed variant
 RECALL_K = 10
-FAMILIES = ("din", "gru", "bst", "context", "two_tower", "byom")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How far an artifact of one precision may drift from its Keras reference.
-
-    Args:
-        max_abs_diff: bound on the largest |artifact - keras| over every output element (None: unchecked).
-        mean_abs_diff: bound on the mean |artifact - keras|.
-        delta_auc: bound on |AUC(artifact) - AUC(keras)| for the validator (sanity; the selection
-            budget is stricter and applied by `select`).
-        min_recall_overlap: lower bound on the mean top-10 overlap per group (None: unchecked).
-    """
-
-    max_abs_diff: float | None
-    mean_abs_diff: float
-    delta_auc: float
-    min_recall_overlap: float | None = None
-
-    def __post_init__(self):
-        for name in ("max_abs_diff", "mean_abs_diff", "delta_auc", "min_recall_overlap"):
-            value = getattr(self, name)
-            if value is not None and (not np.isfinite(value) or value < 0):
-                raise SpecError(expected(f"{name} as a finite number >= 0", value))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=1e-3, min_recall_overlap=0.95),
-    "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=5e-3, min_recall_overlap=0.8),
-    # Sanity bounds only (a broken artifact lands far outside); the budget decides selection, so an
-    # over-budget int8 variant is rejected by `select` with its ΔAUC, not dropped as "broken".
-    "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
-    "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
-}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgerec.runtime import metrics as rmetrics
 from edgerec.runtime.errors import EdgeRecError, expected
-from edgerec.runtime.manifest import PARTS, PRECISIONS
+from edgerec.runtime.contract import BACKEND_FOR_FORMAT, PARTS, PRECISIONS
 from edgerec.runtime.spec import SCORE
 
 from .specs import RECALL_K, TOLERANCES, PartSpec
@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - depends on landing order
     class ValidationError(EdgeRecError, ValueError):
         """An artifact differs from its Keras reference beyond the declared tolerance."""
 
-BACKEND_FOR_FORMAT = {"tflite": "litert", "onnx": "onnxruntime"}
 CHUNK = 1024
 RESERVED_ARRAYS = ("labels", "groups")
 

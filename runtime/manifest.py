@@ -19,14 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .contract import FORMATS, PARTS, PRECISIONS  # noqa: F401  (re-exported)
 from .errors import BundleError, IntegrityError, expected
 from .io import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-FORMATS = ("tflite", "onnx", "trt_engine")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .contract import CAND_ITEM, DENSE, HIST_ITEMS, SCORE  # noqa: F401  (re-exported)
 from .errors import SpecError, expected
 from .io import atomic_write_json
 
@@ -23,11 +24,6 @@ PAD_INDEX = 0
 OOV_INDEX = 1
 NUM_RESERVED = 2
 
-# Tensor names shared by every edgerec model, exporter and runtime.
-HIST_ITEMS = "hist_items"
-CAND_ITEM = "cand_item"
-DENSE = "dense"
-SCORE = "score"
 
 CONTEXT_KINDS = ("hour", "weekday", "categorical")
 

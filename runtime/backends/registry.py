@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from ..contract import FORMAT_FOR_BACKEND
 from ..errors import BackendUnavailableError, expected
 
 BACKENDS: dict[str, str] = {
@@ -12,7 +13,7 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "edgerec.runtime.backends.tensorrt:TensorRTBackend",   # serialized engines, GPU only
 }
 # Which artifact format each backend runs, and the module(s) that must be importable.
-BACKEND_FORMATS = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "trt_engine"}
+BACKEND_FORMATS = FORMAT_FOR_BACKEND
 BACKEND_MODULES = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",),
                    "tensorrt": ("tensorrt",)}
 BACKEND_EXTRAS = {"litert": "litert", "onnxruntime": "onnx", "tensorrt": "gpu"}

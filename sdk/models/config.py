@@ -4,11 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from edgerec.runtime.contract import FAMILIES, PARTS as PART_NAMES  # noqa: F401  (re-exported)
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import FeatureSpec
-
-FAMILIES = ("din", "gru", "bst", "context")
-PART_NAMES = ("fused", "user_encoder", "scorer", "content_encoder")
 
 
 @dataclass(frozen=True)

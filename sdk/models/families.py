@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 
 from edgerec.runtime.errors import SpecError, expected
+from edgerec.runtime.contract import USER_MASK, USER_STATE
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, FeatureSpec
 
 from .config import FAMILIES, ModelConfig, ModelParts
 
-USER_STATE = "user_state"
-USER_MASK = "user_mask"
 
 
 @dataclass

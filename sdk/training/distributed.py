@@ -356,7 +356,7 @@ def run_train(args, worker_argv: list[str] | None = None) -> int:
     strategy = make_strategy(args.strategy, cpu_devices=args.cpu_devices)
     info = task_info(strategy)
     verbose = 0 if args.quiet or not info.is_chief else 1
-    from ..commands import _data_options
+    from ..cli.train import _data_options
 
     dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives, seed=args.seed,
                            progress=bool(verbose), **_data_options(getattr(args, "data_option", None) or []))
@@ -384,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..commands import configure
+    from ..cli.train import configure
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m edgerec.sdk.training.distributed",
                                      description="edgerec train under a tf.distribute strategy")
-    configure("train", parser)   # includes the distributed options (add_arguments)
+    configure(parser)   # includes the distributed options (add_arguments)
     parser.add_argument("--model-config", default=None, help="JSON: ModelConfig fields")
     args = parser.parse_args(argv)
     if args.strategy is None:

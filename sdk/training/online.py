@@ -12,7 +12,7 @@ forgetting); the batch then enters the buffer.
 
 `time_slice_evaluation` splits a log by time into a base period + K slices and reports, per
 slice, the AUC of the frozen base model and of the online model before / after its update.
-`edgerec.sdk.commands_update.update_model_dir` (``edgerec update``) updates a MODEL_DIR from an
+`edgerec.sdk.cli.update.update_model_dir` (``edgerec update``) updates a MODEL_DIR from an
 events CSV into a new MODEL_DIR (bundle_version + 1) and optionally exports it.
 
 Examples:

@@ -1,19 +1,17 @@
-"""`edgerec train`: data -> model -> fit -> evaluate -> MODEL_DIR (see docs/contracts.md).
+"""Train a recommendation model on synthetic or MovieLens data into a MODEL_DIR (docs/contracts.md).
 
 Examples:
-    edgerec train --data synthetic --model din --out runs/din
+    edgerec train --model din --out runs/din                   # synthetic data
     edgerec train --data movielens:../shared/data/movielens-latest-small --model gru --out runs/gru --epochs 5
 """
 from __future__ import annotations
 
 import json
 
-FAMILIES = ("din", "gru", "bst", "context")
+from edgerec.runtime.contract import FAMILIES
 
 
-def configure(name: str, parser) -> None:
-    if name != "train":
-        raise ValueError(f"Expected the command 'train', received: {name!r}")
+def configure(parser) -> None:
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (default) or 'movielens:PATH' (ml-latest-small CSV folder)")
     parser.add_argument("--model", default="din", help=f"model family: {', '.join(FAMILIES)}")
@@ -33,8 +31,8 @@ def configure(name: str, parser) -> None:
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
                         help="synthetic generator option, e.g. num_users=500 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    from .training.adversarial import add_train_arguments
-    from .training.distributed import add_arguments as add_distributed_arguments
+    from edgerec.sdk.training.adversarial import add_train_arguments
+    from edgerec.sdk.training.distributed import add_arguments as add_distributed_arguments
 
     add_train_arguments(parser)
     add_distributed_arguments(parser)
@@ -59,7 +57,7 @@ def _data_options(pairs: list[str]) -> dict:
     return options
 
 
-def run(name: str, args) -> int:
+def run(args) -> int:
     from edgerec.runtime.errors import SpecError, expected
 
     if args.model not in FAMILIES:
@@ -67,13 +65,13 @@ def run(name: str, args) -> int:
     if getattr(args, "strategy", None):
         if getattr(args, "adversarial", None):
             raise SpecError(expected("--adversarial without --strategy (not combined yet)", args.strategy))
-        from .training.distributed import run_train
+        from edgerec.sdk.training.distributed import run_train
 
         return run_train(args)
     options = _data_options(args.data_option)
-    from .data import load_dataset
-    from .models import ModelConfig
-    from .training import TrainConfig, save_model_dir, train_model
+    from edgerec.sdk.data import load_dataset
+    from edgerec.sdk.models import ModelConfig
+    from edgerec.sdk.training import TrainConfig, save_model_dir, train_model
 
     verbose = 0 if args.quiet else 1
     dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives,
@@ -86,7 +84,7 @@ def run(name: str, args) -> int:
                                learning_rate=args.learning_rate, patience=args.patience,
                                monitor=args.monitor, seed=args.seed, verbose=verbose,
                                max_train_rows=args.max_train_rows)
-    from .training.adversarial import config_from_args, train_adversarial_model
+    from edgerec.sdk.training.adversarial import config_from_args, train_adversarial_model
 
     adversarial = config_from_args(args)
     if adversarial is None:

@@ -1,4 +1,4 @@
-"""`edgerec update`: warm-start a MODEL_DIR on new events, save a new MODEL_DIR, optionally export it.
+"""Warm-start a model on new events (online update), optionally export a new bundle version.
 
     edgerec update MODEL_DIR --events NEW.csv --out NEW_MODEL_DIR [--history PAST.csv]
                    [--steps 4 --events-per-batch 256 --replay 20000 --replay-policy reservoir]
@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 
 
-def configure(name: str, parser) -> None:
-    if name != "update":
-        raise ValueError(f"Expected the command 'update', received: {name!r}")
+def configure(parser) -> None:
     parser.add_argument("model_dir", help="MODEL_DIR to warm-start from (written by `edgerec train`/`update`)")
     parser.add_argument("--events", required=True, help="CSV of new events: user_id,item_id,timestamp[,device]")
     parser.add_argument("--out", required=True, help="new MODEL_DIR to write (replaced atomically)")
@@ -50,7 +48,7 @@ def _npz_split(path: Path, input_names, with_groups: bool):
 
     from edgerec.runtime.errors import BundleError, expected
 
-    from .data.dataset import Split
+    from edgerec.sdk.data.dataset import Split
 
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
@@ -84,11 +82,11 @@ def update_model_dir(model_dir, events, out, config=None, *, history=None, expor
     from edgerec.runtime.io import atomic_write_json
     from edgerec.runtime.spec import NUM_RESERVED
 
-    from .data.dataset import RecDataset, Split
+    from edgerec.sdk.data.dataset import RecDataset, Split
     from .metrics import evaluate_scores
-    from .training.fit import predict_scores
-    from .training.model_dir import MANIFEST, load_model_dir, read_manifest, save_model_dir
-    from .training.online import (EventLog, HistoryStore, OnlineConfig, OnlineUpdater, ReplayBuffer,
+    from edgerec.sdk.training.fit import predict_scores
+    from edgerec.sdk.training.model_dir import MANIFEST, load_model_dir, read_manifest, save_model_dir
+    from edgerec.sdk.training.online import (EventLog, HistoryStore, OnlineConfig, OnlineUpdater, ReplayBuffer,
                                   encode_events, read_events_csv, with_negatives)
 
     say = progress or (lambda _m: None)
@@ -170,10 +168,10 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def run(name: str, args) -> int:
+def run(args) -> int:
     from edgerec.runtime.errors import SpecError, expected
 
-    from .training.online import OnlineConfig
+    from edgerec.sdk.training.online import OnlineConfig
 
     if not Path(args.model_dir).is_dir():
         raise SpecError(expected("an existing MODEL_DIR", args.model_dir))

@@ -1,0 +1,103 @@
+"""The contract every edgerec package shares: model parts, artifact formats, precisions, which
+backend runs which format, tensor names, model families, and how close each precision must stay
+to the trained model.
+
+This module is the single home of these names. The trainer writes models whose tensors are named
+here, the converters produce artifacts of these formats and precisions, and the runtime refuses
+anything else; other-language runtimes read the same values from ``docs/contracts.md``.
+
+Examples:
+    >>> from edgerec.runtime.contract import BACKEND_FOR_FORMAT, TOLERANCES
+    >>> BACKEND_FOR_FORMAT["tflite"]
+    'litert'
+    >>> TOLERANCES["fp32"].max_abs_diff
+    0.0001
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .errors import SpecError, expected
+
+# -- model parts ------------------------------------------------------------------------------
+FUSED, USER_ENCODER, SCORER, CONTENT_ENCODER = "fused", "user_encoder", "scorer", "content_encoder"
+PARTS = (FUSED, USER_ENCODER, SCORER, CONTENT_ENCODER)
+# Parts of a ranking model: the fused graph, and the same layers split so the user side runs once
+# per user and the scorer once per candidate.
+RANKING_PARTS = (FUSED, USER_ENCODER, SCORER)
+
+# -- artifacts --------------------------------------------------------------------------------
+FORMATS = ("tflite", "onnx", "trt_engine")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+BACKENDS = ("litert", "onnxruntime", "tensorrt")
+FORMAT_FOR_BACKEND = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "trt_engine"}
+BACKEND_FOR_FORMAT = {fmt: backend for backend, fmt in FORMAT_FOR_BACKEND.items()}
+
+# -- model families ---------------------------------------------------------------------------
+# Families edgerec builds and trains; "byom" marks a bundle made from a bring-your-own Keras model.
+FAMILIES = ("din", "gru", "bst", "context")
+BYOM = "byom"
+BUNDLE_FAMILIES = FAMILIES + (BYOM,)
+
+# -- tensor names shared by every edgerec model, exporter and runtime -------------------------
+HIST_ITEMS = "hist_items"
+CAND_ITEM = "cand_item"
+DENSE = "dense"
+SCORE = "score"
+USER_STATE = "user_state"
+USER_MASK = "user_mask"
+USER_OUTPUT_PREFIX = "user_"     # user-encoder outputs, fed to the scorer under the same names
+
+
+# -- tolerances -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an artifact of one precision may drift from the trained (Keras) model.
+
+    Args:
+        max_abs_diff: bound on the largest |artifact - keras| over every output element
+            (None: unchecked, as for int8 where single probabilities move by a few hundredths).
+        mean_abs_diff: bound on the mean |artifact - keras|.
+        delta_auc: bound on |AUC(artifact) - AUC(keras)| for the validator (a sanity bound; the
+            selection budget is stricter and applied by the selector).
+        min_recall_overlap: lower bound on the mean top-10 overlap per ranking group (None: unchecked).
+
+    Examples:
+        >>> Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=1e-3).mean_abs_diff
+        1e-05
+    """
+
+    max_abs_diff: float | None
+    mean_abs_diff: float
+    delta_auc: float
+    min_recall_overlap: float | None = None
+
+    def __post_init__(self):
+        for name in ("max_abs_diff", "mean_abs_diff", "delta_auc", "min_recall_overlap"):
+            value = getattr(self, name)
+            if value is None and name in ("max_abs_diff", "min_recall_overlap"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise SpecError(expected(f"{name} as a finite number >= 0", value))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=1e-3, min_recall_overlap=0.95),
+    "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=5e-3, min_recall_overlap=0.8),
+    # Sanity bounds only (a broken artifact lands far outside); the budget decides selection, so an
+    # over-budget int8 variant is rejected by the selector with its ΔAUC, not dropped as "broken".
+    "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
+    "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    """The declared tolerance of one precision; unknown precisions are refused."""
+    if precision not in TOLERANCES:
+        raise SpecError(expected(f"a precision among {PRECISIONS}", precision))
+    return TOLERANCES[precision]
