@@ -311,7 +311,7 @@ def build_bundle_engines(bundle_dir, out_dir, *, config: EngineConfig | None = N
     """
     from edgerec.runtime.manifest import Artifact, load_manifest
 
-    from .triton import is_tensorrt_ready
+    from .passes.tensorrt import is_tensorrt_ready
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     manifest = load_manifest(bundle_dir, verify=True)

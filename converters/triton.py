@@ -15,8 +15,8 @@ Layout written (one model per part with an ONNX artifact, plus an optional ensem
 With ``max_batch_size > 0`` Triton owns the batch dimension: it is dropped from ``dims``, and a
 ``[B]`` tensor becomes ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }`` (Triton's documented idiom).
 Each config records the bundle artifact it came from (``parameters { key: "edgerec_artifact" … }``)
-so the checker compares the model file with that artifact's sha256.
-No tritonclient dependency: `triton_check.parse_pbtxt` reads the pbtxt subset written here.
+so the checker (`triton_check`) compares the model file with that artifact's sha256.
+No tritonclient dependency: `triton_format` writes and reads the pbtxt subset used here.
 """
 from __future__ import annotations
 
@@ -27,24 +27,15 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgerec.runtime.errors import EdgeRecError, expected
+from edgerec.runtime.errors import expected
 from edgerec.runtime.io import atomic_copy, atomic_write_text
 from edgerec.runtime.manifest import Artifact, Manifest, load_manifest
 
 from .errors import ConverterConfigError
-
-TRITON_PARTS = ("user_encoder", "scorer", "fused")
-ENSEMBLE_NAME = "ensemble"
-MODEL_FILE = "model.onnx"
-TRITON_DTYPES = {"bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int16": "TYPE_INT16",
-                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "float16": "TYPE_FP16",
-                 "float32": "TYPE_FP32", "float64": "TYPE_FP64"}
-KINDS = ("KIND_CPU", "KIND_GPU")
-PRECISION_MODES = ("FP32", "FP16", "INT8")
-
-
-class Ident(str):
-    """A bare protobuf-text identifier (enum value such as ``TYPE_FP32``), emitted unquoted."""
+from .passes.tensorrt import is_tensorrt_ready
+from .triton_check import check_triton_repository  # noqa: F401  (re-exported)
+from .triton_format import (ENSEMBLE_NAME, KINDS, MODEL_FILE, PRECISION_MODES, TRITON_DTYPES, TRITON_PARTS,  # noqa: F401
+                            Ident, Problem, TritonRepositoryError, format_pbtxt, parse_pbtxt, tensor_dims)
 
 
 @dataclass(frozen=True)
@@ -121,36 +112,7 @@ class TritonRepository:
     config: TritonConfig | None = None
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One inconsistency between a repository and its bundle."""
-
-    model: str
-    field: str
-    message: str
-
-    def __str__(self):
-        return f"{self.model}: {self.field}: {self.message}"
-
-
-class TritonRepositoryError(EdgeRecError, ValueError):
-    """A Triton repository cannot be written from this bundle (no ONNX artifact, fixed batch dim, …)."""
-
-
 # -- artifact choice and config construction ------------------------------------------------------
-def is_tensorrt_ready(artifact: Artifact) -> bool:
-    """True for a symmetric-QDQ ONNX from the converters' ``tensorrt`` quantization mode with no
-    error-severity ``tensorrt_violations`` (or one flagged ``details["tensorrt_ready"]``)."""
-    details = artifact.details
-    if artifact.format != "onnx":
-        return False
-    if "tensorrt_ready" in details:
-        return bool(details["tensorrt_ready"])
-    violations = details.get("tensorrt_violations", [])
-    return details.get("quantization") == "tensorrt" and not any(
-        v.get("severity", "error") == "error" for v in violations if isinstance(v, dict))
-
-
 def choose_artifacts(manifest: Manifest, *, prefer_tensorrt_ready: bool = False,
                      overrides: dict | None = None) -> dict[str, Artifact]:
     """Part -> ONNX artifact: override, else (TensorRT-ready if preferred), else the onnxruntime
@@ -177,18 +139,6 @@ def choose_artifacts(manifest: Manifest, *, prefer_tensorrt_ready: bool = False,
         raise TritonRepositoryError(expected(f"ONNX artifacts for parts {TRITON_PARTS} in the bundle",
                                              sorted({(a.part, a.format) for a in manifest.artifacts})))
     return chosen
-
-
-def tensor_dims(shape: list, max_batch_size: int) -> tuple[list[int], list[int] | None]:
-    """Manifest shape -> (Triton dims, reshape or None). ``None`` dims become -1."""
-    dims = [-1 if d is None or d < 0 else int(d) for d in shape]
-    if max_batch_size == 0:
-        return dims, None
-    if not dims or dims[0] != -1:
-        raise TritonRepositoryError(expected("a dynamic batch dimension (None) first when max_batch_size > 0",
-                                             f"shape {shape}"))
-    rest = dims[1:]
-    return (rest, None) if rest else ([1], [])
 
 
 def _tensor_block(spec, max_batch_size: int, reshape_ok: bool = True) -> dict:
@@ -313,38 +263,3 @@ def _replace_dir(new: Path, target: Path) -> None:
     os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-# -- protobuf text format (the subset written here) ---------------------------------------------
-def format_pbtxt(msg: dict, indent: int = 0) -> str:
-    """Message dict -> protobuf text. Lists of dicts become repeated blocks; lists of scalars ``[a, b]``."""
-    pad, lines = "  " * indent, []
-    for key, value in msg.items():
-        items = value if isinstance(value, list) and value and all(isinstance(v, dict) for v in value) else [value]
-        for item in items:
-            if isinstance(item, dict):
-                lines.append(f"{pad}{key} {{")
-                lines.append(format_pbtxt(item, indent + 1))
-                lines.append(f"{pad}}}")
-            elif isinstance(item, list):
-                lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in item)}{' ' if item else ''}]")
-            else:
-                lines.append(f"{pad}{key}: {_scalar(item)}")
-    return "\n".join(line for line in lines if line) + ("\n" if indent == 0 else "")
-
-
-def _scalar(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Ident):
-        return str(value)
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def check_triton_repository(repo_dir, bundle_dir, *, prefix: str = "") -> list:
-    """Validate a repository against the bundle's manifest; see `triton_check.check_triton_repository`."""
-    from .triton_check import check_triton_repository as check
-
-    return check(repo_dir, bundle_dir, prefix=prefix)

@@ -1,4 +1,4 @@
-"""Checker of a Triton model repository against its bundle's manifest, and the pbtxt parser it uses.
+"""Checker of a Triton model repository against its bundle's manifest.
 
     from edgerec.converters.triton_check import check_triton_repository
     for problem in check_triton_repository("triton_repo/", "bundle/"):
@@ -8,15 +8,16 @@ Every problem is collected (none stops the check), so one run lists all of them.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from edgerec.runtime.errors import BundleError, expected
 from edgerec.runtime.io import sha256_file
 from edgerec.runtime.manifest import Artifact, load_manifest
 
-from .triton import (KINDS, MODEL_FILE, PRECISION_MODES, TRITON_DTYPES, TRITON_PARTS, Ident, Problem,
-                     TritonRepositoryError, is_tensorrt_ready, tensor_dims)
+from .passes.tensorrt import is_tensorrt_ready
+from .triton_format import (KINDS, MODEL_FILE, PRECISION_MODES, TRITON_DTYPES, TRITON_PARTS, Problem,  # noqa: F401
+                            TritonRepositoryError, parse_pbtxt, tensor_dims)
+
 
 # -- checking -------------------------------------------------------------------------------------
 def check_triton_repository(repo_dir, bundle_dir, *, prefix: str = "") -> list[Problem]:
@@ -239,83 +240,3 @@ def _check_ensemble(name, msg, folder, signatures, problems) -> None:
         add("output", expected(f"outputs produced by a step {sorted(produced)}", unproduced))
     _check_tensors(name, "output", [b for b in outs if _one(b, "name") in produced],
                    [specs[_one(b, "name")] for b in outs if _one(b, "name") in produced], batch, problems, reshape_ok=False)
-
-
-# -- protobuf text format parser (the subset triton.format_pbtxt writes, plus Triton's usual forms) --
-_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|[{}\[\]:,;]|[^\s{}\[\]:,;"#]+')
-
-
-def parse_pbtxt(text: str) -> dict:
-    """Protobuf text -> ``{field: [values]}`` (every field a list; messages are nested dicts).
-
-    Raises:
-        ValueError: with the offending token and its position.
-    """
-    tokens, end = [], 0
-    for m in _TOKEN.finditer(text):
-        if m.start() != end:
-            raise ValueError(expected("protobuf text", f"{text[end:m.start()]!r} at offset {end}"))
-        end = m.end()
-        if not m.group()[0].isspace() and not m.group().startswith("#"):
-            tokens.append((m.group(), m.start()))
-    if end != len(text):
-        raise ValueError(expected("protobuf text", f"{text[end:end + 20]!r} at offset {end}"))
-    return _parse_fields(tokens, 0, closing=None)[0]
-
-
-def _parse_fields(tokens, pos, closing):
-    msg: dict = {}
-    while pos < len(tokens):
-        tok, at = tokens[pos]
-        if tok == closing:
-            return msg, pos + 1
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok):
-            raise ValueError(expected("a field name", f"{tok!r} at offset {at}"))
-        pos += 1
-        colon = pos < len(tokens) and tokens[pos][0] == ":"
-        pos += colon
-        if pos >= len(tokens):
-            raise ValueError(expected(f"a value for field {tok!r}", "end of text"))
-        if not colon and tokens[pos][0] not in "{[":   # only message fields may omit the colon
-            raise ValueError(expected(f"':' after scalar field {tok!r}", f"{tokens[pos][0]!r} at offset {tokens[pos][1]}"))
-        values, pos = _parse_value(tokens, pos)
-        msg.setdefault(tok, []).extend(values)
-        if pos < len(tokens) and tokens[pos][0] in ",;":
-            pos += 1
-    if closing is not None:
-        raise ValueError(expected(f"a closing {closing!r}", "end of text"))
-    return msg, pos
-
-
-def _parse_value(tokens, pos):
-    tok, at = tokens[pos]
-    if tok == "{":
-        sub, pos = _parse_fields(tokens, pos + 1, "}")
-        return [sub], pos
-    if tok == "[":
-        values, pos = [], pos + 1
-        while pos < len(tokens) and tokens[pos][0] != "]":
-            if tokens[pos][0] == ",":
-                pos += 1
-                continue
-            got, pos = _parse_value(tokens, pos)
-            values.extend(got)
-        if pos >= len(tokens):
-            raise ValueError(expected("a closing ']'", "end of text"))
-        return values, pos + 1
-    if tok in "}]:,;":
-        raise ValueError(expected("a value", f"{tok!r} at offset {at}"))
-    return [_atom(tok)], pos + 1
-
-
-def _atom(tok: str):
-    if tok.startswith('"'):
-        return re.sub(r"\\(.)", r"\1", tok[1:-1])
-    if tok in ("true", "false"):
-        return tok == "true"
-    for cast in (int, float):
-        try:
-            return cast(tok)
-        except ValueError:
-            pass
-    return Ident(tok)

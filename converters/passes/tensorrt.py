@@ -13,6 +13,8 @@
 * ``int64_weights`` (warning) — int64 initializers larger than a shape vector: TensorRT casts
                             int64 to int32 and may refuse values out of int32 range.
 
+`is_tensorrt_ready(artifact)` reads the verdict recorded on a manifest artifact (no graph walk).
+
 Examples:
     >>> [v.rule for v in check_tensorrt_ready("fused.tensorrt.onnx")]   # doctest: +SKIP
     []
@@ -59,6 +61,23 @@ class Violation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_tensorrt_ready(artifact) -> bool:
+    """True for a symmetric-QDQ ONNX artifact from the ``tensorrt`` quantization mode with no
+    error-severity ``details["tensorrt_violations"]`` (or one flagged ``details["tensorrt_ready"]``).
+
+    Args:
+        artifact: anything with ``format`` and ``details`` (a manifest `Artifact`, an `ExportedArtifact`).
+    """
+    details = artifact.details
+    if artifact.format != "onnx":
+        return False
+    if "tensorrt_ready" in details:
+        return bool(details["tensorrt_ready"])
+    violations = details.get("tensorrt_violations", [])
+    return details.get("quantization") == "tensorrt" and not any(
+        v.get("severity", "error") == "error" for v in violations if isinstance(v, dict))
 
 
 def check_tensorrt_ready(onnx_path: str | os.PathLike | object) -> list[Violation]:
