@@ -101,3 +101,33 @@ def tolerance_for(precision: str) -> Tolerance:
     if precision not in TOLERANCES:
         raise SpecError(expected(f"a precision among {PRECISIONS}", precision))
     return TOLERANCES[precision]
+
+
+# -- replay of a bundle's examples.jsonl ------------------------------------------------------
+# `edgerec check`, `edgerec validate`, `Predictor.swap` and the demo compare an artifact's outputs
+# on the ~32 example lines with the trained model's. The validation TOLERANCES above bound a mean
+# over thousands of rows and leave int8's worst case open; a replay needs a bound on the worst
+# line too. Chosen from the exported MovieLens bundles (docs/results): int8 examples differ by
+# 0.035-0.040 at worst (validation: mean |Δp| 0.003-0.02 per artifact), dynamic-range by less. A
+# constant-output model sits at least half the spread of the expected scores away on some line,
+# and at least their mean deviation from the median on average, so on examples of a trained model
+# (scores spread over tenths) it fails both bounds. Split parts are composed, so a pair gets the
+# bound of its looser precision.
+REPLAY_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs_diff=1e-4, mean_abs_diff=1e-5, delta_auc=TOLERANCES["fp32"].delta_auc),
+    "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=TOLERANCES["fp16"].delta_auc),
+    "dynamic": Tolerance(max_abs_diff=0.2, mean_abs_diff=0.02, delta_auc=TOLERANCES["dynamic"].delta_auc),
+    "int8": Tolerance(max_abs_diff=0.25, mean_abs_diff=0.03, delta_auc=TOLERANCES["int8"].delta_auc),
+}
+# A manifest's recorded max |Δ| (over the validation rows) may tighten a replay's worst-line bound
+# to RECORDED_MARGIN x that figure, never below RECORDED_FLOOR (float rounding differs between
+# machines and library builds), and never loosen it.
+RECORDED_MARGIN = 2.0
+RECORDED_FLOOR = 1e-4
+
+
+def replay_tolerance_for(precision: str) -> Tolerance:
+    """The declared replay bound of one precision; unknown precisions are refused."""
+    if precision not in REPLAY_TOLERANCES:
+        raise SpecError(expected(f"a precision among {PRECISIONS}", precision))
+    return REPLAY_TOLERANCES[precision]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Mapping
@@ -21,11 +20,10 @@ from .backends.base import UNSIGNED_VIEW, feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, expected
-from .manifest import MANIFEST_NAME, Manifest, confined_path, load_manifest, safe_extract
+from .manifest import ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, confined_path, extract_bundle, load_manifest  # noqa: F401
 from .preprocess import Preprocessor
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
 
 
@@ -131,6 +129,21 @@ def encoded_fits(produced: Mapping[str, tuple], backend) -> bool:
     return True
 
 
+def check_signature(part: str, artifact, backend) -> dict:
+    """Backend inputs must be the manifest's; returns backend output name -> canonical name."""
+    declared_in = {t.name for t in artifact.inputs}
+    actual_in = {t.name for t in backend.inputs}
+    if declared_in and declared_in != actual_in:
+        raise BundleError(expected(f"{artifact.file} inputs {sorted(declared_in)} (manifest)", sorted(actual_in)))
+    declared_out = [t.name for t in artifact.outputs]
+    actual_out = [t.name for t in backend.outputs]
+    if not declared_out or set(declared_out) == set(actual_out):
+        return {n: n for n in actual_out}
+    if len(declared_out) == len(actual_out) == 1:
+        return {actual_out[0]: declared_out[0]}
+    raise BundleError(expected(f"{artifact.file} outputs {sorted(declared_out)} (manifest)", sorted(actual_out)))
+
+
 class LoadedBundle:
     """A verified bundle with one backend per part. Use `open`; release with `close`."""
 
@@ -168,16 +181,7 @@ class LoadedBundle:
         return self
 
     def _open(self, bundle_path, backend, share_sessions, options):
-        if not isinstance(bundle_path, (str, Path)):
-            raise BundleError(expected("a bundle directory or .tar.gz path", type(bundle_path).__name__))
-        path = Path(bundle_path)
-        if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
-            self._tmp = tempfile.mkdtemp(prefix="edgerec-bundle-")
-            safe_extract(path, self._tmp)
-            inner = [p for p in Path(self._tmp).iterdir() if p.is_dir()]
-            path = Path(self._tmp) if (Path(self._tmp) / MANIFEST_NAME).is_file() or len(inner) != 1 else inner[0]
-        elif not path.exists():
-            raise BundleError(expected("an existing bundle directory or .tar.gz", str(bundle_path)))
+        path, self._tmp = extract_bundle(bundle_path)
         self.dir = path
         self.manifest = load_manifest(path, verify=True)   # every sha256 checked before loading
         self.version = hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
@@ -198,27 +202,12 @@ class LoadedBundle:
                 loaded = make()
                 self._owned.append(loaded)
             self.parts[part] = loaded
-            self.output_names[part] = self._check_signature(part, artifact, loaded)
+            self.output_names[part] = check_signature(part, artifact, loaded)
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
         self.request_inputs = frozenset(t.name for p in row_parts for t in self.parts[p].inputs)
         if self.spec is not None and "fused" in self.parts:
             self._encoded_fits = {"fused": encoded_fits(self.spec.input_signature("fused"), self.parts["fused"])}
-
-    @staticmethod
-    def _check_signature(part, artifact, loaded) -> dict:
-        """Backend inputs must be the manifest's; outputs map to the canonical names."""
-        declared_in = {t.name for t in artifact.inputs}
-        actual_in = {t.name for t in loaded.inputs}
-        if declared_in and declared_in != actual_in:
-            raise BundleError(expected(f"{artifact.file} inputs {sorted(declared_in)} (manifest)", sorted(actual_in)))
-        declared_out = [t.name for t in artifact.outputs]
-        actual_out = [t.name for t in loaded.outputs]
-        if not declared_out or set(declared_out) == set(actual_out):
-            return {n: n for n in actual_out}
-        if len(declared_out) == len(actual_out) == 1:
-            return {actual_out[0]: declared_out[0]}
-        raise BundleError(expected(f"{artifact.file} outputs {sorted(declared_out)} (manifest)", sorted(actual_out)))
 
     # -- running -----------------------------------------------------------------------------
     def run(self, part: str, arrays: dict) -> dict:

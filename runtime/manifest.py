@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +28,7 @@ from .io import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,38 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         tar.extractall(dest, members=members, filter="data")
     return dest
+
+
+def extract_bundle(bundle_path) -> tuple[Path, str | None]:
+    """A bundle's directory: the path itself, or for a .tar/.tar.gz archive the folder holding its
+    manifest inside a new temp folder, returned second so the caller removes it (else None)."""
+    if not isinstance(bundle_path, (str, os.PathLike)):
+        raise BundleError(expected("a bundle directory or .tar.gz path", type(bundle_path).__name__))
+    path = Path(bundle_path)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        tmp = tempfile.mkdtemp(prefix="edgerec-bundle-")
+        try:
+            safe_extract(path, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        inner = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        return (Path(tmp) if (Path(tmp) / MANIFEST_NAME).is_file() or len(inner) != 1 else inner[0]), tmp
+    if not path.exists():
+        raise BundleError(expected("an existing bundle directory or .tar.gz", str(bundle_path)))
+    return path, None
+
+
+@contextmanager
+def bundle_directory(bundle_path):
+    """``with bundle_directory("bundle.tar.gz") as directory:`` -- archives are extracted into a
+    temp folder removed on exit; a directory is used as it is."""
+    directory, tmp = extract_bundle(bundle_path)
+    try:
+        yield directory
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _need(data: Any, keys: tuple, what: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, request_key, user_state_key
 from .errors import BundleError, RequestError, expected
+from .examples import replay_loaded
 from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
 from .spec import CAND_ITEM, HIST_ITEMS, SCORE
 
@@ -92,6 +93,17 @@ class Predictor:
     def spec(self):
         return self._model.spec
 
+    @property
+    def parts(self) -> list[str]:
+        """The parts the serving bundle runs for this backend (fused, user_encoder, scorer, …)."""
+        return sorted(self._model.parts)
+
+    def input_specs(self, part: str) -> list:
+        """The `TensorSpec` inputs of one part, as its backend declares them."""
+        if part not in self._model.parts:
+            raise RequestError(expected(f"a part among {self.parts}", part))
+        return list(self._model.parts[part].inputs)
+
     # The swap protocol without a lock on the hot path: `_enter` pins the serving bundle (an entry
     # in its in-flight list), then re-reads `self._model`. If it is still the same, any swap assigns
     # the new bundle after our pin, so its `retire()` sees us in flight and the old bundle stays open
@@ -164,7 +176,7 @@ class Predictor:
     # -- raw requests ---------------------------------------------------------------------------
     def predict(self, requests: Sequence[Mapping], use_cache: bool = True) -> np.ndarray:
         """Probabilities (float32, one per request) for a batch of raw request dicts."""
-        # `_serve` written out: the `raw_request` scenario of issue 5 times this path.
+        # `_serve` written out: the benchmark's `raw_request` scenario times this path.
         model = self._enter()
         start = _clock()
         try:
@@ -262,8 +274,8 @@ class Predictor:
     # -- tensors ----------------------------------------------------------------------------------
     def predict_arrays(self, feeds: Mapping[str, np.ndarray], part: str | None = None) -> dict[str, np.ndarray]:
         """Run one part on already-encoded tensors (no preprocessing); default part: fused, else scorer."""
-        # `_serve` with `_enter`/`_leave` written out: this is the latency-critical path (issue 5,
-        # `tensor` scenario; each saved call is ~1 % of a batch-1 LiteRT call). Keep it in step.
+        # `_serve` with `_enter`/`_leave` written out: this is the latency-critical path (the
+        # benchmark's `tensor` scenario; each saved call is ~1 % of a batch-1 LiteRT call). Keep it in step.
         model = self._model
         calls = model._calls
         calls.append(None)
@@ -319,13 +331,20 @@ class Predictor:
         return _as_scores(model.run("scorer", arrays)[SCORE], n)
 
     # -- hot swap -----------------------------------------------------------------------------------
-    def swap(self, new_bundle, check_examples: bool = True, tolerance: float = 1e-3) -> str:
+    def swap(self, new_bundle, check_examples: bool = True, tolerance: float | None = None) -> str:
         """Replace the serving bundle; returns the new version.
 
         The new bundle is verified, loaded, warmed up and (``check_examples``) its
-        examples.jsonl replayed against ``expected`` BEFORE the switch; any failure raises and
-        the old bundle keeps serving. In-flight calls finish on the old bundle, which is closed
-        after them; caches are cleared (their keys carry the version as well).
+        examples.jsonl replayed BEFORE the switch, with the rule of `edgerec check`
+        (`examples.replay_loaded`: the replay tolerance of each artifact's precision; a bundle
+        without examples is refused). Any failure raises and the old bundle keeps serving.
+        In-flight calls finish on the old bundle, which is closed after them; caches are cleared
+        (their keys carry the version as well).
+
+        Args:
+            new_bundle: bundle directory or .tar.gz.
+            check_examples: replay the examples first (False: skip, e.g. for a bundle without any).
+            tolerance: a bound on worst and mean |Δ| chosen by the caller instead of the declared one.
         """
         if self._closed:
             raise RequestError(expected("an open Predictor", "closed"))
@@ -336,11 +355,10 @@ class Predictor:
             raise
         try:
             if check_examples:
-                from .commands import replay_examples
-                report = replay_examples(new)
-                if report["worst"] is not None and not report["worst"] <= tolerance:
-                    raise BundleError(expected(f"examples.jsonl within {tolerance} of expected",
-                                               f"worst |diff| {report['worst']}"))
+                failed = [r for r in replay_loaded(new, tolerance=tolerance) if not r.passed]
+                if failed:
+                    raise BundleError(expected("every served artifact to reproduce examples.jsonl within its "
+                                               "replay tolerance", "; ".join(r.describe() for r in failed)))
         except BaseException:
             new.close()
             self._count("failed_swaps", 1)

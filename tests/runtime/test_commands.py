@@ -1,4 +1,4 @@
-"""`edgerec predict` / `edgerec check` on the small real bundle (and without TensorFlow)."""
+"""`edgerec predict` / `edgerec check` (sdk/cli/predict.py, check.py) on the small real bundle (and without TensorFlow)."""
 from __future__ import annotations
 
 import json
@@ -14,20 +14,21 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*argv):
-    """The runtime commands through the same configure/run contract and error mapping as sdk/cli.py
-    (built here so an unrelated broken command module cannot hide runtime failures)."""
+    """The runtime's command modules through the configure/run contract and error mapping of
+    edgerec.sdk.cli (built here so an unrelated broken command module cannot hide their failures)."""
     import argparse
 
-    from edgerec.runtime import commands
     from edgerec.runtime.errors import EdgeRecError
+    from edgerec.sdk.cli import check, predict
 
     parser = argparse.ArgumentParser(prog="edgerec")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("predict", "check"):
-        commands.configure(name, sub.add_parser(name))
+    modules = {"predict": predict, "check": check}
+    for name, module in modules.items():
+        module.configure(sub.add_parser(name))
     args = parser.parse_args(list(argv))
     try:
-        return int(commands.run(args.command, args) or 0)
+        return int(modules[args.command].run(args) or 0)
     except EdgeRecError as err:
         print(f"edgerec {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

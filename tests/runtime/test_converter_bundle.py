@@ -78,14 +78,13 @@ def test_runtime_on_exported_bundle(exported, backend):
         assert abs(metrics.auc(data["labels"], probs) - recorded["auc"]) <= 1e-6
 
 
-def test_check_command_on_exported_bundle(exported, capsys):
-    from edgerec.runtime import commands
+def test_check_on_exported_bundle(exported):
+    from edgerec.runtime.examples import check_bundle, replay_artifacts
+    from edgerec.runtime.manifest import load_manifest
 
     bundle, _, _ = exported
-
-    class Args:
-        pass
-    args = Args()
-    args.bundle, args.backend, args.tolerance, args.num_threads = str(bundle), "all", None, None
-    assert commands.run("check", args) == 0
-    assert "FAIL" not in capsys.readouterr().out
+    served = check_bundle(bundle)
+    assert served and all(r.passed for r in served), [r.describe() for r in served]
+    every = replay_artifacts(bundle, load_manifest(bundle))
+    assert all(r.passed for r in every), [r.describe() for r in every if not r.passed]
+    assert {r.label for r in served} <= {r.label for r in every}
