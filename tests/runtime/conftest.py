@@ -222,3 +222,86 @@ def copy_bundle(bundle, tmp_path):
     def _copy(name: str = "copy") -> Path:
         return Path(shutil.copytree(bundle, tmp_path / name))
     return _copy
+
+
+# -- hand-made ONNX bundles (no TensorFlow) ------------------------------------------------------
+SMALL_ITEMS = [str(i) for i in range(100, 120)]     # raw ids "100".."119" -> indices 2..21
+
+
+def scored_onnx_bytes(slope: float = 0.4, centre: float = 11.0, seq: int = 4) -> bytes:
+    """score = sigmoid(slope * (cand_item - centre)) as [B, 1]: scores spread over (0, 1) with the
+    candidate, as a trained model's do; ``slope=0`` is a constant-output (0.5) model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    hist = helper.make_tensor_value_info("hist_items", TensorProto.INT32, ["batch", seq])
+    cand = helper.make_tensor_value_info("cand_item", TensorProto.INT32, ["batch"])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])
+    inits = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("centre", TensorProto.FLOAT, [], [centre]),
+             helper.make_tensor("slope", TensorProto.FLOAT, [], [slope]),
+             helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    nodes = [
+        helper.make_node("Cast", ["hist_items"], ["hist_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["hist_f", "axis1"], ["hist_sum"], keepdims=0),
+        helper.make_node("Mul", ["hist_sum", "zero"], ["hist_zero"]),      # hist_items is read, not used
+        helper.make_node("Cast", ["cand_item"], ["cand_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["cand_f", "centre"], ["centred"]),
+        helper.make_node("Mul", ["centred", "slope"], ["logit0"]),
+        helper.make_node("Add", ["logit0", "hist_zero"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+        helper.make_node("Unsqueeze", ["prob", "axis1"], ["score"]),
+    ]
+    graph = helper.make_graph(nodes, "scored", [hist, cand], [score], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def scored_expected(items, slope: float = 0.4, centre: float = 11.0) -> list[float]:
+    """What `scored_onnx_bytes` answers for raw candidate ids of SMALL_ITEMS (float64)."""
+    index = {raw: i + 2 for i, raw in enumerate(SMALL_ITEMS)}
+    return [float(1 / (1 + np.exp(-slope * (index[str(raw)] - centre)))) for raw in items]
+
+
+def small_requests(n: int = 32, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"history": [str(x) for x in rng.choice(SMALL_ITEMS, size=int(rng.integers(0, 6)))],
+             "item": SMALL_ITEMS[i % len(SMALL_ITEMS)]} for i in range(n)]
+
+
+def make_onnx_bundle(directory: Path, model: bytes | None = None, precision: str = "fp32",
+                     lines: list | None = None, validation: dict | None = None) -> Path:
+    """A bundle with one fused ONNX artifact, a feature spec over SMALL_ITEMS and examples.jsonl
+    (default: `small_requests` with the exact scores of the default `scored_onnx_bytes`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    FeatureSpec(max_seq_len=4, item_vocab=Vocabulary("item", tuple(SMALL_ITEMS))).save(directory / "feature_spec.json")
+    name = f"fused_{precision}.onnx"
+    atomic_write_bytes(directory / name, model if model is not None else scored_onnx_bytes())
+    if lines is None:
+        requests = small_requests()
+        lines = [{**r, "expected": e} for r, e in zip(requests, scored_expected([r["item"] for r in requests]))]
+    atomic_write_bytes(directory / "examples.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
+    artifact = Artifact(file=name, format="onnx", precision=precision, part="fused",
+                        sha256=sha256_file(directory / name), size_bytes=(directory / name).stat().st_size,
+                        inputs=[TensorSpec("hist_items", "int32", [None, 4]), TensorSpec("cand_item", "int32", [None])],
+                        outputs=[TensorSpec("score", "float32", [None, 1])], validation=dict(validation or {}))
+    manifest = Manifest(artifacts=[artifact], selected={"onnxruntime": {"fused": name}},
+                        files=[file_entry(directory, "feature_spec.json", "feature_spec"),
+                               file_entry(directory, "examples.jsonl", "examples")],
+                        model={"family": "din", "version": "test"}, feature_spec="feature_spec.json")
+    write_manifest(directory, manifest)
+    return directory
+
+
+def relist(directory: Path) -> None:
+    """Recompute the manifest's sha256/size of every listed file (after a test edited one)."""
+    from edgerec.runtime.manifest import load_manifest
+
+    manifest = load_manifest(directory, verify=False)
+    for art in manifest.artifacts:
+        art.sha256, art.size_bytes = sha256_file(directory / art.file), (directory / art.file).stat().st_size
+    manifest.files = [file_entry(directory, f["file"], f.get("role", "")) for f in manifest.files
+                      if (directory / f["file"]).is_file()]
+    write_manifest(directory, manifest)
