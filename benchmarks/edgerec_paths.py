@@ -66,7 +66,8 @@ def request_path(data, art, backend: str, batch: int, threads: int) -> Prepared:
     return Prepared(lambda: predictor.predict(requests, use_cache=False), close=predictor.close)
 
 
-def _user_request(data) -> dict:
+def user_request(data) -> dict:
+    """The first example request with a history, without its item: the user of the candidate scenarios."""
     request = next((r for r in data.requests if r.get("history")), data.requests[0] if data.requests else None)
     if request is None:
         raise BundleError(expected("raw example requests for the candidate scenarios", "none"))
@@ -75,7 +76,8 @@ def _user_request(data) -> dict:
     return user
 
 
-def _candidate_items(data, n: int) -> list:
+def candidate_items(data, n: int) -> list:
+    """``n`` raw item ids from the bundle's vocabulary (cycled when it has fewer)."""
     from edgerec.runtime.spec import FeatureSpec
 
     spec = FeatureSpec.load(confined_path(data.path, data.manifest.feature_spec))
@@ -90,7 +92,7 @@ def candidates_path(data, backend: str, n: int, threads: int, mode: str) -> Prep
     if mode not in ("warm", "cold", "fused"):
         raise ValueError(expected("mode warm | cold | fused", mode))
     selected = dict(data.manifest.selected.get(backend) or {})
-    user, items = _user_request(data), _candidate_items(data, n)
+    user, items = user_request(data), candidate_items(data, n)
     if mode == "fused":
         if "fused" not in selected:
             raise BundleError(expected(f"a selected fused artifact for {backend}", sorted(selected)))

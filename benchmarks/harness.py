@@ -8,8 +8,10 @@ A configuration is declared as a JSON-able `CaseSpec`; a *builder* (import strin
 * ``first_ms`` – the first call (lazy allocations, graph tracing),
 * warm-up calls (untimed), then steady-state calls timed with `time.perf_counter_ns` until the
   time budget or the iteration count ends, whichever comes first,
-* ``peak_rss_mb`` – the process's peak RSS after the case (with ``isolate=True`` each group runs
-  in its own subprocess, so the figure belongs to that configuration alone).
+* ``peak_rss_mb`` – the benchmark process's peak RSS after the case (with ``isolate=True`` each
+  group runs in its own subprocess, so the figure belongs to that group alone). It includes the
+  harness, the raw baseline and, once they have run, TensorFlow's Keras baselines: the memory an
+  app pays is measured separately, in a runtime-only process (`edgerec.benchmarks.memory`).
 
 Cases sharing a ``group`` are timed interleaved (A/B rounds) so their ratio is fair.
 
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from edgerec.runtime.errors import expected
+from edgerec.runtime.progress import Progress
 
 from .machine import current_rss_mb, peak_rss_mb
 from .stats import NS_PER_MS, Clock, LoopLimits, interleaved_calls, summarize, timed_calls
@@ -89,7 +92,7 @@ class HarnessConfig:
         isolate: run each group in a fresh subprocess (clean peak RSS, no cross-talk).
         builder: ``"module:function"`` turning a `CaseSpec` into a `Prepared`.
         chunk: calls per side per round when a group is timed interleaved.
-        progress: show a tqdm progress bar.
+        progress: report progress on stderr (a bar on a terminal, plain periodic lines elsewhere).
     """
 
     limits: LoopLimits = LoopLimits()
@@ -146,17 +149,13 @@ class Harness:
                 raise ValueError(expected("CaseSpec items", type(spec).__name__))
         groups = group_specs(specs)
         records: list[dict] = []
-        bar = _progress(len(specs), description, self.config.progress)
-        try:
+        with Progress(total=len(specs), desc=description, unit="cfg", enabled=self.config.progress) as bar:
             for group in groups:
-                bar.set_postfix_str(group[0].key[:60], refresh=False)
                 if self.config.isolate:
                     records.extend(self._run_isolated(group))
                 else:
                     records.extend(self.run_group(group))
-                bar.update(len(group))
-        finally:
-            bar.close()
+                bar.update(len(group), postfix=group[0].key[:60])
         return records
 
     # -- one group, in this process --------------------------------------------------------
@@ -208,8 +207,8 @@ class Harness:
                     pass
         peak, rss = peak_rss_mb(), current_rss_mb()
         for record in records.values():
-            record["peak_rss_mb"] = round(peak, 1)
-            record["rss_mb"] = round(rss, 1)
+            record["peak_rss_mb"] = None if peak is None else round(peak, 1)
+            record["rss_mb"] = None if rss is None else round(rss, 1)
             record["isolated"] = self.config.isolate
         return list(records.values())
 
@@ -238,27 +237,6 @@ def _base_record(spec: CaseSpec) -> dict:
     record.update({k: v for k, v in spec.params.items() if isinstance(v, (int, float, str, bool)) and k not in record
                    and k not in ("bundle", "keras_dir", "model_path")})
     return record
-
-
-class _NoBar:
-    def set_postfix_str(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, description: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=description, unit="cfg", file=sys.stderr, dynamic_ncols=True)
 
 
 def _child_main() -> int:

@@ -1,6 +1,6 @@
 """Load test with a hot swap: many threads of mixed raw calls on one `Predictor`, a swap in the middle.
 
-What it proves (issue 6 item 5): under concurrent traffic with the caches on, ``Predictor.swap``
+What it proves: under concurrent traffic with the caches on, ``Predictor.swap``
 switches models with **0 errors**, **0 answers from the old model** once ``swap()`` has returned,
 and the caches stay **within their byte bounds**; a failed swap leaves the old model serving.
 
@@ -30,6 +30,7 @@ from edgerec.runtime.errors import BundleError, expected
 
 from .machine import current_rss_mb, peak_rss_mb
 from .stats import summarize
+from .tables import markdown_table
 
 CALL_TYPES = ("predict", "predict_cached", "candidates")
 DEFAULT_MIX = {"candidates": 0.5, "predict": 0.25, "predict_cached": 0.25}
@@ -210,7 +211,9 @@ def run_load_test(bundle_a, bundle_b, *, threads: int = 8, requests: int = 50_00
         for name, peak in cache_peak.items():
             peak["bytes"] = max(peak["bytes"], caches[name]["bytes"])
             peak["entries"] = max(peak["entries"], caches[name]["entries"])
-        rss_peak[0] = max(rss_peak[0], current_rss_mb())
+        now = current_rss_mb()
+        if now is not None:
+            rss_peak[0] = max(rss_peak[0] or 0.0, now)
 
     swap = {"ok": False, "error": None, "failed_attempts": [], "old_version": predictor.version}
     scratch = tempfile.TemporaryDirectory(prefix="edgerec-load-", dir=workdir) if bad_swap_first else None
@@ -366,8 +369,6 @@ def load_test_failures(result: dict) -> list[str]:
 
 def load_test_markdown(section: dict) -> list[str]:
     """The bench.md lines of a load-test section (called by `report.render_markdown`)."""
-    from .report import markdown_table
-
     cfg, totals, answers, swap = section["config"], section["totals"], section["answers"], section["swap"]
     mix = ", ".join(f"{k} {v / sum(cfg['mix'].values()):.0%}" for k, v in cfg["mix"].items())
     verdict = "passed" if section.get("passed") else "FAILED: " + "; ".join(section.get("failures", []))
@@ -379,10 +380,11 @@ def load_test_markdown(section: dict) -> list[str]:
              markdown_table([{"errors": totals["errors"], "old": answers["old_after_swap"], "wrong": answers["wrong"],
                               "calls_per_s": totals["calls_per_s"], "rows_per_s": totals["rows_per_s"],
                               "wall_s": totals["wall_s"], "failed": len(swap["failed_attempts"]),
-                              "rss": section["memory"]["peak_rss_mb"]}],
+                              "rss": section["memory"]["rss_peak_sampled_mb"]}],
                             (("errors", "errors"), ("old", "old-model answers after swap"),
                              ("wrong", "wrong answers"), ("calls_per_s", "calls/s"), ("rows_per_s", "rows/s"),
-                             ("wall_s", "wall s"), ("failed", "refused bad swaps"), ("rss", "peak RSS MB"))), "",
+                             ("wall_s", "wall s"), ("failed", "refused bad swaps"),
+                             ("rss", "bench-process RSS MB (sampled peak)"))), "",
              markdown_table(section["latency"], (("call", "call"), ("phase", "phase"), ("iterations", "calls"),
                                                  ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                                                  ("p999_ms", "p99.9 ms"), ("max_ms", "max ms"))), "",

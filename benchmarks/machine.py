@@ -39,14 +39,26 @@ def package_versions(names=PACKAGES) -> dict[str, str]:
     return versions
 
 
+def _total_memory_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def machine_info() -> dict:
     try:
         import psutil
 
         physical = psutil.cpu_count(logical=False)
-        memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
-        physical, memory_gb = None, None
+        physical = None
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -56,31 +68,60 @@ def machine_info() -> dict:
         "cores_logical": os.cpu_count(),
         "cores_physical": physical,
         "cores_usable": affinity,
-        "memory_gb": memory_gb,
+        "memory_gb": _total_memory_gb(),
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "packages": package_versions(),
+        "rss_source": rss_source(),
     }
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (monotonic over the process life)."""
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, in MiB (monotonic over the process life).
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own memory.
+    ``getrusage``'s ``ru_maxrss`` is the fallback only: Linux carries it across exec(), so a child
+    started by a big parent would report the parent's size. None without either."""
+    try:
+        with open(_STATUS, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024          # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, bytes on macOS
-    except (ImportError, OSError):
+    except ImportError:
         return current_rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, bytes on macOS
 
 
-def current_rss_mb() -> float:
-    """Resident set size right now, in MiB (psutil; falls back to /proc/self/statm)."""
+_STATM = "/proc/self/statm"
+_STATUS = "/proc/self/status"
+
+
+def rss_source() -> str | None:
+    """How `current_rss_mb` measures: ``"psutil"``, ``"/proc/self/statm"``, or None (it cannot)."""
+    try:
+        import psutil  # noqa: F401
+
+        return "psutil"
+    except ImportError:
+        return _STATM if os.path.exists(_STATM) else None
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size right now, in MiB: psutil, else /proc/self/statm, else None."""
     try:
         import psutil
 
         return psutil.Process().memory_info().rss / 2**20
     except ImportError:
-        with open("/proc/self/statm", encoding="ascii") as handle:
+        pass
+    try:
+        with open(_STATM, encoding="ascii") as handle:
             pages = int(handle.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,11 +1,13 @@
-"""PNG plots of a benchmark report (matplotlib, Agg backend, imported only here).
+"""PNG plots of a benchmark report (matplotlib, imported only when drawing; files written atomically).
 
-* ``latency_percentiles.png`` – p50/p90/p99/p99.9 per backend × variant on the tensor path, one
-  panel per batch size, log-scaled milliseconds.
-* ``size_auc_latency.png`` – the trade-off: artifact size vs ΔAUC, marker colour = p50 latency at
-  the smallest batch, one marker shape per backend; points carry numbers (placed so they do not
-  overlap) keyed in a legend under the plot.
-* ``overhead.png`` – edgerec p50 / raw backend p50 with the goal lines (1.10× tensor, 2× raw request).
+* ``latency_percentiles.png`` – tensor path, one row per (artifact, call path): the bar is p50,
+  the markers p90 / p99 / p99.9; each artifact's edgerec row sits right under its raw backend
+  rows; one panel per batch size, log-scaled milliseconds.
+* ``overhead.png`` – edgerec p50 / raw backend p50 on the same artifact, every row of the report
+  (signature runner and direct tensor API alike), one panel per call path with its own goal
+  (≤ 1.10× tensor, ≤ 2× raw request); bars green within the goal, red over it; the ratios in a
+  column right of the panel, clear of the goal line.
+* ``size_auc_latency.png`` – the size / ΔAUC / latency trade-off (`edgerec.benchmarks.tradeoff`).
 
 Examples:
     >>> paths = write_plots(report, "bench-out")   # list of written PNG paths
@@ -15,203 +17,189 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .figures import pyplot, save_png
 from .report import OVERHEAD_GOALS, _ok
+from .tradeoff import place_labels, plot_tradeoff, tradeoff_figure  # noqa: F401 - public here too
 
-PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))
-MARKERS = {"onnxruntime": "o", "litert": "s"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+PERCENTILE_MARKERS = (("p90_ms", "p90", "o"), ("p99_ms", "p99", "D"), ("p999_ms", "p99.9", "X"))
+PATHS = {"raw": ("raw backend", "0.55"), "raw direct": ("raw backend, direct tensor API", "0.78"),
+         "edgerec": ("edgerec", "tab:blue"), "keras": ("Keras (TensorFlow)", "tab:orange")}
+KERAS_ORDER = {"keras_tf_function": 0, "keras_eager": 1, "keras_predict": 2}
+KERAS_NAMES = {"keras_tf_function": "tf.function", "keras_eager": "eager", "keras_predict": "model.predict"}
+PATH_ORDER = {"raw": 0, "raw direct": 1, "edgerec": 2}
+WITHIN, OVER = "tab:green", "tab:red"
+FONT = 10
 
 
-def _label(record: dict) -> str:
-    return f"{record['backend']}\n{record['variant']}"
+def _path(backend: str) -> str:
+    if backend.startswith("edgerec_"):
+        return "edgerec"
+    if backend.startswith("keras"):
+        return "keras"
+    return "raw direct" if backend.endswith("_direct") else "raw"
+
+
+def _family(backend: str) -> str:
+    return backend.split("_", 1)[1].removesuffix("_direct") if "_" in backend else backend
+
+
+def wrap_name(name: str, width: int = 26) -> str:
+    """A file name on two lines when longer than ``width``, broken after an underscore or dot."""
+    if len(name) <= width:
+        return name
+    cuts = [i + 1 for i, ch in enumerate(name) if ch in "_." and 0 < i < len(name) - 1]
+    if not cuts:
+        return name
+    cut = min(cuts, key=lambda i: abs(i - len(name) / 2))
+    return name[:cut] + "\n" + name[cut:]
+
+
+def latency_rows(records: Sequence[dict]) -> list[tuple]:
+    """Row layout shared by every batch panel: ``("heading", text)`` then ``("row", variant,
+    backend, label)`` for each call path, raw rows first and edgerec's right after them."""
+    keys = {(r["variant"], r["backend"]) for r in records}
+    artifacts = sorted({v for v, b in keys if not b.startswith("keras")},
+                       key=lambda v: (min(_family(b) for vv, b in keys if vv == v), v))
+    layout: list[tuple] = []
+    for variant in artifacts:
+        backends = sorted((b for v, b in keys if v == variant), key=lambda b: PATH_ORDER[_path(b)])
+        layout.append(("heading", f"{variant} ({_family(backends[0])})"))
+        layout += [("row", variant, b, _path(b)) for b in backends]
+    keras = sorted((b for v, b in keys if b.startswith("keras")), key=lambda b: KERAS_ORDER.get(b, 9))
+    if keras:
+        layout.append(("heading", "Keras model (the baseline)"))
+        layout += [("row", "keras", b, KERAS_NAMES.get(b, b)) for b in keras]
+    return layout
 
 
 def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str = "tensor") -> Path | None:
     rows = [r for r in _ok(records) if r["scenario"] == scenario]
     if not rows:
         return None
-    plt = _pyplot()
-    batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(len(batches), 1, figsize=(max(7.0, 1.1 * max(len([r for r in rows if r["batch"] == b])
-                                                                          for b in batches) + 2), 3.6 * len(batches)),
-                             squeeze=False)
-    width = 0.8 / len(PERCENTILES)
-    for ax, batch in zip(axes[:, 0], batches):
-        subset = sorted([r for r in rows if r["batch"] == batch], key=lambda r: (r["backend"], r["variant"]))
-        for i, (key, name) in enumerate(PERCENTILES):
-            xs = [j + (i - (len(PERCENTILES) - 1) / 2) * width for j in range(len(subset))]
-            ax.bar(xs, [r[key] for r in subset], width=width, label=name)
-        ax.set_xticks(range(len(subset)))
-        ax.set_xticklabels([_label(r) for r in subset], fontsize=7, rotation=30, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("latency per call (ms, log)")
-        ax.set_title(f"{scenario} path, batch {batch}, threads "
-                     f"{','.join(str(t) for t in sorted({r['threads'] for r in subset}))}: latency percentiles")
-        ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(title="percentile", fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_tradeoff(records: Sequence[dict], path: Path) -> Path | None:
-    built = tradeoff_figure(records)
-    if built is None:
-        return None
-    fig, _, _ = built
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
-
-
-def tradeoff_figure(records: Sequence[dict]):
-    """The size-vs-ΔAUC-vs-latency scatter as ``(figure, axes, number labels)``, or None.
-
-    Each artifact is a marker (shape = backend, colour = p50) with a short number beside it; the
-    legend under the plot keys the numbers to variant, size, ΔAUC and p50. Numbers are placed by
-    `place_labels` so they overlap neither each other nor the markers, even when variants sit on
-    top of each other (fp32 ONNX and TFLite files have almost the same size and ΔAUC)."""
-    rows = [r for r in _ok(records) if r["scenario"] == "tensor" and r["backend"].startswith(("edgerec_", "raw_"))
-            and r.get("size_bytes")]
-    if not rows:
-        return None
-    batch = min(r["batch"] for r in rows)
-    rows = [r for r in rows if r["batch"] == batch]
-    # one point per artifact: prefer the edgerec record, fall back to the raw one
-    points: dict[tuple, dict] = {}
-    for r in sorted(rows, key=lambda r: not r["backend"].startswith("edgerec_")):
-        points.setdefault((r["backend"].split("_", 1)[1].removesuffix("_direct"), r["variant"]), r)
-    keys = sorted(points, key=lambda k: (k[0], points[k]["size_bytes"], k[1]))
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(9, 5.2))
-    latencies = [points[k]["p50_ms"] for k in keys]
-    low, high = min(latencies), max(latencies)
-    norm = plt.Normalize(vmin=low, vmax=high if high > low else low * 1.01)
-    scatter, xy, handles = None, [], []
-    for backend in sorted({k[0] for k in keys}):
-        subset = [points[k] for k in keys if k[0] == backend]
-        scatter = ax.scatter([p["size_bytes"] / 1024 for p in subset], [_delta(p) for p in subset],
-                             c=[p["p50_ms"] for p in subset], cmap="viridis", norm=norm,
-                             s=110 if backend == "litert" else 70,     # a square stays visible under a circle
-                             marker=MARKERS.get(backend, "^"), edgecolors="black", label=backend, zorder=3)
-    for number, key in enumerate(keys, start=1):
-        p = points[key]
-        xy.append((p["size_bytes"] / 1024, _delta(p)))
-        delta = "n/a" if p.get("delta_auc") is None else f"{p['delta_auc']:+.4f}"
-        handles.append(Line2D([], [], linestyle="none", marker=f"${number}$", color="black", markersize=8,
-                              label=f"{p['variant']} ({key[0]}): {p['size_bytes'] / 1024:,.0f} KB, "
-                                    f"ΔAUC {delta}, p50 {p['p50_ms']:.3g} ms"))
-    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.margins(x=0.12, y=0.15)          # room for the numbers of points on the edges
-    ax.set_xlabel("artifact size (KB, log)")
-    ax.set_ylabel("ΔAUC vs the Keras model (paired, higher is better)")
-    ax.set_title(f"Size vs accuracy vs latency (batch {batch}; colour = p50 ms, lower is better)")
-    fig.colorbar(scatter, ax=ax, label="p50 latency (ms)")
-    shapes = ax.legend(title="backend (marker)", fontsize=8, loc="best")
-    ax.add_artist(shapes)
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.45, 0.0), ncol=1 if len(handles) < 5 else 2,
-               fontsize=7.5, title="artifacts (numbers in the plot)", title_fontsize=8, frameon=False)
-    ax.grid(alpha=0.3)
+    panels = sorted({(r["batch"], r["threads"]) for r in rows})
+    layout = latency_rows(rows)
+    height = 1.2 + 0.26 * len(layout)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 + 3.7 * len(panels), height), sharey=True, squeeze=False)
+    ys = list(range(len(layout)))[::-1]
+    by_key = {(r["variant"], r["backend"], r["batch"], r["threads"]): r for r in rows}
+    for ax, (batch, threads) in zip(axes[0], panels):
+        shown = [r for r in rows if r["batch"] == batch and r["threads"] == threads]
+        low = min(r["p50_ms"] for r in shown)
+        high = max(r["p999_ms"] or r["p50_ms"] for r in shown)
+        for y, entry in zip(ys, layout):
+            if entry[0] == "heading":
+                ax.axhline(y, color="0.85", linewidth=0.8, zorder=0)
+                continue
+            record = by_key.get((entry[1], entry[2], batch, threads))
+            if record is None:
+                continue
+            kind = _path(entry[2])
+            ax.barh(y, record["p50_ms"], height=0.7, color=PATHS[kind][1], zorder=2)
+            tails = [record.get(key) for key, _, _ in PERCENTILE_MARKERS]
+            ax.plot([record["p50_ms"], max(t or 0 for t in tails) or record["p50_ms"]], [y, y],
+                    color="black", linewidth=0.6, zorder=3)
+            for (key, _, marker), value in zip(PERCENTILE_MARKERS, tails):
+                if value:
+                    ax.plot([value], [y], marker=marker, markersize=4.5, color="black", linestyle="none", zorder=4)
+            ax.annotate(f"{record['p50_ms']:.3g}", (max(t or 0 for t in tails + [record["p50_ms"]]), y),
+                        xytext=(6, 0), textcoords="offset points", va="center", fontsize=FONT - 1.5)
+        ax.set_xscale("log")
+        ax.set_xlim(low / 2, high * 4.5)
+        ax.set_title(f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}", fontsize=FONT + 1)
+        ax.set_xlabel("ms per call (log); number = p50", fontsize=FONT)
+        ax.tick_params(axis="x", labelsize=FONT - 1)
+        ax.grid(axis="x", which="major", alpha=0.3)
+    axis = axes[0][0]
+    axis.set_yticks(ys)
+    axis.set_yticklabels([e[1] if e[0] == "heading" else f"{e[3]}" for e in layout], fontsize=FONT)
+    for tick, entry in zip(axis.get_yticklabels(), layout):
+        if entry[0] == "heading":
+            tick.set_fontweight("bold")
+    axis.set_ylim(-0.7, len(layout) - 0.3)
+    kinds = [k for k in PATHS if any(_path(r["backend"]) == k for r in rows)]
+    handles = [Patch(color=PATHS[k][1], label=f"p50, {PATHS[k][0]}") for k in kinds]
+    handles += [Line2D([], [], marker=m, color="black", linestyle="none", markersize=5, label=name)
+                for _, name, m in PERCENTILE_MARKERS]
+    fig.suptitle(f"Latency percentiles on the {scenario} path (lower is better)", fontsize=FONT + 2)
     fig.tight_layout()
-    labels = place_labels(ax, xy, [str(n) for n in range(1, len(keys) + 1)])
-    return fig, ax, labels
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),
+               fontsize=FONT - 0.5, frameon=False)
+    return save_png(fig, path, bbox_inches="tight")
 
 
-def _delta(point: dict) -> float:
-    return point["delta_auc"] if point.get("delta_auc") is not None else 0.0
+def goal_text(goal: float) -> str:
+    """1.1 -> "1.10", 2.0 -> "2": the goals as the docs write them."""
+    return f"{goal:g}" if float(goal).is_integer() else f"{goal:.2f}"
 
 
-# Offsets (points) tried in turn around a marker: right, above, left, below, then further out.
-_OFFSETS = [(7, -4), (-4, 7), (-15, -4), (-4, -16), (7, 7), (-15, 7), (-15, -16), (7, -16)]
-_OFFSETS += [(dx * 2, dy * 2) for dx, dy in _OFFSETS] + [(dx * 3, dy * 3) for dx, dy in _OFFSETS]
-
-
-def place_labels(ax, xy: Sequence[tuple], texts: Sequence[str], fontsize: float = 8) -> list:
-    """Annotate each data point ``xy[i]`` with ``texts[i]`` at the first offset in `_OFFSETS`
-    whose text box overlaps no earlier label and no marker (greedy, in display pixels); a
-    label that finds no free spot takes the last offset and a connecting line."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    to_pixels = ax.transData.transform
-    scale = fig.dpi / 72.0
-    markers = []
-    for x, y in xy:
-        px, py = to_pixels((x, y))
-        markers.append((px - 6 * scale, py - 6 * scale, px + 6 * scale, py + 6 * scale))
-    taken: list[tuple] = []
-    labels = []
-    for (x, y), text in zip(xy, texts):
-        chosen = None
-        for dx, dy in _OFFSETS:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
-                                fontweight="bold", zorder=4)
-            box = label.get_window_extent(renderer)
-            rect = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
-            if not any(_overlap(rect, other) for other in taken + markers):
-                chosen = (label, rect)
-                break
-            label.remove()
-        if chosen is None:
-            dx, dy = _OFFSETS[-1]
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
-                                fontweight="bold", zorder=4, arrowprops={"arrowstyle": "-", "linewidth": 0.6})
-            box = label.get_window_extent(renderer)
-            chosen = (label, (box.x0, box.y0, box.x1, box.y1))
-        taken.append(chosen[1])
-        labels.append(chosen[0])
-    return labels
-
-
-def _overlap(a: tuple, b: tuple) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def overhead_rows(group: Sequence[dict]) -> list[tuple]:
+    """``("heading", artifact)`` then ``("row", record, label)`` per batch × raw call, per artifact."""
+    many_threads = len({r["threads"] for r in group}) > 1
+    layout: list[tuple] = []
+    ordered = sorted(group, key=lambda r: (r["backend"], r["variant"], r["batch"], r["threads"], r["raw"]))
+    for index, r in enumerate(ordered):
+        if index == 0 or (r["backend"], r["variant"]) != (ordered[index - 1]["backend"], ordered[index - 1]["variant"]):
+            layout.append(("heading", wrap_name(f"{r['variant']} ({r['backend'][len('edgerec_'):]})", 34)))
+        raw = "vs raw, direct tensor API" if r["raw"].endswith("_direct") else "vs raw"
+        threads = f", {r['threads']} threads" if many_threads else ""
+        layout.append(("row", r, f"batch {r['batch']}{threads} {raw}"))
+    return layout
 
 
 def plot_overhead(comparison: dict, path: Path) -> Path | None:
-    rows = [r for r in comparison.get("overhead") or [] if r.get("ratio") is not None
-            and not str(r.get("raw", "")).endswith("_direct")]
+    rows = [r for r in comparison.get("overhead") or [] if r.get("ratio") is not None]
     if not rows:
         return None
-    rows.sort(key=lambda r: (r["scenario"], r["backend"], r["batch"], r["variant"]))
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.32 * len(rows)))
-    labels = [f"{r['scenario']} · {r['backend'][len('edgerec_'):]} · {r['variant']} · batch {r['batch']}"
-              for r in rows]
-    colors = ["tab:green" if r["meets_goal"] else "tab:red" for r in rows]
-    ys = list(range(len(rows)))[::-1]
-    ax.barh(ys, [r["ratio"] for r in rows], color=colors)
-    for y, r in zip(ys, rows):
-        ax.annotate(f"{r['ratio']:.2f}×", (r["ratio"], y), textcoords="offset points", xytext=(3, -3), fontsize=7)
-    for scenario, goal in OVERHEAD_GOALS.items():
-        ax.axvline(goal, linestyle="--", linewidth=1, color="black" if scenario == "tensor" else "grey",
-                   label=f"goal {scenario} ≤ {goal:g}×")
-    ax.axvline(1.0, linewidth=0.8, color="tab:blue", label="raw backend = 1×")
-    ax.set_yticks(ys)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel("edgerec p50 / raw backend p50 on the same artifact and inputs (×, lower is better)")
-    ax.set_title("edgerec overhead over the raw backend (green = within goal)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    scenarios = [s for s in OVERHEAD_GOALS if any(r["scenario"] == s for r in rows)]
+    layouts = {s: overhead_rows([r for r in rows if r["scenario"] == s]) for s in scenarios}
+    height = 0.8 + sum(0.26 * len(layout) + 0.8 for layout in layouts.values())
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(8.5, height), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [len(layouts[s]) + 3 for s in scenarios]})
+    right = max(max(r["ratio"] for r in rows), *(OVERHEAD_GOALS[s] for s in scenarios)) * 1.08
+    titles = {"tensor": "tensor path: the same encoded arrays, edgerec vs the raw backend",
+              "raw_request": "raw request path: request dicts through edgerec\nvs the raw backend on encoded arrays"}
+    for ax, scenario in zip(axes[:, 0], scenarios):
+        layout, goal = layouts[scenario], OVERHEAD_GOALS[scenario]
+        ys = list(range(len(layout)))[::-1]
+        bars = [(y, entry[1]) for y, entry in zip(ys, layout) if entry[0] == "row"]
+        ax.barh([y for y, _ in bars], [r["ratio"] for _, r in bars], height=0.62, zorder=2,
+                color=[WITHIN if r["meets_goal"] else OVER for _, r in bars])
+        ax.axvline(goal, linestyle="--", linewidth=1.3, color="black", zorder=3)
+        ax.axvline(1.0, linewidth=0.9, color="tab:blue", zorder=3)
+        for y, r in bars:
+            ax.annotate(f"{r['ratio']:.2f}×", (1.0, y), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=FONT - 0.5,
+                        color=WITHIN if r["meets_goal"] else OVER, fontweight="bold")
+        for y, entry in zip(ys, layout):
+            if entry[0] == "heading":
+                ax.axhline(y, color="0.85", linewidth=0.8, zorder=0)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([entry[1] if entry[0] == "heading" else entry[2] for entry in layout], fontsize=FONT - 0.5)
+        for tick, entry in zip(ax.get_yticklabels(), layout):
+            if entry[0] == "heading":
+                tick.set_fontweight("bold")
+        ax.set_ylim(-0.7, len(layout) - 0.3)
+        met = sum(r["meets_goal"] for _, r in bars)
+        ax.set_title(f"{titles.get(scenario, scenario)}\ngoal ≤ {goal_text(goal)}×: {met} of {len(bars)} within",
+                     fontsize=FONT, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlim(0, right)
+    axes[-1, 0].set_xlabel("edgerec p50 / raw backend p50 (×, lower is better)", fontsize=FONT)
+    handles = [Patch(color=WITHIN, label="within the goal"), Patch(color=OVER, label="over the goal"),
+               Line2D([], [], color="black", linestyle="--", label="goal of the panel"),
+               Line2D([], [], color="tab:blue", label="raw backend = 1×")]
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=FONT - 1,
+               frameon=False)
+    return save_png(fig, path, bbox_inches="tight")
 
 
 def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
@@ -220,6 +208,6 @@ def write_plots(report: dict, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = report.get("results", [])
     written = [plot_latency_percentiles(records, out / "latency_percentiles.png"),
-               plot_tradeoff(records, out / "size_auc_latency.png"),
+               plot_tradeoff(records, out / "size_auc_latency.png", report.get("bundle")),
                plot_overhead(report.get("comparisons", {}), out / "overhead.png")]
     return [p for p in written if p is not None]

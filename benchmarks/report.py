@@ -20,7 +20,9 @@ from typing import Iterable, Sequence
 from edgerec.runtime.errors import expected
 from edgerec.runtime.io import atomic_write_json, atomic_write_text
 
+from .loadtest import load_test_markdown
 from .stats import ratio
+from .tables import markdown_table
 
 REPORT_SCHEMA_VERSION = 1
 OVERHEAD_GOALS = {"tensor": 1.10, "raw_request": 2.0}
@@ -28,7 +30,7 @@ KERAS_BACKENDS = ("keras_tf_function", "keras_eager", "keras_predict")
 TABLE_COLUMNS = (("scenario", "scenario"), ("backend", "backend"), ("variant", "variant"), ("batch", "batch"),
                  ("threads", "thr"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                  ("p999_ms", "p99.9 ms"), ("mean_ms", "mean ms"), ("rows_per_s", "rows/s"), ("load_ms", "load ms"),
-                 ("first_ms", "first ms"), ("peak_rss_mb", "peak RSS MB"), ("size_bytes", "size KB"),
+                 ("first_ms", "first ms"), ("peak_rss_mb", "bench-process peak RSS MB"), ("size_bytes", "size KB"),
                  ("delta_auc", "ΔAUC"), ("iterations", "iters"))
 
 
@@ -115,33 +117,6 @@ def write_json(report: dict, out_dir: str | Path) -> Path:
     return atomic_write_json(Path(out_dir) / "bench.json", _clean(report))
 
 
-# -- Markdown -----------------------------------------------------------------------------
-def _fmt(key: str, value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if key == "size_bytes":
-        return f"{value / 1024:,.1f}"
-    if key == "delta_auc":
-        return f"{value:+.4f}"
-    if key == "rows_per_s":
-        return f"{value:,.0f}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
-    """A GitHub Markdown table; ``columns`` are (key, header) pairs."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(k, row.get(k)) for k, _ in columns) + " |" for row in rows]
-    return "\n".join([head, rule, *body])
-
-
 def render_markdown(report: dict) -> str:
     machine = report.get("machine", {})
     packages = ", ".join(f"{k} {v}" for k, v in machine.get("packages", {}).items())
@@ -153,9 +128,10 @@ def render_markdown(report: dict) -> str:
     config = report.get("config", {})
     if config:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, dict)), ""]
-        if not config.get("isolate"):
-            lines += ["Peak RSS is the benchmark process's peak so far (all configurations share one process; "
-                      "Keras baselines run last). Use `--isolate` for one process per configuration.", ""]
+    if report.get("notes"):
+        lines += ["Skipped or measured differently on this machine:", ""]
+        lines += [f"* {note}" for note in report["notes"]] + [""]
+    lines += memory_markdown(report.get("runtime_memory") or [], config)
     lines += ["Latency is per call (one batch); p50 ratios of configurations in the same group were measured "
               "interleaved (A/B rounds), because sub-millisecond timings drift by up to 2× between runs.", ""]
     comp = report.get("comparisons", {})
@@ -189,7 +165,6 @@ def render_markdown(report: dict) -> str:
                                                         ("miss_p50_ms", "miss p50 ms"),
                                                         ("miss_over_hit", "miss / hit ×"))), ""]
     if report.get("load_test"):
-        from .loadtest import load_test_markdown
         lines += load_test_markdown(report["load_test"])
     results = report.get("results", [])
     ok = _ok(results)
@@ -213,6 +188,42 @@ def render_markdown(report: dict) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+MEMORY_COLUMNS = (("backend", "backend"), ("served", "artifacts served"), ("rss_start_mb", "start MB"),
+                  ("rss_after_import_mb", "after import MB"), ("rss_after_load_mb", "after load MB"),
+                  ("rss_after_calls_mb", "after calls MB"), ("peak_rss_mb", "peak MB"), ("load_mb", "load Δ MB"),
+                  ("heavy", "other heavy modules"))
+
+
+def memory_markdown(entries: Sequence[dict], config: dict) -> list[str]:
+    """The runtime-memory section, and what the bench-process RSS column below does (not) mean."""
+    shared = "each group of configurations in its own process" if config.get("isolate") else \
+        "all configurations in one process, Keras baselines last"
+    caveat = (f"The 'bench-process peak RSS' column further down is the benchmark process ({shared}): it holds "
+              "the harness, the raw baselines and, once they have run, TensorFlow. It is not the memory an app pays.")
+    if not entries:
+        return [caveat, ""]
+    rows, failed = [], []
+    for entry in entries:
+        if entry.get("error"):
+            failed.append(f"* {entry['backend']}: {entry['error']}")
+            continue
+        rows.append({**entry, "served": ", ".join(f"{p}: {f}" for p, f in sorted((entry.get("artifacts") or {}).items())),
+                     "heavy": ", ".join(entry.get("heavy_modules") or []) or "none"})
+    first = next(iter(entries))
+    calls = (f"{first.get('calls', '?')} `predict` calls each at batch 1 and batch {first.get('batch', '?')}"
+             + (f", and {first.get('calls', '?')} × 1 user × {first['candidates']} candidates"
+                if first.get("candidates") else ""))
+    lines = ["## Runtime memory (what an app pays)", "",
+             "Measured in a fresh process that imports only `edgerec.runtime` and the backend, loads the bundle's "
+             f"selected artifacts (verified, warmed up) and runs {calls}. RSS in MiB; 'load Δ' = after load − "
+             "after import.", ""]
+    if rows:
+        lines += [markdown_table(rows, MEMORY_COLUMNS), ""]
+    if failed:
+        lines += ["Not measured:", "", *failed, ""]
+    return lines + [caveat, ""]
 
 
 def write_markdown(report: dict, out_dir: str | Path) -> Path:

@@ -37,8 +37,17 @@ def summary_table(report: dict) -> str:
     for c in comp.get("result_cache", []):
         lines.append(f"result cache ({c['backend']}): hit {_f(c['hit_p50_ms'], '.4f')} ms, miss "
                      f"{_f(c['miss_p50_ms'], '.4f')} ms ({_f(c['miss_over_hit'], '.1f')}× faster on a hit)")
+    for m in report.get("runtime_memory") or []:
+        if m.get("error"):
+            lines.append(f"runtime memory ({m['backend']}): not measured: {m['error'][:120]}")
+        else:
+            lines.append(f"runtime memory ({m['backend']}, a runtime-only process): {_f(m.get('rss_after_calls_mb'), '.0f')} MB "
+                         f"after the calls, peak {_f(m.get('peak_rss_mb'), '.0f')} MB, loading the bundle "
+                         f"+{_f(m.get('load_mb'), '.1f')} MB")
     failed = [r for r in report.get("results", []) if r.get("error")]
     if failed:
         lines += ["", f"{len(failed)} configuration(s) did not run, e.g. {failed[0]['backend']} "
                       f"{failed[0]['scenario']}: {failed[0]['error'][:120]}"]
+    if report.get("notes"):
+        lines += [""] + [f"note: {note}" for note in report["notes"]]
     return "\n".join(lines)

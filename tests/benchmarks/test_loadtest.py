@@ -62,7 +62,9 @@ def test_swap_under_load_serves_only_the_new_model_after(load_result):
     result = load_result
     assert result["failures"] == [] and result["passed"]
     totals, answers, swap = result["totals"], result["answers"], result["swap"]
-    assert totals["calls"] == 8 * 300 and totals["errors"] == 0 and totals["errors_by_type"] == {}
+    # a swap slower than the quota keeps the threads serving past it (see the last test): counted apart
+    assert totals["calls"] == 8 * 300 + totals["calls_past_quota"]
+    assert totals["errors"] == 0 and totals["errors_by_type"] == {}
     assert swap["ok"] and swap["new_version"] == swap["versions"]["b"] != swap["old_version"]
     assert len(swap["failed_attempts"]) == 1 and swap["failed_attempts"][0]["error"].startswith("IntegrityError")
     assert totals["predictor_swaps"] == 1 and totals["predictor_failed_swaps"] == 1
@@ -129,7 +131,8 @@ def test_bench_command_writes_the_load_test_section(bundles, tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     report = json.loads((out / "bench.json").read_text())
     section = report["load_test"]
-    assert section["passed"] and section["totals"]["calls"] == 800 and section["config"]["threads"] == 4
+    assert section["passed"] and section["config"]["threads"] == 4
+    assert section["totals"]["calls"] == 800 + section["totals"]["calls_past_quota"]
     assert section["swap"]["ok"] and section["answers"]["old_after_swap"] == 0
     markdown = (out / "bench.md").read_text()
     assert "## Load test with a hot swap" in markdown and "old-model answers after swap" in markdown

@@ -2,7 +2,7 @@
 overlap, none covers a marker, and every artifact is keyed in the legend."""
 import pytest
 
-from edgerec.benchmarks.plots import _overlap, place_labels, tradeoff_figure
+from edgerec.benchmarks.tradeoff import overlap, place_labels, tradeoff_figure
 
 
 def _record(backend, variant, size_kb, delta, p50):
@@ -36,7 +36,7 @@ def test_tradeoff_labels_do_not_overlap():
         boxes = _boxes(fig, labels)
         for i, a in enumerate(boxes):
             for b in boxes[i + 1:]:
-                assert not _overlap(a, b)
+                assert not overlap(a, b)
         markers = [tuple(ax.transData.transform(label.xy)) for label in labels]
         for box in boxes:
             for x, y in markers:
@@ -57,6 +57,6 @@ def test_place_labels_on_identical_points():
         ax.set_ylim(0, 4)
         labels = place_labels(ax, [(1.0, 2.0)] * 6, [f"#{i}" for i in range(6)])
         boxes = _boxes(fig, labels)
-        assert all(not _overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert all(not overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     finally:
         plt.close(fig)
