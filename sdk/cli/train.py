@@ -3,6 +3,8 @@
 Examples:
     edgerec train --model din --out runs/din                   # synthetic data
     edgerec train --data movielens:../shared/data/movielens-latest-small --model gru --out runs/gru --epochs 5
+    edgerec train --model din --out runs/din_adv --adversarial pgd --eps 0.25
+    edgerec train --model din --out runs/din_mw --strategy multiworker --workers 2
 """
 from __future__ import annotations
 
@@ -12,94 +14,114 @@ from edgerec.runtime.contract import FAMILIES
 
 
 def configure(parser) -> None:
+    from edgerec.sdk.training.adversarial import ATTACKS, NORMS
+    from edgerec.sdk.training.distributed import STRATEGIES
+
     parser.add_argument("--data", default="synthetic",
-                        help="'synthetic' (default) or 'movielens:PATH' (ml-latest-small CSV folder)")
+                        help="'synthetic' or 'movielens:PATH' (ml-latest-small CSV folder)")
     parser.add_argument("--model", default="din", help=f"model family: {', '.join(FAMILIES)}")
     parser.add_argument("--out", required=True, help="model directory to write (replaced atomically)")
     parser.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=2, help="epochs without improvement before stopping")
+    parser.add_argument("--batch-size", type=int, default=512, help="rows per step (per replica with --strategy)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--patience", type=int, default=2,
+                        help="stop after this many epochs in a row without improvement (every mode)")
     parser.add_argument("--monitor", choices=("auc", "loss"), default="auc",
                         help="validation metric for early stopping")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds data generation, sampling and training")
     parser.add_argument("--negatives", type=int, default=4, help="sampled negatives per training positive")
-    parser.add_argument("--max-seq-len", type=int, default=50)
-    parser.add_argument("--embedding-dim", type=int, default=32)
+    parser.add_argument("--max-seq-len", type=int, default=50, help="history length L")
+    parser.add_argument("--embedding-dim", type=int, default=32, help="item embedding width")
+    parser.add_argument("--model-config", default=None, metavar="JSON",
+                        help='more ModelConfig fields as a JSON object, e.g. \'{"hidden_units": [64]}\'')
     parser.add_argument("--max-train-rows", type=int, default=None,
                         help="train on a seeded subset of this many rows (quick runs)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
                         help="synthetic generator option, e.g. num_users=500 (repeatable)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    from edgerec.sdk.training.adversarial import add_train_arguments
-    from edgerec.sdk.training.distributed import add_arguments as add_distributed_arguments
+    parser.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary at the end")
+    parser.add_argument("--adversarial", choices=ATTACKS, default=None,
+                        help="adversarial training on the item-embedding outputs (fgsm or pgd)")
+    parser.add_argument("--eps", type=float, default=0.5,
+                        help="perturbation radius relative to the mean item-embedding L2 norm")
+    parser.add_argument("--adv-weight", type=float, default=1.0, help="loss = clean + W x adversarial")
+    parser.add_argument("--adv-norm", choices=NORMS, default="l2", help="l2 (eps*g/||g||) or linf (eps*sign g)")
+    parser.add_argument("--pgd-steps", type=int, default=3, help="PGD steps")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
+                        help="tf.distribute strategy: mirrored (local GPUs, else logical CPUs) or "
+                             "multiworker (TF_CONFIG); --batch-size is then per replica")
+    parser.add_argument("--cpu-devices", type=int, default=2, help="logical CPU devices for mirrored without GPU")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="multiworker without TF_CONFIG: launch this many local workers on loopback")
+    parser.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds for the local cluster")
 
-    add_train_arguments(parser)
-    add_distributed_arguments(parser)
 
-
-def _format(metrics: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-
-
-def _data_options(pairs: list[str]) -> dict:
+def data_options(pairs: list[str]) -> dict:
+    """``["num_users=500", …]`` as ``{"num_users": 500, …}``."""
     from edgerec.runtime.errors import SpecError, expected
 
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(expected("--data-option as KEY=INT", pair))
         try:
             options[key.strip()] = int(value)
         except ValueError:
             raise SpecError(expected("--data-option as KEY=INT", pair)) from None
-        if not sep or not key.strip():
-            raise SpecError(expected("--data-option as KEY=INT", pair))
     return options
 
 
-def run(args) -> int:
+def _json_object(text: str | None, flag: str) -> dict:
     from edgerec.runtime.errors import SpecError, expected
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(expected(f"{flag} as a JSON object", str(err))) from None
+    if not isinstance(value, dict):
+        raise SpecError(expected(f"{flag} as a JSON object", value))
+    return value
+
+
+def job_from_args(args):
+    """The `TrainJob` the arguments describe (every flag checked before anything runs)."""
+    from edgerec.runtime.errors import SpecError, expected
+    from edgerec.sdk.models import ModelConfig
+    from edgerec.sdk.training import TrainConfig
+    from edgerec.sdk.training.adversarial import AdversarialConfig
+    from edgerec.sdk.training.distributed import DistributedConfig
+    from edgerec.sdk.training.job import TrainJob
 
     if args.model not in FAMILIES:
         raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
-    if getattr(args, "strategy", None):
-        if getattr(args, "adversarial", None):
-            raise SpecError(expected("--adversarial without --strategy (not combined yet)", args.strategy))
-        from edgerec.sdk.training.distributed import run_train
+    if args.adversarial and args.strategy:
+        raise SpecError(expected("--adversarial or --strategy, not both", [args.adversarial, args.strategy]))
+    if args.workers and args.strategy != "multiworker":
+        raise SpecError(expected("--workers only with --strategy multiworker", args.strategy))
+    options = data_options(args.data_option)
+    model = ModelConfig.from_dict({"embedding_dim": args.embedding_dim,
+                                   **_json_object(args.model_config, "--model-config")})
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        patience=args.patience, monitor=args.monitor, seed=args.seed,
+                        verbose=0 if args.quiet else 1, max_train_rows=args.max_train_rows)
+    adversarial = None if args.adversarial is None else AdversarialConfig(
+        attack=args.adversarial, eps=args.eps, weight=args.adv_weight, norm=args.adv_norm, steps=args.pgd_steps)
+    distributed = None if args.strategy is None else DistributedConfig(
+        strategy=args.strategy, cpu_devices=args.cpu_devices, workers=args.workers,
+        worker_timeout=args.worker_timeout)
+    return TrainJob(out=args.out, family=args.model, data=args.data, data_options=options,
+                    max_seq_len=args.max_seq_len, negatives=args.negatives, model=model, train=train,
+                    adversarial=adversarial, distributed=distributed)
 
-        return run_train(args)
-    options = _data_options(args.data_option)
-    from edgerec.sdk.data import load_dataset
-    from edgerec.sdk.models import ModelConfig
-    from edgerec.sdk.training import TrainConfig, save_model_dir, train_model
 
-    verbose = 0 if args.quiet else 1
-    dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives,
-                           seed=args.seed, progress=not args.quiet, **options)
-    if verbose:
-        print(f"data {dataset.name}: {len(dataset.train)} train / {len(dataset.valid)} valid / "
-              f"{len(dataset.test)} test rows, {dataset.spec.item_vocab.size - 2} items", flush=True)
-    model_config = ModelConfig(embedding_dim=args.embedding_dim)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                               learning_rate=args.learning_rate, patience=args.patience,
-                               monitor=args.monitor, seed=args.seed, verbose=verbose,
-                               max_train_rows=args.max_train_rows)
-    from edgerec.sdk.training.adversarial import config_from_args, train_adversarial_model
+def run(args) -> int:
+    from edgerec.sdk.training.job import train_and_save
 
-    adversarial = config_from_args(args)
-    if adversarial is None:
-        parts, history, metrics = train_model(dataset, args.model, model_config, train_config)
-    else:
-        parts, history, metrics = train_adversarial_model(dataset, args.model, model_config, train_config,
-                                                          adversarial)
-    out = save_model_dir(parts, dataset, args.out, metrics, train_config, history,
-                         data_source=args.data, seed=args.seed)
-    seconds = [e["seconds"] for e in history["epochs"]]
-    print(f"{args.model} on {dataset.name}: best epoch {history['best_epoch']} of {len(seconds)} "
-          f"({sum(seconds) / len(seconds):.1f} s per epoch)")
-    print(f"test      {_format(metrics['test'])}")
-    print(f"baseline  {_format(metrics['baseline'])}  (popularity)")
-    print(f"wrote {out}")
-    if not verbose:
-        print(json.dumps({"model": args.model, "data": dataset.name, **metrics}))
+    outcome = train_and_save(job_from_args(args))
+    for line in outcome.report_lines():
+        print(line)
+    if args.quiet:
+        print(json.dumps(outcome.summary()))
     return 0

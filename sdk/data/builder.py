@@ -32,6 +32,7 @@ import numpy as np
 
 from edgerec.runtime.errors import expected
 from edgerec.runtime.preprocess import Preprocessor
+from edgerec.runtime.progress import Progress
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, NUM_RESERVED, ContextField, DenseField, FeatureSpec, TextSpec, Vocabulary
 from edgerec.runtime.text import build_text_vocab
 
@@ -71,14 +72,6 @@ class BuildTrace:
                 "context": context, "dense": dense}
 
 
-def _progress(total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm ships with the train extra; building data works without it
-        return None
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
-
-
 def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int = 4,
                   test_negatives: int = 100, seed: int = 0, text_max_tokens: int = 16,
                   progress: bool = True, return_trace: bool = False):
@@ -90,8 +83,11 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
     if not isinstance(test_negatives, int) or test_negatives < 1:
         raise DataError(expected("test_negatives as a positive int", test_negatives))
     timings, t0 = {}, time.perf_counter()
-    bar = _progress(6, f"building {log.name} dataset") if progress else None
-    step = (lambda name: (bar.update(1), bar.set_postfix_str(name))) if bar else (lambda name: None)
+    bar = Progress(total=6, desc=f"building {log.name} dataset", unit="step", enabled=progress)
+
+    def step(name: str) -> None:
+        bar.update(1, postfix=name)
+
     rng = np.random.default_rng(seed)
 
     # 1. sort: user, time, item id (deterministic tie-break)
@@ -182,8 +178,7 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
         "test": (test_events, raw_candidates(test_cands)),
     })
     examples = _examples(trace, test, rng)
-    if bar:
-        bar.close()
+    bar.close()
     timings["build_seconds"] = round(time.perf_counter() - t0, 3)
     meta = {"source": log.name, "source_meta": log.meta, "num_events": n, "num_users": int(users.size),
             "num_items_logged": int(np.unique(log.item_ids).size), "num_items_vocab": num_known,

@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.runtime.contract import FAMILIES, USER_MASK, USER_STATE
 from edgerec.runtime.errors import SpecError, expected
-from edgerec.runtime.contract import USER_MASK, USER_STATE
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, FeatureSpec
 
-from .config import FAMILIES, ModelConfig, ModelParts
-
+from .config import ModelConfig, ModelParts
 
 
 @dataclass

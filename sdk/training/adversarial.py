@@ -25,13 +25,12 @@ Examples:
 from __future__ import annotations
 
 import math
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from edgerec.runtime import metrics as M
+from edgerec.runtime.contract import FAMILIES
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, NUM_RESERVED
 
@@ -82,6 +81,16 @@ class AdversarialConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdversarialConfig":
+        if not isinstance(data, dict):
+            raise SpecError(expected("an adversarial-config object", type(data).__name__))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(expected(f"adversarial-config keys among {sorted(known)}", unknown))
+        return cls(**data)
+
 
 class EmbeddingForward:
     """A family's fused graph replayed from item-embedding outputs, with the model's own layers.
@@ -90,14 +99,14 @@ class EmbeddingForward:
     ``embed(inputs)`` (checked in the tests), and is differentiable w.r.t. the embeddings.
 
     Args:
-        parts: a `ModelParts` of family din, gru, bst or context.
+        parts: a `ModelParts` of one of `FAMILIES`.
     """
 
     def __init__(self, parts):
         from edgerec.converters.tfenv import import_tf
 
-        if parts.family not in ("din", "gru", "bst", "context"):
-            raise SpecError(expected("a model family among ['din', 'gru', 'bst', 'context']", parts.family))
+        if parts.family not in FAMILIES:
+            raise SpecError(expected(f"a model family among {list(FAMILIES)}", parts.family))
         self.tf, _ = import_tf()
         self.parts, self.family, self.config = parts, parts.family, parts.config
         names = {layer.name for layer in parts.fused.layers}
@@ -216,26 +225,22 @@ def _batches(n: int, batch_size: int, rng=None):
 def adversarial_fit(parts, dataset, train_config=None, adv_config: AdversarialConfig | None = None) -> dict:
     """`fit` with the adversarial step: loss = clean + weight × loss at embeddings + r.
 
-    Same early stopping / best-weight restore as `edgerec.sdk.training.fit`; returns the same
-    history shape plus ``"adversarial"`` (the config) and ``"embedding_scale"`` per epoch.
+    Runs the shared epoch loop (same early stopping and best-weight restore as `fit`); returns
+    the same history shape plus ``"adversarial"`` (the config), and per epoch
+    ``"adversarial_loss"`` and ``"embedding_scale"``.
     """
     from edgerec.converters.tfenv import import_tf
 
-    from .fit import TrainConfig, predict_scores
+    from .fit import TrainConfig, predict_scores, seeded_training_rows
+    from .loop import run_epochs
 
     tf, keras = import_tf()
     config = TrainConfig() if train_config is None else train_config
     adv = AdversarialConfig() if adv_config is None else adv_config
     if not isinstance(adv, AdversarialConfig):
         raise SpecError(expected("an AdversarialConfig", type(adv).__name__))
-    if len(dataset.train) == 0 or len(dataset.valid) == 0:
-        raise SpecError(expected("non-empty train and valid splits",
-                                 {"train": len(dataset.train), "valid": len(dataset.valid)}))
-    keras.utils.set_random_seed(config.seed)
+    train = seeded_training_rows(dataset, config, keras)
     rng = np.random.default_rng(config.seed)
-    train = dataset.train
-    if config.max_train_rows is not None and config.max_train_rows < len(train):
-        train = train.take(np.sort(rng.choice(len(train), config.max_train_rows, replace=False)))
     inputs = parts.select_inputs(train.inputs)
     labels = np.asarray(train.labels, np.float32).reshape(-1, 1)
     forward = EmbeddingForward(parts)
@@ -256,35 +261,17 @@ def adversarial_fit(parts, dataset, train_config=None, adv_config: AdversarialCo
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return clean, attacked
 
-    history, best, best_weights, waited = [], None, None, 0
-    sign = 1.0 if config.monitor == "auc" else -1.0
-    for epoch in range(1, config.epochs + 1):
-        start, total, total_adv, batches = time.perf_counter(), 0.0, 0.0, 0
+    def train_epoch(_epoch: int) -> dict:
+        total, total_adv, batches = 0.0, 0.0, 0
         for index in _batches(len(labels), config.batch_size, rng):
             clean, attacked = step({k: v[index] for k, v in inputs.items()}, labels[index])
             total, total_adv, batches = total + float(clean), total_adv + float(attacked), batches + 1
-        seconds = time.perf_counter() - start
-        scores = predict_scores(parts, dataset.valid.inputs)
-        row = {"epoch": epoch, "loss": total / batches, "adversarial_loss": total_adv / batches,
-               "valid_auc": M.auc(dataset.valid.labels, scores),
-               "valid_logloss": M.logloss(dataset.valid.labels, scores),
-               "embedding_scale": float(forward.embedding_scale()), "seconds": round(seconds, 2)}
-        history.append(row)
-        if config.verbose:
-            print(f"epoch {epoch}/{config.epochs}  loss {row['loss']:.4f}  adv loss {row['adversarial_loss']:.4f}  "
-                  f"valid auc {row['valid_auc']:.4f}  ({seconds:.1f} s)", file=sys.stdout, flush=True)
-        value = sign * (row["valid_auc"] if config.monitor == "auc" else row["valid_logloss"])
-        if math.isnan(value):
-            raise SpecError(expected("a finite validation metric (does valid hold both labels?)", value))
-        if best is None or value > best[0]:
-            best, best_weights, waited = (value, epoch), model.get_weights(), 0
-        else:
-            waited += 1
-            if waited > config.patience:
-                break
-    model.set_weights(best_weights)
-    return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
-            "train_rows": len(train), "monitor": config.monitor, "adversarial": adv.to_dict()}
+        return {"loss": total / batches, "adversarial_loss": total_adv / batches}
+
+    history = run_epochs(model, config, train_epoch, lambda: predict_scores(parts, dataset.valid.inputs),
+                         dataset.valid.labels,
+                         epoch_facts=lambda: {"embedding_scale": float(forward.embedding_scale())})
+    return {**history, "train_rows": len(train), "adversarial": adv.to_dict()}
 
 
 def train_adversarial_model(dataset, family: str, model_config=None, train_config=None,
@@ -394,22 +381,3 @@ def format_comparison(rows: list[dict]) -> str:
         lines.append(f"{r['eps']:>6.3f} {r['plain_auc']:>10.4f} {r['adversarial_auc']:>10.4f} "
                      f"{r['plain_drop']:>11.4f} {r['adversarial_drop']:>10.4f} {r['drop_ratio']:>7.2f}")
     return "\n".join(lines)
-
-
-def add_train_arguments(parser) -> None:
-    """The ``edgerec train`` flags: ``--adversarial fgsm|pgd --eps E --adv-weight W …``."""
-    parser.add_argument("--adversarial", choices=ATTACKS, default=None,
-                        help="adversarial training on the item-embedding outputs (fgsm or pgd)")
-    parser.add_argument("--eps", type=float, default=0.5,
-                        help="perturbation radius relative to the mean item-embedding L2 norm")
-    parser.add_argument("--adv-weight", type=float, default=1.0, help="loss = clean + W x adversarial")
-    parser.add_argument("--adv-norm", choices=NORMS, default="l2", help="l2 (eps*g/||g||) or linf (eps*sign g)")
-    parser.add_argument("--pgd-steps", type=int, default=3, help="PGD steps")
-
-
-def config_from_args(args) -> AdversarialConfig | None:
-    """`AdversarialConfig` from `add_train_arguments`'s flags (None without ``--adversarial``)."""
-    if getattr(args, "adversarial", None) is None:
-        return None
-    return AdversarialConfig(attack=args.adversarial, eps=args.eps, weight=args.adv_weight,
-                             norm=args.adv_norm, steps=args.pgd_steps)

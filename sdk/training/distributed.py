@@ -1,4 +1,4 @@
-"""Distributed training with `tf.distribute`: ``--strategy mirrored|multiworker``.
+"""Distributed training with `tf.distribute` (``edgerec train --strategy mirrored|multiworker``).
 
 * ``mirrored``: `tf.distribute.MirroredStrategy` over the local GPUs, or, on a machine without
   one, over ``cpu_devices`` logical CPU devices (`configure_logical_cpus`, which must run before
@@ -18,8 +18,7 @@ Examples:
     >>> parts, history, metrics = train_model_distributed(dataset, "din", strategy=strategy)
     >>> write_model_dir(strategy, parts, dataset, "runs/din", metrics, history=history)
 
-    python -m edgerec.sdk.training.distributed --strategy multiworker --workers 2 \\
-        --data synthetic --model din --out runs/din_mw
+    edgerec train --strategy multiworker --workers 2 --data synthetic --model din --out runs/din_mw
 """
 from __future__ import annotations
 
@@ -29,22 +28,74 @@ import math
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from edgerec.runtime.contract import FAMILIES
 from edgerec.runtime.errors import SpecError, expected
 
-from ..models.config import FAMILIES, ModelConfig, ModelParts
+from ..models.config import ModelConfig, ModelParts
 from .fit import TrainConfig, evaluate, seeded_training_rows
+from .loop import compile_model, run_epochs
 from .launch import (DistributedError, WorkerResult, free_ports, launch_local_workers,  # noqa: F401 (re-exported)
                      local_tf_config)
 
 STRATEGIES = ("mirrored", "multiworker")
 TF_CONFIG = "TF_CONFIG"
 SCORE_BATCH = 4096
+RESULT_PREFIX = "EDGEREC_WORKER_RESULT "
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Which strategy trains, and how a local cluster is launched.
+
+    Args:
+        strategy: ``"mirrored"`` (local GPUs, else ``cpu_devices`` logical CPUs) or
+            ``"multiworker"`` (the cluster in ``TF_CONFIG``).
+        cpu_devices: logical CPU devices to mirror over when there is no GPU.
+        workers: with ``multiworker`` and no ``TF_CONFIG``: launch this many local workers on
+            loopback (0 = this process is a worker of a cluster configured elsewhere).
+        worker_timeout: seconds the local cluster may run.
+    """
+
+    strategy: str = "mirrored"
+    cpu_devices: int = 2
+    workers: int = 0
+    worker_timeout: float = 3600.0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise SpecError(expected(f"strategy among {list(STRATEGIES)}", self.strategy))
+        if isinstance(self.cpu_devices, bool) or not isinstance(self.cpu_devices, int) or self.cpu_devices < 1:
+            raise SpecError(expected("cpu_devices as a positive int", self.cpu_devices))
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise SpecError(expected("workers as an int >= 0", self.workers))
+        if self.workers and self.strategy != "multiworker":
+            raise SpecError(expected("workers only with the multiworker strategy", self.strategy))
+        if isinstance(self.worker_timeout, bool) or not isinstance(self.worker_timeout, (int, float)) \
+                or not self.worker_timeout > 0:
+            raise SpecError(expected("worker_timeout as a positive number of seconds", self.worker_timeout))
+
+    @property
+    def launches_local_cluster(self) -> bool:
+        """True when this process should start ``workers`` local workers instead of training."""
+        return self.strategy == "multiworker" and self.workers > 0 and TF_CONFIG not in os.environ
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistributedConfig":
+        if not isinstance(data, dict):
+            raise SpecError(expected("a distributed-config object", type(data).__name__))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(expected(f"distributed-config keys among {sorted(known)}", unknown))
+        return cls(**data)
 
 
 # -- devices and strategies -------------------------------------------------------------------
@@ -102,7 +153,7 @@ def make_strategy(name: str, *, cpu_devices: int = 2):
     from edgerec.converters.tfenv import import_tf
 
     if name not in STRATEGIES:
-        raise SpecError(expected(f"--strategy among {list(STRATEGIES)}", name))
+        raise SpecError(expected(f"strategy among {list(STRATEGIES)}", name))
     tf, _ = import_tf()
     if name == "multiworker":
         parse_tf_config()
@@ -183,15 +234,14 @@ def _scores(model, inputs: dict) -> np.ndarray:
 
 
 def fit_distributed(parts: ModelParts, dataset, config: TrainConfig | None, strategy) -> dict:
-    """Train ``parts.fused`` (built under ``strategy``) like `fit`, with early stopping.
+    """Train ``parts.fused`` (built under ``strategy``) in the shared epoch loop, with early stopping.
 
     ``config.batch_size`` is per replica. Returns `fit`'s history plus ``strategy``,
-    ``replicas``, ``per_replica_batch``, ``global_batch`` and ``steps_per_epoch``.
+    ``replicas``, ``workers``, ``per_replica_batch``, ``global_batch`` and ``steps_per_epoch``.
     """
     from edgerec.converters.tfenv import import_tf
-    from edgerec.runtime import metrics as M
 
-    tf, keras = import_tf()
+    _, keras = import_tf()
     config = TrainConfig() if config is None else config
     train = seeded_training_rows(dataset, config, keras)
     info = task_info(strategy)
@@ -202,36 +252,17 @@ def fit_distributed(parts: ModelParts, dataset, config: TrainConfig | None, stra
                               batch, config.seed, drop)
     steps = len(train) // batch if drop else math.ceil(len(train) / batch)
     with strategy.scope():
-        parts.fused.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                            loss=keras.losses.BinaryCrossentropy())
+        compile_model(parts.fused, config.learning_rate)
     valid_inputs = parts.select_inputs(dataset.valid.inputs)
-    history, best, best_weights, waited = [], None, None, 0
-    sign = 1.0 if config.monitor == "auc" else -1.0
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
+
+    def train_epoch(_epoch: int) -> dict:
         result = parts.fused.fit(data, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
-        scores = _scores(parts.fused, valid_inputs)
-        valid = {"auc": M.auc(dataset.valid.labels, scores), "logloss": M.logloss(dataset.valid.labels, scores)}
-        row = {"epoch": epoch, "loss": float(result.history["loss"][-1]), "valid_auc": valid["auc"],
-               "valid_logloss": valid["logloss"], "seconds": round(seconds, 2)}
-        history.append(row)
-        if config.verbose and info.is_chief:
-            print(f"epoch {epoch}/{config.epochs}  loss {row['loss']:.4f}  valid auc {row['valid_auc']:.4f}  "
-                  f"valid logloss {row['valid_logloss']:.4f}  ({seconds:.1f} s, {info.replicas} replicas)", flush=True)
-        value = sign * (valid["auc"] if config.monitor == "auc" else valid["logloss"])
-        if math.isnan(value):
-            raise SpecError(expected("a finite validation metric (does valid hold both labels?)", value))
-        if best is None or value > best[0]:
-            best, best_weights, waited = (value, epoch), parts.fused.get_weights(), 0
-        else:
-            waited += 1
-            if waited > config.patience:
-                break
-    with strategy.scope():
-        parts.fused.set_weights(best_weights)
-    return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
-            "train_rows": len(train), "monitor": config.monitor, "strategy": strategy_name(strategy),
+        return {"loss": float(result.history["loss"][-1])}
+
+    history = run_epochs(parts.fused, config, train_epoch, lambda: _scores(parts.fused, valid_inputs),
+                         dataset.valid.labels, log=bool(config.verbose) and info.is_chief,
+                         note=f", {info.replicas} replicas", scope=strategy.scope)
+    return {**history, "train_rows": len(train), "strategy": strategy_name(strategy),
             "replicas": info.replicas, "workers": info.num_workers, "per_replica_batch": config.batch_size,
             "global_batch": batch, "steps_per_epoch": steps}
 
@@ -257,6 +288,16 @@ def weights_sha256(model) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def worker_record(strategy, parts: ModelParts, history: dict, out: Path | None) -> dict:
+    """What one worker reports after training (a ``RESULT_PREFIX`` line): its place in the
+    cluster, the batch layout, and the sha256 of its final weights (equal on every worker)."""
+    info = task_info(strategy)
+    return {"task_type": info.task_type, "task_index": info.task_index, "is_chief": info.is_chief,
+            "replicas": history["replicas"], "workers": history["workers"], "global_batch": history["global_batch"],
+            "steps_per_epoch": history["steps_per_epoch"], "epochs": len(history["epochs"]),
+            "weights_sha256": weights_sha256(parts.fused), "out": str(out) if out else None}
 
 
 def train_model_distributed(dataset, family: str, model_config: ModelConfig | None = None,
@@ -298,104 +339,3 @@ def write_model_dir(strategy, parts, dataset, out_dir, metrics: dict, train_conf
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return None
-
-
-# -- command line (`edgerec train --strategy …` and `python -m edgerec.sdk.training.distributed`) --
-RESULT_PREFIX = "EDGEREC_WORKER_RESULT "
-
-
-def add_arguments(parser) -> None:
-    """The distributed options of ``edgerec train``."""
-    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
-                        help="tf.distribute strategy: mirrored (local GPUs, else logical CPUs) or "
-                             "multiworker (TF_CONFIG); --batch-size is then per replica")
-    parser.add_argument("--cpu-devices", type=int, default=2, help="logical CPU devices for mirrored without GPU")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="multiworker without TF_CONFIG: launch this many local workers on loopback")
-    parser.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds for the local cluster")
-
-
-def _json_arg(text, what):
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SpecError(expected(f"{what} as a JSON object", str(err))) from None
-    if not isinstance(value, dict):
-        raise SpecError(expected(f"{what} as a JSON object", value))
-    return value
-
-
-def run_train(args, worker_argv: list[str] | None = None) -> int:
-    """``edgerec train`` with ``args.strategy`` set (the train command's args namespace).
-
-    With ``--strategy multiworker --workers N`` and no ``TF_CONFIG`` it launches N local workers
-    running ``worker_argv`` (default: this ``edgerec`` command line again) and echoes the chief.
-    """
-    import sys
-
-    from ..data import load_dataset
-
-    if args.model not in FAMILIES:
-        raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
-    if args.strategy not in STRATEGIES:
-        raise SpecError(expected(f"--strategy among {list(STRATEGIES)}", args.strategy))
-    if isinstance(args.workers, bool) or not isinstance(args.workers, int) or args.workers < 0:
-        raise SpecError(expected("--workers as an int >= 0", args.workers))
-    if args.workers and args.strategy != "multiworker":
-        raise SpecError(expected("--workers only with --strategy multiworker", args.strategy))
-    if args.strategy == "multiworker" and args.workers and TF_CONFIG not in os.environ:
-        argv = worker_argv or [sys.executable, "-m", "edgerec.sdk.cli", *sys.argv[1:]]
-        results = launch_local_workers(args.workers, argv, timeout=args.worker_timeout)
-        print(results[0].output, end="")
-        for result in results[1:]:
-            print("".join(l + "\n" for l in result.output.splitlines() if l.startswith(RESULT_PREFIX)), end="")
-        print(f"{len(results)} local workers finished in {max(r.seconds for r in results):.1f} s")
-        return 0
-    strategy = make_strategy(args.strategy, cpu_devices=args.cpu_devices)
-    info = task_info(strategy)
-    verbose = 0 if args.quiet or not info.is_chief else 1
-    from ..cli.train import _data_options
-
-    dataset = load_dataset(args.data, max_seq_len=args.max_seq_len, negatives=args.negatives, seed=args.seed,
-                           progress=bool(verbose), **_data_options(getattr(args, "data_option", None) or []))
-    model_config = ModelConfig.from_dict({"embedding_dim": args.embedding_dim,
-                                          **_json_arg(getattr(args, "model_config", None), "--model-config")})
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                               patience=args.patience, monitor=args.monitor, seed=args.seed, verbose=verbose,
-                               max_train_rows=args.max_train_rows)
-    parts, history, metrics = train_model_distributed(dataset, args.model, model_config, train_config, strategy)
-    out = write_model_dir(strategy, parts, dataset, args.out, metrics, train_config, history,
-                          data_source=args.data, seed=args.seed)
-    if info.is_chief:
-        print(f"{args.model} on {dataset.name}, {history['strategy']} strategy ({history['replicas']} replicas, "
-              f"{history['workers']} workers, global batch {history['global_batch']}): best epoch "
-              f"{history['best_epoch']}, test auc {metrics['test']['auc']:.4f}  wrote {out}")
-    print(RESULT_PREFIX + json.dumps({
-        "task_type": info.task_type, "task_index": info.task_index, "is_chief": info.is_chief,
-        "replicas": history["replicas"], "workers": history["workers"], "global_batch": history["global_batch"],
-        "steps_per_epoch": history["steps_per_epoch"], "epochs": len(history["epochs"]),
-        "weights_sha256": weights_sha256(parts.fused), "out": str(out) if out else None}), flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    from ..cli.train import configure
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m edgerec.sdk.training.distributed",
-                                     description="edgerec train under a tf.distribute strategy")
-    configure(parser)   # includes the distributed options (add_arguments)
-    parser.add_argument("--model-config", default=None, help="JSON: ModelConfig fields")
-    args = parser.parse_args(argv)
-    if args.strategy is None:
-        parser.error("--strategy is required here")
-    return run_train(args, [sys.executable, "-m", "edgerec.sdk.training.distributed", *argv])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

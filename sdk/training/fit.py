@@ -1,18 +1,14 @@
-"""Training (`fit`, early stopping on validation AUC or loss) and test evaluation (`evaluate`)."""
+"""Plain training (`fit`: Keras ``fit`` per epoch inside the shared loop) and test evaluation (`evaluate`)."""
 from __future__ import annotations
 
-import math
-import sys
-import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from edgerec.runtime import metrics as M
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED
 
-MONITORS = ("auc", "loss")
+from .loop import MONITORS, compile_model, keras_verbosity, run_epochs
 
 
 @dataclass(frozen=True)
@@ -27,7 +23,7 @@ class TrainConfig:
             EarlyStopping: 0 and 1 both stop at the first epoch that does not improve).
         monitor: ``"auc"`` (validation AUC, higher is better) or ``"loss"`` (validation logloss).
         seed: seeds TensorFlow, numpy and Python (shuffling, initialisation).
-        verbose: 0 silent, 1 Keras progress bar (one line per epoch when not a terminal).
+        verbose: 0 silent; 1 logs one line per epoch (plus Keras' bar on a terminal).
         max_train_rows: train on a seeded random subset of this many rows (None = all).
     """
 
@@ -70,11 +66,6 @@ def predict_scores(parts, arrays: dict, batch_size: int = 4096) -> np.ndarray:
     return np.asarray(parts.fused.predict(inputs, batch_size=batch_size, verbose=0), np.float64).reshape(-1)
 
 
-def _validation_metrics(parts, split) -> dict:
-    scores = predict_scores(parts, split.inputs)
-    return {"auc": M.auc(split.labels, scores), "logloss": M.logloss(split.labels, scores)}
-
-
 def seeded_training_rows(dataset, config: TrainConfig, keras):
     """Check both splits are non-empty, seed Keras, and return the (optionally subsampled) train split."""
     if len(dataset.train) == 0 or len(dataset.valid) == 0:
@@ -96,46 +87,26 @@ def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
 
     Returns:
         ``{"epochs": [{"epoch", "loss", "valid_auc", "valid_logloss", "seconds"}, …],
-        "best_epoch", "stopped_early", "train_rows"}``.
+        "best_epoch", "stopped_early", "monitor", "train_rows"}``.
     """
     from edgerec.converters.tfenv import import_tf
 
-    tf, keras = import_tf()
+    _, keras = import_tf()
     config = TrainConfig() if config is None else config
     train = seeded_training_rows(dataset, config, keras)
     inputs = parts.select_inputs(train.inputs)
     labels = np.asarray(train.labels, np.float32).reshape(-1, 1)
-    parts.fused.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                        loss=keras.losses.BinaryCrossentropy())
-    verbose = config.verbose if config.verbose != 1 or sys.stdout.isatty() else 2
-    history, best, best_weights, waited = [], None, None, 0
-    sign = 1.0 if config.monitor == "auc" else -1.0
-    for epoch in range(1, config.epochs + 1):
-        if config.verbose:
-            print(f"epoch {epoch}/{config.epochs}", flush=True)
-        start = time.perf_counter()
-        result = parts.fused.fit(inputs, labels, batch_size=config.batch_size, epochs=1,
-                                 shuffle=True, verbose=verbose)
-        seconds = time.perf_counter() - start
-        valid = _validation_metrics(parts, dataset.valid)
-        row = {"epoch": epoch, "loss": float(result.history["loss"][-1]),
-               "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "seconds": round(seconds, 2)}
-        history.append(row)
-        if config.verbose:
-            print(f"  loss {row['loss']:.4f}  valid auc {row['valid_auc']:.4f}  "
-                  f"valid logloss {row['valid_logloss']:.4f}  ({seconds:.1f} s)", flush=True)
-        value = sign * (valid["auc"] if config.monitor == "auc" else valid["logloss"])
-        if math.isnan(value):
-            raise SpecError(expected("a finite validation metric (does valid hold both labels?)", value))
-        if best is None or value > best[0]:
-            best, best_weights, waited = (value, epoch), parts.fused.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= max(1, config.patience):
-                break
-    parts.fused.set_weights(best_weights)
-    return {"epochs": history, "best_epoch": best[1], "stopped_early": len(history) < config.epochs,
-            "train_rows": len(train), "monitor": config.monitor}
+    compile_model(parts.fused, config.learning_rate)
+    verbose = keras_verbosity(config.verbose)
+
+    def train_epoch(_epoch: int) -> dict:
+        result = parts.fused.fit(inputs, labels, batch_size=config.batch_size, epochs=1, shuffle=True,
+                                 verbose=verbose)
+        return {"loss": float(result.history["loss"][-1])}
+
+    history = run_epochs(parts.fused, config, train_epoch, lambda: predict_scores(parts, dataset.valid.inputs),
+                         dataset.valid.labels)
+    return {**history, "train_rows": len(train)}
 
 
 def evaluate(parts, dataset, k: int = 10) -> dict:

@@ -1,18 +1,16 @@
 """Online learning: warm-started incremental updates from a stream of new interactions.
 
-A stream of events ``(user_id, item_id, timestamp[, device])`` is turned into training rows
-with the model's FROZEN feature spec: items (and devices) outside the vocabulary map to OOV
-(index 1) — the vocabulary, and so the embedding table shape, never changes, which keeps the
-updated model exportable into a bundle with the same feature spec. Each event's history is the
-user's previous items known to a `HistoryStore` (seeded from past events, then updated as the
-stream goes). Every batch of ``events_per_batch`` new events is first SCORED (prequential:
-the model has not seen it yet), then trained on for ``steps_per_batch`` gradient steps whose
-mini-batches mix new rows with rows drawn from a bounded `ReplayBuffer` of past rows (against
-forgetting); the batch then enters the buffer.
+Events become rows with the model's frozen feature spec (`edgerec.sdk.training.events`). Every
+batch of ``events_per_batch`` new events is first SCORED (prequential: the model has not seen it
+yet), then trained on for ``steps_per_batch`` gradient steps whose mini-batches mix new rows with
+rows drawn from a bounded `ReplayBuffer` of past rows (against forgetting); the batch then enters
+the buffer. This is a single pass over a stream, not an epoch loop: there is no validation split
+to stop on, so ``patience`` does not apply (the base model it starts from is trained by the
+shared loop).
 
 `time_slice_evaluation` splits a log by time into a base period + K slices and reports, per
 slice, the AUC of the frozen base model and of the online model before / after its update.
-`edgerec.sdk.cli.update.update_model_dir` (``edgerec update``) updates a MODEL_DIR from an
+`edgerec.sdk.training.update.update_model_dir` (``edgerec update``) updates a MODEL_DIR from an
 events CSV into a new MODEL_DIR (bundle_version + 1) and optionally exports it.
 
 Examples:
@@ -22,282 +20,20 @@ Examples:
 """
 from __future__ import annotations
 
-import csv
-import math
-import os
-from collections import deque
+import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edgerec.runtime.errors import expected
-from edgerec.runtime.preprocess import Preprocessor
-from edgerec.runtime.spec import CAND_ITEM, DENSE, NUM_RESERVED, FeatureSpec
 
 from ..data.dataset import Split
 from ..data.log import DataError
+from .events import (EVENT_COLUMNS, OPTIONAL_COLUMNS, EncodedEvents, EventLog, HistoryStore,  # noqa: F401
+                     encode_events, read_events_csv, with_negatives)
+from .replay import POLICIES, ReplayBuffer
 
-EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
-OPTIONAL_COLUMNS = ("device",)
-POLICIES = ("reservoir", "fifo")
-DENSE_GAP, DENSE_HIST = "log_seconds_since_prev", "log_history_len"
-
-
-@dataclass
-class EventLog:
-    """New interactions in time order (ties broken by user, then item). Ids stay raw strings."""
-
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    timestamps: np.ndarray
-    devices: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.user_ids = np.asarray(self.user_ids, dtype=str).reshape(-1)
-        self.item_ids = np.asarray(self.item_ids, dtype=str).reshape(-1)
-        self.timestamps = np.asarray(self.timestamps, dtype=np.int64).reshape(-1)
-        n = self.user_ids.size
-        if n == 0:
-            raise DataError(expected("at least one event", 0))
-        sizes = [self.item_ids.size, self.timestamps.size] + ([] if self.devices is None else [len(self.devices)])
-        if any(s != n for s in sizes):
-            raise DataError(expected("columns of equal length", [n] + sizes))
-        if (self.timestamps < 0).any():
-            raise DataError(expected("non-negative unix timestamps", int(self.timestamps.min())))
-        if self.devices is not None:
-            self.devices = np.asarray(self.devices, dtype=str).reshape(-1)
-        order = np.lexsort((self.item_ids, self.user_ids, self.timestamps))
-        self.user_ids, self.item_ids, self.timestamps = self.user_ids[order], self.item_ids[order], self.timestamps[order]
-        if self.devices is not None:
-            self.devices = self.devices[order]
-
-    def __len__(self) -> int:
-        return int(self.user_ids.size)
-
-    def take(self, index) -> "EventLog":
-        return EventLog(self.user_ids[index], self.item_ids[index], self.timestamps[index],
-                        None if self.devices is None else self.devices[index])
-
-    @classmethod
-    def from_interactions(cls, log, index=None) -> "EventLog":
-        """Events of an `InteractionLog` (optionally the rows ``index``)."""
-        index = slice(None) if index is None else index
-        return cls(log.user_ids[index].astype(str), log.item_ids[index].astype(str), log.timestamps[index],
-                   None if log.devices is None else log.devices[index])
-
-
-def read_events_csv(path: str | os.PathLike) -> EventLog:
-    """Read ``user_id,item_id,timestamp[,device]`` (header required, extra columns ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(expected("an events CSV file", str(path)))
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
-            missing = [c for c in EVENT_COLUMNS if c not in header]
-            if missing:
-                raise DataError(expected(f"columns {list(EVENT_COLUMNS)} (+ optional device) in {path}",
-                                         f"header {header} (missing {missing})"))
-            wanted = list(EVENT_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in header]
-            index = [header.index(c) for c in wanted]
-            columns = {c: [] for c in wanted}
-            for line_no, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) <= max(index):
-                    raise DataError(expected(f"{len(header)} fields on line {line_no} of {path}", row))
-                for c, i in zip(wanted, index):
-                    columns[c].append(row[i].strip())
-    except UnicodeDecodeError as err:
-        raise DataError(expected(f"UTF-8 text in {path}", str(err))) from None
-    if not columns["user_id"]:
-        raise DataError(expected(f"at least one event row in {path}", "a header only"))
-    blank = [c for c in ("user_id", "item_id") if any(v == "" for v in columns[c])]
-    if blank:
-        raise DataError(expected(f"non-empty {blank} values in {path}", "an empty field"))
-    try:
-        stamps = np.asarray(columns["timestamp"], dtype=np.float64)
-    except ValueError:
-        bad = next(v for v in columns["timestamp"] if not _is_number(v))
-        raise DataError(expected(f"numeric unix-second timestamps in {path}", bad)) from None
-    if not np.isfinite(stamps).all():
-        raise DataError(expected(f"finite timestamps in {path}", "nan/inf"))
-    return EventLog(columns["user_id"], columns["item_id"], stamps.astype(np.int64), columns.get("device"))
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-        return True
-    except ValueError:
-        return False
-
-
-class HistoryStore:
-    """Per-user recent items (raw ids, at most ``max_len``), event count and last timestamp."""
-
-    def __init__(self, max_len: int):
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise DataError(expected("max_len as a positive int", max_len))
-        self.max_len = max_len
-        self._items: dict[str, deque] = {}
-        self._count: dict[str, int] = {}
-        self._last: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, user) -> bool:
-        return str(user) in self._items
-
-    def state(self, user: str) -> tuple[list[str], int, int | None]:
-        """``(recent items, number of past events, last timestamp or None)``."""
-        return list(self._items.get(user, ())), self._count.get(user, 0), self._last.get(user)
-
-    def observe(self, user: str, item: str, timestamp: int) -> None:
-        self._items.setdefault(user, deque(maxlen=self.max_len)).append(item)
-        self._count[user] = self._count.get(user, 0) + 1
-        self._last[user] = int(timestamp)
-
-    def observe_all(self, events: EventLog) -> "HistoryStore":
-        for u, i, t in zip(events.user_ids.tolist(), events.item_ids.tolist(), events.timestamps.tolist()):
-            self.observe(u, i, t)
-        return self
-
-
-@dataclass
-class EncodedEvents:
-    """Event-level model inputs (no candidate), the positive item index and facts per event."""
-
-    inputs: dict
-    positives: np.ndarray
-    known_user: np.ndarray
-    oov_item: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.positives.size)
-
-
-def encode_events(spec: FeatureSpec, events: EventLog, store: HistoryStore, update: bool = True) -> EncodedEvents:
-    """Encode each event with the history the store holds at that moment (frozen vocabulary).
-
-    Args:
-        update: add each event to ``store`` after encoding it (later events see it).
-    """
-    pre = Preprocessor(spec)
-    histories, contexts, dense, known = [], [], [], []
-    devices = events.devices.tolist() if events.devices is not None else None
-    for e, (u, i, t) in enumerate(zip(events.user_ids.tolist(), events.item_ids.tolist(), events.timestamps.tolist())):
-        items, count, last = store.state(u)
-        histories.append(items)
-        contexts.append({"timestamp": t} if devices is None else {"timestamp": t, "device": devices[e]})
-        row = {DENSE_HIST: math.log1p(count)}
-        if last is not None:
-            row[DENSE_GAP] = math.log1p(max(t - last, 0))
-        dense.append({k: v for k, v in row.items() if k in {f.name for f in spec.dense}})
-        known.append(count > 0)
-        if update:
-            store.observe(u, i, t)
-    inputs = {"hist_items": pre.encode_history(histories), **pre.encode_context(contexts)}
-    if spec.dense:
-        inputs[DENSE] = pre.encode_dense(dense)
-    positives = pre.encode_items(events.item_ids.tolist()).astype(np.int32)
-    return EncodedEvents(inputs, positives, np.asarray(known), positives == 1)
-
-
-def with_negatives(encoded: EncodedEvents, negatives: int, vocab_size: int, rng: np.random.Generator,
-                   events=None) -> Split:
-    """Pointwise rows: each event's positive + ``negatives`` uniform known items (≠ the positive).
-
-    ``groups`` = event number, so a split with 1 positive + n negatives per group is a ranking set.
-    """
-    if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
-        raise DataError(expected("negatives as a non-negative int", negatives))
-    if vocab_size - NUM_RESERVED < 2:
-        raise DataError(expected("a vocabulary with at least 2 known items", vocab_size - NUM_RESERVED))
-    events = np.arange(len(encoded)) if events is None else np.asarray(events)
-    per = negatives + 1
-    rows = np.repeat(events, per)
-    cands = np.empty((events.size, per), dtype=np.int32)
-    cands[:, 0] = encoded.positives[events]
-    if negatives:
-        draw = rng.integers(NUM_RESERVED, vocab_size - 1, size=(events.size, negatives))
-        cands[:, 1:] = draw + (draw >= cands[:, :1])       # skip the positive, stay uniform
-    labels = np.zeros((events.size, per), dtype=np.float32)
-    labels[:, 0] = 1.0
-    inputs = {k: v[rows] for k, v in encoded.inputs.items()}
-    inputs[CAND_ITEM] = cands.reshape(-1)
-    return Split(inputs, labels.reshape(-1), rows.astype(np.int64))
-
-
-class ReplayBuffer:
-    """A bounded store of past training rows (``reservoir``: uniform over everything offered;
-    ``fifo``: the most recent ``capacity`` rows).
-
-    Args:
-        capacity: maximum rows held (≥ 1).
-        policy: ``"reservoir"`` or ``"fifo"``.
-        seed: seeds reservoir replacement and sampling.
-    """
-
-    def __init__(self, capacity: int = 20000, policy: str = "reservoir", seed: int = 0):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise DataError(expected("replay capacity as a positive int", capacity))
-        if policy not in POLICIES:
-            raise DataError(expected(f"replay policy among {list(POLICIES)}", policy))
-        self.capacity, self.policy = capacity, policy
-        self.rng = np.random.default_rng(seed)
-        self.arrays: dict | None = None
-        self.size = 0
-        self.offered = 0
-        self._next = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, inputs: dict, labels) -> None:
-        labels = np.asarray(labels, np.float32).reshape(-1)
-        n = labels.size
-        if any(np.asarray(v).shape[0] != n for v in inputs.values()):
-            raise DataError(expected(f"input arrays of {n} rows (one per label)",
-                                     {k: np.asarray(v).shape[0] for k, v in inputs.items()}))
-        if self.arrays is None:
-            self.arrays = {k: np.zeros((self.capacity,) + np.asarray(v).shape[1:], np.asarray(v).dtype)
-                           for k, v in {**inputs, "labels": labels}.items()}
-        elif set(self.arrays) != set(inputs) | {"labels"}:
-            raise DataError(expected(f"rows with arrays {sorted(self.arrays)}", sorted(set(inputs) | {"labels"})))
-        rows = {**inputs, "labels": labels}
-        if self.policy == "fifo":
-            slots = (self._next + np.arange(n)) % self.capacity
-            keep = np.arange(n)[-self.capacity:]
-            slots = slots[-self.capacity:]
-            self._next = int((self._next + n) % self.capacity)
-            self.size = min(self.capacity, self.size + n)
-        else:
-            seen = self.offered + np.arange(n)                     # 0-based stream position
-            fill = seen < self.capacity
-            slots = np.where(fill, seen, self.rng.integers(0, np.maximum(seen + 1, 1)))
-            keep = np.flatnonzero(fill | (slots < self.capacity))
-            slots = slots[keep]
-            self.size = min(self.capacity, self.size + n)
-        for k, v in rows.items():
-            self.arrays[k][slots] = np.asarray(v)[keep]
-        self.offered += n
-
-    def sample(self, n: int) -> tuple[dict, np.ndarray]:
-        """``n`` rows drawn uniformly (with replacement) from the buffer."""
-        if self.size == 0:
-            raise DataError(expected("a non-empty replay buffer", 0))
-        pick = self.rng.integers(0, self.size, size=n)
-        out = {k: v[pick] for k, v in self.arrays.items()}
-        return out, out.pop("labels")
-
-    def contents(self) -> Split:
-        arrays = {k: v[:self.size] for k, v in (self.arrays or {}).items()}
-        labels = arrays.pop("labels", np.zeros(0, np.float32))
-        return Split(arrays, labels)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -354,15 +90,13 @@ class OnlineUpdater:
     """
 
     def __init__(self, parts, config: OnlineConfig | None = None, replay: ReplayBuffer | None = None):
-        from edgerec.converters.tfenv import import_tf
+        from .loop import compile_model
 
-        _, keras = import_tf()
         self.parts, self.config = parts, config or OnlineConfig()
         self.replay = replay or ReplayBuffer(self.config.replay_capacity, self.config.replay_policy, self.config.seed)
         self.rng = np.random.default_rng(self.config.seed)
         self.names = list(parts.fused.input_names)
-        parts.fused.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate),
-                            loss=keras.losses.BinaryCrossentropy())
+        compile_model(parts.fused, self.config.learning_rate)
         self.steps_done = 0
 
     def scores(self, split: Split) -> np.ndarray:
@@ -417,7 +151,7 @@ class OnlineUpdater:
 def time_slice_evaluation(log, family: str = "din", *, base_fraction: float = 0.8, num_slices: int = 4,
                           model_config=None, train_config=None, online_config: OnlineConfig | None = None,
                           eval_negatives: int = 50, max_eval_events: int = 2000, max_seq_len: int = 50,
-                          negatives: int = 4, seed: int = 0, progress=None) -> dict:
+                          negatives: int = 4, seed: int = 0) -> dict:
     """Base period + K time slices of an `InteractionLog`: online updates vs a frozen model.
 
     The log (sorted by time) is cut at ``base_fraction`` of its events; the base period is
@@ -445,7 +179,6 @@ def time_slice_evaluation(log, family: str = "din", *, base_fraction: float = 0.
         raise DataError(expected("base_fraction in (0, 1)", base_fraction))
     if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
         raise DataError(expected("num_slices as a positive int", num_slices))
-    say = progress or (lambda _m: None)
     cfg = online_config or OnlineConfig(seed=seed)
     order = np.lexsort((log.item_ids, log.user_ids, log.timestamps))
     cut = int(len(order) * base_fraction)
@@ -455,7 +188,7 @@ def time_slice_evaluation(log, family: str = "din", *, base_fraction: float = 0.
     base_log = InteractionLog(log.user_ids[base_idx], log.item_ids[base_idx], log.timestamps[base_idx], log.items,
                               None if log.devices is None else log.devices[base_idx], f"{log.name}-base", log.meta)
     dataset = build_dataset(base_log, max_seq_len=max_seq_len, negatives=negatives, seed=seed, progress=False)
-    say(f"base period: {cut} events, {len(dataset.train)} training rows")
+    logger.info(f"base period: {cut} events, {len(dataset.train)} training rows")
     parts, history, metrics = train_model(dataset, family, model_config, train_config)
     spec, rng = parts.spec, np.random.default_rng(seed)
     store = HistoryStore(spec.max_seq_len).observe_all(EventLog.from_interactions(log, base_idx))
@@ -481,7 +214,7 @@ def time_slice_evaluation(log, family: str = "din", *, base_fraction: float = 0.
         fact["online_after_auc"] = M.auc(evaluation.labels, updater.scores(evaluation))
         fact["prequential_auc"] = M.auc(train_rows.labels, result["scores"])
         fact["steps"] = result["steps"]
-        say(f"slice {fact['slice']}: frozen {fact['frozen_auc']:.4f}  online before {fact['online_before_auc']:.4f}"
+        logger.info(f"slice {fact['slice']}: frozen {fact['frozen_auc']:.4f}  online before {fact['online_before_auc']:.4f}"
             f"  after {fact['online_after_auc']:.4f}")
     return {"base": {"events": cut, "metrics": metrics, "history": history}, "slices": facts,
             "config": {"family": family, "base_fraction": base_fraction, "num_slices": num_slices,

@@ -1,12 +1,16 @@
-"""One call from a `RecDataset` to a trained, evaluated `ModelParts` (used by `edgerec train`)."""
+"""One call from a `RecDataset` to a trained, evaluated `ModelParts` (plain training)."""
 from __future__ import annotations
 
+import logging
 import time
 
+from edgerec.runtime.contract import FAMILIES
 from edgerec.runtime.errors import SpecError, expected
 
-from ..models.config import FAMILIES, ModelConfig
+from ..models.config import ModelConfig
 from .fit import TrainConfig, evaluate, fit
+
+logger = logging.getLogger(__name__)
 
 
 def train_content_encoder(dataset, config: ModelConfig, seed: int = 0, verbose: int = 0):
@@ -48,11 +52,10 @@ def prepare_training(dataset, family: str, model_config: ModelConfig | None,
     spec, content, content_info = dataset.spec, None, None
     if model_config.uses_content(family):
         if train_config.verbose:
-            print("pre-training the content encoder on the item corpus", flush=True)
+            logger.info("pre-training the content encoder on the item corpus")
         spec, content, content_info = train_content_encoder(dataset, model_config, train_config.seed)
         if train_config.verbose:
-            print(f"  bag-of-words recall@5 {content_info['recall@5']:.3f} "
-                  f"({content_info['seconds']:.1f} s)", flush=True)
+            logger.info(f"  bag-of-words recall@5 {content_info['recall@5']:.3f} ({content_info['seconds']:.1f} s)")
     from edgerec.converters.tfenv import import_tf
 
     import_tf()[1].utils.set_random_seed(train_config.seed)

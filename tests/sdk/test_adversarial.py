@@ -10,9 +10,8 @@ from edgerec.runtime.errors import SpecError
 
 pytest.importorskip("tf_keras")
 
-from edgerec.sdk.training.adversarial import (AdversarialConfig, EmbeddingForward, add_train_arguments,  # noqa: E402
-                                              adversarial_fit, compare_robustness, config_from_args,
-                                              format_comparison, robustness_report)
+from edgerec.sdk.training.adversarial import (AdversarialConfig, EmbeddingForward, adversarial_fit,  # noqa: E402
+                                              compare_robustness, format_comparison, robustness_report)
 
 TINY = dict(embedding_dim=8, hidden_units=(16,), attention_units=(8,), gru_units=8, ff_dim=16)
 
@@ -154,11 +153,16 @@ def test_robustness_report_is_consistent(dataset):
 
 
 def test_train_flags_build_the_config():
+    from edgerec.sdk.cli import train
+
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    assert config_from_args(parser.parse_args([])) is None
-    config = config_from_args(parser.parse_args(["--adversarial", "pgd", "--eps", "0.25", "--adv-weight", "0.5",
-                                                 "--pgd-steps", "5"]))
-    assert config == AdversarialConfig(attack="pgd", eps=0.25, weight=0.5, steps=5)
+    train.configure(parser)
+    assert train.job_from_args(parser.parse_args(["--out", "x"])).adversarial is None
+    job = train.job_from_args(parser.parse_args(["--out", "x", "--adversarial", "pgd", "--eps", "0.25",
+                                                 "--adv-weight", "0.5", "--pgd-steps", "5"]))
+    assert job.adversarial == AdversarialConfig(attack="pgd", eps=0.25, weight=0.5, steps=5)
+    assert AdversarialConfig.from_dict(job.adversarial.to_dict()) == job.adversarial
     with pytest.raises(SpecError, match="Expected"):
-        config_from_args(parser.parse_args(["--adversarial", "fgsm", "--eps", "0"]))
+        train.job_from_args(parser.parse_args(["--out", "x", "--adversarial", "fgsm", "--eps", "0"]))
+    with pytest.raises(SpecError, match="--adversarial or --strategy, not both"):
+        train.job_from_args(parser.parse_args(["--out", "x", "--adversarial", "fgsm", "--strategy", "mirrored"]))

@@ -1,5 +1,5 @@
 """Distributed training: TF_CONFIG handling, the local worker launcher, MirroredStrategy on two
-logical CPUs and MultiWorkerMirroredStrategy with two local workers on loopback (issue 7 item 4)."""
+logical CPUs and MultiWorkerMirroredStrategy with two local workers on loopback."""
 from __future__ import annotations
 
 import json
@@ -126,7 +126,7 @@ def test_task_info_picks_the_chief_like_tf_docs(cluster, task_type, task_id, chi
 def test_make_strategy_rejects_unknown_names():
     from edgerec.sdk.training.distributed import make_strategy
 
-    with pytest.raises(SpecError, match="--strategy among"):
+    with pytest.raises(SpecError, match="strategy among"):
         make_strategy("parameter_server")
 
 
@@ -226,7 +226,7 @@ def test_two_local_workers_end_with_identical_weights(tmp_path):
     scratch.mkdir()
     out = tmp_path / "model"
     # --workers 2 without TF_CONFIG: the command launches two loopback workers (hard bound 200 s on a busy box)
-    argv = ["-m", "edgerec.sdk.training.distributed", "--strategy", "multiworker", "--workers", "2",
+    argv = ["-m", "edgerec.sdk.cli", "train", "--strategy", "multiworker", "--workers", "2",
             "--worker-timeout", "200", *TINY_DATA, *TINY_MODEL, "--epochs", "1", "--batch-size", "16",
             "--max-train-rows", "192", "--seed", "5", "--quiet", "--out", str(out)]
     proc = _run_python(argv, timeout=230, env_extra={"TMPDIR": str(scratch)})
@@ -252,17 +252,36 @@ def test_two_local_workers_end_with_identical_weights(tmp_path):
 
 @pytest.mark.parametrize("extra, fragment", [(["--strategy", "mirrored", "--model", "mlp"], "--model among"),
                                              (["--strategy", "mirrored", "--workers", "2"], "--workers only with"),
-                                             (["--strategy", "multiworker", "--workers", "-1"], "--workers as an int")])
-def test_command_line_rejects_bad_worker_options(extra, fragment):
-    from edgerec.sdk.training.distributed import main
+                                             (["--workers", "2"], "--workers only with"),
+                                             (["--strategy", "multiworker", "--workers", "-1"], "workers as an int"),
+                                             (["--strategy", "mirrored", "--cpu-devices", "0"], "cpu_devices")])
+def test_command_line_rejects_bad_worker_options(extra, fragment, capsys):
+    from edgerec.sdk.cli import main
 
-    with pytest.raises(SpecError, match=fragment):
-        main(["--out", "unused", *extra])
+    assert main(["train", "--out", "unused", *extra]) == 2
+    assert fragment in capsys.readouterr().err
 
 
-def test_command_line_requires_a_strategy(capsys):
-    from edgerec.sdk.training.distributed import main
+def test_distributed_config_checks_and_round_trips(monkeypatch):
+    from edgerec.sdk.training.distributed import DistributedConfig
 
-    with pytest.raises(SystemExit) as info:
-        main(["--out", "unused"])
-    assert info.value.code == 2 and "--strategy is required" in capsys.readouterr().err
+    config = DistributedConfig("multiworker", workers=2, worker_timeout=60)
+    assert DistributedConfig.from_dict(config.to_dict()) == config
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert config.launches_local_cluster and not DistributedConfig("multiworker").launches_local_cluster
+    monkeypatch.setenv("TF_CONFIG", json.dumps(local_tf_config([5001, 5002], 0)))
+    assert not config.launches_local_cluster                  # a worker of that cluster trains itself
+    for bad in ({"strategy": "ps"}, {"workers": 2}, {"worker_timeout": 0}, {"cpu_devices": True}):
+        with pytest.raises(SpecError, match="Expected"):
+            DistributedConfig(**bad)
+    with pytest.raises(SpecError, match="distributed-config keys"):
+        DistributedConfig.from_dict({"gpus": 2})
+
+
+def test_worker_entry_point_rejects_a_bad_job(capsys):
+    from edgerec.sdk.training.worker import main
+
+    assert main(["{not json"]) == 2
+    assert "the TrainJob as JSON" in capsys.readouterr().err
+    assert main([json.dumps({"out": "x", "family": "mlp"})]) == 2
+    assert "a model family among" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def test_online_update_adapts_to_drift_vs_frozen(model_dir, tiny_synthetic_datas
 
 @pytest.mark.slow
 def test_update_command_end_to_end(model_dir, tiny_synthetic_dataset, tmp_path):
-    from edgerec.sdk import commands_update
+    from edgerec.sdk.cli import update as update_command
     from edgerec.sdk.training import load_model_dir, read_manifest
 
     events = _drift_events(tiny_synthetic_dataset, n=300)
@@ -153,11 +153,11 @@ def test_update_command_end_to_end(model_dir, tiny_synthetic_dataset, tmp_path):
                                                     zip(events.user_ids, events.item_ids, events.timestamps)]
     csv_path = _write(tmp_path / "new.csv", "\n".join(lines) + "\n")
     parser = argparse.ArgumentParser()
-    commands_update.configure("update", parser)
+    update_command.configure(parser)
     out = tmp_path / "v2"
     args = parser.parse_args([str(model_dir), "--events", str(csv_path), "--out", str(out), "--steps", "3",
                               "--events-per-batch", "100", "--replay", "500", "--quiet"])
-    assert commands_update.run("update", args) == 0
+    assert update_command.run(args) == 0
     manifest = read_manifest(out)
     assert manifest["bundle_version"] == 2 and manifest["online"]["events"] == 300
     assert manifest["online"]["steps"] == 9 and manifest["online"]["parent"] == str(model_dir.absolute())
@@ -171,14 +171,14 @@ def test_update_command_end_to_end(model_dir, tiny_synthetic_dataset, tmp_path):
     bad = _write(tmp_path / "bad.csv", "user,item_id,timestamp\n1,2,3\n")
     args = parser.parse_args([str(model_dir), "--events", str(bad), "--out", str(tmp_path / "x")])
     with pytest.raises(DataError, match="missing \\['user_id'\\]"):
-        commands_update.run("update", args)
+        update_command.run(args)
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
 def test_update_exports_a_new_bundle_version(model_dir, tiny_synthetic_dataset, tmp_path):
     from edgerec.runtime.manifest import load_manifest
-    from edgerec.sdk.commands_update import update_model_dir
+    from edgerec.sdk.training.update import update_model_dir
 
     summary = update_model_dir(model_dir, _drift_events(tiny_synthetic_dataset, n=100), tmp_path / "v2",
                                OnlineConfig(events_per_batch=100, steps_per_batch=2, replay_capacity=500),
@@ -189,7 +189,7 @@ def test_update_exports_a_new_bundle_version(model_dir, tiny_synthetic_dataset, 
     assert manifest.model["source"] == str(tmp_path / "v2") and manifest.selected["litert"]["fused"]
 
 
-def test_update_cli_reports_bad_events_as_typed_error(tmp_path, monkeypatch, capsys):
+def test_update_cli_reports_bad_events_as_typed_error(tmp_path, capsys):
     from edgerec.sdk import cli
 
     model = tmp_path / "m"
@@ -197,9 +197,11 @@ def test_update_cli_reports_bad_events_as_typed_error(tmp_path, monkeypatch, cap
     (model / "edgerec_model.json").write_text(json.dumps(
         {"format_version": 1, "family": "din", "parts": {}, "feature_spec": "feature_spec.json"}))
     bad = _write(tmp_path / "bad.csv", "uid,item_id,timestamp\n1,2,3\n")
-    monkeypatch.setitem(cli.COMMANDS, "update", ("edgerec.sdk.commands_update", "online update"))
     assert cli.main(["update", str(model), "--events", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "DataError" in err and "Expected columns ['user_id', 'item_id', 'timestamp']" in err
     assert cli.main(["update", str(tmp_path / "nowhere"), "--events", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "Expected an existing MODEL_DIR" in capsys.readouterr().err
+    args = ["update", str(model), "--events", str(bad), "--out", str(tmp_path / "o"), "--export", str(tmp_path / "b")]
+    assert cli.main([*args, "--quantize", "int3"]) == 2            # export options fail before the events are read
+    assert "quantize modes among" in capsys.readouterr().err
