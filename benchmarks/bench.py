@@ -245,7 +245,7 @@ def run_bench(bundle: str | Path, out_dir: str | Path, options: BenchOptions = B
         records = outcome.report["results"]
         if records and all(r.get("error") for r in records):
             outcome.failures.append("every configuration failed; see bench.md")
-    outcome.report["notes"] = list(notes)
+    outcome.report.update(notes=list(notes), plots=[])
     outcome.written = write_report(outcome.report, out)
     if load_test is not None:
         _load_test(bundle, load_test, options, outcome)

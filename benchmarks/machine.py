@@ -14,6 +14,8 @@ from importlib import metadata
 
 PACKAGES = ("edgerec", "numpy", "onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "onnx", "tensorflow",
             "tf-keras", "tensorflow-model-optimization", "tf2onnx", "matplotlib", "psutil")
+_STATM = "/proc/self/statm"
+_STATUS = "/proc/self/status"
 
 
 def cpu_model() -> str:
@@ -95,10 +97,6 @@ def peak_rss_mb() -> float | None:
         return current_rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, bytes on macOS
-
-
-_STATM = "/proc/self/statm"
-_STATUS = "/proc/self/status"
 
 
 def rss_source() -> str | None:

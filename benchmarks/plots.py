@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .figures import pyplot, save_png
-from .report import OVERHEAD_GOALS, _ok
+from .report import OVERHEAD_GOALS, ok_records
 from .tradeoff import place_labels, plot_tradeoff, tradeoff_figure  # noqa: F401 - public here too
 
 PERCENTILE_MARKERS = (("p90_ms", "p90", "o"), ("p99_ms", "p99", "D"), ("p999_ms", "p99.9", "X"))
@@ -73,7 +73,13 @@ def latency_rows(records: Sequence[dict]) -> list[tuple]:
 
 
 def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str = "tensor") -> Path | None:
-    rows = [r for r in _ok(records) if r["scenario"] == scenario]
+    built = latency_figure(records, scenario)
+    return None if built is None else save_png(built[0], path, bbox_inches="tight")
+
+
+def latency_figure(records: Sequence[dict], scenario: str = "tensor"):
+    """``(figure, axes, row layout)`` of the percentile plot, or None without records of ``scenario``."""
+    rows = [r for r in ok_records(records) if r["scenario"] == scenario]
     if not rows:
         return None
     plt = pyplot()
@@ -128,7 +134,7 @@ def plot_latency_percentiles(records: Sequence[dict], path: Path, scenario: str 
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),
                fontsize=FONT - 0.5, frameon=False)
-    return save_png(fig, path, bbox_inches="tight")
+    return fig, axes[0], layout
 
 
 def goal_text(goal: float) -> str:
@@ -151,6 +157,12 @@ def overhead_rows(group: Sequence[dict]) -> list[tuple]:
 
 
 def plot_overhead(comparison: dict, path: Path) -> Path | None:
+    built = overhead_figure(comparison)
+    return None if built is None else save_png(built[0], path, bbox_inches="tight")
+
+
+def overhead_figure(comparison: dict):
+    """``(figure, {scenario: axes}, {scenario: row layout})`` of the overhead plot, or None."""
     rows = [r for r in comparison.get("overhead") or [] if r.get("ratio") is not None]
     if not rows:
         return None
@@ -199,7 +211,7 @@ def plot_overhead(comparison: dict, path: Path) -> Path | None:
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=FONT - 1,
                frameon=False)
-    return save_png(fig, path, bbox_inches="tight")
+    return fig, dict(zip(scenarios, axes[:, 0])), layouts
 
 
 def write_plots(report: dict, out_dir: str | Path) -> list[Path]:

@@ -34,7 +34,8 @@ TABLE_COLUMNS = (("scenario", "scenario"), ("backend", "backend"), ("variant", "
                  ("delta_auc", "ΔAUC"), ("iterations", "iters"))
 
 
-def _ok(records: Iterable[dict]) -> list[dict]:
+def ok_records(records: Iterable[dict]) -> list[dict]:
+    """The records that ran and were timed."""
     return [r for r in records if not r.get("error") and r.get("p50_ms") is not None]
 
 
@@ -47,7 +48,7 @@ def _find(records: Sequence[dict], **match) -> dict | None:
 
 def comparisons(records: Sequence[dict]) -> dict:
     """Headline ratios derived from the records (see the module docstring)."""
-    ok = _ok(records)
+    ok = ok_records(records)
     overhead = []
     for rec in ok:
         if not rec["backend"].startswith("edgerec_") or rec["scenario"] not in OVERHEAD_GOALS:
@@ -167,7 +168,7 @@ def render_markdown(report: dict) -> str:
     if report.get("load_test"):
         lines += load_test_markdown(report["load_test"])
     results = report.get("results", [])
-    ok = _ok(results)
+    ok = ok_records(results)
     if ok:
         lines += ["## All configurations", "", markdown_table(ok, TABLE_COLUMNS), ""]
     failed = [r for r in results if r.get("error")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .figures import pyplot, save_png
-from .report import _ok
+from .report import ok_records
 
 MARKERS = {"onnxruntime": "o", "litert": "s"}
 SELECTED_COLOR = "tab:red"
@@ -34,7 +34,7 @@ def _delta(point: dict) -> float:
 
 
 def _points(records: Sequence[dict]) -> tuple[int, dict] | None:
-    rows = [r for r in _ok(records) if r["scenario"] == "tensor" and r["backend"].startswith(("edgerec_", "raw_"))
+    rows = [r for r in ok_records(records) if r["scenario"] == "tensor" and r["backend"].startswith(("edgerec_", "raw_"))
             and r.get("size_bytes")]
     if not rows:
         return None

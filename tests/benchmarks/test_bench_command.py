@@ -114,6 +114,8 @@ def test_bench_command_writes_report(tiny_onnx_bundle, tmp_path, capsys):
     assert {c["candidates"] for c in comp["candidates"]} == {16}
     assert comp["result_cache"][0]["miss_over_hit"] > 1.0  # a hit skips preprocessing and the model
     assert any(k.startswith("raw_request") for k in report["profile"])
+    assert [m["backend"] for m in report["runtime_memory"]] == ["onnxruntime"]
+    assert report["runtime_memory"][0]["heavy_modules"] == [] and "runtime memory (onnxruntime" in printed
     md = (out / "bench.md").read_text()
     assert "## edgerec overhead over the raw backend" in md and "## 1 user × N candidates" in md
     assert "Where the time goes" in md
