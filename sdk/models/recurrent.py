@@ -4,8 +4,8 @@ Why not ``tf_keras.layers.GRU``: with ``unroll=False`` it is a while loop over t
 TFLite builtins cannot lower (toolchain note); with ``unroll=True`` every step has its own input
 ``MatMul + BiasAdd``. In full-integer int8 a bias is stored as int32 with the scale
 ``input_scale × weight_scale[channel]``; each step's input has its own scale, so the converter
-writes one bias tensor *and one per-channel scale array* per step and gate matrix. On the
-MovieLens GRU (50 steps, 64 units) that metadata made the int8 file 0.59× the fp32 one.
+writes one bias tensor *and one per-channel scale array* per step and gate matrix; over 50
+steps that metadata outweighs the int8 savings on the weights.
 
 `ProjectedGRU` computes the same function (Keras GRU, ``reset_after=True``) in a different order:
 the input projection ``x·W + b`` runs once over the whole sequence (one FULLY_CONNECTED, one bias),
@@ -13,9 +13,9 @@ and each unrolled step does only ``h·U`` (no bias: the z/r recurrent biases are
 input projection, the candidate's enters as ``r*b_h``, because an ``Add`` right after a MatMul
 is fused into a per-step int32 bias with per-channel scales) plus the gate arithmetic.
 
-A ``tf.while_loop`` version would be far smaller, but TF 2.21's int8 calibration segfaults on it. Its weights have the shapes and order of ``GRU``'s
-(``kernel [E, 3H]``, ``recurrent_kernel [H, 3H]``, ``bias [2, 3H]``), so
-``ProjectedGRU.set_weights(gru.get_weights())`` moves a trained GRU over unchanged.
+A ``tf.while_loop`` version would be far smaller, but TF 2.21's int8 calibration segfaults on it.
+Its weights have the shapes and order of ``GRU``'s (``kernel [E, 3H]``, ``recurrent_kernel [H, 3H]``,
+``bias [2, 3H]``), so ``ProjectedGRU.set_weights(gru.get_weights())`` moves a trained GRU over unchanged.
 """
 from __future__ import annotations
 

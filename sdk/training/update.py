@@ -150,10 +150,12 @@ def update_model_dir(model_dir, events, out, config: OnlineConfig | None = None,
 
 def _examples(model_dir: Path, manifest: dict) -> list[dict]:
     """The parent's example requests (their expected scores are recomputed for the new model)."""
+    from edgerec.runtime.requests_io import parse_jsonl
+
     path = model_dir / manifest.get("examples", "examples.jsonl")
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return parse_jsonl(path.read_text("utf-8"), str(path), error=BundleError)
 
 
 def _export(model_dir: Path, bundle, version: int, options: dict, progress) -> dict:

@@ -14,7 +14,43 @@ def test_demo_rejects_unknown_data(tmp_path, capsys):
 
 def test_demo_rejects_bad_epochs(tmp_path, capsys):
     assert main(["demo", "--tiny", "--epochs", "0", "--out", str(tmp_path)]) == 2
-    assert "Expected --epochs as a positive int" in capsys.readouterr().err
+    assert "Expected epochs as a positive int" in capsys.readouterr().err
+    assert main(["demo", "--budget-s", "-1", "--out", str(tmp_path)]) == 2
+    assert "Expected budget_s as a positive number" in capsys.readouterr().err
+
+
+def _replay_result(passed: bool):
+    from edgerec.runtime.contract import tolerance_for
+    from edgerec.runtime.examples import ReplayResult
+
+    return ReplayResult("fused_int8.tflite", "litert", {"fused": "fused_int8.tflite"}, "int8", 32,
+                        0.01 if passed else 0.9, 0.001 if passed else 0.5, tolerance_for("int8"), passed,
+                        None if passed else "worst |Δ| 0.9 > 0.25")
+
+
+def test_demo_passes_only_when_every_replay_passes():
+    from edgerec.sdk.demo import DemoReport
+
+    assert DemoReport("s", [_replay_result(True), _replay_result(True)]).passed
+    assert not DemoReport("s", [_replay_result(True), _replay_result(False)]).passed
+    assert not DemoReport("s", []).passed                     # nothing replayed proves nothing
+
+
+def test_demo_command_fails_when_the_replay_fails(tmp_path, monkeypatch, capsys):
+    from edgerec.sdk import demo
+
+    seen = {}
+
+    def fake_run_demo(data, out, settings, seed=0):
+        seen.update(data=data, out=out, epochs=settings.epochs, budget_s=settings.budget_s, seed=seed)
+        return demo.DemoReport("summary text", [_replay_result(False)])
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--tiny", "--epochs", "2", "--out", str(tmp_path), "--seed", "3"]) == 1
+    assert seen == {"data": "synthetic", "out": tmp_path, "epochs": 2, "budget_s": 0.1, "seed": 3}
+    assert "summary text" in capsys.readouterr().out
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: demo.DemoReport("ok", [_replay_result(True)]))
+    assert main(["demo", "--out", str(tmp_path)]) == 0
 
 
 @pytest.mark.slow
@@ -23,7 +59,8 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "demo"
     assert main(["demo", "--tiny", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     for step in range(1, 7):
         assert f"[{step}/6]" in printed
     assert "tensor path" in printed and "vs tf.fn" in printed
@@ -49,3 +86,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         assert width >= 400 and height >= 300
     summary = (out / "summary.txt").read_text()
     assert "edgerec demo on synthetic" in summary and "tensor path" in summary
+    assert "examples replay: passed" in summary
+    replayed = [line for line in printed.splitlines() if " examples, " in line]
+    assert replayed and all(line.endswith(": OK") for line in replayed), replayed
+    assert "\r" not in captured.out and "\r" not in captured.err      # plain lines when not on a terminal

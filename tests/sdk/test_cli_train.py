@@ -52,3 +52,41 @@ def test_bad_data_option_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "x"), "--data-option", "num_users", "--quiet"])
     assert code == 2
     assert "Expected --data-option as KEY=INT, received: 'num_users'" in capsys.readouterr().err
+
+
+def test_train_says_tensorflow_is_missing_before_building_data(tmp_path, monkeypatch, capsys):
+    import edgerec.sdk.data as data
+    from edgerec.sdk.cli import main
+    from edgerec.sdk.training import job
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the dataset was built before the train extra was checked")
+
+    monkeypatch.setattr(job, "TRAIN_MODULES", ("edgerec_test_no_such_module",))
+    monkeypatch.setattr(data, "load_dataset", must_not_run)
+    assert main(["train", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'edgerec_test_no_such_module'" in err and "pip install 'edgerec[train]'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_job_round_trips_through_json_and_checks_its_fields():
+    from edgerec.runtime.errors import SpecError
+    from edgerec.sdk.models import ModelConfig
+    from edgerec.sdk.training import TrainConfig, TrainJob
+    from edgerec.sdk.training.adversarial import AdversarialConfig
+    from edgerec.sdk.training.distributed import DistributedConfig
+
+    job = TrainJob(out="runs/x", family="gru", data_options={"num_users": 50}, model=ModelConfig(gru_units=8),
+                   train=TrainConfig(patience=1, seed=4), distributed=DistributedConfig("multiworker", workers=2))
+    assert TrainJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    adversarial = TrainJob(out="x", adversarial=AdversarialConfig(attack="pgd"))
+    assert TrainJob.from_dict(adversarial.to_dict()) == adversarial
+    for bad, fragment in [({"family": "two_tower"}, "model family among"),
+                          ({"data_options": {"num_users": "many"}}, "data_options"),
+                          ({"train": {"epochs": 2}}, "train as a TrainConfig"),
+                          ({"adversarial": AdversarialConfig(), "distributed": DistributedConfig()}, "not both")]:
+        with pytest.raises(SpecError, match=fragment):
+            TrainJob(out="x", **bad)
+    with pytest.raises(SpecError, match="train-job keys"):
+        TrainJob.from_dict({"out": "x", "gpus": 1})

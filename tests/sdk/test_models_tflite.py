@@ -79,12 +79,12 @@ def _item_tables(path, shape):
 @pytest.mark.slow
 @pytest.mark.parametrize("family, seq, items, units", [
     ("din", 10, 2400, 64),
-    # the MovieLens shape (50 unrolled steps, ~9.7k items): 0.59 before ProjectedGRU and the
-    # compaction; the per-step activation metadata still takes most of the margin
+    # the MovieLens shape (50 unrolled steps, ~9.7k items): per-step activation metadata takes
+    # most of the margin
     ("gru", 50, 9700, 64),
 ])
 def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items, units):
-    """Issue 3: one shared lookup -> one int8 item table, int8 file small against the fp32 one (both
+    """One shared lookup -> one int8 item table, int8 file small against the fp32 one (both
     compacted); for the GRU that needs `ProjectedGRU` (no per-step int32 biases) and the compaction."""
     from ai_edge_litert.interpreter import Interpreter
 
