@@ -49,6 +49,7 @@ def build_pool(bundle, users: int, rows: int, candidates: int, seed: int = 0) ->
     """Raw requests for the load: ``users`` user requests (history sampled from the item
     vocabulary; context/dense copied from the bundle's examples), ``rows`` full predict rows and
     one list of ``candidates`` raw item ids."""
+    from edgerec.runtime.examples import ExampleSet
     from edgerec.runtime.manifest import confined_path, load_manifest
     from edgerec.runtime.spec import FeatureSpec
 
@@ -57,13 +58,10 @@ def build_pool(bundle, users: int, rows: int, candidates: int, seed: int = 0) ->
     if not manifest.feature_spec:
         raise BundleError(expected("a bundle with a feature spec (raw requests)", "none"))
     spec = FeatureSpec.load(confined_path(bundle, manifest.feature_spec))
-    examples_path = bundle / "examples.jsonl"
-    import json
-    examples = [json.loads(line) for line in examples_path.read_text("utf-8").splitlines() if line.strip()] \
-        if examples_path.is_file() else []
-    examples = [e for e in examples if isinstance(e, dict) and "history" in e]
+    lines = ExampleSet.load(bundle, manifest, spec=spec).lines
+    examples = [e for e in lines if "history" in e]
     if not examples:
-        raise BundleError(expected(f"raw example requests in {examples_path}", "none"))
+        raise BundleError(expected("raw example requests with a history in examples.jsonl", "none"))
     tokens = list(spec.item_vocab.tokens)
     rng = random.Random(seed)
     user_pool = []

@@ -18,7 +18,6 @@ Inputs come from the bundle itself: ``examples.jsonl`` requests (encoded with th
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,26 +61,16 @@ class BundleData:
 
 @functools.lru_cache(maxsize=4)
 def bundle_data(path: str) -> BundleData:
+    """The bundle's manifest (verified) and its examples.jsonl, read and encoded by the runtime."""
+    from edgerec.runtime.examples import ExampleSet
+
     bundle = Path(path)
     manifest = load_manifest(bundle, verify=True)
-    examples_path = bundle / "examples.jsonl"
-    requests, arrays = [], {}
-    if examples_path.is_file():
-        lines = [json.loads(line) for line in examples_path.read_text("utf-8").splitlines() if line.strip()]
-        if lines and "inputs" in lines[0]:  # bring-your-own-model examples: already arrays
-            arrays = {name: np.concatenate([np.asarray(l["inputs"][name]) for l in lines])
-                      for name in lines[0]["inputs"]}
-        else:
-            requests = [{k: v for k, v in line.items() if k != "expected"} for line in lines]
-    if requests and manifest.feature_spec:
-        from edgerec.runtime.preprocess import Preprocessor
-        from edgerec.runtime.spec import FeatureSpec
-
-        spec = FeatureSpec.load(confined_path(bundle, manifest.feature_spec))
-        arrays = Preprocessor(spec).encode_requests(requests)
-    if not arrays:
-        raise BundleError(expected(f"example requests or arrays in {examples_path}", "none"))
-    # cast to the dtypes the artifacts declare (BYOM JSON rows lose them)
+    examples = ExampleSet.load(bundle, manifest)
+    requests = [{k: v for k, v in line.items() if k != "expected"} for line in examples.lines] \
+        if examples.kind == "requests" else []
+    arrays = dict(examples.feeds)
+    # the dtypes the artifacts declare (JSON rows lose them)
     for art in manifest.artifacts:
         for tensor in art.inputs:
             if tensor.name in arrays:
