@@ -235,11 +235,6 @@ class Preprocessor:
                 self._dense_rows(dense)
         return arrays
 
-    def encode_user(self, request: Mapping) -> dict[str, np.ndarray]:
-        """User-encoder inputs (batch of 1) for one request's history."""
-        request = self.check_request(request, need_item=False)
-        return {HIST_ITEMS: self.encode_history([request["history"]])}
-
     def encode_candidates(self, items: Sequence[Any], context: Mapping | None = None,
                           dense: Mapping | None = None) -> dict[str, np.ndarray]:
         """Scorer inputs (minus user state) for N candidates sharing one context."""

@@ -2,6 +2,8 @@
 engine/timing caches, optional IO binding."""
 from __future__ import annotations
 
+import logging
+import os
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec
@@ -14,12 +16,28 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
+# ONNX Runtime severities: 2 = warnings (its default), 3 = errors only.
+ORT_WARNING, ORT_ERROR = 2, 3
+
+
 def import_ort():
     try:
         import onnxruntime
     except ImportError:
         raise MissingDependencyError("onnxruntime", "onnx", "the ONNX Runtime backend") from None
+    if os.environ.get("EDGEREC_VERBOSE") == "0":
+        # The edgerec command owns the process and asked for quiet logs: this also silences what ORT
+        # logs outside any session (provider libraries that fail to load), in ANSI colours.
+        onnxruntime.set_default_logger_severity(session_log_severity())
     return onnxruntime
+
+
+def session_log_severity() -> int:
+    """Errors only, unless edgerec logs at DEBUG or EDGEREC_VERBOSE=1 (`edgerec --verbose`): then
+    ORT's own default (warnings). ORT writes its warnings to stderr with ANSI colour codes, and
+    they are rarely actionable for an app (e.g. nodes placed on CPU by design)."""
+    verbose = os.environ.get("EDGEREC_VERBOSE") == "1" or logging.getLogger("edgerec").isEnabledFor(logging.DEBUG)
+    return ORT_WARNING if verbose else ORT_ERROR
 
 
 class OrtBackend(Backend):
@@ -68,7 +86,7 @@ class OrtBackend(Backend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
         if optimized_model_path is not None:
             options.optimized_model_filepath = str(optimized_model_path)
-        options.log_severity_level = 3
+        options.log_severity_level = session_log_severity()
         available = ort.get_available_providers()
         trt_opts = None
         if TRT in available and (providers == "auto" or providers is None or TRT in _names(providers)):
@@ -100,6 +118,7 @@ class OrtBackend(Backend):
         """Inputs read from the graph itself (cheap CPU session with no optimisation)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = session_log_severity()
         probe = ort.InferenceSession(self.model_path, sess_options=options, providers=["CPUExecutionProvider"])
         return [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in probe.get_inputs()]
 

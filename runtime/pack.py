@@ -1,0 +1,159 @@
+"""An app bundle: one backend's selected artifacts and the files they need (`edgerec pack`).
+
+A bundle holds every variant the exporter built (all formats, precisions and parts, a few MB)
+while an app serving one backend loads only what the manifest selected for it (a few hundred
+KB). `pack_bundle` copies those artifacts plus the bundle's other listed files (feature spec,
+examples.jsonl, vocabularies), checks each copied file's sha256 against the source manifest, and
+writes a manifest listing only them. The result is an ordinary verified bundle: `rt.load`,
+`edgerec check` and `edgerec info` work on it.
+
+Examples:
+    >>> pack_bundle("demo-out/bundle", "litert", "app-bundle")                # doctest: +SKIP
+    PosixPath('app-bundle')
+    >>> pack_bundle("demo-out/bundle", "onnxruntime", "app.tar.gz")           # doctest: +SKIP
+    PosixPath('app.tar.gz')
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+
+from .contract import BACKENDS, FORMAT_FOR_BACKEND
+from .describe import backend_files
+from .errors import BundleError, IntegrityError, expected
+from .io import sha256_file
+from .loaded import selected_files
+from .manifest import (ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, bundle_directory, confined_path, file_entry,
+                       load_manifest, write_manifest)
+
+logger = logging.getLogger(__name__)
+
+
+def pack_bundle(src, backend: str, out) -> Path:
+    """Write the app bundle of ``backend`` for bundle ``src`` to ``out``.
+
+    Args:
+        src: bundle directory or .tar.gz (verified before anything is copied).
+        backend: "litert" | "onnxruntime" | "tensorrt": whose selected artifacts to keep.
+        out: a directory, or a path ending in .tar.gz/.tgz/.tar for a single-file archive. An
+            existing ``out`` is replaced (atomically) only when it is a bundle or empty.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        BundleError: unknown backend, nothing selected for it, or an unusable ``out``.
+        IntegrityError: a source file differs from its manifest entry.
+    """
+    if backend not in BACKENDS:
+        raise BundleError(expected(f"a backend among {BACKENDS}", backend))
+    out = Path(out)
+    archive = out.name.endswith(ARCHIVE_SUFFIXES)
+    with bundle_directory(src) as source:
+        if source.resolve() == out.resolve() or source.resolve() in out.resolve().parents:
+            raise BundleError(expected("an output outside the source bundle", str(out)))
+        _check_replaceable(out, archive)
+        manifest = load_manifest(source, verify=True)
+        fmt = FORMAT_FOR_BACKEND[backend]
+        if not manifest.find(format=fmt):
+            raise BundleError(expected(f"{fmt} artifacts in the bundle for {backend}",
+                                       sorted({a.format for a in manifest.artifacts})))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.pack-{uuid.uuid4().hex[:8]}"
+        try:
+            packed = _copy(source, manifest, backend, tmp)
+            if archive:
+                _write_archive(tmp, out)
+            else:
+                _swap_into_place(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("packed %d of %d artifacts for %s into %s", len(packed.artifacts), len(manifest.artifacts),
+                backend, out)
+    return out
+
+
+def _check_replaceable(out: Path, archive: bool) -> None:
+    if archive:
+        if out.exists() and not out.is_file():
+            raise BundleError(expected("an archive path that is a file or absent", str(out)))
+        return
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file()):
+            raise BundleError(expected("an output that is absent, empty or a bundle (it is replaced)", str(out)))
+
+
+def _copy(source: Path, manifest: Manifest, backend: str, tmp: Path) -> Manifest:
+    """Copy what ``backend`` needs into ``tmp`` (sha256 checked) and write its manifest there."""
+    source_version = hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    chosen = selected_files(manifest, backend)
+    keep = backend_files(manifest, backend)
+    listed = {entry["file"]: entry for entry in manifest.all_files()}
+    tmp.mkdir(parents=True)
+    for name in keep:
+        target = tmp / confined_path(source, name).relative_to(source.resolve())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(confined_path(source, name), target)
+        digest = sha256_file(target)
+        if digest != listed[name]["sha256"]:        # changed after the source was verified
+            raise IntegrityError(expected(f"{name} with sha256 {listed[name]['sha256']}", digest))
+    artifacts = [dataclasses.replace(manifest.artifact(name), sha256=sha256_file(tmp / name),
+                                     size_bytes=(tmp / name).stat().st_size)
+                 for name in dict.fromkeys(chosen.values())]
+    kept = {a.file for a in artifacts}
+    files = [file_entry(tmp, entry["file"], entry.get("role", "")) for entry in manifest.files
+             if isinstance(entry, dict) and entry.get("file") in keep and entry["file"] not in kept]
+    lineage = dict(manifest.lineage)
+    lineage["packed"] = {"backend": backend, "source_version": source_version, "artifacts_kept": len(artifacts),
+                         "artifacts_dropped": len(manifest.artifacts) - len(artifacts)}
+    # The selection table (every variant's measurements) stays with the source bundle: an app
+    # needs to know what it runs, not what was measured against it.
+    packed = dataclasses.replace(
+        manifest, artifacts=artifacts, selected={backend: dict(chosen)}, files=files, lineage=lineage,
+        rejected=[r for r in manifest.rejected if isinstance(r, dict) and r.get("file") in kept], candidates=[])
+    write_manifest(tmp, packed)
+    load_manifest(tmp, verify=True)       # what we wrote must read back and verify
+    return packed
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_archive(folder: Path, archive: Path) -> None:
+    """A .tar.gz (or .tar) of ``folder`` written next to ``archive`` and renamed over it."""
+    mode = "w" if archive.name.endswith(".tar") else "w:gz"
+    tmp = archive.parent / f".{archive.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with tarfile.open(tmp, mode) as tar:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(path, "rb") as handle:
+                    tar.addfile(info, handle)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, archive)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
