@@ -12,7 +12,6 @@ Usage: python -m edgerec.benchmarks.gpu_check BUNDLE OUT_DIR [--budget-s 1.0]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -72,9 +71,11 @@ def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
             print(f"preload_dlls: {err}", file=sys.stderr)
     manifest = load_manifest(bundle)
     item_count = 1000
-    spec_file = manifest.feature_spec and bundle / manifest.feature_spec
-    if spec_file and spec_file.is_file():
-        item_count = len(json.loads(spec_file.read_text())["item_vocab"]["tokens"]) + 2
+    if manifest.feature_spec:
+        from edgerec.runtime.manifest import confined_path
+        from edgerec.runtime.spec import FeatureSpec
+
+        item_count = len(FeatureSpec.load(confined_path(bundle, manifest.feature_spec)).item_vocab.tokens) + 2
     report = {"gpu": gpu_description(), "onnxruntime": ort.__version__, "python": platform.python_version(),
               "available_providers": ort.get_available_providers(), "bundle": str(bundle),
               "providers": {}, "results": [], "candidates": []}
@@ -116,10 +117,11 @@ def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
 
 def candidate_scoring(bundle: Path, providers: list, limits: LoopLimits) -> dict:
     """1 user x 1000 candidates through the Predictor (user state cached after the first call)."""
+    from edgerec.runtime.examples import ExampleSet
     from edgerec.runtime.predictor import load
 
     with load(bundle, backend="onnxruntime", providers=providers) as predictor:
-        examples = [json.loads(line) for line in (bundle / "examples.jsonl").read_text().splitlines() if line]
+        examples = ExampleSet.load(bundle, predictor.manifest, spec=predictor.spec).lines
         user = {k: v for k, v in examples[0].items() if k in ("user_id", "history", "context", "dense")}
         tokens = predictor.spec.item_vocab.tokens
         items = [tokens[i % len(tokens)] for i in range(1000)]
