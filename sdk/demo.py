@@ -159,7 +159,7 @@ def run_demo(data: str, out: Path, settings: DemoSettings | None = None, seed: i
     for art in manifest.artifacts:
         v = art.validation
         print(f"  {art.file:<34} {art.precision:<8} {art.size_bytes / 1024:9.1f} KB  "
-              f"ΔAUC {v.get('delta_auc', float('nan')):+.4f}  max|Δp| {v.get('max_abs_diff', float('nan')):.2e}")
+              f"ΔAUC {_figure(v.get('delta_auc'), '+.4f'):>7}  max|Δp| {_figure(v.get('max_abs_diff'), '.2e')}")
     for rejected in manifest.rejected:
         print(f"  rejected {rejected.get('file')}: {rejected.get('reason')}")
     print(f"  selected: {manifest.selected}", flush=True)
@@ -192,6 +192,13 @@ def run_demo(data: str, out: Path, settings: DemoSettings | None = None, seed: i
     return DemoReport(text, replay)
 
 
+def _figure(value, spec: str) -> str:
+    """A recorded figure, or "-" where the part has none (a user encoder has no AUC of its own)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return "-"
+    return format(value, spec)
+
+
 def _stage_name(title: str) -> str:
     return title.split(":")[0].split(" (")[0]
 
@@ -201,9 +208,9 @@ def artifact_table(manifest) -> str:
     chosen = {f for parts in manifest.selected.values() for f in parts.values()}
     rows = [header, "-" * len(header)]
     for art in sorted(manifest.artifacts, key=lambda a: (a.part, a.format, a.size_bytes)):
-        delta = art.validation.get("delta_auc")
+        delta = _figure(art.validation.get("delta_auc"), "+.4f")
         rows.append(f"{art.file:<34} {art.format:<7} {art.precision:<9} {art.part:<13} {art.size_bytes / 1024:>9.1f} "
-                    f"{'-' if delta is None else format(delta, '+.4f'):>8} {'yes' if art.file in chosen else '':>9}")
+                    f"{delta:>8} {'yes' if art.file in chosen else '':>9}")
     return "\n".join(rows)
 
 

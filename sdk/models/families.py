@@ -159,7 +159,7 @@ def build_model(family: str, spec: FeatureSpec, config: ModelConfig | None = Non
     """Build the ``user_encoder``, ``scorer`` and ``fused`` models of one family.
 
     Args:
-        family: one of ``din``, ``gru``, ``bst``, ``context``.
+        family: one of `edgerec.runtime.contract.FAMILIES`.
         spec: feature spec (item vocabulary, sequence length, context and dense fields).
         config: hyper-parameters (defaults: `ModelConfig()`).
         content: pre-trained content encoder + item table, required when

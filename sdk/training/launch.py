@@ -83,7 +83,7 @@ def launch_local_workers(count: int, argv: list[str], *, timeout: float = 600.0,
 
     Args:
         count: number of workers (>= 1).
-        argv: the full command of one worker, e.g. ``[sys.executable, "-m", "edgerec.sdk.training.distributed", …]``.
+        argv: the full command of one worker, e.g. ``[sys.executable, "-m", "edgerec.sdk.training.worker", JOB_JSON]``.
         timeout: seconds for the whole cluster.
         env: base environment (default ``os.environ``).
         check: raise `DistributedError` (with each worker's output tail) unless all exit 0.
