@@ -20,7 +20,7 @@ from .backends.base import UNSIGNED_VIEW, feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, expected
-from .manifest import ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, confined_path, extract_bundle, load_manifest  # noqa: F401
+from .manifest import MANIFEST_NAME, Manifest, confined_path, extract_bundle, load_manifest
 from .preprocess import Preprocessor
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 

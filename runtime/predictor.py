@@ -95,7 +95,6 @@ class Predictor:
 
     @property
     def parts(self) -> list[str]:
-        """The parts the serving bundle runs for this backend (fused, user_encoder, scorer, …)."""
         return sorted(self._model.parts)
 
     def input_specs(self, part: str) -> list:
@@ -334,16 +333,13 @@ class Predictor:
     def swap(self, new_bundle, check_examples: bool = True, tolerance: float | None = None) -> str:
         """Replace the serving bundle; returns the new version.
 
-        The new bundle is verified, loaded, warmed up and (``check_examples``) its
-        examples.jsonl replayed BEFORE the switch, with the rule of `edgerec check`
-        (`examples.replay_loaded`: the replay tolerance of each artifact's precision; a bundle
-        without examples is refused). Any failure raises and the old bundle keeps serving.
-        In-flight calls finish on the old bundle, which is closed after them; caches are cleared
-        (their keys carry the version as well).
+        The new bundle is verified, loaded, warmed up and its examples.jsonl replayed with the
+        rule of `edgerec check` (`examples.replay_loaded`) BEFORE the switch; any failure (a
+        bundle without examples too) raises and the old bundle keeps serving. In-flight calls
+        finish on the old bundle, closed after them; caches are cleared.
 
         Args:
-            new_bundle: bundle directory or .tar.gz.
-            check_examples: replay the examples first (False: skip, e.g. for a bundle without any).
+            check_examples: False skips the replay (e.g. for a bundle without examples).
             tolerance: a bound on worst and mean |Δ| chosen by the caller instead of the declared one.
         """
         if self._closed:

@@ -186,7 +186,6 @@ def test_env_command_json(capsys):
 # -- ONNX Runtime logs ---------------------------------------------------------------------------
 def _noisy_onnx(path):
     """A valid model with an unused initializer: ORT warns about it while optimising the graph."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
