@@ -30,3 +30,6 @@ def configure_logging(verbose: bool = False) -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    from .native_logs import filter_native_stderr
+
+    filter_native_stderr()
