@@ -20,9 +20,12 @@ COMMANDS: dict[str, str] = {
     "update": "edgerec.sdk.cli.update",
     "export": "edgerec.sdk.cli.export",
     "validate": "edgerec.sdk.cli.validate",
-    "predict": "edgerec.sdk.cli.predict",
+    "info": "edgerec.sdk.cli.info",
     "check": "edgerec.sdk.cli.check",
+    "predict": "edgerec.sdk.cli.predict",
+    "pack": "edgerec.sdk.cli.pack",
     "bench": "edgerec.sdk.cli.bench",
+    "env": "edgerec.sdk.cli.env",
 }
 
 # Top-level module of a missing import -> the extra that provides it.
