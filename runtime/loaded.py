@@ -1,9 +1,10 @@
 """One verified, loaded bundle version: its manifest, feature spec and a backend per part.
 
-`LoadedBundle.open` verifies every sha256 before any model file reaches a backend, accepts a
-.tar/.tar.gz archive (extracted with `manifest.safe_extract`), and picks the artifacts the
-manifest selected for the backend. It counts in-flight calls so a hot swap can retire it only
-after they finish.
+`LoadedBundle.open` verifies every sha256 (and, given trusted keys, the manifest's signature)
+and hands backends the very bytes it hashed, never a second read by path. It accepts a
+.tar/.tar.gz archive (extracted within `archives.ArchiveLimits`; the temp folder goes when the
+bundle is closed or garbage-collected), and picks the artifacts the manifest selected for the
+backend. It counts in-flight calls so a hot swap can retire it only after they finish.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import math
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Mapping
 
@@ -19,12 +21,15 @@ import numpy as np
 from .backends.base import UNSIGNED_VIEW, feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
-from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, expected
-from .manifest import MANIFEST_NAME, Manifest, confined_path, extract_bundle, load_manifest
+from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, SpecError, expected
+from .io import strict_json_loads
+from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
+# feature specs embed vocabularies; the largest real ones are a few MB
+MAX_SPEC_BYTES = 256 << 20
 
 
 def choose_backend(manifest: Manifest, backend: str) -> str:
@@ -144,6 +149,19 @@ def check_signature(part: str, artifact, backend) -> dict:
     raise BundleError(expected(f"{artifact.file} outputs {sorted(declared_out)} (manifest)", sorted(actual_out)))
 
 
+def spec_from_bytes(data: bytes, name: str = "feature_spec.json") -> FeatureSpec:
+    """A `FeatureSpec` from the verified bytes of a bundle's feature spec (bounded strict JSON)."""
+    return FeatureSpec.from_dict(strict_json_loads(data, name, error=SpecError, max_bytes=MAX_SPEC_BYTES))
+
+
+def load_spec(bundle_dir, manifest: Manifest) -> FeatureSpec | None:
+    """The bundle's feature spec, parsed from bytes verified against its manifest entry (None for
+    bring-your-own-model bundles)."""
+    if manifest.feature_spec is None:
+        return None
+    return spec_from_bytes(read_verified(bundle_dir, manifest, manifest.feature_spec), manifest.feature_spec)
+
+
 class LoadedBundle:
     """A verified bundle with one backend per part. Use `open`; release with `close`."""
 
@@ -157,6 +175,7 @@ class LoadedBundle:
         self.preprocessor: Preprocessor | None = None
         self.version = ""
         self._tmp: str | None = None
+        self._finalizer = None          # removes an archive's temp folder if close() is never called
         self._session_keys: list = []
         self._sessions: SessionCache | None = None
         self._owned: list = []
@@ -171,29 +190,53 @@ class LoadedBundle:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, bundle_path, backend: str = "auto", share_sessions: bool = True, **options) -> "LoadedBundle":
+    def open(cls, bundle_path, backend: str = "auto", share_sessions: bool = True, *, trusted_keys=None,
+             archive_limits=None, **options) -> "LoadedBundle":
+        """Verify and load ``bundle_path`` (a directory, or a .tar/.tar.gz archive).
+
+        Args:
+            bundle_path: the bundle.
+            backend: "auto" | "onnxruntime" | "litert" | "tensorrt".
+            share_sessions: reuse backends loaded from the same verified bytes (`cache.SESSIONS`).
+            trusted_keys: Ed25519 public keys (paths, PEM bytes or key objects); when given, the
+                manifest must carry a signature by one of them (`signing.verify_signature`).
+            archive_limits: `archives.ArchiveLimits` (or a dict of its fields) for archives.
+            **options: backend options (num_threads, providers, ...).
+        """
         self = cls()
         try:
-            self._open(bundle_path, backend, share_sessions, options)
+            self._open(bundle_path, backend, share_sessions, trusted_keys, archive_limits, options)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _open(self, bundle_path, backend, share_sessions, options):
-        path, self._tmp = extract_bundle(bundle_path)
+    def _open(self, bundle_path, backend, share_sessions, trusted_keys, archive_limits, options):
+        path, tmp = extract_bundle(bundle_path, archive_limits)
+        if tmp is not None:
+            self._tmp = tmp
+            self._finalizer = weakref.finalize(self, shutil.rmtree, tmp, True)
+        # Resolved once: a bundle replaced by a symlink flip meanwhile cannot mix two versions.
+        path = path.resolve()
         self.dir = path
-        self.manifest = load_manifest(path, verify=True)   # every sha256 checked before loading
-        self.version = hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
-        if self.manifest.feature_spec is not None:
-            self.spec = FeatureSpec.load(confined_path(path, self.manifest.feature_spec))
-            self.preprocessor = Preprocessor(self.spec)
+        self.manifest, manifest_bytes = read_manifest(path)
+        if trusted_keys is not None:
+            from .signing import verify_signature
+            verify_signature(path, manifest_bytes, trusted_keys)
+        self.version = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         self.backend_name = choose_backend(self.manifest, backend)
+        chosen = selected_files(self.manifest, self.backend_name)
+        spec_file = self.manifest.feature_spec
+        verified = verify_files(path, self.manifest,
+                                keep=[*chosen.values(), *([spec_file] if spec_file is not None else [])])
+        if spec_file is not None:
+            self.spec = spec_from_bytes(verified[spec_file], spec_file)
+            self.preprocessor = Preprocessor(self.spec)
         self._sessions = SESSIONS if share_sessions else None
-        for part, file in selected_files(self.manifest, self.backend_name).items():
+        for part, file in chosen.items():
             artifact = self.manifest.artifact(file)
-            model_path = confined_path(path, file)
-            make = lambda p=model_path: create_backend(self.backend_name, p, **options)  # noqa: E731
+            make = lambda f=file: create_backend(self.backend_name, path / f, model_bytes=verified[f],  # noqa: E731
+                                                 **options)
             if self._sessions is not None:
                 key = SessionCache.key(self.backend_name, artifact.sha256, options)
                 loaded = self._sessions.acquire(key, make)
@@ -203,6 +246,7 @@ class LoadedBundle:
                 self._owned.append(loaded)
             self.parts[part] = loaded
             self.output_names[part] = check_signature(part, artifact, loaded)
+        del verified
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
         self.request_inputs = frozenset(t.name for p in row_parts for t in self.parts[p].inputs)
@@ -331,5 +375,5 @@ class LoadedBundle:
             self._sessions.release(key)
         for backend in owned:
             backend.close()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None and self._finalizer is not None:
+            self._finalizer()

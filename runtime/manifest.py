@@ -2,33 +2,35 @@
 
 A bundle is a directory::
 
-    BUNDLE/manifest.json      this schema (JSON only: no pickle, no code)
+    BUNDLE/manifest.json      this schema (JSON only: no pickle, no code); docs/manifest.schema.json
     BUNDLE/feature_spec.json  optional (absent for bring-your-own models)
     BUNDLE/*.tflite|*.onnx    artifacts
     BUNDLE/examples.jsonl     raw requests with the trained model's `expected` output
+    BUNDLE/manifest.sig       optional Ed25519 signature of manifest.json (`signing`)
 
 Every file is listed with its sha256 and size; `load_manifest(verify=True)` refuses a bundle
-whose files are missing, truncated, altered, or resolve outside the bundle directory.
+whose files are missing, truncated, altered, or resolve outside the bundle directory, and
+`verify_files(..., keep=...)` hands back the verified bytes of the files a caller goes on to use,
+so nothing is read twice by path.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-import shutil
-import tarfile
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .archives import (ARCHIVE_SUFFIXES, MANIFEST_NAME, ArchiveLimits, bundle_directory,  # noqa: F401  (re-exported)
+                       extract_bundle, safe_extract)
 from .contract import FORMATS, PARTS, PRECISIONS  # noqa: F401  (re-exported)
 from .errors import BundleError, IntegrityError, expected
-from .io import atomic_write_json, sha256_file
+from .io import atomic_write_json, sha256_file, strict_json_loads
+from .manifest_schema import manifest_problems
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# manifest.json is read whole before parsing: real ones are tens of KB.
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,21 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
+        """A manifest from parsed JSON; BundleError unless it matches `MANIFEST_SCHEMA` and its
+        feature spec is one of the listed files."""
         if not isinstance(data, dict):
             raise BundleError(expected("manifest.json holding a JSON object", type(data).__name__))
         version = data.get("schema_version")
-        if version != MANIFEST_SCHEMA_VERSION:
+        if version != MANIFEST_SCHEMA_VERSION or isinstance(version, bool):
             raise BundleError(expected(f"manifest schema_version {MANIFEST_SCHEMA_VERSION}", version))
-        _need(data, ("artifacts",), "manifest")
+        problems = manifest_problems(data)
+        if problems:
+            raise BundleError("Expected a manifest matching docs/manifest.schema.json, received: "
+                              + "; ".join(problems))
+        spec = data.get("feature_spec")
+        if spec is not None and spec not in {f["file"] for f in data.get("files", [])}:
+            raise BundleError(expected(f"the feature spec {spec!r} listed with its sha256 in the manifest's files",
+                                       "not listed"))
         return cls(
             artifacts=[Artifact.from_dict(a) for a in data["artifacts"]],
             selected=dict(data.get("selected", {})), rejected=list(data.get("rejected", [])),
@@ -153,105 +164,115 @@ def file_entry(bundle_dir: str | os.PathLike, relative: str, role: str = "") -> 
     return entry
 
 
-def verify_files(bundle_dir: str | os.PathLike, manifest: Manifest) -> None:
-    """Check every listed file exists inside the bundle with the recorded size and sha256."""
-    problems = []
+def listed_entry(manifest: Manifest, relative: str) -> dict:
+    """The manifest's entry (sha256, size) for file ``relative``; IntegrityError when unlisted."""
     for entry in manifest.all_files():
-        try:
-            path = confined_path(bundle_dir, entry.get("file"))
-        except BundleError as err:
-            problems.append(str(err))
-            continue
-        if not path.is_file():
-            problems.append(f"{entry['file']}: missing")
-            continue
-        size = path.stat().st_size
-        if size != int(entry.get("size_bytes", -1)):
-            problems.append(f"{entry['file']}: expected {entry.get('size_bytes')} bytes, received: {size}")
-            continue
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            problems.append(f"{entry['file']}: expected sha256 {entry.get('sha256')}, received: {digest}")
+        if entry.get("file") == relative:
+            return entry
+    raise IntegrityError(expected(f"{relative!r} listed with its sha256 in the manifest", "not listed"))
+
+
+def verify_files(bundle_dir: str | os.PathLike, manifest: Manifest, keep=()) -> dict[str, bytes]:
+    """Check every listed file exists inside the bundle with the recorded size and sha256.
+
+    Args:
+        bundle_dir: the bundle directory.
+        manifest: its manifest.
+        keep: files whose verified bytes are returned, so that what a caller hands on (to a
+            backend, a parser) is exactly what was hashed, never a second read of the path.
+
+    Returns:
+        ``{file: bytes}`` for ``keep``.
+
+    Raises:
+        IntegrityError: a file is missing, resized, altered, unlisted (in ``keep``) or resolves
+            outside the bundle.
+    """
+    keep = set(keep)
+    unlisted = sorted(keep - {entry.get("file") for entry in manifest.all_files()})
+    if unlisted:
+        raise IntegrityError(expected("every file the runtime reads listed with its sha256 in the manifest",
+                                      f"unlisted {unlisted}"))
+    problems, kept = [], {}
+    for entry in manifest.all_files():
+        problem, data = _check_entry(bundle_dir, entry, entry.get("file") in keep)
+        if problem:
+            problems.append(problem)
+        elif data is not None:
+            kept[entry["file"]] = data
     if problems:
         raise IntegrityError("Bundle integrity check failed: " + "; ".join(problems))
+    return kept
 
 
-def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifest:
+def read_verified(bundle_dir: str | os.PathLike, manifest: Manifest, relative: str) -> bytes:
+    """The bytes of listed file ``relative``, read once and checked against its manifest entry."""
+    problem, data = _check_entry(bundle_dir, listed_entry(manifest, relative), True)
+    if problem:
+        raise IntegrityError("Bundle integrity check failed: " + problem)
+    return data
+
+
+def _check_entry(bundle_dir, entry: dict, read: bool) -> tuple[str, bytes | None]:
+    """("", bytes if ``read``) when the entry's file matches its size and sha256, else (problem, None)."""
+    name, want_size = entry.get("file"), entry.get("size_bytes")
+    try:
+        path = confined_path(bundle_dir, name)
+    except BundleError as err:
+        return str(err), None
+    if not path.is_file():
+        return f"{name}: missing", None
+    data = None
+    try:
+        if read:
+            with open(path, "rb") as handle:
+                data = handle.read(want_size + 1)
+            size, digest = len(data), hashlib.sha256(data).hexdigest()
+        else:
+            size = path.stat().st_size
+            digest = sha256_file(path) if size == want_size else ""
+    except OSError as err:
+        return f"{name}: unreadable ({err})", None
+    if size != want_size:
+        return f"{name}: expected {want_size} bytes, received: {size}", None
+    if digest != entry.get("sha256"):
+        return f"{name}: expected sha256 {entry.get('sha256')}, received: {digest}", None
+    return "", data
+
+
+def read_manifest(bundle_dir: str | os.PathLike) -> tuple[Manifest, bytes]:
+    """Parse ``bundle_dir``/manifest.json (files not checked): the manifest and the exact bytes
+    it was parsed from (what a signature covers and a bundle version is hashed from).
+
+    The bytes are read once and bounded (`MAX_MANIFEST_BYTES`, nesting depth), duplicate keys
+    are refused, and the structure must match `manifest_schema.MANIFEST_SCHEMA`; every failure
+    is a BundleError.
+    """
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise BundleError(expected("a bundle directory", str(bundle)))
     path = bundle / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(expected(f"{MANIFEST_NAME} in {bundle}", "no such file"))
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(expected(f"valid JSON in {path}", str(err))) from None
-    try:
-        manifest = Manifest.from_dict(data)
-    except (TypeError, ValueError, KeyError) as err:
-        raise BundleError(expected("a well-formed manifest", str(err))) from None
-    if manifest.feature_spec is not None:
-        confined_path(bundle, manifest.feature_spec)
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise BundleError(expected(f"{MANIFEST_NAME} in {bundle}", "no such file")) from None
+    except OSError as err:
+        raise BundleError(expected(f"a readable {MANIFEST_NAME} in {bundle}", str(err))) from None
+    data = strict_json_loads(raw, str(path), error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
+    return Manifest.from_dict(data), raw
+
+
+def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> Manifest:
+    """`read_manifest`, then (with ``verify``) `verify_files`."""
+    manifest, _ = read_manifest(bundle_dir)
     if verify:
-        verify_files(bundle, manifest)
+        verify_files(bundle_dir, manifest)
     return manifest
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
     return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, manifest.to_dict())
-
-
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract a bundle archive (.tar/.tar.gz), refusing absolute, ``..``, link and device members."""
-    dest = Path(dest)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as err:
-        raise BundleError(expected("a readable .tar or .tar.gz bundle archive", str(err))) from None
-    with tar:
-        members = tar.getmembers()
-        for member in members:
-            name = member.name
-            if not (member.isfile() or member.isdir()):
-                raise BundleError(expected("only regular files and folders in the archive", name))
-            if name.startswith(("/", "\\")) or ".." in PurePosixPath(name).parts or ":" in name:
-                raise BundleError(expected("archive member paths inside the bundle", name))
-        dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, members=members, filter="data")
-    return dest
-
-
-def extract_bundle(bundle_path) -> tuple[Path, str | None]:
-    """A bundle's directory: the path itself, or for a .tar/.tar.gz archive the folder holding its
-    manifest inside a new temp folder, returned second so the caller removes it (else None)."""
-    if not isinstance(bundle_path, (str, os.PathLike)):
-        raise BundleError(expected("a bundle directory or .tar.gz path", type(bundle_path).__name__))
-    path = Path(bundle_path)
-    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
-        tmp = tempfile.mkdtemp(prefix="edgerec-bundle-")
-        try:
-            safe_extract(path, tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        inner = [p for p in Path(tmp).iterdir() if p.is_dir()]
-        return (Path(tmp) if (Path(tmp) / MANIFEST_NAME).is_file() or len(inner) != 1 else inner[0]), tmp
-    if not path.exists():
-        raise BundleError(expected("an existing bundle directory or .tar.gz", str(bundle_path)))
-    return path, None
-
-
-@contextmanager
-def bundle_directory(bundle_path):
-    """``with bundle_directory("bundle.tar.gz") as directory:`` -- archives are extracted into a
-    temp folder removed on exit; a directory is used as it is."""
-    directory, tmp = extract_bundle(bundle_path)
-    try:
-        yield directory
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _need(data: Any, keys: tuple, what: str) -> None:

@@ -34,6 +34,7 @@ class LiteRTBackend(Backend):
         model_path: the .tflite file.
         num_threads: interpreter threads (None = LiteRT default).
         signature: signature key; default the only one (or ``serving_default``).
+        model_bytes: the model, already read (and verified); ``model_path`` is then only a name.
     """
 
     name = "litert"
@@ -43,15 +44,23 @@ class LiteRTBackend(Backend):
     fresh_outputs = True
     strided_inputs = True     # copies a non-contiguous feed itself (tests/runtime/test_hot_path.py)
 
-    def __init__(self, model_path, num_threads: int | None = None, signature: str | None = None):
+    def __init__(self, model_path, num_threads: int | None = None, signature: str | None = None,
+                 model_bytes: bytes | None = None):
         super().__init__(model_path)
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
         interpreter_class = load_interpreter_class()
+        source = {"model_path": self.model_path} if model_bytes is None else {"model_content": bytes(model_bytes)}
         try:
-            self._interpreter = interpreter_class(model_path=self.model_path, num_threads=num_threads)
-        except (ValueError, RuntimeError, OSError) as err:
-            raise BundleError(expected(f"a loadable .tflite model at {self.model_path}", str(err))) from None
+            self._interpreter = interpreter_class(**source, num_threads=num_threads)
+            self._setup(interpreter_class, num_threads, signature)
+        except (BundleError, BackendUnavailableError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt model fails anywhere in set-up, untyped
+            raise BundleError(expected(f"a loadable .tflite model at {self.model_path}",
+                                       f"{type(err).__name__}: {str(err)[:300]}")) from None
+
+    def _setup(self, interpreter_class, num_threads, signature) -> None:
         signatures = self._interpreter.get_signature_list()
         if not signatures:
             raise BundleError(expected("a .tflite model with a signature", "none"))

@@ -55,6 +55,7 @@ class OrtBackend(Backend):
         trt_fp16, trt_int8: TensorRT precision flags.
         trt_profile: {"min", "opt", "max"} batch sizes for the dynamic batch/candidate dimension.
         io_binding: run through IO binding (outputs bound to host memory).
+        model_bytes: the model, already read (and verified); ``model_path`` is then only a name.
     """
 
     name = "onnxruntime"
@@ -66,8 +67,9 @@ class OrtBackend(Backend):
     def __init__(self, model_path, num_threads: int | None = None, providers="auto",
                  graph_optimization_level: str = "all", optimized_model_path=None, cache_dir=None,
                  trt_fp16: bool = False, trt_int8: bool = False, trt_profile: dict | None = None,
-                 io_binding: bool = False):
+                 io_binding: bool = False, model_bytes: bytes | None = None):
         super().__init__(model_path)
+        self._model = self.model_path if model_bytes is None else bytes(model_bytes)
         ort = import_ort()
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
@@ -94,13 +96,14 @@ class OrtBackend(Backend):
                                         trt_fp16, trt_int8, trt_profile)
         plan = plan_providers(providers, available, {TRT: trt_opts} if trt_opts else None)
         try:
-            self._session = ort.InferenceSession(self.model_path, sess_options=options,
+            self._session = ort.InferenceSession(self._model, sess_options=options,
                                                  providers=plan.providers)
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             text = str(err)
             if "provider" in text.lower():
                 raise BackendUnavailableError(expected(f"providers {plan.names} usable", text)) from None
             raise BundleError(expected(f"a loadable .onnx model at {self.model_path}", text)) from None
+        self._model = None     # the session holds what it needs
         active = self._session.get_providers()
         notes = check_active(plan, active)
         self.inputs = [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in self._session.get_inputs()]
@@ -119,7 +122,10 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = session_log_severity()
-        probe = ort.InferenceSession(self.model_path, sess_options=options, providers=["CPUExecutionProvider"])
+        try:
+            probe = ort.InferenceSession(self._model, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            raise BundleError(expected(f"a loadable .onnx model at {self.model_path}", str(err)[:300])) from None
         return [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in probe.get_inputs()]
 
     def _direct_run(self, active):

@@ -5,7 +5,7 @@ import importlib
 import importlib.util
 
 from ..contract import FORMAT_FOR_BACKEND
-from ..errors import BackendUnavailableError, expected
+from ..errors import BackendUnavailableError, BundleError, EdgeRecError, expected
 
 BACKENDS: dict[str, str] = {
     "litert": "edgerec.runtime.backends.litert:LiteRTBackend",
@@ -44,16 +44,33 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if is_available(name)]
 
 
-def create_backend(name: str, model_path, **options):
-    """Load ``model_path`` into backend ``name`` ("litert" | "onnxruntime").
+def create_backend(name: str, model_path, model_bytes: bytes | None = None, **options):
+    """Load a model into backend ``name`` ("litert" | "onnxruntime" | "tensorrt").
+
+    Args:
+        name: the backend.
+        model_path: the model file (read by the backend unless ``model_bytes`` is given; always
+            named in messages).
+        model_bytes: the model itself, already read (and verified): the backend loads these
+            bytes and never opens ``model_path``.
+        **options: backend options (num_threads, providers, ...).
 
     Unknown name -> BackendUnavailableError; module not installed -> MissingDependencyError
-    (naming the pip extra); unknown option -> BackendUnavailableError.
+    (naming the pip extra); unknown option -> BackendUnavailableError; a model the backend
+    cannot load (corrupt, unsupported) -> BundleError naming the file.
     """
     cls = backend_class(name)
+    if model_bytes is not None:
+        options["model_bytes"] = model_bytes
     try:
         return cls(model_path, **options)
+    except EdgeRecError:
+        raise
     except TypeError as err:
         if "unexpected keyword" in str(err) or "positional argument" in str(err):
             raise BackendUnavailableError(expected(f"options accepted by the {name} backend", str(err))) from None
-        raise
+        raise BundleError(expected(f"a model file {name} can load: {model_path}",
+                                   f"TypeError: {str(err)[:300]}")) from None
+    except Exception as err:  # noqa: BLE001 - backends raise their own types on corrupt models
+        raise BundleError(expected(f"a model file {name} can load: {model_path}",
+                                   f"{type(err).__name__}: {str(err)[:300]}")) from None

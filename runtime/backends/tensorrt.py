@@ -151,6 +151,7 @@ class TensorRTBackend(Backend):
 
     Args:
         model_path: the serialized engine (``.plan`` / ``.engine``).
+        model_bytes: the engine, already read (and verified); ``model_path`` is then only a name.
         device: CUDA device index.
         profile: optimisation profile to use; None (default) picks, per call, the first profile
             whose min/max shapes hold the feeds (engines built with one profile per batch bucket).
@@ -165,7 +166,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     model_format = "trt_engine"
 
-    def __init__(self, model_path, device: int = 0, profile: int | None = None, memory: str | None = None):
+    def __init__(self, model_path, device: int = 0, profile: int | None = None, memory: str | None = None,
+                 model_bytes: bytes | None = None):
         super().__init__(model_path)
         if not isinstance(device, int) or device < 0:
             raise BackendUnavailableError(expected("device as an int >= 0", device))
@@ -175,11 +177,13 @@ class TensorRTBackend(Backend):
         self._memory = _device_memory(device, memory)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        try:
-            with open(self.model_path, "rb") as handle:
-                blob = handle.read()
-        except OSError as err:
-            raise BundleError(expected(f"a readable engine file at {self.model_path}", str(err))) from None
+        blob = model_bytes
+        if blob is None:
+            try:
+                with open(self.model_path, "rb") as handle:
+                    blob = handle.read()
+            except OSError as err:
+                raise BundleError(expected(f"a readable engine file at {self.model_path}", str(err))) from None
         self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(blob)
         if self._engine is None:
             raise BundleError(expected(f"an engine built by this TensorRT ({trt.__version__}) for this GPU",
