@@ -11,7 +11,7 @@ either the old bundle or the complete new one. Everything is JSON, JSON-lines, .
     BUNDLE/<artifact files>     selected artifacts and every other one that passed validation
 
 Examples:
-    >>> manifest = write_bundle("out/bundle", candidates=cands, report=report, selection=selection,
+    >>> manifest = write_bundle("out/bundle", artifacts=staged, report=report, selection=selection,
     ...                         feature_spec_path="model/feature_spec.json", examples=examples)
     >>> load_manifest("out/bundle").selected["litert"]["fused"]
     'fused_int8.tflite'
@@ -35,7 +35,7 @@ from edgerec.runtime.io import atomic_write_text, sha256_file
 from edgerec.runtime.manifest import Artifact, Manifest, TensorSpec, file_entry, load_manifest, write_manifest
 
 from .select import Selection
-from .validate import BACKEND_FOR_FORMAT, ValidationReport, as_candidate
+from .validate import BACKEND_FOR_FORMAT, ValidationReport, as_deployable
 
 EXAMPLES_NAME = "examples.jsonl"
 FEATURE_SPEC_NAME = "feature_spec.json"
@@ -115,16 +115,16 @@ def artifact_signature(path: str, fmt: str) -> tuple[list[TensorSpec], list[Tens
         return list(backend.inputs), list(backend.outputs)
 
 
-def write_bundle(out: str | os.PathLike, *, candidates: Sequence, report: ValidationReport, selection: Selection,
+def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: ValidationReport, selection: Selection,
                  examples: Sequence[dict], feature_spec_path: str | os.PathLike | None = None,
                  model_info: Mapping | None = None, lineage: Mapping | None = None,
                  extra_files: Mapping[str, str | os.PathLike] | None = None, overwrite: bool = True,
-                 archive: str | os.PathLike | None = None) -> Manifest:
+                 archive: str | os.PathLike | None = None, unverified: Mapping[str, str] | None = None) -> Manifest:
     """Write the bundle directory atomically and return its manifest.
 
     Args:
         out: target directory (replaced atomically when ``overwrite``).
-        candidates: every validated artifact (objects with path/format/precision/part).
+        artifacts: every produced artifact (objects with path/format/precision/part).
         report: their `ValidationReport` (failed artifacts are left out of the bundle).
         selection: the `Selection` (selected per backend/part, rejected with reasons, full table).
         examples: lines for examples.jsonl (raw requests + expected, or BYOM tensor rows).
@@ -133,35 +133,45 @@ def write_bundle(out: str | os.PathLike, *, candidates: Sequence, report: Valida
         lineage: passes, configs (``manifest.lineage``; tool versions are added here).
         extra_files: ``{bundle name: source path}`` copied in and listed (e.g. tokenizer data).
         archive: also write a single-file ``.tar.gz`` of the bundle at this path.
+        unverified: ``{file: reason}`` of artifacts whose backend cannot run here (not in ``report``):
+            kept when selected, with their recorded signature and ``validation: {verified: false, reason}``.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise BundleError(expected(f"no existing bundle at {out} (pass overwrite=True)", "it exists"))
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
         raise BundleError(expected(f"an empty folder or an existing bundle at {out}", "a non-bundle folder"))
-    cands = [as_candidate(c) for c in candidates]
-    names = [c.file for c in cands]
+    arts = [as_deployable(a) for a in artifacts]
+    unverified = dict(unverified or {})
+    names = [a.file for a in arts]
     if len(set(names)) != len(names):
         raise BundleError(expected("unique artifact file names", sorted(n for n in names if names.count(n) > 1)))
     if not examples:
         raise BundleError(expected("at least one example line for examples.jsonl", 0))
     chosen = {f for parts in selection.selected.values() for f in parts.values()}
-    keep = [c for c in cands if report.result(c.file).passed or c.file in chosen]
+    keep = [a for a in arts if a.file in chosen or (a.file not in unverified and report.result(a.file).passed)]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        artifacts = []
-        for cand in keep:
-            shutil.copyfile(cand.path, tmp / cand.file)
-            inputs, outputs = artifact_signature(str(tmp / cand.file), cand.format)
-            res = report.result(cand.file)
-            artifacts.append(Artifact(
-                file=cand.file, format=cand.format, precision=cand.precision, part=cand.part,
-                sha256=sha256_file(tmp / cand.file), size_bytes=(tmp / cand.file).stat().st_size,
-                inputs=inputs, outputs=outputs, validation=_json_safe(res.manifest_validation()),
-                lineage=_json_safe(cand.lineage), details=_json_safe(cand.details)))
+        records = []
+        for art in keep:
+            shutil.copyfile(art.path, tmp / art.file)
+            if art.file in unverified:
+                inputs, outputs = list(art.inputs), list(art.outputs)
+                validation = {"verified": False, "reason": unverified[art.file]}
+                source = art.details.get("source")
+                if source in {r.file for r in report.results}:
+                    validation["source_validation"] = report.result(source).manifest_validation()
+            else:
+                inputs, outputs = artifact_signature(str(tmp / art.file), art.format)
+                validation = report.result(art.file).manifest_validation()
+            records.append(Artifact(
+                file=art.file, format=art.format, precision=art.precision, part=art.part,
+                sha256=sha256_file(tmp / art.file), size_bytes=(tmp / art.file).stat().st_size,
+                inputs=inputs, outputs=outputs, validation=_json_safe(validation),
+                lineage=_json_safe(art.lineage), details=_json_safe(art.details)))
         files = []
         spec_name = None
         if feature_spec_path is not None:
@@ -174,10 +184,10 @@ def write_bundle(out: str | os.PathLike, *, candidates: Sequence, report: Valida
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
             files.append(file_entry(tmp, name, "extra"))
-        in_bundle = {a.file for a in artifacts}
+        in_bundle = {a.file for a in records}
         rejected = [{**r, "in_bundle": r["file"] in in_bundle} for r in selection.rejected]
         manifest = Manifest(
-            artifacts=artifacts, selected=selection.selected, rejected=_json_safe(rejected), files=files,
+            artifacts=records, selected=selection.selected, rejected=_json_safe(rejected), files=files,
             model=_json_safe(dict(model_info or {})), feature_spec=spec_name,
             lineage=_json_safe({**dict(lineage or {}), "tools": tool_versions(),
                                 "validation": {"rows": report.rows, "reference": report.reference,

@@ -71,8 +71,8 @@ def load_keras_model(path: str | os.PathLike, custom_objects_module: str | None 
         the model (a ``tf_keras.Model`` or a ``keras.Model``); see `model_flavour`.
     """
     flavour = keras_flavour(path)
+    tf, tf_keras = import_tf()        # first, so a custom-layers module does not load TensorFlow un-quietened
     import_custom_objects(custom_objects_module)
-    tf, tf_keras = import_tf()
     try:
         if flavour == KERAS3:
             import keras

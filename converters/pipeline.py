@@ -16,12 +16,20 @@ Examples:
     >>> tfl = runner.run(TFLitePass(), src, TFLiteConfig(mode="dynamic"))   # doctest: +SKIP
     >>> Pipeline([(PrunePass(), PruneConfig(0.5, data="cal.npz")),
     ...           (TFLitePass(), TFLiteConfig(mode="int8", data="cal.npz"))]).run(src)  # doctest: +SKIP
+
+Lineage is Olive-style: each artifact carries the ordered steps from its source, each step
+``{"id", "parent", "pass", "config"}`` where ``id`` is the step's cache key (short) and ``parent``
+the id of the step whose output it consumed (``None`` for the first), so the steps of every
+artifact of an export merge into one tree without losing their order.
+A pass that failed on the same inputs earlier in a runner's life fails again at once with the
+same error (several variants share an ONNX export; a failed export is not retried per variant).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,13 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from edgerec.runtime.contract import FORMATS, PARTS
 from edgerec.runtime.io import atomic_write_json, sha256_file
-from edgerec.runtime.manifest import PARTS, TensorSpec
+from edgerec.runtime.manifest import TensorSpec
 
-from .errors import CacheError, ConverterConfigError, expected
+from .errors import CacheError, ConverterConfigError, ConverterError, expected
+from .native_log import native_output_logged
+
+logger = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
-ARTIFACT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+SOURCE_FORMATS = ("keras", "savedmodel")
+ARTIFACT_FORMATS = SOURCE_FORMATS + FORMATS     # FORMATS: what a runtime backend runs
+STEP_ID_CHARS = 16
 
 
 @dataclass
@@ -45,12 +59,12 @@ class ExportedArtifact:
 
     Args:
         path: the model file (or SavedModel folder).
-        format: ``keras``, ``savedmodel``, ``tflite`` or ``onnx``.
+        format: ``keras``, ``savedmodel``, ``tflite``, ``onnx`` or ``trt_engine``.
         precision: ``fp32``, ``fp16``, ``dynamic`` or ``int8``.
         part: ``fused``, ``user_encoder``, ``scorer`` or ``content_encoder``.
         inputs / outputs: canonical tensor specs (empty for Keras sources until exported).
         details: pass facts (sparsity per layer, opset, quantization scheme, skipped layers …).
-        lineage: ``[{"pass": name, "config": {...}}, …]`` from the source to this file.
+        lineage: ``[{"id", "parent", "pass", "config"}, …]`` from the source to this file.
     """
 
     path: str
@@ -79,6 +93,11 @@ class ExportedArtifact:
             raise ConverterConfigError(expected("an existing Keras model file or folder", str(path)))
         fmt = "savedmodel" if path.is_dir() else "keras"
         return cls(path=str(path), format=fmt, precision="fp32", part=part)
+
+    @property
+    def file(self) -> str:
+        """The file's name (the name it has in a bundle once staged)."""
+        return Path(self.path).name
 
     @property
     def size_bytes(self) -> int:
@@ -155,8 +174,10 @@ class Pass:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         type(self).calls += 1
-        result = self._run_impl(source, config, out_dir)
-        result.lineage = list(source.lineage) + [{"pass": self.name, "config": config_to_dict(config)}]
+        # converters and quantizers log from C++ to fd 2: their lines go to the pass's module logger
+        with native_output_logged(logging.getLogger(type(self).__module__), f"{self.name} of {source.file}"):
+            result = self._run_impl(source, config, out_dir)
+        result.lineage = lineage_after(source, self, config, self.cache_key(source, config))
         return result
 
     def check(self, source: ExportedArtifact, config: Any) -> None:
@@ -185,7 +206,15 @@ class Pass:
             extra["custom_objects_module"] = module_source_sha256(module)
         payload = {"pass": self.name, "version": self.version, "config": cfg, "input": sha256_path(source.path),
                    "part": source.part, "precision_in": source.precision, "extra_inputs": extra}
+        environment = self.environment()
+        if environment:
+            payload["environment"] = environment
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def environment(self) -> dict:
+        """Facts of this machine the output depends on (e.g. the GPU an engine is built for), hashed
+        into the cache key; none for portable outputs."""
+        return {}
 
     def _run_impl(self, source: ExportedArtifact, config: Any, out_dir: Path) -> ExportedArtifact:
         raise NotImplementedError
@@ -201,6 +230,25 @@ class Pass:
         if isinstance(source, ExportedArtifact):
             return source
         return ExportedArtifact.from_keras(source, part=part)
+
+
+def lineage_after(source: ExportedArtifact, pass_: Pass, config: Any, key: str) -> list[dict]:
+    """``source``'s lineage plus one step for ``pass_`` (its id is the step's cache key)."""
+    parent = source.lineage[-1].get("id") if source.lineage else None
+    step = {"id": key[:STEP_ID_CHARS], "parent": parent, "pass": pass_.name, "config": config_to_dict(config)}
+    return list(source.lineage) + [step]
+
+
+def merged_lineage(artifacts: Sequence[ExportedArtifact]) -> list[dict]:
+    """Every step of the artifacts' lineages once, in the order they ran (parents before children)."""
+    seen, steps = set(), []
+    for art in artifacts:
+        for step in art.lineage:
+            key = step.get("id") or json.dumps(step, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                steps.append(dict(step))
+    return steps
 
 
 def default_cache_dir() -> Path:
@@ -223,14 +271,17 @@ class PassRunner:
         self.use_cache = bool(use_cache)
         self.hits = 0
         self.misses = 0
+        self._failed: dict[str, BaseException] = {}
 
     def run(self, pass_: Pass, source: ExportedArtifact | str | os.PathLike, config: Any,
             part: str = "fused") -> ExportedArtifact:
         source = Pass._as_artifact(source, part)
         pass_.check(source, config)
         key = pass_.cache_key(source, config)
+        if key in self._failed:
+            raise self._failed[key]
         entry = self.cache_dir / pass_.name / key
-        lineage = list(source.lineage) + [{"pass": pass_.name, "config": config_to_dict(config)}]
+        lineage = lineage_after(source, pass_, config, key)
         if self.use_cache and entry.is_dir():
             try:
                 result = self._load(entry)
@@ -243,7 +294,11 @@ class PassRunner:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-{uuid.uuid4().hex[:8]}-", dir=entry.parent))
         try:
-            result = pass_.run(source, config, tmp)
+            try:
+                result = pass_.run(source, config, tmp)
+            except (ConverterError, RuntimeError, ValueError) as err:
+                self._failed[key] = err
+                raise
             self._store(tmp, result, key)
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -284,31 +339,56 @@ class PassRunner:
         return ExportedArtifact.from_dict(record)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step. An ``optional`` step that fails leaves the previous output in place (the
+    failure is logged and listed in the result's ``details["skipped_steps"]``)."""
+
+    pass_: Pass
+    config: Any
+    optional: bool = False
+
+
 class Pipeline:
-    """A chain of ``(pass, config)`` steps; each consumes the previous step's output.
+    """A chain of steps; each consumes the previous step's output.
 
     Args:
-        steps: ``[(Pass(), Pass.Config(...)), …]``.
+        steps: `Step`s or ``(Pass(), Pass.Config(...))`` tuples.
         runner: a `PassRunner` (default: one on the default cache dir).
     """
 
-    def __init__(self, steps: Sequence[tuple[Pass, Any]], runner: PassRunner | None = None):
+    def __init__(self, steps: Sequence[Step | tuple[Pass, Any]], runner: PassRunner | None = None):
         if not steps:
             raise ConverterConfigError(expected("at least one (pass, config) step", list(steps)))
+        checked = []
         for step in steps:
-            if not (isinstance(step, tuple) and len(step) == 2 and isinstance(step[0], Pass)):
-                raise ConverterConfigError(expected("(Pass instance, config) tuples", step))
-        self.steps = list(steps)
+            if isinstance(step, tuple) and len(step) == 2 and isinstance(step[0], Pass):
+                step = Step(*step)
+            if not (isinstance(step, Step) and isinstance(step.pass_, Pass)):
+                raise ConverterConfigError(expected("Step or (Pass instance, config) tuples", step))
+            checked.append(step)
+        self.steps = checked
         self.runner = runner or PassRunner()
 
     def run(self, source: ExportedArtifact | str | os.PathLike, part: str = "fused") -> ExportedArtifact:
         return self.run_all(source, part)[-1]
 
     def run_all(self, source: ExportedArtifact | str | os.PathLike, part: str = "fused") -> list[ExportedArtifact]:
-        """Every intermediate result, in step order."""
+        """Every intermediate result, in step order (a skipped optional step adds none)."""
         current = Pass._as_artifact(source, part)
         results = []
-        for pass_, config in self.steps:
-            current = self.runner.run(pass_, current, config)
+        for step in self.steps:
+            try:
+                current = self.runner.run(step.pass_, current, step.config)
+            except (ConverterError, RuntimeError, ValueError) as err:
+                if not step.optional or not results:
+                    raise
+                logger.warning("%s of %s failed (%s: %s); keeping the %s output", step.pass_.name, current.file,
+                               type(err).__name__, err, current.lineage[-1]["pass"] if current.lineage else "source")
+                skipped = list(current.details.get("skipped_steps", []))
+                skipped.append({"pass": step.pass_.name, "reason": f"{type(err).__name__}: {err}"[:600]})
+                current = dataclasses.replace(current, details={**current.details, "skipped_steps": skipped})
+                results[-1] = current
+                continue
             results.append(current)
         return results

@@ -13,8 +13,13 @@ Rules (each rejection keeps its reason):
   selection batch size (by more than `slower_margin`) is rejected;
 * among the rest, the fastest at the selection batch size is selected.
 
+An artifact whose backend cannot run on the exporting machine (a TensorRT engine built without the
+GPU runtime) can be neither validated nor timed: `select_unverified` adds it to the table marked
+``verified: false`` and selects it only when the artifact it was built from was accepted.
+`candidates_table` renders the table as text.
+
 Examples:
-    >>> latencies = measure_latencies(candidates, {"fused": data.inputs})
+    >>> latencies = measure_latencies(artifacts, {"fused": data.inputs})
     >>> selection = select_variants(report, latencies, budget=0.003)
     >>> selection.selected
     {'litert': {'fused': 'fused_dynamic.tflite'}, 'onnxruntime': {'fused': 'fused_fp32.onnx'}}
@@ -31,7 +36,7 @@ import numpy as np
 from edgerec.runtime.errors import expected
 
 from .specs import DEFAULT_BUDGET
-from .validate import BACKEND_FOR_FORMAT, Candidate, ValidationError, ValidationReport, as_candidate
+from .validate import BACKEND_FOR_FORMAT, DeployableArtifact, ValidationError, ValidationReport, as_deployable
 
 COMPRESSED = ("fp16", "dynamic", "int8")
 
@@ -79,15 +84,14 @@ def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int) -> dic
     return feeds
 
 
-def measure_latencies(candidates: Sequence, arrays_by_part: Mapping[str, Mapping[str, np.ndarray]],
+def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[str, np.ndarray]],
                       config: LatencyConfig = LatencyConfig(), progress=None) -> dict[str, dict[int, float]]:
     """Median milliseconds per call, ``{file: {batch: ms}}``, interleaved within each (backend, part)."""
     from edgerec.runtime.backends import create_backend
 
-    cands = [as_candidate(c) for c in candidates]
-    groups: dict[tuple, list[Candidate]] = {}
-    for cand in cands:
-        groups.setdefault((BACKEND_FOR_FORMAT[cand.format], cand.part), []).append(cand)
+    groups: dict[tuple, list[DeployableArtifact]] = {}
+    for art in (as_deployable(a) for a in artifacts):
+        groups.setdefault((BACKEND_FOR_FORMAT[art.format], art.part), []).append(art)
     result: dict[str, dict[int, float]] = {}
     for (backend_name, part), members in groups.items():
         if progress:
@@ -105,8 +109,8 @@ def measure_latencies(candidates: Sequence, arrays_by_part: Mapping[str, Mapping
                 for b in config.batch_sizes:
                     for i, be in enumerate(loaded):
                         samples[(i, b)].append(_time_call(be, feeds[(i, b)], config.min_time_s))
-            for i, cand in enumerate(members):
-                result[cand.file] = {b: float(np.median(samples[(i, b)])) for b in config.batch_sizes}
+            for i, art in enumerate(members):
+                result[art.file] = {b: float(np.median(samples[(i, b)])) for b in config.batch_sizes}
         finally:
             for be in loaded:
                 be.close()
@@ -123,9 +127,30 @@ def _time_call(backend, feed, min_time_s: float) -> float:
             return elapsed * 1000.0 / calls
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """An artifact the export could not produce or had to leave out, with the specific reason."""
+
+    file: str
+    backend: str
+    reason: str
+    part: str | None = None
+    mode: str | None = None
+    blocked_by: tuple = ()
+    stage: str = "conversion"
+
+    def to_dict(self) -> dict:
+        """The ``manifest.rejected`` / ``lineage["impossible"]`` entry."""
+        out = {"file": self.file, "backend": self.backend, "stage": self.stage, "reason": self.reason}
+        out.update({k: v for k, v in (("part", self.part), ("mode", self.mode)) if v is not None})
+        if self.blocked_by:
+            out["blocked_by"] = list(self.blocked_by)
+        return out
+
+
 @dataclass
 class Selection:
-    table: list = field(default_factory=list)       # one row per artifact (the full candidates table)
+    table: list = field(default_factory=list)       # one row per artifact (manifest.candidates)
     selected: dict = field(default_factory=dict)    # {backend: {part: file}}
     rejected: list = field(default_factory=list)    # [{"file", "backend", "reason"}]
 
@@ -133,7 +158,7 @@ class Selection:
         for row in self.table:
             if row["file"] == file:
                 return row
-        raise ValidationError(expected(f"a candidate named {file!r}", [r["file"] for r in self.table]))
+        raise ValidationError(expected(f"a table row named {file!r}", [r["file"] for r in self.table]))
 
 
 def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[int, float]],
@@ -250,3 +275,65 @@ def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta) -> str:
             return (f"slower than fp32 at batch {batch}: {lat[batch]:.4f} ms vs {base:.4f} ms "
                     f"({lat[batch] / base:.2f}x)")
     return ""
+
+
+def select_unverified(selection: Selection, artifacts: Sequence, reasons: Mapping[str, str],
+                      budget: float = DEFAULT_BUDGET) -> None:
+    """Add artifacts that could not be validated or timed here (``reasons``: file -> why) to ``selection``.
+
+    Such an artifact is built from another one (``details["source"]``, e.g. the TensorRT-ready ONNX
+    of an engine): it is accepted only when that source passed validation and, for a compressed
+    precision, its |ΔAUC| is within ``budget`` (its latency here says nothing about the other
+    backend's). An accepted one is selected for its (backend, part) unless a validated artifact
+    already is. Rows carry ``verified: False`` and the reason.
+    """
+    for art in (as_deployable(a) for a in artifacts):
+        backend = BACKEND_FOR_FORMAT[art.format]
+        row = {"file": art.file, "backend": backend, "part": art.part, "format": art.format,
+               "precision": art.precision, "size_bytes": Path(art.path).stat().st_size, "size_ratio": None,
+               "delta_auc": None, "verified": False, "status": "accepted", "reason": reasons[art.file]}
+        source = art.details.get("source")
+        found = [r for r in selection.table if r["file"] == source]
+        problem = _source_problem(source, found[0] if found else None, art.precision, budget)
+        if problem:
+            row["status"], row["reason"] = "rejected", f"not verified here ({reasons[art.file]}) and {problem}"
+            selection.rejected.append({"file": art.file, "backend": backend, "stage": "selection",
+                                       "reason": row["reason"]})
+        else:
+            row["delta_auc"], row["delta_auc_source"] = found[0].get("delta_auc"), source
+            if art.part not in selection.selected.get(backend, {}):
+                row["status"] = "selected"
+                selection.selected.setdefault(backend, {})[art.part] = art.file
+        selection.table.append(row)
+
+
+def _source_problem(source: str | None, row: Mapping | None, precision: str, budget: float) -> str:
+    if row is None:
+        return f"its source {source} was not produced"
+    if str(row.get("reason", "")).startswith("failed validation"):
+        return f"its source {source} {row['reason']}"
+    delta = row.get("delta_auc")
+    if precision in COMPRESSED and (delta is None or abs(delta) > budget):
+        return (f"its source {source} has no ΔAUC to check against the budget" if delta is None else
+                f"its source {source} has |ΔAUC| {abs(delta):.4f} over the budget {budget:g}")
+    return ""
+
+
+def candidates_table(rows: Sequence[Mapping]) -> str:
+    """The selection table (``manifest.candidates``) as fixed-width text: size, ratio, ΔAUC, latency
+    per batch, status and reason."""
+    lat_keys = sorted({k for r in rows for k in r if k.startswith("latency_ms_b")},
+                      key=lambda k: int(k[len("latency_ms_b"):]))
+    head = f"{'file':<30} {'backend':<11} {'KB':>8} {'x fp32':>7} {'ΔAUC':>8} " + \
+        " ".join(f"{'ms@' + k[len('latency_ms_b'):]:>9}" for k in lat_keys) + "  status"
+    lines = [head, "-" * len(head)]
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    for r in rows:
+        lines.append(f"{r['file']:<30} {r['backend']:<11} {fmt((r.get('size_bytes') or 0) / 1024, '8.1f')} "
+                     f"{fmt(r.get('size_ratio'), '7.2f')} {fmt(r.get('delta_auc'), '+8.4f')} " +
+                     " ".join(f"{fmt(r.get(k), '9.4f')}" for k in lat_keys) +
+                     f"  {r['status']}{': ' + r['reason'] if r.get('reason') else ''}")
+    return "\n".join(lines)

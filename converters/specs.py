@@ -19,13 +19,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping
 
-import numpy as np
-
-from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.contract import BUNDLE_FAMILIES as FAMILIES
-from edgerec.runtime.contract import PARTS, PRECISIONS, TOLERANCES, Tolerance  # noqa: F401  (re-exported)
+from edgerec.runtime.contract import PARTS, PRECISIONS, SCORE, TOLERANCES, Tolerance  # noqa: F401  (re-exported)
+from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.manifest import TensorSpec
-from edgerec.runtime.spec import CAND_ITEM, HIST_ITEMS, SCORE, FeatureSpec
+from edgerec.runtime.spec import FeatureSpec
 
 DEFAULT_BUDGET = 0.003            # selection: |ΔAUC| allowed for a compressed variant
 RECALL_K = 10
@@ -40,8 +38,6 @@ class PartSpec:
         part: ``fused``, ``user_encoder``, ``scorer`` or ``content_encoder``.
         inputs: input tensors (canonical names) with dtypes and shapes (None = dynamic).
         score_output: the probability output used for AUC / ranking metrics (None: no task metric).
-        id_ranges: ``{input name: (low, high)}`` half-open index ranges of real vocabulary ids,
-            used only when dummy rows must be drawn (no held-out data).
         tolerances: per precision; defaults to `TOLERANCES`.
     """
 
@@ -49,7 +45,6 @@ class PartSpec:
     part: str
     inputs: tuple[TensorSpec, ...]
     score_output: str | None = SCORE
-    id_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
 
     def __post_init__(self):
@@ -75,27 +70,6 @@ class PartSpec:
         merged.update(overrides)
         return replace(self, tolerances=merged)
 
-    def dummy_rows(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Rows drawn from the declared id ranges (real vocabulary indices, never arbitrary ints).
-
-        Only for smoke checks when no held-out data exists; ΔAUC needs real rows and labels.
-        """
-        if n < 1:
-            raise SpecError(expected("n >= 1 dummy rows", n))
-        rng = np.random.default_rng(seed)
-        rows = {}
-        for tensor in self.inputs:
-            shape = [n] + [d if d is not None else 1 for d in tensor.shape[1:]]
-            if tensor.dtype.startswith("int"):
-                if tensor.name not in self.id_ranges:
-                    raise SpecError(expected(f"an id range for integer input {tensor.name!r}",
-                                             sorted(self.id_ranges)))
-                low, high = self.id_ranges[tensor.name]
-                rows[tensor.name] = rng.integers(low, high, size=shape).astype(tensor.dtype)
-            else:
-                rows[tensor.name] = rng.standard_normal(shape).astype(tensor.dtype)
-        return rows
-
     def to_dict(self) -> dict:
         return {"family": self.family, "part": self.part,
                 "inputs": [asdict(t) for t in self.inputs], "score_output": self.score_output,
@@ -113,7 +87,7 @@ def spec_for_part(family: str, part: str, feature_spec: FeatureSpec,
     Args:
         family: edgerec model family (recorded; every family shares the tensor contract).
         part: which part.
-        feature_spec: the model's FeatureSpec (gives inputs and the real id ranges).
+        feature_spec: the model's FeatureSpec (gives the inputs).
         user_outputs: for ``scorer``: the user encoder's outputs ``{name: (dtype, shape)}``,
             which are extra scorer inputs.
     """
@@ -126,14 +100,10 @@ def spec_for_part(family: str, part: str, feature_spec: FeatureSpec,
     signature = dict(feature_spec.input_signature(part))
     if part == "scorer":
         signature.update(user_outputs or {})
-    ranges = {HIST_ITEMS: (2, feature_spec.item_vocab.size), CAND_ITEM: (2, feature_spec.item_vocab.size)}
-    for ctx in feature_spec.context:
-        ranges[ctx.name] = (1, ctx.size)
     score = None if part == "user_encoder" else SCORE
-    return PartSpec(family, part, _tensor_specs(signature), score_output=score, id_ranges=ranges)
+    return PartSpec(family, part, _tensor_specs(signature), score_output=score)
 
 
-def spec_for_byom(inputs: list[TensorSpec], score_output: str | None = None,
-                  id_ranges: Mapping[str, tuple[int, int]] | None = None) -> PartSpec:
+def spec_for_byom(inputs: list[TensorSpec], score_output: str | None = None) -> PartSpec:
     """Spec of a bring-your-own model: only its tensor signature is known."""
-    return PartSpec("byom", "fused", tuple(inputs), score_output=score_output, id_ranges=dict(id_ranges or {}))
+    return PartSpec("byom", "fused", tuple(inputs), score_output=score_output)

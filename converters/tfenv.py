@@ -6,8 +6,11 @@ Keras 3 models (bring-your-own) are still loadable through `import keras` explic
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+
+logger = logging.getLogger(__name__)
 
 
 def prefer_legacy_keras() -> None:
@@ -18,10 +21,13 @@ def prefer_legacy_keras() -> None:
 
 def import_tf():
     """Return ``(tensorflow, tf_keras)``, raising `MissingDependencyError` naming the extra."""
+    from .native_log import native_output_logged
+
     prefer_legacy_keras()
     try:
-        import tensorflow as tf
-        import tf_keras
+        with native_output_logged(logger, "TensorFlow start-up"):   # absl/oneDNN/CUDA probing lines
+            import tensorflow as tf
+            import tf_keras
     except ImportError as err:
         from edgerec.runtime.errors import MissingDependencyError
 

@@ -11,8 +11,8 @@ the Keras fused model. Every failure is collected; `ValidationReport.raise_if_fa
 
 Examples:
     >>> data = ValidationData.load("MODEL_DIR/validation.npz", max_groups=200)
-    >>> report = validate_artifacts({"fused": keras_model}, [Candidate("m.tflite", "tflite", "fp32", "fused")],
-    ...                             data, {"fused": spec})
+    >>> art = DeployableArtifact("m.tflite", "tflite", "fp32", "fused")
+    >>> report = validate_artifacts({"fused": keras_model}, [art], data, {"fused": spec})
     >>> report.results[0].metrics["max_abs_diff"] < 1e-4
     True
 """
@@ -26,55 +26,52 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgerec.runtime import metrics as rmetrics
+from edgerec.runtime.contract import BACKEND_FOR_FORMAT, PARTS, PRECISIONS, SCORE
 from edgerec.runtime.errors import EdgeRecError, expected
-from edgerec.runtime.contract import BACKEND_FOR_FORMAT, PARTS, PRECISIONS
-from edgerec.runtime.spec import SCORE
 
+from .errors import ValidationError
+from .pipeline import ExportedArtifact
 from .specs import RECALL_K, TOLERANCES, PartSpec
-
-try:  # C1 owns converters/errors.py; share its class when present.
-    from .errors import ValidationError  # type: ignore
-except ImportError:  # pragma: no cover - depends on landing order
-    class ValidationError(EdgeRecError, ValueError):
-        """An artifact differs from its Keras reference beyond the declared tolerance."""
 
 CHUNK = 1024
 RESERVED_ARRAYS = ("labels", "groups")
 
 
-@dataclass
-class Candidate:
-    """An artifact file to validate (C1's ExportedArtifact works too: same attribute names)."""
+class DeployableArtifact(ExportedArtifact):
+    """An `ExportedArtifact` in a format a runtime backend runs (``tflite``, ``onnx``, ``trt_engine``):
+    what the validator, the selector and the bundle writer take. Bad fields raise `ValidationError`.
 
-    path: str
-    format: str
-    precision: str
-    part: str
-    lineage: list = field(default_factory=list)
-    details: dict = field(default_factory=dict)
+    Examples:
+        >>> DeployableArtifact("m.tflite", "tflite", "fp32", "fused").file
+        'm.tflite'
+    """
 
     def __post_init__(self):
-        self.path = str(self.path)
         if self.format not in BACKEND_FOR_FORMAT:
             raise ValidationError(expected(f"artifact format in {sorted(BACKEND_FOR_FORMAT)}", self.format))
         if self.precision not in PRECISIONS:
             raise ValidationError(expected(f"precision in {PRECISIONS}", self.precision))
         if self.part not in PARTS:
             raise ValidationError(expected(f"part in {PARTS}", self.part))
-
-    @property
-    def file(self) -> str:
-        return Path(self.path).name
+        super().__post_init__()
 
 
-def as_candidate(obj: Any) -> Candidate:
-    if isinstance(obj, Candidate):
+Candidate = DeployableArtifact   # the name older code and tests use
+
+
+def as_deployable(obj: Any) -> DeployableArtifact:
+    """``obj`` (anything with path/format/precision/part) as a `DeployableArtifact`."""
+    if isinstance(obj, DeployableArtifact):
         return obj
     try:
-        return Candidate(str(obj.path), obj.format, obj.precision, obj.part,
-                         list(getattr(obj, "lineage", []) or []), dict(getattr(obj, "details", {}) or {}))
+        return DeployableArtifact(str(obj.path), obj.format, obj.precision, obj.part,
+                                  list(getattr(obj, "inputs", []) or []), list(getattr(obj, "outputs", []) or []),
+                                  dict(getattr(obj, "details", {}) or {}), list(getattr(obj, "lineage", []) or []))
     except AttributeError:
         raise ValidationError(expected("an artifact with path/format/precision/part", type(obj).__name__)) from None
+
+
+as_candidate = as_deployable
 
 
 @dataclass
@@ -207,13 +204,13 @@ def keras_outputs(model, feeds: Mapping[str, np.ndarray], chunk: int = 4096) -> 
     return {k: np.concatenate(v, axis=0) for k, v in pieces.items()}
 
 
-def backend_outputs(candidate: Candidate, feeds: Mapping[str, np.ndarray], backend_options: Mapping | None = None,
+def backend_outputs(artifact: ExportedArtifact, feeds: Mapping[str, np.ndarray], backend_options: Mapping | None = None,
                     chunk: int = CHUNK) -> tuple[dict[str, np.ndarray], list]:
     """Run an artifact through the shared backend API; returns (outputs, declared inputs)."""
     from edgerec.runtime.backends import create_backend
 
-    name = BACKEND_FOR_FORMAT[candidate.format]
-    with create_backend(name, candidate.path, **dict(backend_options or {})) as backend:
+    name = BACKEND_FOR_FORMAT[artifact.format]
+    with create_backend(name, artifact.path, **dict(backend_options or {})) as backend:
         declared = list(backend.inputs)
         missing = [t.name for t in declared if t.name not in feeds]
         if missing:
@@ -246,7 +243,7 @@ def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[A
 
     Args:
         reference: ``{part: keras model}`` (a bare model means ``{"fused": model}``).
-        artifacts: `Candidate`s (or objects with ``path/format/precision/part``).
+        artifacts: `ExportedArtifact`s (or objects with ``path/format/precision/part``).
         data: `ValidationData` with the fused inputs, ``labels`` for AUC, ``groups`` for recall overlap.
         specs: ``{part: PartSpec}`` for tolerances and the score output; default tolerances otherwise.
         backend_options: forwarded to ``create_backend`` (e.g. ``num_threads``).
@@ -259,9 +256,9 @@ def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[A
     if not isinstance(data, ValidationData):
         raise ValidationError(expected("ValidationData", type(data).__name__))
     specs = dict(specs or {})
-    candidates = [as_candidate(a) for a in artifacts]
-    needed = {c.part for c in candidates}
-    if any(c.part == "scorer" for c in candidates):
+    artifacts = [as_deployable(a) for a in artifacts]
+    needed = {a.part for a in artifacts}
+    if any(a.part == "scorer" for a in artifacts):
         needed.add("user_encoder")
     missing = sorted(p for p in needed if p not in reference)
     if missing:
@@ -279,12 +276,12 @@ def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[A
     for part, outputs in ref_out.items():
         report.reference[part] = _reference_metrics(outputs, data, _score_name(specs, part), k)
 
-    for cand in candidates:
+    for art in artifacts:
         if progress:
-            progress(f"validating {cand.file} ({cand.format}/{cand.precision}/{cand.part})")
-        report.results.append(_validate_one(cand, ref_out[cand.part], feeds[cand.part], data, specs,
-                                            report.reference.get(cand.part, {}), backend_options, k))
-    report.compositions = _validate_compositions(candidates, report, ref_out, feeds, data, specs,
+            progress(f"validating {art.file} ({art.format}/{art.precision}/{art.part})")
+        report.results.append(_validate_one(art, ref_out[art.part], feeds[art.part], data, specs,
+                                            report.reference.get(art.part, {}), backend_options, k))
+    report.compositions = _validate_compositions(artifacts, report, ref_out, feeds, data, specs,
                                                  backend_options, k)
     if raise_on_failure:
         report.raise_if_failed()
@@ -329,17 +326,16 @@ def _score_of(outputs: Mapping[str, np.ndarray], score: str) -> np.ndarray | Non
     return None
 
 
-def _validate_one(cand: Candidate, ref: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray],
+def _validate_one(art: DeployableArtifact, ref: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray],
                   data: ValidationData, specs, ref_metrics: dict, backend_options, k: int) -> ArtifactResult:
-    res = ArtifactResult(cand.file, cand.path, cand.format, cand.precision, cand.part,
-                         BACKEND_FOR_FORMAT[cand.format])
+    res = ArtifactResult(art.file, art.path, art.format, art.precision, art.part, BACKEND_FOR_FORMAT[art.format])
     try:
-        produced, _ = backend_outputs(cand, feeds, backend_options)
+        produced, _ = backend_outputs(art, feeds, backend_options)
     except (EdgeRecError, RuntimeError, ValueError, OSError) as err:
         res.failures.append(f"could not run on {res.backend}: {type(err).__name__}: {err}")
         return res
-    _compare(res.metrics, res.failures, ref, produced, data, _tolerance(specs, cand.part, cand.precision),
-             _score_name(specs, cand.part), ref_metrics, k)
+    _compare(res.metrics, res.failures, ref, produced, data, _tolerance(specs, art.part, art.precision),
+             _score_name(specs, art.part), ref_metrics, k)
     return res
 
 
@@ -387,9 +383,9 @@ def _compare(metrics: dict, failures: list, ref: Mapping[str, np.ndarray], produ
                 failures.append(f"recall_overlap@{k} {overlap:.3f} < tolerance {tol.min_recall_overlap:g}")
 
 
-def _validate_compositions(candidates, report, ref_out, feeds, data, specs, backend_options, k) -> list:
-    users = [c for c in candidates if c.part == "user_encoder" and report.result(c.file).passed]
-    scorers = [c for c in candidates if c.part == "scorer" and report.result(c.file).passed]
+def _validate_compositions(artifacts, report, ref_out, feeds, data, specs, backend_options, k) -> list:
+    users = [a for a in artifacts if a.part == "user_encoder" and report.result(a.file).passed]
+    scorers = [a for a in artifacts if a.part == "scorer" and report.result(a.file).passed]
     composed = []
     target = ref_out.get("fused") or ref_out.get("scorer")
     target_part = "fused" if "fused" in ref_out else "scorer"

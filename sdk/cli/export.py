@@ -1,20 +1,55 @@
 """Prune, quantize and compile a model into a validated, selected bundle.
 
+Prints the selection table (size, ΔAUC, latency and status of every artifact) and, last, one JSON
+line: the bundle, what was selected per backend, the rejected count and the serving targets.
+
 Examples:
   edgerec export runs/din --out runs/din-bundle
   edgerec export runs/din --prune 0.5 --quantize int8 --targets tflite,onnx --out runs/din-bundle
+  edgerec export runs/din --targets onnx,triton,tensorrt --out runs/din-serving
   edgerec export my_model.keras --data rows.npz --out my-bundle     # bring your own Keras model
 """
 from __future__ import annotations
 
-import importlib
+import json
+import logging
 
-_IMPL = "edgerec.converters.commands"
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def configure(parser) -> None:
-    importlib.import_module(_IMPL).configure("export", parser)
+    parser.add_argument("model_dir", help="MODEL_DIR written by `edgerec train`, or a saved Keras model "
+                                          "(.keras/.h5/SavedModel) with --data")
+    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--prune", type=float, default=None,
+                        help="target sparsity in (0, 1) (tf_keras models only; the pruned Keras models are "
+                             "kept in OUT.pruned for `edgerec validate --keras`)")
+    parser.add_argument("--quantize", type=_csv, default=["int8"],
+                        help="comma list of none,fp16,dynamic,int8 (int8 implies dynamic too)")
+    parser.add_argument("--targets", type=_csv, default=["tflite", "onnx"],
+                        help="comma list of tflite,onnx,tensorrt,triton: tensorrt builds engines from the "
+                             "TensorRT-ready int8 ONNX into the bundle (needs the tensorrt package), triton writes "
+                             "a checked model repository in OUT/triton; both imply onnx")
+    parser.add_argument("--data", default=None, help=".npz of held-out rows (inputs + labels [+ groups])")
+    parser.add_argument("--budget", type=float, default=0.003, help="largest |ΔAUC| of a selectable variant")
+    parser.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
+    parser.add_argument("--max-groups", type=int, default=None, help="validate on the first N ranking groups")
+    parser.add_argument("--cache-dir", default=None, help="pass cache (default $EDGEREC_CACHE or ~/.cache/edgerec)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (warnings still show)")
 
 
 def run(args) -> int:
-    return importlib.import_module(_IMPL).run("export", args)
+    from edgerec.converters.export import check_options, export_bundle
+    from edgerec.converters.select import candidates_table
+
+    check_options(args.prune, args.quantize, args.targets, args.budget)   # fail fast, before TensorFlow loads
+    if args.quiet:
+        logging.getLogger("edgerec").setLevel(logging.WARNING)
+    result = export_bundle(args.model_dir, args.out, prune=args.prune, quantize=args.quantize, targets=args.targets,
+                           data=args.data, budget=args.budget, archive=args.archive, cache_dir=args.cache_dir,
+                           max_groups=args.max_groups)
+    print(candidates_table(result.manifest.candidates))
+    print(json.dumps(result.summary()))
+    return 0

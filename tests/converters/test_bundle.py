@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def _support():
-    spec = importlib.util.spec_from_file_location("c2_support_b", Path(__file__).with_name("test_validate_support.py"))
+    spec = importlib.util.spec_from_file_location("validate_support_b", Path(__file__).with_name("test_validate_support.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,7 +41,7 @@ def built(model_dir, tmp_path_factory):
     spec = FeatureSpec.load(mdir / "feature_spec.json")
     examples = examples_with_expected(read_raw_examples(mdir / "examples.jsonl"), model, spec)
     out = root / "out" / "BUNDLE"
-    manifest = write_bundle(out, candidates=cands, report=report, selection=selection, examples=examples,
+    manifest = write_bundle(out, artifacts=cands, report=report, selection=selection, examples=examples,
                             feature_spec_path=mdir / "feature_spec.json", model_info={"family": "din"},
                             lineage={"passes": ["tflite", "onnx_export"]}, archive=root / "out" / "b.tar.gz")
     return {"out": out, "manifest": manifest, "model": model, "spec": spec, "root": root, "cands": cands,
@@ -110,7 +110,7 @@ def test_rewrite_replaces_atomically_and_refuses_foreign_folders(built, tmp_path
     from edgerec.converters.bundle import write_bundle
     from edgerec.runtime.errors import BundleError
 
-    kwargs = dict(candidates=built["cands"], report=built["report"], selection=built["selection"],
+    kwargs = dict(artifacts=built["cands"], report=built["report"], selection=built["selection"],
                   examples=built["examples"], feature_spec_path=built["out"] / "feature_spec.json")
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _support():
-    spec = importlib.util.spec_from_file_location("c2_support_c", Path(__file__).with_name("test_validate_support.py"))
+    spec = importlib.util.spec_from_file_location("validate_support_c", Path(__file__).with_name("test_validate_support.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,7 +32,7 @@ def _cli(*args, block_tf=False, cwd=None):
                "from edgerec.sdk.cli import main\nrc = main(sys.argv[1:])\n"
                "print('TF_LOADED=' + str(any(sys.modules.get(m) for m in ('tensorflow', 'tf_keras'))))\n"
                "sys.exit(rc)\n")
-    env = {**os.environ, "EDGEREC_CACHE": str(Path(cwd or REPO) / ".c2cache")}
+    env = {**os.environ, "EDGEREC_CACHE": str(Path(cwd or tempfile.gettempdir()) / "edgerec-test-cache")}
     return subprocess.run([sys.executable, "-c", prelude, *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=600)
 
@@ -57,21 +58,68 @@ def test_export_writes_bundle_archive_and_table(cli_bundle, capsys):
     assert {a["file"] for a in manifest["artifacts"]} == {"fused_fp32.tflite", "fused_dynamic.tflite"}
 
 
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
 def test_validate_in_process_with_keras(cli_bundle, capsys):
     from edgerec.sdk.cli import main
 
-    assert main(["validate", str(cli_bundle["out"]), "--max-groups", "5"]) == 0
-    err = capsys.readouterr().err
-    assert "sha256 ok" in err and "re-validating 2 artifact(s) against Keras" in err
+    assert main(["validate", str(cli_bundle["out"]), "--keras", str(cli_bundle["mdir"]), "--max-groups", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "sha256 ok" in captured.err and "re-validating 2 artifact(s) against Keras" in captured.err
+    assert _last_json(captured.out)["status"] == "ok"
     assert main(["validate", str(cli_bundle["root"] / "BUNDLE.tar.gz"), "--examples-only"]) == 0
 
 
+def test_validate_without_keras_is_not_verified(cli_bundle, capsys):
+    """Skipped is never ok: without --keras the comparison with the trained model did not run."""
+    from edgerec.sdk.cli import main
+
+    capsys.readouterr()
+    assert main(["validate", str(cli_bundle["out"])]) == 1
+    captured = capsys.readouterr()
+    summary = _last_json(captured.out)
+    assert summary["status"] == "not_verified" and "--keras" in summary["reasons"][0]
+    assert "not verified" in captured.err and all(r["passed"] for r in summary["replays"])
+
+
 def test_validate_without_tensorflow_replays_examples(cli_bundle):
-    proc = _cli("validate", cli_bundle["out"], block_tf=True)
+    proc = _cli("validate", cli_bundle["out"], "--examples-only", block_tf=True)
     assert proc.returncode == 0, proc.stderr
     assert "TF_LOADED=False" in proc.stdout
-    assert "fused_fp32.tflite" in proc.stderr and "ok" in proc.stderr
-    assert "TensorFlow not installed" in proc.stderr
+    assert "fused_fp32.tflite" in proc.stderr and "OK" in proc.stderr
+    proc = _cli("validate", cli_bundle["out"], "--keras", cli_bundle["mdir"], block_tf=True)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-2])
+    assert summary["status"] == "not_verified" and "TensorFlow is not installed" in summary["reasons"][0]
+
+
+def test_validate_never_imports_what_the_bundle_names(cli_bundle, tmp_path, capsys, monkeypatch):
+    """A manifest whose model.source points at a model dir naming a custom_objects_module: validate
+    neither imports that module nor loads those Keras files (the user names the model with --keras)."""
+    import shutil
+    import sys
+
+    from edgerec.runtime.manifest import load_manifest, write_manifest
+    from edgerec.sdk.cli import main
+
+    evil = tmp_path / "evil"
+    shutil.copytree(cli_bundle["mdir"], evil)
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "evil_layers_xyz.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    meta = json.loads((evil / "edgerec_model.json").read_text())
+    meta["custom_objects_module"] = "evil_layers_xyz"
+    (evil / "edgerec_model.json").write_text(json.dumps(meta))
+    copy = tmp_path / "bundle"
+    shutil.copytree(cli_bundle["out"], copy)
+    manifest = load_manifest(copy, verify=True)
+    manifest.model["source"] = str(evil)
+    write_manifest(copy, manifest)
+    assert main(["validate", str(copy)]) == 1
+    assert _last_json(capsys.readouterr().out)["status"] == "not_verified"
+    assert not marker.exists() and "evil_layers_xyz" not in sys.modules
 
 
 def test_validate_catches_tampering_and_wrong_expected(cli_bundle, tmp_path, capsys):
@@ -85,8 +133,11 @@ def test_validate_catches_tampering_and_wrong_expected(cli_bundle, tmp_path, cap
     shutil.copytree(cli_bundle["out"], copy)
     art = copy / "fused_dynamic.tflite"
     art.write_bytes(art.read_bytes()[:-7] + b"\0" * 7)
-    assert main(["validate", str(copy)]) == 2
-    assert "IntegrityError" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["validate", str(copy), "--examples-only"]) == 1
+    captured = capsys.readouterr()
+    assert "fused_dynamic.tflite" in captured.err and "sha256" in captured.err
+    assert _last_json(captured.out)["status"] == "failed"
     shutil.rmtree(copy)
     shutil.copytree(cli_bundle["out"], copy)
     lines = [json.loads(x) for x in (copy / "examples.jsonl").read_text().splitlines()]
@@ -96,16 +147,17 @@ def test_validate_catches_tampering_and_wrong_expected(cli_bundle, tmp_path, cap
     manifest = load_manifest(copy, verify=False)
     manifest.files = [file_entry(copy, f["file"], f.get("role", "")) for f in manifest.files]
     write_manifest(copy, manifest)
-    assert main(["validate", str(copy), "--examples-only"]) == 2
-    err = capsys.readouterr().err
-    assert "ValidationError" in err and "fused_fp32.tflite" in err and "fused_dynamic.tflite" in err
+    assert main(["validate", str(copy), "--examples-only"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and "fused_fp32.tflite" in captured.err and "fused_dynamic.tflite" in captured.err
+    assert _last_json(captured.out)["status"] == "failed"
 
 
 @pytest.mark.parametrize("args, match", [
-    (["export", "/nonexistent/model", "--out", "x"], "existing MODEL_DIR"),
+    (["export", "/nonexistent/model", "--out", "x"], "existing model directory"),
     (["export", ".", "--out", "x", "--targets", "tflite,coreml"], "targets among"),
     (["export", ".", "--out", "x", "--prune", "1.5"], "strictly between 0 and 1"),
-    (["validate", "/nonexistent/bundle"], "Expected a bundle directory"),
+    (["validate", "/nonexistent/bundle"], "existing bundle directory"),
 ])
 def test_bad_inputs_give_clear_errors(args, match, capsys):
     from edgerec.sdk.cli import main
@@ -134,7 +186,9 @@ def test_byom_keras3_through_the_cli(tmp_path):
     assert {t["name"] for t in manifest["artifacts"][0]["inputs"]} == {"ids", "num"}
     line = json.loads((tmp_path / "B" / "examples.jsonl").read_text().splitlines()[0])
     assert set(line["inputs"]) == {"ids", "num"} and set(line["expected"]) == {"score"}
-    assert _cli("validate", "B", cwd=tmp_path, block_tf=True).returncode == 0
+    assert _cli("validate", "B", "--examples-only", cwd=tmp_path, block_tf=True).returncode == 0
+    checked = _cli("validate", "B", "--keras", "mine.keras", "--data", "rows.npz", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr[-3000:]
     refused = _cli("export", "mine.keras", "--data", "rows.npz", "--out", "C", "--prune", "0.5", cwd=tmp_path)
     assert refused.returncode == 2 and "tfmot cannot prune Keras 3" in refused.stderr
 

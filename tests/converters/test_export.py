@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def _support():
-    spec = importlib.util.spec_from_file_location("c2_support_e", Path(__file__).with_name("test_validate_support.py"))
+    spec = importlib.util.spec_from_file_location("validate_support_e", Path(__file__).with_name("test_validate_support.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,6 +70,19 @@ def test_every_variant_is_produced_validated_or_explained(din_export):
     assert any("validating" in line for line in din_export["lines"])  # progress reported
 
 
+def test_lineage_keeps_the_order_the_passes_ran(din_export):
+    m = din_export["manifest"]
+    assert m.lineage["passes"] == ["tflite", "onnx_export", "ort_optimize", "ort_quantize"]   # run order, not sorted
+    ids = [s["id"] for s in m.lineage["steps"]]
+    assert len(ids) == len(set(ids))
+    for art in m.artifacts:                      # each artifact's chain is a path through the merged steps
+        for parent, child in zip([None] + art.lineage[:-1], art.lineage):
+            assert child["parent"] == (parent["id"] if parent else None) and child["id"] in ids
+    export_ids = {s["id"] for s in m.lineage["steps"] if s["pass"] == "onnx_export"}
+    quantized = [a for a in m.artifacts if a.format == "onnx" and a.precision != "fp32"]
+    assert len(export_ids) == 1 and quantized and all(a.lineage[0]["id"] in export_ids for a in quantized)
+
+
 def test_rerun_hits_the_pass_cache(din_export):
     assert din_export["tflite_calls_on_rerun"] == 0
     first = {a.file: a.sha256 for a in din_export["manifest"].artifacts}
@@ -103,14 +116,28 @@ def test_split_parts_exported_and_composed(tmp_path):
 
 
 def test_prune_records_sparsity_and_delta(din_export, tmp_path):
-    from edgerec.converters.export import export_model
+    from edgerec.converters.export import export_bundle
+    from edgerec.converters.pipeline import sha256_path
+    from edgerec.converters.revalidate import validate_bundle
 
-    m = export_model(din_export["mdir"], tmp_path / "pruned", prune=0.5, quantize=("none",), targets=("tflite",),
-                     cache_dir=din_export["root"] / "cache", latency=_fast())
+    result = export_bundle(din_export["mdir"], tmp_path / "pruned", prune=0.5, quantize=("none",),
+                           targets=("tflite",), cache_dir=din_export["root"] / "cache", latency=_fast())
+    m = result.manifest
     info = m.lineage["prune"]
     assert abs(info["achieved_sparsity"] - 0.5) <= 0.01
     assert "delta_auc" in info and m.lineage["options"]["prune"] == 0.5
     assert [a.file for a in m.artifacts] == ["fused_fp32.tflite"]
+    # the pruned Keras model is kept next to the bundle, so the bundle can be checked against it
+    kept = result.pruned_models
+    assert kept == tmp_path / "pruned.pruned" and (kept / "edgerec_model.json").is_file()
+    assert m.lineage["keras_sha256"]["fused"] == sha256_path(kept / "fused.keras")
+    checked = validate_bundle(result.bundle, keras=kept, max_groups=5)
+    assert checked.status == "ok", checked.failures
+    assert checked.keras.passed and len(checked.keras.results) == 1
+    unpruned = validate_bundle(result.bundle, keras=din_export["mdir"], max_groups=5)
+    assert unpruned.status == "not_verified" and unpruned.keras is None
+    assert "sha256" in unpruned.not_verified[0] and "pruned.pruned" in unpruned.not_verified[0]
+    assert validate_bundle(result.bundle, examples_only=True).status == "ok"
 
 
 @pytest.mark.parametrize("kwargs, match", [

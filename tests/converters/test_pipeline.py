@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgerec.converters.errors import ConverterConfigError
-from edgerec.converters.pipeline import ExportedArtifact, Pass, PassRunner, Pipeline, sha256_path
+from edgerec.converters.pipeline import ExportedArtifact, Pass, PassRunner, Pipeline, Step, merged_lineage, sha256_path
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,41 @@ def test_pipeline_chains_passes_and_records_lineage(source, cache_dir):
     results = pipeline(cache_dir).run_all(source, part="scorer")
     assert Path(results[-1].path).read_text() == "ABC!ABC!"
     assert results[-1].format == "onnx" and results[-1].precision == "int8" and results[-1].part == "scorer"
-    assert results[-1].lineage == [{"pass": "upper", "config": {"suffix": "!", "data": None}},
-                                   {"pass": "repeat", "config": {"times": 2}}]
+    first, second = results[-1].lineage
+    assert (first["pass"], first["config"], first["parent"]) == ("upper", {"suffix": "!", "data": None}, None)
+    assert (second["pass"], second["config"], second["parent"]) == ("repeat", {"times": 2}, first["id"])
+    assert first["id"] != second["id"] and results[0].lineage == [first]
     assert Path(results[0].path).is_relative_to(cache_dir)
+
+
+def test_merged_lineage_keeps_run_order_and_shares_common_steps(source, cache_dir):
+    a = pipeline(cache_dir, times=2).run(source)
+    b = pipeline(cache_dir, times=3).run(source)
+    steps = merged_lineage([a, b])
+    assert [s["pass"] for s in steps] == ["upper", "repeat", "repeat"]     # the shared first step once
+    assert steps[1]["parent"] == steps[2]["parent"] == steps[0]["id"]
+
+
+def test_optional_step_failure_keeps_previous_output(source, cache_dir, caplog):
+    steps = [(UpperPass(), UpperConfig()), Step(CrashPass(), UpperConfig(), optional=True)]
+    results = Pipeline(steps, PassRunner(cache_dir)).run_all(source)
+    assert len(results) == 1 and Path(results[0].path).read_text() == "ABC!"
+    assert results[0].details["skipped_steps"][0]["pass"] == "crash"
+    assert "power cut" in results[0].details["skipped_steps"][0]["reason"]
+    assert "crash of" in caplog.text and "power cut" in caplog.text
+    with pytest.raises(RuntimeError, match="power cut"):     # a required step's failure propagates
+        Pipeline([(UpperPass(), UpperConfig()), (CrashPass(), UpperConfig())], PassRunner(cache_dir)).run(source)
+
+
+def test_a_failed_pass_is_not_retried_by_the_same_runner(source, cache_dir):
+    runner = PassRunner(cache_dir)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="power cut"):
+            runner.run(CrashPass(), source, UpperConfig())
+    assert CrashPass.calls == 1
+    with pytest.raises(RuntimeError):           # a new runner (a new export) tries again
+        PassRunner(cache_dir).run(CrashPass(), source, UpperConfig())
+    assert CrashPass.calls == 2
 
 
 def test_second_run_does_no_work(source, cache_dir):
@@ -140,7 +172,7 @@ def test_crash_leaves_no_cache_entry(source, cache_dir):
         runner.run(CrashPass(), source, UpperConfig())
     assert not [p for p in (cache_dir / "crash").iterdir()]   # temp folder removed, nothing cached
     with pytest.raises(RuntimeError):
-        runner.run(CrashPass(), source, UpperConfig())
+        PassRunner(cache_dir).run(CrashPass(), source, UpperConfig())
     assert CrashPass.calls == 2
 
 

@@ -95,7 +95,7 @@ def test_measure_latencies_on_real_backends(tmp_path, model_dir):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("c2s", Path(__file__).with_name("test_validate_support.py"))
+    spec = importlib.util.spec_from_file_location("validate_support_s", Path(__file__).with_name("test_validate_support.py"))
     S = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(S)
     from edgerec.converters.select import measure_latencies
@@ -108,3 +108,44 @@ def test_measure_latencies_on_real_backends(tmp_path, model_dir):
     assert set(lat) == {"fused.fp32.tflite", "fused.dynamic.tflite"}
     assert all(0 < ms < 1000 for by_batch in lat.values() for ms in by_batch.values())
     assert all(set(by_batch) == {1, 16} for by_batch in lat.values())
+
+
+def test_unverified_artifacts_are_gated_by_their_source(tmp_path):
+    """Engines that cannot run here: selected when their source ONNX passed and is within budget,
+    rejected (with both reasons) otherwise; rows say verified False."""
+    from edgerec.converters.select import select_unverified
+    from edgerec.converters.validate import DeployableArtifact
+
+    report = ValidationReport(results=[_res("f32.onnx", "fp32", "onnx"), _res("trt.onnx", "int8", "onnx", delta=0.001),
+                                       _res("far.onnx", "int8", "onnx", delta=0.01)])
+    lat = {"f32.onnx": {256: 1.0}, "trt.onnx": {256: 2.0}, "far.onnx": {256: 0.5}}
+    sel = select_variants(report, lat, budget=0.003, sizes={k: 100 for k in lat})
+    assert "slower than fp32" in sel.row("trt.onnx")["reason"]        # slow on ORT CPU, fine for TensorRT
+    engines = []
+    for name, source in (("good.plan", "trt.onnx"), ("far.plan", "far.onnx"), ("lost.plan", "gone.onnx")):
+        (tmp_path / name).write_bytes(b"plan")
+        engines.append(DeployableArtifact(str(tmp_path / name), "trt_engine", "int8", "fused",
+                                          details={"source": source}))
+    reasons = {e.file: "the tensorrt backend is not installed" for e in engines}
+    select_unverified(sel, engines, reasons, budget=0.003)
+    assert sel.selected["tensorrt"] == {"fused": "good.plan"}
+    good = sel.row("good.plan")
+    assert good["verified"] is False and good["status"] == "selected" and good["delta_auc"] == 0.001
+    assert "not installed" in good["reason"]
+    rejected = {r["file"]: r["reason"] for r in sel.rejected if r["backend"] == "tensorrt"}
+    assert set(rejected) == {"far.plan", "lost.plan"}
+    assert "over the budget" in rejected["far.plan"] and "not installed" in rejected["far.plan"]
+    assert "not produced" in rejected["lost.plan"]
+
+
+def test_candidates_table_lists_every_row_with_its_reason():
+    from edgerec.converters.select import candidates_table
+
+    rows = [{"file": "a.tflite", "backend": "litert", "size_bytes": 2048, "size_ratio": 1.0, "delta_auc": 0.0,
+             "latency_ms_b1": 0.02, "latency_ms_b256": 1.5, "status": "selected", "reason": ""},
+            {"file": "b.plan", "backend": "tensorrt", "size_bytes": 1024, "size_ratio": None, "delta_auc": None,
+             "status": "rejected", "reason": "no engine"}]
+    text = candidates_table(rows).splitlines()
+    assert "ms@1" in text[0] and "ms@256" in text[0] and len(text) == 4
+    assert text[2].startswith("a.tflite") and "2.0" in text[2] and text[2].endswith("selected")
+    assert text[3].endswith("rejected: no engine") and " - " in text[3]

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def _support():
-    spec = importlib.util.spec_from_file_location("c2_support", Path(__file__).with_name("test_validate_support.py"))
+    spec = importlib.util.spec_from_file_location("validate_support", Path(__file__).with_name("test_validate_support.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -76,7 +76,7 @@ def tflite(keras_path, mode: str, out_dir, part: str = "fused", data=None):
 
 
 def onnx_fp32(model, out_path, part: str = "fused"):
-    """fp32 ONNX through tf2onnx with the canonical names (the C1 pass does the same)."""
+    """fp32 ONNX through tf2onnx with the canonical names (as OnnxExportPass does)."""
     import tf2onnx
 
     from edgerec.converters.keras_io import serving_function
