@@ -3,7 +3,9 @@
 - `LRUCache`: thread-safe LRU with a time-to-live, bounded by entry count AND bytes.
 - `user_state_key`: (model version, user id, sha256 of the *encoded* behaviour sequence), so a
   user's new behaviour misses the cache instead of returning a stale state.
-- `request_key`: a stable hash of a normalised raw request (result cache).
+- `result_keys`: one key per encoded request row (result cache): the sha256 of the exact bytes
+  the model is fed, so two requests share a score only when the model sees the same input.
+- `request_key`: a stable hash of a normalised raw request, exact for numpy values too.
 - `SessionCache`: loading the same artifact (same sha256) with the same backend options twice
   shares one compiled backend, reference-counted.
 """
@@ -176,10 +178,42 @@ def user_state_key(version: str, user_id: Any, hist_items: np.ndarray) -> tuple:
     return (version, None if user_id is None else str(user_id), digest)
 
 
+def result_keys(version: str, arrays: Mapping[str, np.ndarray]) -> list[tuple]:
+    """One result-cache key per row of encoded model inputs (name -> array, batch first):
+    (version, sha256 of the row's bytes in every array, names in sorted order). Exact: rows
+    differing in any byte (one id at any position of a long history) get different keys."""
+    names = sorted(arrays)
+    n = len(arrays[names[0]])
+    layout = hashlib.sha256(repr([(k, arrays[k].dtype.str, arrays[k].shape[1:]) for k in names]).encode())
+    if n == 1:
+        digest = layout.copy()
+        for k in names:
+            digest.update(np.ascontiguousarray(arrays[k]).tobytes())
+        return [(version, digest.digest())]
+    rows = np.concatenate([np.ascontiguousarray(arrays[k]).reshape(n, -1).view(np.uint8) for k in names], axis=1)
+    keys = []
+    for row in rows:
+        digest = layout.copy()
+        digest.update(row.tobytes())
+        keys.append((version, digest.digest()))
+    return keys
+
+
+def _exact_json(value):
+    """json.dumps ``default``: numpy values as their exact Python values (never ``str``, which
+    summarises long arrays), anything else by type and repr."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return f"<{type(value).__name__}>{value!r}"
+
+
 def request_key(version: str, request: Mapping) -> tuple:
-    """Key of a raw request: sorted-key JSON without ``expected``/``request_id``."""
+    """Key of a raw request: sorted-key JSON without ``expected``/``request_id`` (numpy arrays by
+    every value). The Predictor keys its result cache on the encoded rows (`result_keys`)."""
     body = {k: v for k, v in request.items() if k not in ("expected", "request_id")}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_exact_json)
     return (version, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 

@@ -3,6 +3,7 @@
     import edgerec.runtime as er
     with er.load("bundle/", backend="auto") as predictor:
         predictor.predict([{"history": ["10", "31"], "item": "99", "context": {"timestamp": 964982703}}])
+        scores, oov = predictor.predict(requests, return_oov=True)   # oov: candidate id unknown
         predictor.score_candidates({"user_id": "42", "history": ["10", "31"]}, ["99", "7", "12"])
         predictor.top_k({"user_id": "42", "history": ["10"]}, candidates, k=10)
         predictor.swap("bundle_v2/")      # hot swap: validate fully, then switch atomically
@@ -15,15 +16,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .cache import CacheConfig, LRUCache, SESSIONS, request_key, user_state_key
+from .cache import CacheConfig, LRUCache, SESSIONS, result_keys, user_state_key
+from .counters import FOLD_EVERY, CallCounters
 from .errors import BundleError, RequestError, expected
 from .examples import replay_loaded
 from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
-from .spec import CAND_ITEM, HIST_ITEMS, SCORE
+from .scores import Scores, as_scores, count_oov
+from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
 
 ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
 _clock = time.perf_counter
-FOLD_EVERY = 1024   # calls between folds of the lock-free per-call figures into the counters
+# Rows per model call: a bigger batch is scored in chunks, so peak memory (the backend's
+# intermediate tensors grow with the batch) is bounded whatever the caller sends.
+CHUNK_ROWS = 4096
 
 
 def load(bundle_path, backend: str = "auto", warmup: bool = True, cache=None, **backend_options) -> "Predictor":
@@ -54,13 +59,10 @@ class Predictor:
         self.user_cache = LRUCache(c.user_entries, c.user_bytes, c.user_ttl_s)
         self.result_cache = LRUCache(c.result_entries, c.result_bytes, c.result_ttl_s)
         self._swap_lock = threading.Lock()     # serialises swap/close (calls pin the bundle lock-free)
-        self._counts_lock = threading.Lock()
-        self._counts = {"predict_rows": 0, "candidate_rows": 0, "calls": 0, "errors": 0, "swaps": 0,
-                        "failed_swaps": 0, "seconds": 0.0}
-        # Per-call figures are appended lock-free (list.append is atomic in CPython) and folded into
-        # `_counts` under the lock by `_fold` (every `FOLD_EVERY` calls and in `stats`).
-        self._call_seconds: list = []
-        self._predict_rows: list = []
+        self._counters = CallCounters()
+        self._call_seconds = self._counters.call_seconds     # lock-free appends on the hot path
+        self._predict_rows = self._counters.predict_rows
+        self._fold, self._count = self._counters.fold, self._counters.add
         self._closed = False
         self._model = self._open(bundle_path)
 
@@ -138,28 +140,6 @@ class Predictor:
         if len(seconds) >= FOLD_EVERY:
             self._fold()
 
-    def _fold(self) -> None:
-        """Move the lock-free per-call figures into `_counts` (pop is atomic: nothing is lost or
-        counted twice while other threads keep appending)."""
-        with self._counts_lock:
-            counts = self._counts
-            for source, calls_key, total_key in ((self._call_seconds, "calls", "seconds"),
-                                                 (self._predict_rows, None, "predict_rows")):
-                pop, n, total = source.pop, 0, 0
-                try:
-                    while True:
-                        total += pop()
-                        n += 1
-                except IndexError:
-                    pass
-                if calls_key:
-                    counts[calls_key] += n
-                counts[total_key] += total
-
-    def _count(self, key: str, n: int) -> None:
-        with self._counts_lock:
-            self._counts[key] += n
-
     def _serve(self, impl, *args):
         """Run ``impl(model, *args)`` on the pinned serving bundle, booking the call."""
         model = self._enter()
@@ -173,59 +153,90 @@ class Predictor:
         return result
 
     # -- raw requests ---------------------------------------------------------------------------
-    def predict(self, requests: Sequence[Mapping], use_cache: bool = True) -> np.ndarray:
-        """Probabilities (float32, one per request) for a batch of raw request dicts."""
+    def predict(self, requests: Sequence[Mapping], use_cache: bool = True, return_oov: bool = False):
+        """Probabilities (float32, one per request) for a batch of raw request dicts.
+
+        Args:
+            requests: raw request dicts (see `edgerec.runtime.preprocess`).
+            use_cache: use the result and user-state caches.
+            return_oov: return `Scores` (``.scores`` and ``.oov``, True where the candidate item is
+                out of vocabulary) instead of the bare array.
+        """
         # `_serve` written out: the benchmark's `raw_request` scenario times this path.
         model = self._enter()
         start = _clock()
         try:
-            result = self._predict(model, requests, use_cache)
+            result = self._predict(model, requests, use_cache, return_oov)
         except BaseException:
             self._leave(model, start, True)
             raise
         self._leave(model, start, False)
         return result
 
-    def _predict(self, model: LoadedBundle, requests, use_cache: bool) -> np.ndarray:
+    def _predict(self, model: LoadedBundle, requests, use_cache: bool, return_oov: bool):
         pre = model.preprocessor
         if pre is None:
             pre = self._preprocessor(model)      # raises the typed error
         if type(requests) is not list and (isinstance(requests, Mapping) or not isinstance(requests, Sequence)):
             raise RequestError(expected("a list of request objects", type(requests).__name__))
-        if len(requests) == 0:
+        n = len(requests)
+        if n == 0:
             raise RequestError(expected("at least one request", 0))
         check = pre.check_request
         for request in requests:
             check(request)
+        if n <= CHUNK_ROWS:
+            scores, items = self._predict_chunk(model, pre, requests, use_cache)
+        else:
+            scores, items = np.empty(n, np.float32), np.empty(n, np.int32)
+            for begin in range(0, n, CHUNK_ROWS):
+                end = min(n, begin + CHUNK_ROWS)
+                scores[begin:end], items[begin:end] = self._predict_chunk(model, pre, requests[begin:end], use_cache)
+        self._predict_rows.append(n)
+        return self._flag_oov(scores, items, return_oov)
+
+    def _predict_chunk(self, model: LoadedBundle, pre, requests, use_cache: bool) -> tuple:
+        """(scores, encoded candidate ids) of at most `CHUNK_ROWS` checked requests."""
+        arrays = pre.encode_checked(requests, model.request_inputs)
+        items = arrays[CAND_ITEM]
         if not (use_cache and self.result_cache.enabled):
-            out = self._score_rows(model, pre.encode_checked(requests, model.request_inputs), requests, use_cache)
-            self._predict_rows.append(len(requests))
-            return out
-        keys = [request_key(model.version, r) for r in requests]
-        out = np.empty(len(requests), dtype=np.float32)
+            return self._score_rows(model, arrays, requests, use_cache), items
+        keys = result_keys(model.version, arrays)
+        out = np.empty(len(keys), dtype=np.float32)
         todo = []
-        for i in range(len(requests)):
-            hit = self.result_cache.get(keys[i])
+        for i, key in enumerate(keys):
+            hit = self.result_cache.get(key)
             if hit is None:
                 todo.append(i)
             else:
                 out[i] = hit
         if todo:
-            rows = [requests[i] for i in todo]
-            scores = self._score_rows(model, pre.encode_checked(rows, model.request_inputs), rows, use_cache)
+            if len(todo) < len(keys):
+                arrays = {name: value[todo] for name, value in arrays.items()}
+                requests = [requests[i] for i in todo]
+            scores = self._score_rows(model, arrays, requests, use_cache)
             out[todo] = scores
             for i, s in zip(todo, scores):
                 self.result_cache.put(keys[i], np.float32(s))
-        self._predict_rows.append(len(requests))
-        return out
+        return out, items
+
+    def _flag_oov(self, scores: np.ndarray, items: np.ndarray, return_oov: bool):
+        """Count rows whose candidate is out of vocabulary; `Scores` when the caller asked."""
+        unknown = count_oov(items)
+        if unknown:
+            self._count("oov_rows", unknown)
+        if return_oov:
+            return Scores(scores, items == OOV_INDEX)
+        return scores
 
     def score_candidates(self, user_request: Mapping, candidates: Sequence[Any], context: Mapping | None = None,
-                         dense: Mapping | None = None, use_cache: bool = True) -> np.ndarray:
+                         dense: Mapping | None = None, use_cache: bool = True, return_oov: bool = False):
         """Scores of N candidates for one user: the user encoder runs once (cached), the scorer
-        runs on the N candidates in one batch. ``context``/``dense`` default to the request's."""
-        return self._serve(self._score_candidates, user_request, candidates, context, dense, use_cache)
+        runs on the candidates (in batches of at most `CHUNK_ROWS`). ``context``/``dense`` default
+        to the request's; ``return_oov``: return `Scores` flagging unknown candidate ids."""
+        return self._serve(self._score_candidates, user_request, candidates, context, dense, use_cache, return_oov)
 
-    def _score_candidates(self, model: LoadedBundle, user_request, candidates, context, dense, use_cache):
+    def _score_candidates(self, model: LoadedBundle, user_request, candidates, context, dense, use_cache, return_oov):
         pre = self._preprocessor(model)
         request = pre.check_request(user_request, need_item=False)
         context = request.get("context") if context is None else context
@@ -234,22 +245,28 @@ class Predictor:
         n = len(arrays[CAND_ITEM])
         hist = pre.encode_history([request["history"]])
         if "scorer" in model.parts and "user_encoder" in model.parts:
-            state = self._user_state(model, request.get("user_id"), hist, use_cache)
-            arrays.update({k: np.repeat(v, n, axis=0) for k, v in state.items()})
-            scores = model.run("scorer", arrays)[SCORE]
+            part, shared = "scorer", self._user_state(model, request.get("user_id"), hist, use_cache)
         else:
-            arrays[HIST_ITEMS] = np.repeat(hist, n, axis=0)
-            scores = model.run("fused", arrays)[SCORE]
+            part, shared = "fused", {HIST_ITEMS: hist}
+        scores = np.empty(n, np.float32)
+        for begin in range(0, n, CHUNK_ROWS):
+            end = min(n, begin + CHUNK_ROWS)
+            feeds = {k: v[begin:end] for k, v in arrays.items()} if n > CHUNK_ROWS else dict(arrays)
+            feeds.update({k: np.repeat(v, end - begin, axis=0) for k, v in shared.items()})
+            scores[begin:end] = as_scores(model.run(part, feeds)[SCORE], end - begin)
         self._count("candidate_rows", n)
-        return _as_scores(scores, n)
+        return self._flag_oov(scores, arrays[CAND_ITEM], return_oov)
 
     def top_k(self, user_request: Mapping, candidates: Sequence[Any], k: int, context: Mapping | None = None,
-              dense: Mapping | None = None, use_cache: bool = True) -> list[tuple[Any, float]]:
-        """The ``k`` best ``(candidate, score)`` pairs, best first (ties keep candidate order)."""
+              dense: Mapping | None = None, use_cache: bool = True, return_oov: bool = False) -> list[tuple]:
+        """The ``k`` best ``(candidate, score)`` pairs, best first (ties keep candidate order);
+        ``return_oov``: ``(candidate, score, oov)`` triples."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise RequestError(expected("k as a positive int", k))
-        scores = self.score_candidates(user_request, candidates, context, dense, use_cache)
+        scores, oov = self.score_candidates(user_request, candidates, context, dense, use_cache, return_oov=True)
         order = np.argsort(-scores, kind="stable")[: int(k)]
+        if return_oov:
+            return [(candidates[i], float(scores[i]), bool(oov[i])) for i in order]
         return [(candidates[i], float(scores[i])) for i in order]
 
     def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
@@ -322,12 +339,12 @@ class Predictor:
     def _score_rows(self, model: LoadedBundle, arrays: dict, requests, use_cache: bool) -> np.ndarray:
         n = len(arrays[CAND_ITEM])
         if "fused" in model.parts:
-            return _as_scores(model.run_encoded("fused", arrays)[SCORE], n)
+            return as_scores(model.run_encoded("fused", arrays)[SCORE], n)
         states = [self._user_state(model, r.get("user_id"), arrays[HIST_ITEMS][i:i + 1], use_cache)
                   for i, r in enumerate(requests)]
         for name in states[0]:
             arrays[name] = np.concatenate([s[name] for s in states], axis=0)
-        return _as_scores(model.run("scorer", arrays)[SCORE], n)
+        return as_scores(model.run("scorer", arrays)[SCORE], n)
 
     # -- hot swap -----------------------------------------------------------------------------------
     def swap(self, new_bundle, check_examples: bool = True, tolerance: float | None = None) -> str:
@@ -360,9 +377,15 @@ class Predictor:
             self._count("failed_swaps", 1)
             raise
         with self._swap_lock:
-            old, self._model = self._model, new
-            self.user_cache.clear()
-            self.result_cache.clear()
+            closed = self._closed
+            if not closed:
+                old, self._model = self._model, new
+                self.user_cache.clear()
+                self.result_cache.clear()
+        if closed:                  # close() ran while the new bundle was being checked
+            new.close()
+            self._count("failed_swaps", 1)
+            raise RequestError(expected("an open Predictor", "closed during the swap"))
         old.retire()
         self._count("swaps", 1)
         return new.version
@@ -370,22 +393,21 @@ class Predictor:
     # -- bookkeeping ------------------------------------------------------------------------------
     def stats(self) -> dict:
         model = self._model
-        self._fold()
-        with self._counts_lock:
-            counts = dict(self._counts)
+        counts = self._counters.snapshot()
         return {**counts, "backend": model.backend_name, "version": model.version,
                 "parts": sorted(model.parts), "backend_info": {p: b.info for p, b in model.parts.items()},
                 "caches": {"user_state": self.user_cache.stats(), "result": self.result_cache.stats(),
                            "sessions": SESSIONS.stats()}}
 
     def close(self) -> None:
-        if not self._closed:
+        with self._swap_lock:       # a swap in progress sees the flag before it switches
+            if self._closed:
+                return
             self._closed = True
-            with self._swap_lock:
-                model = self._model
-            model.retire()
-            self.user_cache.clear()
-            self.result_cache.clear()
+            model = self._model
+        model.retire()
+        self.user_cache.clear()
+        self.result_cache.clear()
 
     def __enter__(self):
         return self
@@ -397,9 +419,3 @@ class Predictor:
     def __repr__(self):
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
 
-
-def _as_scores(scores: np.ndarray, n: int) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-    if scores.shape[0] != n:
-        raise BundleError(expected(f"{n} scores from the model", scores.shape[0]))
-    return scores

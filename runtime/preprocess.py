@@ -11,10 +11,15 @@ A raw request is a dict::
      "item": "99",                           # candidate item (for predict / fused scoring)
      "context": {"timestamp": 964982703},    # or explicit {"hour": 13, "weekday": 2, "device": "ios"}
      "dense": {"price": 3.5}}                # only for specs with dense fields
+
+Ids are non-empty strings or ints (a bool, "", a float or an int outside int64 is refused); keys
+inside ``context``/``dense`` must be fields of the spec (a typo such as ``"timestmap"`` is refused).
+An id the vocabulary does not know encodes to the OOV index (1): the Predictor flags such rows.
 """
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,8 +29,48 @@ from .errors import RequestError, expected
 from .spec import CAND_ITEM, DENSE, HIST_ITEMS, PAD_INDEX, FeatureSpec
 
 REQUEST_KEYS = frozenset({"user_id", "history", "item", "context", "dense", "expected", "request_id"})
-_SCALAR_ID = (str, int, np.integer)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64 = 1 << 63
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 40
+
+
+def is_raw_id(value: Any) -> bool:
+    """A raw id: a non-empty str or an int within int64 (numpy ints too; bool is not an id)."""
+    kind = type(value)
+    if kind is str:
+        return value != ""
+    if kind is int:
+        return -_INT64 <= value < _INT64
+    if isinstance(value, str):
+        return value != ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -_INT64 <= value < _INT64
+    return isinstance(value, np.integer)
+
+
+class shown:
+    """A received value as error messages print it: bounded in length and depth, and safe for
+    values whose ``repr`` fails (a 5,000-digit int, nesting deeper than the recursion limit)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Any):
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+            self.text = f"an int of {value.bit_length()} bits"
+            return
+        try:
+            self.text = _REPR.repr(value)
+        except Exception:  # noqa: BLE001 - any repr may fail; the type still says what was sent
+            self.text = f"a {type(value).__name__}"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _key_names(keys) -> list[str]:
+    """Sorted printable names of (any) dict keys, for messages."""
+    return sorted(k if type(k) is str and len(k) <= 80 else repr(shown(k)) for k in keys)[:10]
 
 
 def hour_of(timestamp: int) -> int:
@@ -57,6 +102,9 @@ class Preprocessor:
         self.spec = spec
         self.strict = strict
         self._plans: dict = {}      # input-name set -> `_context_plan`
+        # keys a request may use inside "context" / "dense" (anything else is a typo)
+        self._context_keys = frozenset({"timestamp", *(c.name for c in spec.context)})
+        self._dense_keys = frozenset(d.name for d in spec.dense)
 
     # -- single pieces -------------------------------------------------------------------
     def encode_history(self, histories: Sequence[Sequence[Any]]) -> np.ndarray:
@@ -76,7 +124,7 @@ class Preprocessor:
         rows = []
         for history in histories:
             recent = self._recent(history, length)
-            codes = self._item_indices(recent, "history item ids as str or int", True) if recent else []
+            codes = self._item_indices(recent, "history item ids as non-empty str or int") if recent else []
             rows.append([PAD_INDEX] * (length - len(codes)) + codes)
         return np.array(rows, dtype=np.int32).reshape(len(rows), length)
 
@@ -95,10 +143,10 @@ class Preprocessor:
             return np.array(self.spec.item_vocab.hits(items), dtype=np.int32).reshape(-1)
         except TypeError:     # an id for `lookup` (None from `hits`) or an unhashable one
             pass
-        return np.array(self._item_indices(items, "a candidate item id as str or int", False),
+        return np.array(self._item_indices(items, "a candidate item id as a non-empty str or int"),
                         dtype=np.int32).reshape(-1)
 
-    def _item_indices(self, raws: Sequence[Any], what: str, by_type: bool) -> list[int]:
+    def _item_indices(self, raws: Sequence[Any], what: str) -> list[int]:
         """Vocabulary indices of raw item ids. Known str ids take one dict probe each; only the
         rest are type-checked (RequestError naming the first bad id) and looked up one by one."""
         vocab = self.spec.item_vocab
@@ -109,8 +157,8 @@ class Preprocessor:
         if None not in codes:
             return codes
         for item in raws:
-            if not isinstance(item, _SCALAR_ID):
-                raise RequestError(expected(what, type(item).__name__ if by_type else item))
+            if not is_raw_id(item):
+                raise RequestError(expected(what, shown(item)))
         lookup = vocab.lookup
         return [lookup(r) if c is None else c for r, c in zip(raws, codes)]
 
@@ -121,20 +169,24 @@ class Preprocessor:
             names = frozenset(names)
         fields = self._context_plan(names)
         columns = [[] for _ in fields]
+        allowed = self._context_keys
         for context in contexts:
             context = {} if context is None else context
             if type(context) is not dict and not isinstance(context, Mapping):
                 raise RequestError(expected("context as a JSON object", type(context).__name__))
+            if self.strict and context and not context.keys() <= allowed:
+                raise RequestError(expected(f"context keys among {sorted(allowed)}",
+                                            _key_names(set(context) - allowed)))
             timestamp = context.get("timestamp")
             if timestamp is not None and not (type(timestamp) is int and timestamp >= 0) and (
                     isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, np.integer, np.floating))
                     or not math.isfinite(timestamp) or timestamp < 0):
-                raise RequestError(expected("context.timestamp as non-negative unix seconds", timestamp))
+                raise RequestError(expected("context.timestamp as non-negative unix seconds", shown(timestamp)))
             for (field, wanted, derive, limit), column in zip(fields, columns):
                 value = context.get(field.name)
-                if derive is None:                          # categorical
-                    if value is not None and not isinstance(value, _SCALAR_ID):
-                        raise RequestError(expected(f"context.{field.name} as str or int", value))
+                if derive is None:                          # categorical ("" = missing, like None)
+                    if value is not None and type(value) is not str and not is_raw_id(value):
+                        raise RequestError(expected(f"context.{field.name} as str or int", shown(value)))
                     if wanted:
                         column.append(field.vocab.lookup(value))
                 elif value is None:
@@ -142,9 +194,9 @@ class Preprocessor:
                         column.append(0 if timestamp is None else derive(int(timestamp)) + 1)
                 else:
                     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", shown(value)))
                     if not 0 <= value < limit:
-                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", value))
+                        raise RequestError(expected(f"context.{field.name} as an int in [0, {limit})", shown(value)))
                     if wanted:
                         column.append(int(value) + 1)
         arrays = {}
@@ -172,17 +224,24 @@ class Preprocessor:
     def _dense_rows(self, dense_rows: Sequence[Mapping | None]) -> list[list[float]]:
         """Validated, standardised dense values as lists (`encode_dense` without the array)."""
         fields = self.spec.dense
+        allowed = self._dense_keys
         rows = []
         for values in dense_rows:
             values = {} if values is None else values
             if type(values) is not dict and not isinstance(values, Mapping):
                 raise RequestError(expected("dense as a JSON object of numbers", type(values).__name__))
+            if self.strict and values and not values.keys() <= allowed:
+                raise RequestError(expected(f"dense keys among {sorted(allowed)}", _key_names(set(values) - allowed)))
             row = []
             for field in fields:
                 value = values.get(field.name, field.default)
-                if type(value) is not float and (isinstance(value, bool) or
-                                                 not isinstance(value, (int, float, np.integer, np.floating))):
-                    raise RequestError(expected(f"dense.{field.name} as a number", value))
+                if type(value) is not float:
+                    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                        raise RequestError(expected(f"dense.{field.name} as a number", shown(value)))
+                    try:
+                        value = float(value)
+                    except OverflowError:
+                        raise RequestError(expected(f"dense.{field.name} within float range", shown(value))) from None
                 if not math.isfinite(value):
                     raise RequestError(expected(f"a finite dense.{field.name}", value))
                 scaled = (float(value) - field.mean) / field.std
@@ -199,11 +258,11 @@ class Preprocessor:
         if self.strict and not REQUEST_KEYS.issuperset(request):
             unknown = set(request) - REQUEST_KEYS
             if unknown:
-                raise RequestError(expected(f"request keys among {sorted(REQUEST_KEYS)}", sorted(unknown)))
+                raise RequestError(expected(f"request keys among {sorted(REQUEST_KEYS)}", _key_names(unknown)))
         if "history" not in request:
-            raise RequestError(expected("a 'history' list in the request", sorted(request)))
+            raise RequestError(expected("a 'history' list in the request", _key_names(request)))
         if need_item and "item" not in request:
-            raise RequestError(expected("an 'item' (candidate id) in the request", sorted(request)))
+            raise RequestError(expected("an 'item' (candidate id) in the request", _key_names(request)))
         return request
 
     def encode_requests(self, requests: Sequence[Mapping]) -> dict[str, np.ndarray]:
@@ -233,17 +292,21 @@ class Preprocessor:
                 arrays[DENSE] = self.encode_dense(dense)
             else:
                 self._dense_rows(dense)
+        elif any(d is not None for d in dense):
+            self._dense_rows(dense)         # refuses dense values a spec without dense fields would drop
         return arrays
 
     def encode_candidates(self, items: Sequence[Any], context: Mapping | None = None,
                           dense: Mapping | None = None) -> dict[str, np.ndarray]:
         """Scorer inputs (minus user state) for N candidates sharing one context."""
         if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)) or len(items) == 0:
-            raise RequestError(expected("a non-empty list of candidate ids", items))
+            raise RequestError(expected("a non-empty list of candidate ids", shown(items)))
         n = len(items)
         arrays = {CAND_ITEM: self.encode_items(list(items))}
         for name, column in self.encode_context([context]).items():
             arrays[name] = np.repeat(column, n)
         if self.spec.dense:
             arrays[DENSE] = np.repeat(self.encode_dense([dense]), n, axis=0)
+        elif dense is not None:
+            self._dense_rows([dense])
         return arrays

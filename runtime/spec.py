@@ -56,8 +56,8 @@ class Vocabulary:
         object.__setattr__(self, "tokens", tokens)
         index = {t: i + NUM_RESERVED for i, t in enumerate(tokens)}
         object.__setattr__(self, "_index", index)
-        # What `lookup` returns for a str, as one dict probe: tokens, and "" -> padding.
-        object.__setattr__(self, "_hits", {**index, "": PAD_INDEX})
+        # What `lookup` returns for a known token, as one dict probe ("" and unknown ids miss).
+        object.__setattr__(self, "_hits", index)
 
     @property
     def size(self) -> int:
@@ -82,8 +82,8 @@ class Vocabulary:
         return np.array(codes, dtype=np.int32).reshape(-1)
 
     def hits(self, raws: Sequence[Any]) -> list:
-        """The first, cheap pass of `lookup_many`: ``lookup(r)`` where ``r`` is a str (a known
-        token, or "" -> padding), None for anything else (other types, unknown ids: call `lookup`).
+        """The first, cheap pass of `lookup_many`: ``lookup(r)`` where ``r`` is a known token (a
+        str), None for anything else (other types, "", unknown ids: call `lookup`).
         Raises TypeError for an unhashable raw id."""
         get = self._hits.get
         return [get(r) for r in raws]

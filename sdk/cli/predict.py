@@ -1,9 +1,17 @@
-"""Score JSON-lines requests with a bundle (one output line per input line).
+"""Score JSON-lines requests with a bundle (exactly one output line per input line).
 
-A line is a raw request {"history": [...], "item": ...} -> {"score": p}; with "candidates": [...]
--> {"scores": [...]}; a tensor row {"inputs": {...}} (bring-your-own model) -> {"outputs": {...}}.
-Lines of examples.jsonl work as they are ("expected" is ignored). A line that cannot be scored
-gets {"error": ...}; exit code 1 when any line failed, 2 for a usage or environment error.
+A line is a raw request {"history": [...], "item": ...} -> {"line": N, "score": p, "oov": false};
+with "candidates": [...] -> {"line": N, "scores": [...], "oov": [...]}; a tensor row
+{"inputs": {...}} (bring-your-own model) -> {"line": N, "outputs": {...}}. "oov" is true where the
+candidate id is not in the bundle's vocabulary (its score is the shared unknown-item score).
+Lines of examples.jsonl work as they are ("expected" is ignored; "request_id" is echoed).
+A line that cannot be scored (bad JSON or UTF-8, not a valid request) gets
+{"line": N, "error": {"type": "RequestError", "message": "Expected ..., received: ..."}} and the
+other lines are still scored; a blank line gets {"line": N, "skipped": "blank line"}. The input is
+streamed; --output is written atomically and checked before any scoring.
+
+Exit codes: 0 every line scored; 1 some lines failed (see their "error"); 2 usage or environment
+error (missing bundle or input, unwritable --output, bad option): nothing is scored.
 
 Examples:
   edgerec predict demo-out/bundle --input demo-out/bundle/examples.jsonl
@@ -12,7 +20,6 @@ Examples:
 """
 from __future__ import annotations
 
-import json
 import sys
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "litert", "tensorrt")
@@ -29,23 +36,12 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from edgerec.runtime.errors import RequestError, expected
-    from edgerec.runtime.io import atomic_write_text
     from edgerec.runtime.predictor import load
-    from edgerec.runtime.requests_io import predict_lines, read_jsonl
+    from edgerec.runtime.requests_io import predict_file
 
-    if args.batch_size < 1:
-        raise RequestError(expected("--batch-size >= 1", args.batch_size))
     options = {"num_threads": args.num_threads} if args.num_threads else {}
-    rows = read_jsonl(args.input)
-    with load(args.bundle, backend=args.backend, **options) as predictor:
-        results = predict_lines(predictor, rows, args.batch_size)
-    text = "".join(json.dumps(r) + "\n" for r in results)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(args.output, text)
-    errors = sum("error" in r for r in results)
-    if errors:
-        print(f"edgerec predict: {errors} of {len(rows)} lines failed", file=sys.stderr)
-    return 1 if errors else 0
+    lines, failed = predict_file(lambda: load(args.bundle, backend=args.backend, **options),
+                                 args.input, args.output, args.batch_size)
+    if failed:
+        print(f"edgerec predict: {failed} of {lines} lines failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -150,10 +150,10 @@ def test_stale_cache_answers_are_caught(bundles, monkeypatch):
     """A predictor whose result cache ignores the version and survives the swap serves old
     answers after it: the load test must count them (the check has teeth)."""
     import edgerec.runtime.predictor as predictor_module
-    from edgerec.runtime.cache import LRUCache, request_key
+    from edgerec.runtime.cache import LRUCache, result_keys
 
     a, b = bundles
-    monkeypatch.setattr(predictor_module, "request_key", lambda version, request: request_key("any", request))
+    monkeypatch.setattr(predictor_module, "result_keys", lambda version, arrays: result_keys("any", arrays))
     monkeypatch.setattr(LRUCache, "clear", lambda self: None)
     roomy = {**CACHE, "result_entries": 1000, "result_bytes": 1 << 20}     # every row stays cached
     result = run_load_test(a, b, **{**SMALL, "mix": {"predict_cached": 1.0}, "cache": roomy})

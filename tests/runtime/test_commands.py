@@ -47,7 +47,7 @@ def test_predict_examples_and_candidates(bundle, tmp_path):
     assert len(results) == 8
     np.testing.assert_allclose([r["score"] for r in results[:6]], [r["expected"] for r in rows], atol=1e-5)
     assert len(results[6]["scores"]) == 3 and results[6]["request_id"] == "r1"
-    assert "RequestError" in results[7]["error"]
+    assert results[7]["error"]["type"] == "RequestError" and results[7]["line"] == 8
     inp.write_text("\n".join(lines) + "\n")
     assert _cli("predict", str(bundle), "--input", str(inp), "--output", str(out), "--batch-size", "4") == 0
 
@@ -73,7 +73,8 @@ def test_cli_errors_are_clean(tmp_path, bundle):
     assert _cli("check", str(tmp_path)) == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    assert _cli("predict", str(bundle), "--input", str(bad)) == 2
+    assert _cli("predict", str(bundle), "--input", str(bad)) == 1      # the line failed, not the run
+    assert _cli("predict", str(bundle), "--input", str(tmp_path / "absent.jsonl")) == 2
 
 
 def test_predict_command_does_not_import_tensorflow(bundle, tmp_path):
