@@ -303,11 +303,12 @@ def build_engine(onnx_path, engine_path, *, config: EngineConfig | None = None, 
 
 def build_bundle_engines(bundle_dir, out_dir, *, config: EngineConfig | None = None,
                          parts=("user_encoder", "scorer", "fused")) -> dict[str, EngineBuildResult]:
-    """Build one engine per part from the bundle's TensorRT-ready ONNX artifacts (``OUT/<part>.plan``).
+    """Build one engine per part from an existing bundle's TensorRT-ready ONNX artifacts (``OUT/<part>.plan``).
 
-    A part without such an artifact, or a machine without TensorRT, gives a "skipped" result with
-    the reason. Built results carry ``artifact``: a manifest `Artifact` (format ``trt_engine``) that a
-    bundle writer can add after copying the engine in.
+    An export with the ``tensorrt`` target builds engines into the bundle itself (`TensorRTEnginePass`);
+    this is for a bundle exported without it. A part without such an artifact, or a machine without
+    TensorRT, gives a "skipped" result with the reason. Built results carry ``artifact``: the
+    manifest `Artifact` (format ``trt_engine``) describing the engine.
     """
     from edgerec.runtime.manifest import Artifact, load_manifest
 

@@ -34,7 +34,6 @@ from .pipeline import ExportedArtifact
 from .specs import RECALL_K, TOLERANCES, PartSpec
 
 CHUNK = 1024
-RESERVED_ARRAYS = ("labels", "groups")
 
 
 class DeployableArtifact(ExportedArtifact):
@@ -70,8 +69,6 @@ def as_deployable(obj: Any) -> DeployableArtifact:
     except AttributeError:
         raise ValidationError(expected("an artifact with path/format/precision/part", type(obj).__name__)) from None
 
-
-as_candidate = as_deployable
 
 
 @dataclass

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -24,6 +25,8 @@ from ..errors import ConversionError, ConverterConfigError, expected
 from ..pipeline import ExportedArtifact, Pass
 from .data import batches, load_rows
 from .onnx import graph_specs
+
+logger = logging.getLogger(__name__)
 
 MODES = ("dynamic", "static_qdq", "tensorrt")
 CALIBRATION = ("minmax", "percentile", "entropy")
@@ -138,7 +141,9 @@ def preprocess(model_path: Path, tmp: Path) -> Path:
         os.chdir(tmp)
         try:
             quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
+        except Exception as err:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
+            logger.debug("quant_pre_process of %s failed (%s: %s); quantizing the graph as it is",
+                         model_path.name, type(err).__name__, err)
             return model_path
         finally:
             os.chdir(previous)

@@ -12,7 +12,6 @@ Examples:
 from __future__ import annotations
 
 import json
-import logging
 
 
 def _csv(value: str) -> list[str]:
@@ -41,15 +40,12 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from edgerec.converters.export import check_options, export_bundle
+    from edgerec.converters.export import export_bundle
     from edgerec.converters.select import candidates_table
 
-    check_options(args.prune, args.quantize, args.targets, args.budget)   # fail fast, before TensorFlow loads
-    if args.quiet:
-        logging.getLogger("edgerec").setLevel(logging.WARNING)
     result = export_bundle(args.model_dir, args.out, prune=args.prune, quantize=args.quantize, targets=args.targets,
                            data=args.data, budget=args.budget, archive=args.archive, cache_dir=args.cache_dir,
-                           max_groups=args.max_groups)
+                           max_groups=args.max_groups, progress=(lambda _line: None) if args.quiet else None)
     print(candidates_table(result.manifest.candidates))
     print(json.dumps(result.summary()))
     return 0
