@@ -56,8 +56,11 @@ class Vocabulary:
         object.__setattr__(self, "tokens", tokens)
         index = {t: i + NUM_RESERVED for i, t in enumerate(tokens)}
         object.__setattr__(self, "_index", index)
-        # What `lookup` returns for a known token, as one dict probe ("" and unknown ids miss).
-        object.__setattr__(self, "_hits", index)
+        # What `lookup` returns for a known token, as one dict probe ("" and unknown ids miss:
+        # `lookup` maps "" to padding even where it is listed as a token).
+        hits = dict(index)
+        hits.pop("", None)
+        object.__setattr__(self, "_hits", hits)
 
     @property
     def size(self) -> int:

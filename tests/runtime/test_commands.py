@@ -116,7 +116,7 @@ def test_byom_bundle_tensor_examples(copy_bundle, tmp_path, capsys):
     assert _cli("predict", str(path), "--input", str(inp), "--output", str(out)) == 1   # raw line needs a spec
     first, second = [json.loads(line) for line in out.read_text().splitlines()]
     assert abs(first["outputs"]["score"][0] - rows[0]["expected"]) < 1e-5
-    assert "feature spec" in second["error"]
+    assert "feature spec" in second["error"]["message"]
     lines[5]["expected"]["score"] = [lines[5]["expected"]["score"][0] + 0.2]
     (path / "examples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     manifest.files = [file_entry(path, "examples.jsonl", "examples")]

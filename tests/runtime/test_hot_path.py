@@ -56,18 +56,23 @@ def reference_history(spec, histories):
 def test_history_and_items_match_reference():
     spec = make_spec()
     pre = Preprocessor(spec)
-    histories = [[], ["10"], ["10", 11, np.int64(12), "nope", ""], [str(i) for i in range(40)],
+    histories = [[], ["10"], ["10", 11, np.int64(12), "nope"], [str(i) for i in range(40)],
                  tuple(["13", "14"]), np.array(["15", "16"])]
     np.testing.assert_array_equal(pre.encode_history(histories), reference_history(spec, histories))
     assert pre.encode_history([]).shape == (0, spec.max_seq_len)
     items = ["10", 11, "nope", np.int64(12)]
     assert pre.encode_items(items).tolist() == reference_lookup_many(spec.item_vocab, items)
     assert pre.encode_items(np.array(["10", "11"])).tolist() == reference_lookup_many(spec.item_vocab, ["10", "11"])
+    for bad in ("", True):       # ids the reference encoded silently (padding / OOV) are refused
+        with pytest.raises(RequestError, match="non-empty str or int"):
+            pre.encode_history([["10", bad]])
+        with pytest.raises(RequestError, match="non-empty str or int"):
+            pre.encode_items(["10", bad])
 
 
-@pytest.mark.parametrize("history, fragment", [([["10"]], "history item ids as str or int, received: 'list'"),
-                                               (["10", None], "received: 'NoneType'"),
-                                               (["10", 1.5], "received: 'float'"),
+@pytest.mark.parametrize("history, fragment", [([["10"]], r"history item ids as non-empty str or int, received: \['10'\]"),
+                                               (["10", None], "received: None"),
+                                               (["10", 1.5], "received: 1.5"),
                                                ("10", "history as a list of item ids")])
 def test_history_errors_unchanged(history, fragment):
     with pytest.raises(RequestError, match=fragment):
@@ -75,7 +80,7 @@ def test_history_errors_unchanged(history, fragment):
 
 
 def test_item_errors_name_the_value():
-    with pytest.raises(RequestError, match=r"candidate item id as str or int, received: \[1\]"):
+    with pytest.raises(RequestError, match=r"candidate item id as a non-empty str or int, received: \[1\]"):
         Preprocessor(make_spec()).encode_items(["10", [1]])
 
 
