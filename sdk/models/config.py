@@ -18,6 +18,7 @@ class ModelConfig:
         hidden_units: scorer MLP hidden layers.
         attention_units: DIN target-attention MLP hidden layers (din, bst, context).
         gru_units: GRU state width (gru).
+        lstm_units: LSTM state width (lstm).
         num_heads, ff_dim, num_blocks: transformer blocks over the behaviour sequence (bst).
         context_dim: embedding width of each context field (context).
         use_content: hold the content encoder's item vectors as a frozen item feature;
@@ -33,6 +34,7 @@ class ModelConfig:
     hidden_units: tuple[int, ...] = (128, 64)
     attention_units: tuple[int, ...] = (64, 32)
     gru_units: int = 64
+    lstm_units: int = 64
     num_heads: int = 2
     ff_dim: int = 64
     num_blocks: int = 1

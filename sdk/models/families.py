@@ -15,6 +15,8 @@ Families:
     gru: item embeddings -> GRU (`ProjectedGRU`: Keras-GRU weights, unrolled into TFLite builtins
          with the input projection done once, small in int8) final state -> MLP with the
          candidate. The sequence is left-padded, so the state ends on the latest item.
+    lstm: as gru with an LSTM (`ProjectedLSTM`: Keras-LSTM weights, the same unrolled layout; one
+         ONNX ``LSTM`` node through its twin) whose final hidden state feeds the MLP.
     bst: item embeddings + positions -> transformer encoder block(s) -> target attention -> MLP.
     context: DIN over [item embedding, projected content vector] + an embedding per
          ``spec.context`` field + ``dense`` features -> MLP.
@@ -31,6 +33,10 @@ from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, FeatureSpec
 
 from .config import ModelConfig, ModelParts
+
+# Families whose user state is a recurrent layer's last state over the raw item embeddings (no
+# mask: left padding puts the latest item last), scored against the candidate without attention.
+RECURRENT_FAMILIES = ("gru", "lstm")
 
 
 @dataclass
@@ -67,9 +73,12 @@ class _FamilyBuilder:
             f.name: layers.Embedding(f.size, config.context_dim, name=f"context_{f.name}")
             for f in (spec.context if self.uses_context else ())}
         self.uses_dense = self.uses_context and bool(spec.dense)
-        if family == "gru":
-            self.gru = R.ProjectedGRU(config.gru_units, name=USER_STATE)
-            self.cand_projection = layers.Dense(config.gru_units, name="cand_projection")
+        self.recurrent = family in RECURRENT_FAMILIES
+        if self.recurrent:
+            cell, units = ((R.ProjectedGRU, config.gru_units) if family == "gru"
+                           else (R.ProjectedLSTM, config.lstm_units))
+            self.sequence_encoder = cell(units, name=USER_STATE)
+            self.cand_projection = layers.Dense(units, name="cand_projection")
         else:
             self.mask = L.SequenceMask(name=USER_MASK)
             self.state = layers.Activation("linear", name=USER_STATE)
@@ -112,14 +121,14 @@ class _FamilyBuilder:
     def shared_item_repr(self, hist, cand):
         """``(history [B, L, E], candidate [B, E])`` representations from one lookup of both ids."""
         ids = self.append_candidate([hist, cand])
-        joint = self.item_embedding(ids) if self.family == "gru" else self.item_repr(ids)
+        joint = self.item_embedding(ids) if self.recurrent else self.item_repr(ids)
         return self.split_candidate(joint)
 
     # -- the two halves ----------------------------------------------------------------------
     def user(self, hist, sequence=None) -> dict:
         """User-encoder outputs; ``sequence`` is the history's item representation when precomputed."""
-        if self.family == "gru":
-            return {USER_STATE: self.gru(self.item_embedding(hist) if sequence is None else sequence)}
+        if self.recurrent:
+            return {USER_STATE: self.sequence_encoder(self.item_embedding(hist) if sequence is None else sequence)}
         mask = self.mask(hist)
         sequence = self.item_repr(hist) if sequence is None else sequence
         if self.family == "bst":
@@ -132,7 +141,7 @@ class _FamilyBuilder:
         """Score tensor; ``cand`` is the candidate's item representation when precomputed."""
         concat = self.keras.layers.Concatenate(axis=-1)
         multiply = self.keras.layers.Multiply()
-        if self.family == "gru":
+        if self.recurrent:
             cand = self.item_embedding(candidate[CAND_ITEM]) if cand is None else cand
             state = user[USER_STATE]
             features = [state, cand, multiply([state, self.cand_projection(cand)])]

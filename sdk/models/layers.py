@@ -309,8 +309,8 @@ class SplitLast(tf_keras.layers.Layer):
                 shape[:1].concatenate(shape[2:])]
 
 
-from .recurrent import ProjectedGRU  # noqa: E402 - registered with the others for model loading
+from .recurrent import ProjectedGRU, ProjectedLSTM  # noqa: E402 - registered with the others for model loading
 
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
     SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention,
-    TransformerEncoder, AppendCandidate, SplitLast, ProjectedGRU)}
+    TransformerEncoder, AppendCandidate, SplitLast, ProjectedGRU, ProjectedLSTM)}

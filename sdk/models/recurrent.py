@@ -1,21 +1,24 @@
-"""A GRU built for small full-integer int8 TFLite/ONNX files (weights compatible with Keras' GRU).
+"""Recurrent layers built for small full-integer int8 TFLite/ONNX files (weights compatible with
+Keras' ``GRU`` / ``LSTM``).
 
-Why not ``tf_keras.layers.GRU``: with ``unroll=False`` it is a while loop over tensor lists that
-TFLite builtins cannot lower (toolchain note); with ``unroll=True`` every step has its own input
-``MatMul + BiasAdd``. In full-integer int8 a bias is stored as int32 with the scale
+Why not ``tf_keras.layers.GRU`` / ``LSTM``: with ``unroll=False`` they are while loops over tensor
+lists that TFLite builtins cannot lower (toolchain note); with ``unroll=True`` every step has its own
+input ``MatMul + BiasAdd``. In full-integer int8 a bias is stored as int32 with the scale
 ``input_scale × weight_scale[channel]``; each step's input has its own scale, so the converter
 writes one bias tensor *and one per-channel scale array* per step and gate matrix; over 50
 steps that metadata outweighs the int8 savings on the weights.
 
-`ProjectedGRU` computes the same function (Keras GRU, ``reset_after=True``) in a different order:
-the input projection ``x·W + b`` runs once over the whole sequence (one FULLY_CONNECTED, one bias),
-and each unrolled step does only ``h·U`` (no bias: the z/r recurrent biases are folded into the
-input projection, the candidate's enters as ``r*b_h``, because an ``Add`` right after a MatMul
-is fused into a per-step int32 bias with per-channel scales) plus the gate arithmetic.
+`ProjectedGRU` and `ProjectedLSTM` compute the same function as the Keras layers in a different
+order: the input projection ``x·W + b`` runs once over the whole sequence (one FULLY_CONNECTED, one
+bias), and each unrolled step does only ``h·U`` with no constant added right after it (an ``Add``
+right after a MatMul is fused into a per-step int32 bias with per-channel scales) plus the gate
+arithmetic: 12 builtin ops per step for either cell.
 
 A ``tf.while_loop`` version would be far smaller, but TF 2.21's int8 calibration segfaults on it.
-Its weights have the shapes and order of ``GRU``'s (``kernel [E, 3H]``, ``recurrent_kernel [H, 3H]``,
-``bias [2, 3H]``), so ``ProjectedGRU.set_weights(gru.get_weights())`` moves a trained GRU over unchanged.
+The weights have the shapes and order of the Keras layers' (GRU: ``kernel [E, 3H]``,
+``recurrent_kernel [H, 3H]``, ``bias [2, 3H]``; LSTM: ``kernel [E, 4H]``, ``recurrent_kernel [H, 4H]``,
+``bias [4H]``), so ``set_weights(keras_layer.get_weights())`` moves a trained layer over unchanged,
+and each layer's ``onnx_twin()`` is the Keras layer that tf2onnx turns into one ONNX recurrent node.
 """
 from __future__ import annotations
 
@@ -24,6 +27,19 @@ from edgerec.runtime.errors import SpecError, expected
 
 tf, tf_keras = import_tf()
 _register = tf_keras.saving.register_keras_serializable(package="edgerec")
+
+
+def _positive_units(units) -> int:
+    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise SpecError(expected("units as a positive int", units))
+    return units
+
+
+def _sequence_shape(input_shape) -> tf.TensorShape:
+    shape = tf.TensorShape(input_shape)
+    if shape.rank != 3 or shape[1] is None or shape[2] is None:
+        raise SpecError(expected("a [batch, steps, features] input with static steps and features", shape))
+    return shape
 
 
 @_register
@@ -52,17 +68,12 @@ class ProjectedGRU(tf_keras.layers.Layer):
     def __init__(self, units: int, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise SpecError(expected("units as a positive int", units))
-        self.units = units
+        self.units = _positive_units(units)
         self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = tf_keras.initializers.get(recurrent_initializer)
 
     def build(self, input_shape):
-        shape = tf.TensorShape(input_shape)
-        if shape.rank != 3 or shape[1] is None or shape[2] is None:
-            raise SpecError(expected("a [batch, steps, features] input with static steps and features",
-                                     shape))
+        shape = _sequence_shape(input_shape)
         width = 3 * self.units
         self.kernel = self.add_weight(name="kernel", shape=(shape[2], width), initializer=self.kernel_initializer)
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.units, width),
@@ -114,5 +125,97 @@ class ProjectedGRU(tf_keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
+                "kernel_initializer": tf_keras.initializers.serialize(self.kernel_initializer),
+                "recurrent_initializer": tf_keras.initializers.serialize(self.recurrent_initializer)}
+
+
+@_register
+class ProjectedLSTM(tf_keras.layers.Layer):
+    """Unrolled LSTM over a ``[B, L, E]`` sequence returning the last hidden state ``[B, units]``.
+
+    Same gates (order ``i, f, c, o``) as ``tf_keras.layers.LSTM(units)`` with its default
+    activations (``tanh`` / ``sigmoid``) and zero initial hidden and cell states. There is no
+    mask: edgerec sequences are left-padded, so the state ends on the latest item and the
+    padding steps (id 0, a learned embedding row) come before any real one.
+
+    Args:
+        units: state width, a positive int.
+        kernel_initializer, recurrent_initializer: initializers of ``W`` and ``U``.
+        unit_forget_bias: start the forget-gate bias at 1 (as Keras' ``LSTM``), a bool.
+        **kwargs: standard layer arguments (``name`` …).
+
+    Examples:
+        >>> lstm = tf_keras.layers.LSTM(4)
+        >>> x = tf.random.normal([2, 5, 3])
+        >>> reference = lstm(x)
+        >>> projected = ProjectedLSTM(4)
+        >>> _ = projected(x)
+        >>> projected.set_weights(lstm.get_weights())
+        >>> bool(tf.reduce_max(tf.abs(projected(x) - reference)) < 1e-5)
+        True
+        >>> ProjectedLSTM(0)
+        Traceback (most recent call last):
+        ...
+        edgerec.runtime.errors.SpecError: Expected units as a positive int, received: 0
+    """
+
+    def __init__(self, units: int, kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 unit_forget_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(unit_forget_bias, bool):
+            raise SpecError(expected("unit_forget_bias as a bool", unit_forget_bias))
+        self.units = _positive_units(units)
+        self.unit_forget_bias = unit_forget_bias
+        self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = tf_keras.initializers.get(recurrent_initializer)
+
+    def build(self, input_shape):
+        shape = _sequence_shape(input_shape)
+        units, width = self.units, 4 * self.units
+        self.kernel = self.add_weight(name="kernel", shape=(shape[2], width), initializer=self.kernel_initializer)
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(units, width),
+                                                initializer=self.recurrent_initializer)
+
+        def bias_initializer(shape, dtype=None, **_):
+            if not self.unit_forget_bias:
+                return tf.zeros(shape, dtype)
+            return tf.concat([tf.zeros([units], dtype), tf.ones([units], dtype), tf.zeros([2 * units], dtype)], 0)
+
+        self.bias = self.add_weight(name="bias", shape=(width,), initializer=bias_initializer)
+        super().build(input_shape)
+
+    def onnx_twin(self):
+        """The same function as a layer tf2onnx turns into ONE ONNX ``LSTM`` node.
+
+        The ONNX exporter swaps it in (weights copied): ``LSTM(unroll=False)`` without a mask is a
+        while loop that TFLite builtins cannot lower, but tf2onnx rewrites it into ``LSTM``, which
+        ONNX Runtime runs in one kernel instead of hundreds of unrolled nodes (and its QDQ int8 file
+        keeps the small recurrent weights in float instead of thousands of Q/DQ nodes).
+        """
+        return tf_keras.layers.LSTM(self.units, unroll=False, unit_forget_bias=self.unit_forget_bias,
+                                    name=self.name)
+
+    def get_prunable_weights(self):
+        """The two matrices (tfmot ``PrunableLayer`` protocol); the bias stays dense."""
+        return [self.kernel, self.recurrent_kernel]
+
+    def call(self, inputs):
+        # The one bias of a Keras LSTM cell sits outside every product: it joins the input
+        # projection, done once for all steps, and no per-step MatMul is followed by a constant.
+        projected = tf.matmul(inputs, self.kernel) + self.bias               # [B, L, 4H]
+        state = cell = None
+        for step in tf.unstack(projected, axis=1):
+            gates = step if state is None else step + tf.matmul(state, self.recurrent_kernel)
+            input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
+            new = tf.sigmoid(input_gate) * tf.tanh(candidate)
+            cell = new if cell is None else tf.sigmoid(forget_gate) * cell + new    # c0 = 0
+            state = tf.sigmoid(output_gate) * tf.tanh(cell)
+        return state
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:1].concatenate([self.units])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "unit_forget_bias": self.unit_forget_bias,
                 "kernel_initializer": tf_keras.initializers.serialize(self.kernel_initializer),
                 "recurrent_initializer": tf_keras.initializers.serialize(self.recurrent_initializer)}
