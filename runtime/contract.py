@@ -36,7 +36,7 @@ BACKEND_FOR_FORMAT = {fmt: backend for backend, fmt in FORMAT_FOR_BACKEND.items(
 
 # -- model families ---------------------------------------------------------------------------
 # Families edgerec builds and trains; "byom" marks a bundle made from a bring-your-own Keras model.
-FAMILIES = ("din", "gru", "bst", "context")
+FAMILIES = ("din", "gru", "bst", "context", "lstm")
 BYOM = "byom"
 BUNDLE_FAMILIES = FAMILIES + (BYOM,)
 
