@@ -5,8 +5,8 @@ Importing this package does not import TensorFlow; building a model does.
 from .config import FAMILIES, PART_NAMES, ModelConfig, ModelParts
 from .content import (attach_text_spec, build_content_encoder, content_table,
                       pretrain_content_encoder, tokenize_items)
-from .families import ContentParts, build_model
+from .families import RECURRENT_FAMILIES, ContentParts, build_model
 
-__all__ = ["FAMILIES", "PART_NAMES", "ModelConfig", "ModelParts", "ContentParts", "build_model",
-           "attach_text_spec", "build_content_encoder", "content_table", "pretrain_content_encoder",
+__all__ = ["FAMILIES", "PART_NAMES", "RECURRENT_FAMILIES", "ModelConfig", "ModelParts", "ContentParts",
+           "build_model", "attach_text_spec", "build_content_encoder", "content_table", "pretrain_content_encoder",
            "tokenize_items"]
