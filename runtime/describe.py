@@ -20,8 +20,8 @@ from .backends.registry import is_available
 from .contract import BACKENDS, FORMAT_FOR_BACKEND
 from .errors import EdgeRecError
 from .examples import ExampleSet
-from .loaded import selected_files
-from .manifest import MANIFEST_NAME, Manifest, bundle_directory, confined_path, load_manifest, verify_files
+from .loaded import load_spec, selected_files
+from .manifest import Manifest, bundle_directory, read_manifest, verify_files
 from .spec import FeatureSpec
 
 # Validation figures shown per artifact, in this order.
@@ -42,8 +42,7 @@ def describe_bundle(bundle_path) -> dict:
     damaged bundle can still be described.
     """
     with bundle_directory(bundle_path) as directory:
-        manifest = load_manifest(directory, verify=False)
-        manifest_bytes = (directory / MANIFEST_NAME).read_bytes()
+        manifest, manifest_bytes = read_manifest(directory)
         try:
             verify_files(directory, manifest)
             integrity = "ok"
@@ -52,7 +51,7 @@ def describe_bundle(bundle_path) -> dict:
         spec = None
         if manifest.feature_spec is not None:
             try:
-                spec = FeatureSpec.load(confined_path(directory, manifest.feature_spec))
+                spec = load_spec(directory, manifest)
             except EdgeRecError:
                 spec = None
         try:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .backends.base import UNSIGNED_VIEW, feeds_match
+from .backends.base import UNSIGNED_VIEW, byte_order_problem, feeds_match
 from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
 from .cache import SESSIONS, SessionCache
 from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, SpecError, expected
@@ -103,7 +103,9 @@ def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None =
             continue
         kind = value.dtype.kind
         limit = limits.get(name)
-        if limit is not None and kind in "iu":
+        if not value.dtype.isnative:
+            problems.append(byte_order_problem(name, value.dtype))
+        elif limit is not None and kind in "iu":
             if value.size == 1:
                 ok = 0 <= value.item() < limit
             else:

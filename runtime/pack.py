@@ -18,19 +18,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
 
 from .contract import BACKENDS, FORMAT_FOR_BACKEND
 from .describe import backend_files
 from .errors import BundleError, IntegrityError, expected
-from .io import sha256_file
+from .io import replace_folder, sha256_file, write_archive
 from .loaded import selected_files
 from .manifest import (ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, bundle_directory, confined_path, file_entry,
-                       load_manifest, write_manifest)
+                       load_manifest, read_manifest, verify_files, write_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +40,8 @@ def pack_bundle(src, backend: str, out) -> Path:
         src: bundle directory or .tar.gz (verified before anything is copied).
         backend: "litert" | "onnxruntime" | "tensorrt": whose selected artifacts to keep.
         out: a directory, or a path ending in .tar.gz/.tgz/.tar for a single-file archive. An
-            existing ``out`` is replaced (atomically) only when it is a bundle or empty.
+            existing ``out`` is replaced only when it is a bundle or empty, without a moment where
+            readers find it missing (`io.replace_folder`).
 
     Returns:
         ``out``.
@@ -59,7 +58,8 @@ def pack_bundle(src, backend: str, out) -> Path:
         if source.resolve() == out.resolve() or source.resolve() in out.resolve().parents:
             raise BundleError(expected("an output outside the source bundle", str(out)))
         _check_replaceable(out, archive)
-        manifest = load_manifest(source, verify=True)
+        manifest, manifest_bytes = read_manifest(source)
+        verify_files(source, manifest)
         fmt = FORMAT_FOR_BACKEND[backend]
         if not manifest.find(format=fmt):
             raise BundleError(expected(f"{fmt} artifacts in the bundle for {backend}",
@@ -67,11 +67,11 @@ def pack_bundle(src, backend: str, out) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.pack-{uuid.uuid4().hex[:8]}"
         try:
-            packed = _copy(source, manifest, backend, tmp)
+            packed = _copy(source, manifest, manifest_bytes, backend, tmp)
             if archive:
-                _write_archive(tmp, out)
+                write_archive(tmp, out)
             else:
-                _swap_into_place(tmp, out)
+                replace_folder(tmp, out)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -90,9 +90,9 @@ def _check_replaceable(out: Path, archive: bool) -> None:
             raise BundleError(expected("an output that is absent, empty or a bundle (it is replaced)", str(out)))
 
 
-def _copy(source: Path, manifest: Manifest, backend: str, tmp: Path) -> Manifest:
+def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str, tmp: Path) -> Manifest:
     """Copy what ``backend`` needs into ``tmp`` (sha256 checked) and write its manifest there."""
-    source_version = hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    source_version = hashlib.sha256(manifest_bytes).hexdigest()[:16]
     chosen = selected_files(manifest, backend)
     keep = backend_files(manifest, backend)
     listed = {entry["file"]: entry for entry in manifest.all_files()}
@@ -121,39 +121,3 @@ def _copy(source: Path, manifest: Manifest, backend: str, tmp: Path) -> Manifest
     write_manifest(tmp, packed)
     load_manifest(tmp, verify=True)       # what we wrote must read back and verify
     return packed
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_archive(folder: Path, archive: Path) -> None:
-    """A .tar.gz (or .tar) of ``folder`` written next to ``archive`` and renamed over it."""
-    mode = "w" if archive.name.endswith(".tar") else "w:gz"
-    tmp = archive.parent / f".{archive.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tarfile.open(tmp, mode) as tar:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, archive)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -22,10 +22,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from .archives import is_archive
 from .errors import BundleError, IntegrityError, MissingDependencyError, expected
 from .io import atomic_write_bytes, atomic_write_json, strict_json_loads, write_archive
 from .manifest import MANIFEST_NAME, bundle_directory, read_manifest, verify_files
-from .archives import is_archive
 
 SIGNATURE_NAME = "manifest.sig"
 ALGORITHM = "ed25519"
@@ -202,3 +202,16 @@ def verify_signature(bundle_dir, manifest_bytes: bytes, trusted_keys) -> str:
     raise IntegrityError(expected(f"{MANIFEST_NAME} signed by a trusted key {[key_id(k) for k in keys]}",
                                   f"a signature by key {record.get('key_id')!r} that does not match "
                                   "these manifest bytes and keys"))
+
+
+def verify_bundle(bundle, trusted_keys) -> str:
+    """`verify_signature` on a bundle directory or archive; also checks every file's sha256.
+
+    Returns:
+        The id of the trusted key that signed it.
+    """
+    with bundle_directory(bundle) as directory:
+        manifest, raw = read_manifest(directory)
+        signer = verify_signature(directory, raw, trusted_keys)
+        verify_files(directory, manifest)
+    return signer

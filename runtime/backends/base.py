@@ -3,6 +3,7 @@ then hands them to a small per-backend `_run_impl` (Polygraphy-runner style).
 """
 from __future__ import annotations
 
+import sys
 import threading
 from math import isfinite
 from typing import Mapping
@@ -128,7 +129,10 @@ class Backend:
                 problems.append(expected(f"'{name}' as a numpy array", type(value).__name__))
                 continue
             if value.dtype != np.dtype(spec.dtype):
-                problems.append(expected(f"'{name}' of dtype {spec.dtype}", str(value.dtype)))
+                if not value.dtype.isnative and value.dtype.newbyteorder("=") == np.dtype(spec.dtype):
+                    problems.append(byte_order_problem(name, value.dtype))
+                else:
+                    problems.append(expected(f"'{name}' of dtype {spec.dtype}", str(value.dtype)))
                 continue
             if value.ndim != len(spec.shape):
                 problems.append(expected(f"'{name}' of rank {len(spec.shape)} (shape {spec.shape})",
@@ -172,6 +176,15 @@ class Backend:
 
     def _close_impl(self) -> None:
         pass
+
+
+def byte_order_problem(name: str, dtype: np.dtype) -> str:
+    """The message for an array in the other byte order (e.g. big-endian int32 from a network
+    buffer): models read native-order numbers, so its values would be misread."""
+    native = dtype.newbyteorder("=")
+    order = "big" if dtype.byteorder == ">" else "little"
+    return expected(f"'{name}' as {native.name} in native ({sys.byteorder}-endian) byte order "
+                    f"(convert with .astype({native.name!r}))", f"{dtype.str} ({order}-endian {native.name})")
 
 
 def dims(shape) -> list:
