@@ -127,6 +127,11 @@ class LRUCache:
             self.hits += 1
             return value
 
+    def get_many(self, keys) -> tuple[list, list[int]]:
+        """``[get(k) for k in keys]`` and the indices of the misses."""
+        values = [self.get(key) for key in keys]
+        return values, [i for i, value in enumerate(values) if value is None]
+
     def put(self, key, value) -> bool:
         """Store ``value``; False when it alone exceeds ``max_bytes`` (or the cache is off)."""
         if not self.enabled:

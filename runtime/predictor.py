@@ -21,7 +21,7 @@ from .counters import FOLD_EVERY, CallCounters
 from .errors import BundleError, RequestError, expected
 from .examples import replay_loaded
 from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
-from .scores import Scores, as_scores, count_oov
+from .scores import Scores, as_scores, count_oov, score_in_chunks
 from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
 
 ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
@@ -202,14 +202,8 @@ class Predictor:
         if not (use_cache and self.result_cache.enabled):
             return self._score_rows(model, arrays, requests, use_cache), items
         keys = result_keys(model.version, arrays)
-        out = np.empty(len(keys), dtype=np.float32)
-        todo = []
-        for i, key in enumerate(keys):
-            hit = self.result_cache.get(key)
-            if hit is None:
-                todo.append(i)
-            else:
-                out[i] = hit
+        hits, todo = self.result_cache.get_many(keys)
+        out = np.array([0.0 if hit is None else hit for hit in hits], dtype=np.float32)
         if todo:
             if len(todo) < len(keys):
                 arrays = {name: value[todo] for name, value in arrays.items()}
@@ -248,12 +242,7 @@ class Predictor:
             part, shared = "scorer", self._user_state(model, request.get("user_id"), hist, use_cache)
         else:
             part, shared = "fused", {HIST_ITEMS: hist}
-        scores = np.empty(n, np.float32)
-        for begin in range(0, n, CHUNK_ROWS):
-            end = min(n, begin + CHUNK_ROWS)
-            feeds = {k: v[begin:end] for k, v in arrays.items()} if n > CHUNK_ROWS else dict(arrays)
-            feeds.update({k: np.repeat(v, end - begin, axis=0) for k, v in shared.items()})
-            scores[begin:end] = as_scores(model.run(part, feeds)[SCORE], end - begin)
+        scores = score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, CHUNK_ROWS)
         self._count("candidate_rows", n)
         return self._flag_oov(scores, arrays[CAND_ITEM], return_oov)
 

@@ -35,6 +35,18 @@ def count_oov(items: np.ndarray) -> int:
     return int(np.count_nonzero(items == OOV_INDEX))
 
 
+def score_in_chunks(run, arrays: dict, shared: dict, n: int, chunk_rows: int) -> np.ndarray:
+    """Scores of ``n`` rows: ``run(feeds)`` on at most ``chunk_rows`` rows of ``arrays`` at a
+    time, each 1-row array of ``shared`` (user state, history) repeated to the chunk's length."""
+    scores = np.empty(n, np.float32)
+    for begin in range(0, n, chunk_rows):
+        end = min(n, begin + chunk_rows)
+        feeds = {k: v[begin:end] for k, v in arrays.items()} if n > chunk_rows else dict(arrays)
+        feeds.update({k: np.repeat(v, end - begin, axis=0) for k, v in shared.items()})
+        scores[begin:end] = as_scores(run(feeds), end - begin)
+    return scores
+
+
 def as_scores(scores: np.ndarray, n: int) -> np.ndarray:
     """A model's score output as float32 [n] (BundleError when it has another row count)."""
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
