@@ -28,7 +28,7 @@ def test_library_lines_are_logged_and_other_lines_pass(capfd, caplog):
     assert "fully_quantize: 1" in capfd.readouterr().err
 
 
-def test_a_failed_block_logs_the_library_lines_as_warnings(capfd, caplog):
+def test_a_failed_block_logs_the_library_lines_as_warnings(caplog):
     logger = logging.getLogger(LOGGER)
     caplog.set_level(logging.INFO, logger=LOGGER)
     with pytest.raises(RuntimeError, match="boom"):
@@ -37,4 +37,3 @@ def test_a_failed_block_logs_the_library_lines_as_warnings(capfd, caplog):
             raise RuntimeError("boom")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "the op that blocked it" in warnings[0] and "conversion" in warnings[0]
-    assert "the op that blocked it" not in capfd.readouterr().err     # once, through the log
