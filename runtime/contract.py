@@ -50,6 +50,22 @@ USER_MASK = "user_mask"
 USER_OUTPUT_PREFIX = "user_"     # user-encoder outputs, fed to the scorer under the same names
 
 
+# -- retrieval (candidate generation over the whole catalogue) --------------------------------
+# A retrieval model dir (family RETRIEVAL) holds the part USER_TOWER (user-side inputs ->
+# USER_VECTOR float32 [B, D]) and ITEM_VECTORS_FILE, float32 [item_vocab.size, D] (row i = item
+# index i; rows 0/1, padding/OOV, are zero and never recommended): score = user_vector · row.
+RETRIEVAL = "retrieval"
+USER_TOWER = "user_tower"
+USER_VECTOR = "user_vector"
+ITEM_VECTORS_FILE = "item_vectors.npy"
+# Every model dir's held-out users (one row per user: user-side inputs, held-out item, seen
+# items in CSR form) for full-catalogue metrics; layout in edgerec.sdk.metrics.full_catalogue.
+HELDOUT_USERS_FILE = "heldout_users.npz"
+# The metrics.json / manifest full-catalogue blocks: {"hr@10", "ndcg@10", "recall@100"} each.
+FULL_CATALOGUE = "full_catalogue"
+BASELINE_FULL_CATALOGUE = "baseline_full_catalogue"
+
+
 # -- tolerances -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tolerance:

@@ -7,6 +7,8 @@ constant model never gets credit.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .errors import expected
@@ -155,3 +157,197 @@ def recall_overlap_at_k(scores_a, scores_b, groups, items, k: int = 10) -> float
 def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(expected("k as a positive int", k))
+
+
+# -- full-catalogue ranking -------------------------------------------------------------------
+# Sampled metrics (one positive against 100 sampled negatives) overstate quality and can reorder
+# models (Krichene & Rendle, KDD 2020); these rank the held-out item against EVERY item of the
+# catalogue the user has not interacted with yet.
+FULL_CATALOGUE_KEYS = ("hr@10", "ndcg@10", "recall@100")
+FULL_CATALOGUE_KS = (10, 100)
+EXCLUDED_INDICES = (0, 1)         # padding and out-of-vocabulary rows are never recommendable
+CHUNK_CELLS = 1 << 24             # users x items per chunk: ~130 MB of float64 scores at most
+
+
+class SeenItems(NamedTuple):
+    """Each user's seen item indices in CSR form: user ``u`` saw ``items[indptr[u]:indptr[u + 1]]``.
+
+    Examples:
+        >>> seen = SeenItems.from_lists([[2, 5], [], [3]])
+        >>> seen.indptr.tolist(), seen.items.tolist()
+        ([0, 2, 2, 3], [2, 5, 3])
+    """
+
+    indptr: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def from_lists(cls, lists) -> "SeenItems":
+        arrays = [np.asarray(s, np.int64).reshape(-1) for s in lists]
+        indptr = np.concatenate(([0], np.cumsum([a.size for a in arrays]))).astype(np.int64)
+        items = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
+        return cls(indptr, items)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.indptr.size - 1)
+
+    def take(self, users) -> "SeenItems":
+        """The seen lists of ``users`` (indices into this one), in that order."""
+        users = np.asarray(users, np.int64).reshape(-1)
+        return SeenItems.from_lists([self.items[self.indptr[u]:self.indptr[u + 1]] for u in users.tolist()])
+
+
+def seen_rows(seen, start: int, stop: int, num_items: int) -> np.ndarray:
+    """Boolean ``[stop - start, num_items]`` mask of the items users ``start..stop`` have seen.
+
+    Args:
+        seen: a `SeenItems`, a sequence of per-user index arrays, or None (nothing seen).
+    """
+    mask = np.zeros((stop - start, num_items), dtype=bool)
+    if seen is None:
+        return mask
+    if isinstance(seen, SeenItems):
+        indptr = np.asarray(seen.indptr, np.int64)
+        rows = np.repeat(np.arange(stop - start), np.diff(indptr[start:stop + 1]))
+        cols = np.asarray(seen.items[indptr[start]:indptr[stop]], np.int64)
+    else:
+        chunk = [np.asarray(s, np.int64).reshape(-1) for s in seen[start:stop]]
+        rows = np.repeat(np.arange(len(chunk)), [c.size for c in chunk])
+        cols = np.concatenate(chunk) if chunk else np.zeros(0, np.int64)
+    keep = (cols >= 0) & (cols < num_items)
+    mask[rows[keep], cols[keep]] = True
+    return mask
+
+
+def full_catalogue_ranks(scores, positives, seen=None, *, excluded=EXCLUDED_INDICES,
+                         chunk_cells: int = CHUNK_CELLS) -> np.ndarray:
+    """0-based rank of each user's held-out item among all items it has not seen.
+
+    Ties count against the positive (a constant model gets the worst rank); a NaN score ranks
+    below everything; a positive that is itself padding/OOV (an item first seen at test time, or
+    an unscored index) gets the worst rank ``num_items``, i.e. it is a miss at every cut-off.
+    The held-out item is never treated as seen, even if ``seen`` lists it.
+
+    Args:
+        scores: ``[U, N]`` scores of every item index for every user (higher is better), or a
+            callable ``scores(start, stop) -> [stop - start, N]`` so that memory stays bounded by
+            one chunk of users (``chunk_cells`` scores).
+        positives: ``[U]`` item index of each user's held-out item.
+        seen: each user's seen item indices (see `seen_rows`), excluded from its ranking.
+        excluded: item indices no user can be recommended (padding, OOV).
+
+    Returns:
+        int64 ``[U]`` ranks.
+    """
+    positives = np.asarray(positives, np.int64).reshape(-1)
+    users = positives.size
+    if users == 0:
+        raise ValueError(expected("at least one held-out user", 0))
+    if callable(scores):
+        probe = None
+        score_chunk = scores
+    else:
+        probe = np.asarray(scores)
+        if probe.ndim != 2 or probe.shape[0] != users:
+            raise ValueError(expected(f"scores of shape [{users}, num_items]", probe.shape))
+
+        def score_chunk(start, stop):
+            return probe[start:stop]
+    ranks = np.empty(users, np.int64)
+    start, step = 0, 1
+    while start < users:
+        stop = min(users, start + step)
+        block = np.asarray(score_chunk(start, stop), np.float64)
+        if block.ndim != 2 or block.shape[0] != stop - start:
+            raise ValueError(expected(f"a [{stop - start}, num_items] score block", block.shape))
+        num_items = block.shape[1]
+        if start == 0:
+            step = max(1, chunk_cells // max(num_items, 1))
+        ranks[start:stop] = _block_ranks(block, positives[start:stop], seen_rows(seen, start, stop, num_items),
+                                         excluded)
+        start = stop
+    return ranks
+
+
+def _block_ranks(block: np.ndarray, positives: np.ndarray, seen: np.ndarray, excluded) -> np.ndarray:
+    rows = np.arange(block.shape[0])
+    num_items = block.shape[1]
+    valid = (positives >= 0) & (positives < num_items) & ~np.isin(positives, np.asarray(excluded))
+    safe = np.where(valid, positives, 0)
+    candidate = ~seen
+    candidate[:, [e for e in excluded if e < num_items]] = False
+    candidate[rows, safe] = False                      # the positive does not compete with itself
+    pos_score = block[rows, safe]
+    beats = candidate & (block >= pos_score[:, None])  # NaN >= x is False: NaN items never beat it
+    ranks = beats.sum(axis=1)
+    worst = candidate.sum(axis=1)
+    ranks = np.where(np.isnan(pos_score), worst, ranks)
+    return np.where(valid, ranks, num_items).astype(np.int64)
+
+
+def topk_ranks(topk, positives) -> np.ndarray:
+    """Ranks from recommended lists: position of the held-out item in each user's ``topk`` row,
+    or the row length when it is not there (a miss at every cut-off up to that length).
+
+    ``topk`` rows must already exclude seen items, as a retrieval index with ``exclude_seen`` does.
+    """
+    topk = np.asarray(topk, np.int64)
+    positives = np.asarray(positives, np.int64).reshape(-1)
+    if topk.ndim != 2 or topk.shape[0] != positives.size:
+        raise ValueError(expected(f"top-k item lists of shape [{positives.size}, K]", topk.shape))
+    hit = topk == positives[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), topk.shape[1]).astype(np.int64)
+
+
+def metrics_from_ranks(ranks, ks=FULL_CATALOGUE_KS, *, max_rank: int | None = None) -> dict[str, float]:
+    """``{"hr@k", "ndcg@k", "recall@k"}`` for every k in ``ks`` from 0-based positive ranks.
+
+    With one held-out item per user, recall@k equals hr@k; both are reported because the
+    full-catalogue contract names ``hr@10`` and ``recall@100``.
+
+    Args:
+        max_rank: the length of top-k lists the ranks came from (`topk_ranks`); a cut-off above it
+            cannot be measured and is refused.
+    """
+    ranks = np.asarray(ranks, np.int64).reshape(-1)
+    if ranks.size == 0:
+        raise ValueError(expected("at least one rank", 0))
+    out = {}
+    for k in ks:
+        _check_k(k)
+        if max_rank is not None and k > max_rank:
+            raise ValueError(expected(f"cut-offs <= the top-k length {max_rank}", k))
+        hits = ranks < k
+        out[f"hr@{k}"] = float(np.mean(hits))
+        out[f"ndcg@{k}"] = float(np.mean(np.where(hits, 1.0 / np.log2(ranks + 2.0), 0.0)))
+        out[f"recall@{k}"] = out[f"hr@{k}"]
+    return out
+
+
+def full_catalogue_metrics(scores_or_topk, positives, seen=None, ks=FULL_CATALOGUE_KS, *, topk: bool = False,
+                           excluded=EXCLUDED_INDICES, chunk_cells: int = CHUNK_CELLS) -> dict[str, float]:
+    """HR@k, NDCG@k and recall@k of held-out items ranked against the whole catalogue.
+
+    Args:
+        scores_or_topk: ``[U, N]`` scores (or a chunk callable, see `full_catalogue_ranks`), or
+            with ``topk=True`` ``[U, K]`` recommended item indices best first (seen items already
+            left out by whoever made the lists).
+        positives: ``[U]`` held-out item index per user.
+        seen: items each user has seen (scores only; ignored for top-k lists).
+        ks: cut-offs.
+
+    Returns:
+        ``{"hr@k", "ndcg@k", "recall@k"}`` for each k; `FULL_CATALOGUE_KEYS` is the subset the
+        metrics.json / manifest ``full_catalogue`` blocks record.
+
+    Examples:
+        >>> scores = np.array([[0., 0., .9, .8, .1], [0., 0., .2, .5, .4]])
+        >>> full_catalogue_metrics(scores, [3, 2], seen=[[2], []], ks=(1,))["hr@1"]
+        0.5
+    """
+    if topk:
+        lists = np.asarray(scores_or_topk)
+        return metrics_from_ranks(topk_ranks(lists, positives), ks, max_rank=lists.shape[1])
+    return metrics_from_ranks(full_catalogue_ranks(scores_or_topk, positives, seen, excluded=excluded,
+                                                   chunk_cells=chunk_cells), ks)

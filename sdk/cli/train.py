@@ -5,12 +5,15 @@ Examples:
     edgerec train --data movielens:../shared/data/movielens-latest-small --model gru --out runs/gru --epochs 5
     edgerec train --model din --out runs/din_adv --adversarial pgd --eps 0.25
     edgerec train --model din --out runs/din_mw --strategy multiworker --workers 2
+    edgerec train --model retrieval --encoder transformer --out runs/retrieval   # two-tower retrieval
 """
 from __future__ import annotations
 
 import json
 
-from edgerec.runtime.contract import FAMILIES
+from edgerec.runtime.contract import FAMILIES, RETRIEVAL
+
+MODELS = FAMILIES + (RETRIEVAL,)
 
 
 def configure(parser) -> None:
@@ -19,7 +22,11 @@ def configure(parser) -> None:
 
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' or 'movielens:PATH' (ml-latest-small CSV folder)")
-    parser.add_argument("--model", default="din", help=f"model family: {', '.join(FAMILIES)}")
+    from edgerec.sdk.models.retrieval import ENCODERS
+
+    parser.add_argument("--model", default="din", help=f"model family: {', '.join(MODELS)}")
+    parser.add_argument("--encoder", choices=ENCODERS, default=None,
+                        help="retrieval only: the user tower's history encoder (default gru)")
     parser.add_argument("--out", required=True, help="model directory to write (replaced atomically)")
     parser.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=512, help="rows per step (per replica with --strategy)")
@@ -33,7 +40,8 @@ def configure(parser) -> None:
     parser.add_argument("--max-seq-len", type=int, default=50, help="history length L")
     parser.add_argument("--embedding-dim", type=int, default=32, help="item embedding width")
     parser.add_argument("--model-config", default=None, metavar="JSON",
-                        help='more ModelConfig fields as a JSON object, e.g. \'{"hidden_units": [64]}\'')
+                        help='more ModelConfig (RetrievalConfig for --model retrieval) fields as a JSON object, '
+                             'e.g. \'{"hidden_units": [64]}\'')
     parser.add_argument("--max-train-rows", type=int, default=None,
                         help="train on a seeded subset of this many rows (quick runs)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
@@ -94,15 +102,22 @@ def job_from_args(args):
     from edgerec.sdk.training.distributed import DistributedConfig
     from edgerec.sdk.training.job import TrainJob
 
-    if args.model not in FAMILIES:
-        raise SpecError(expected(f"--model among {list(FAMILIES)}", args.model))
+    if args.model not in MODELS:
+        raise SpecError(expected(f"--model among {list(MODELS)}", args.model))
+    if args.encoder is not None and args.model != RETRIEVAL:
+        raise SpecError(expected("--encoder only with --model retrieval", args.model))
     if args.adversarial and args.strategy:
         raise SpecError(expected("--adversarial or --strategy, not both", [args.adversarial, args.strategy]))
     if args.workers and args.strategy != "multiworker":
         raise SpecError(expected("--workers only with --strategy multiworker", args.strategy))
     options = data_options(args.data_option)
-    model = ModelConfig.from_dict({"embedding_dim": args.embedding_dim,
-                                   **_json_object(args.model_config, "--model-config")})
+    fields = {"embedding_dim": args.embedding_dim, **_json_object(args.model_config, "--model-config")}
+    if args.model == RETRIEVAL:
+        from edgerec.sdk.models.retrieval import RetrievalConfig
+
+        model = RetrievalConfig.from_dict({**({"encoder": args.encoder} if args.encoder else {}), **fields})
+    else:
+        model = ModelConfig.from_dict(fields)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         patience=args.patience, monitor=args.monitor, seed=args.seed,
                         verbose=0 if args.quiet else 1, max_train_rows=args.max_train_rows)

@@ -109,12 +109,18 @@ def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
     return {**history, "train_rows": len(train)}
 
 
-def evaluate(parts, dataset, k: int = 10) -> dict:
+def evaluate(parts, dataset, k: int = 10, full_catalogue: bool = True) -> dict:
     """Test metrics of the model and of the popularity baseline computed in the same run.
+
+    Args:
+        full_catalogue: also rank every item for the held-out users (`ranker_full_catalogue`:
+            a seeded sample of users when users x items exceeds its budget).
 
     Returns:
         ``{"test": {auc, gauc, logloss, recall@10, ndcg@10, coverage@10},
-        "baseline": {auc, recall@10, ndcg@10}}``.
+        "baseline": {auc, recall@10, ndcg@10}}`` (sampled: 100 negatives per held-out item), and with
+        ``full_catalogue`` ``"full_catalogue": {hr@10, ndcg@10, recall@100}``,
+        ``"baseline_full_catalogue"`` (popularity, same users) and ``"full_catalogue_users"``.
     """
     from ..metrics import evaluate_scores, popularity_baseline
 
@@ -123,4 +129,9 @@ def evaluate(parts, dataset, k: int = 10) -> dict:
         raise SpecError(expected("a non-empty test ranking split with groups", len(test)))
     scores = predict_scores(parts, test.inputs)
     catalog = parts.spec.item_vocab.size - NUM_RESERVED
-    return {"test": evaluate_scores(test, scores, catalog, k), "baseline": popularity_baseline(dataset, k)}
+    metrics = {"test": evaluate_scores(test, scores, catalog, k), "baseline": popularity_baseline(dataset, k)}
+    if full_catalogue:
+        from .catalogue import ranker_full_catalogue
+
+        metrics.update(ranker_full_catalogue(parts, dataset))
+    return metrics

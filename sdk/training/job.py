@@ -18,16 +18,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerec.runtime.contract import FAMILIES
+from edgerec.runtime.contract import BASELINE_FULL_CATALOGUE, FAMILIES, FULL_CATALOGUE, RETRIEVAL
 from edgerec.runtime.errors import MissingDependencyError, SpecError, expected
 
 from ..models.config import ModelConfig
+from ..models.retrieval import RetrievalConfig
 from .adversarial import AdversarialConfig
 from .distributed import RESULT_PREFIX, DistributedConfig
 from .fit import TrainConfig
 
 logger = logging.getLogger(__name__)
 
+# Families `edgerec train` builds: the ranking families and the retrieval family.
+TRAIN_FAMILIES = FAMILIES + (RETRIEVAL,)
 # What training imports; checked before any data is built, so a missing extra fails in a second.
 TRAIN_MODULES = ("tensorflow", "tf_keras")
 WORKER_MODULE = "edgerec.sdk.training.worker"
@@ -46,12 +49,12 @@ class TrainJob:
 
     Args:
         out: the MODEL_DIR to write (replaced atomically).
-        family: a model family among `FAMILIES`.
+        family: a ranking family among `FAMILIES`, or ``"retrieval"``.
         data: ``"synthetic"`` or ``"movielens:PATH"``.
         data_options: synthetic generator options (``{"num_users": 500}``).
         max_seq_len: history length L.
         negatives: sampled negatives per training positive.
-        model: the `ModelConfig`.
+        model: the `ModelConfig` (a `RetrievalConfig` for the retrieval family).
         train: the `TrainConfig` (its ``seed`` also seeds the data; ``verbose`` the progress lines).
         adversarial: an `AdversarialConfig` for adversarial training, or None.
         distributed: a `DistributedConfig` for `tf.distribute` training, or None.
@@ -63,7 +66,7 @@ class TrainJob:
     data_options: dict = field(default_factory=dict)
     max_seq_len: int = 50
     negatives: int = 4
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | RetrievalConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adversarial: AdversarialConfig | None = None
     distributed: DistributedConfig | None = None
@@ -72,13 +75,16 @@ class TrainJob:
         if not isinstance(self.out, (str, Path)) or not str(self.out):
             raise SpecError(expected("out as a folder path", self.out))
         object.__setattr__(self, "out", str(self.out))
-        if self.family not in FAMILIES:
-            raise SpecError(expected(f"a model family among {list(FAMILIES)}", self.family))
+        if self.family not in TRAIN_FAMILIES:
+            raise SpecError(expected(f"a model family among {list(TRAIN_FAMILIES)}", self.family))
+        if self.family == RETRIEVAL and isinstance(self.model, ModelConfig) and self.model == ModelConfig():
+            object.__setattr__(self, "model", RetrievalConfig())
         if not isinstance(self.data_options, dict) or not all(
                 isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                 for k, v in self.data_options.items()):
             raise SpecError(expected("data_options as {name: int}", self.data_options))
-        for name, kind in (("model", ModelConfig), ("train", TrainConfig), ("adversarial", AdversarialConfig),
+        model_kind = RetrievalConfig if self.family == RETRIEVAL else ModelConfig
+        for name, kind in (("model", model_kind), ("train", TrainConfig), ("adversarial", AdversarialConfig),
                            ("distributed", DistributedConfig)):
             value = getattr(self, name)
             if not isinstance(value, kind) and not (value is None and name in ("adversarial", "distributed")):
@@ -86,6 +92,9 @@ class TrainJob:
         if self.adversarial is not None and self.distributed is not None:
             raise SpecError(expected("adversarial or distributed training, not both (they do not combine)",
                                      self.distributed.strategy))
+        if self.family == RETRIEVAL and (self.adversarial is not None or self.distributed is not None):
+            raise SpecError(expected("plain training for the retrieval family (no adversarial or distributed mode)",
+                                     "adversarial" if self.adversarial is not None else self.distributed.strategy))
 
     def to_dict(self) -> dict:
         return {"out": self.out, "family": self.family, "data": self.data, "data_options": dict(self.data_options),
@@ -103,7 +112,8 @@ class TrainJob:
         if unknown:
             raise SpecError(expected(f"train-job keys among {sorted(known)}", unknown))
         data = dict(data)
-        data["model"] = ModelConfig.from_dict(data.get("model") or {})
+        model_kind = RetrievalConfig if data.get("family") == RETRIEVAL else ModelConfig
+        data["model"] = model_kind.from_dict(data.get("model") or {})
         data["train"] = TrainConfig.from_dict(data.get("train") or {})
         for name, kind in (("adversarial", AdversarialConfig), ("distributed", DistributedConfig)):
             data[name] = None if data.get(name) is None else kind.from_dict(data[name])
@@ -118,7 +128,8 @@ class TrainOutcome:
         family, data: the model family and the dataset's name.
         model_dir: the written MODEL_DIR (None on a worker that is not the chief).
         history: the training history (per-epoch rows, best epoch; distributed facts).
-        metrics: ``{"test": …, "baseline": …}`` as `evaluate` returns them.
+        metrics: ``{"test": …, "baseline": …, "full_catalogue": …, "baseline_full_catalogue": …}``
+            as `evaluate` returns them.
         record: a distributed worker's facts (place in the cluster, weights sha256), else None.
         workers: the `WorkerResult` of each local worker when this process launched a cluster.
     """
@@ -132,7 +143,7 @@ class TrainOutcome:
     workers: list = field(default_factory=list)
 
     def summary(self) -> dict:
-        """``{"model", "data", "test", "baseline"}`` (the JSON line of a quiet run)."""
+        """``{"model", "data", "test", "baseline", "full_catalogue", …}`` (the JSON line of a quiet run)."""
         return {"model": self.family, "data": self.data, **self.metrics}
 
     def report_lines(self) -> list[str]:
@@ -151,8 +162,17 @@ class TrainOutcome:
             if "strategy" in self.history:
                 head += (f"; {self.history['strategy']} strategy, {self.history['replicas']} replicas, "
                          f"{self.history['workers']} workers, global batch {self.history['global_batch']}")
-            lines += [head, f"test      {_format(self.metrics['test'])}",
-                      f"baseline  {_format(self.metrics['baseline'])}  (popularity)", f"wrote {self.model_dir}"]
+            lines += [head, f"sampled (1 held-out item vs 100 negatives per user)",
+                      f"  test      {_format(self.metrics['test'])}",
+                      f"  baseline  {_format(self.metrics['baseline'])}  (popularity)"]
+            if self.metrics.get(FULL_CATALOGUE):
+                users = self.metrics.get("full_catalogue_users") or {}
+                sample = (f", a seeded sample of {users['evaluated']} of {users['held_out']} users"
+                          if users.get("sampled") else "")
+                lines += [f"full catalogue ({users.get('items', '?')} items, seen items excluded{sample})",
+                          f"  test      {_format(self.metrics[FULL_CATALOGUE])}",
+                          f"  baseline  {_format(self.metrics[BASELINE_FULL_CATALOGUE])}  (popularity)"]
+            lines.append(f"wrote {self.model_dir}")
         if self.record is not None:
             lines.append(RESULT_PREFIX + json.dumps(self.record))
         return lines
@@ -203,7 +223,11 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
     else:
         from .model_dir import save_model_dir
 
-        if job.adversarial is not None:
+        if job.family == RETRIEVAL:
+            from .retrieval import train_retrieval_model
+
+            parts, history, metrics = train_retrieval_model(dataset, job.model, train_config)
+        elif job.adversarial is not None:
             from .adversarial import train_adversarial_model
 
             parts, history, metrics = train_adversarial_model(dataset, job.family, job.model, train_config,
@@ -228,5 +252,6 @@ def _launch_local_cluster(job: TrainJob) -> TrainOutcome:
     results = launch_local_workers(job.distributed.workers, argv, timeout=job.distributed.worker_timeout)
     metrics = json.loads((out / "metrics.json").read_text("utf-8"))
     history = (read_manifest(out).get("config") or {}).get("history") or {}
+    keep = ("test", "baseline", FULL_CATALOGUE, BASELINE_FULL_CATALOGUE, "full_catalogue_users")
     return TrainOutcome(job.family, metrics.get("data", job.data), out, history,
-                        {"test": metrics["test"], "baseline": metrics["baseline"]}, workers=results)
+                        {k: metrics[k] for k in keep if k in metrics}, workers=results)

@@ -1,0 +1,255 @@
+"""Training of the retrieval family: a softmax over the catalogue with in-batch negatives.
+
+Each training positive (a user-side row and the item the user interacted with next) is a query;
+the other positives of its batch (plus ``sampled_negatives`` uniform catalogue items shared by
+the batch) are its negatives, as in TensorFlow Recommenders' ``Retrieval`` task:
+
+1. ``logits = user · candidate / temperature``  ([B, B + M]);
+2. log-Q correction: ``logits -= log Q(candidate)``, where Q is the probability that a candidate
+   slot holds that item — in-batch slots draw items at their frequency in the training stream,
+   so popular items are over-represented as negatives and would otherwise be pushed down
+   (Yi et al., "Sampling-bias-corrected neural modeling", RecSys 2019); with uniform extra
+   negatives Q mixes both sources: ``(B p_item + M / N) / (B + M)``;
+3. accidental hits: a candidate equal to the row's own positive, other than its label column,
+   is masked (it is not a negative);
+4. loss = mean softmax cross-entropy with the label on the diagonal.
+
+Early stopping watches the validation AUC of the cosine/dot score on the pointwise valid rows.
+
+Examples:
+    >>> parts, history, metrics = train_retrieval_model(dataset, RetrievalConfig(encoder="gru"))
+    >>> metrics["full_catalogue"]["hr@10"] > metrics["baseline_full_catalogue"]["hr@10"]   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edgerec.runtime.contract import CAND_ITEM, USER_VECTOR
+from edgerec.runtime.errors import SpecError, expected
+from edgerec.runtime.spec import NUM_RESERVED
+
+from ..models.retrieval import ITEM_IDS, RetrievalConfig, build_retrieval_model
+from .fit import TrainConfig
+from .loop import keras_verbosity, run_epochs
+
+logger = logging.getLogger(__name__)
+
+# a masked logit: far below any real one, still finite so the softmax never sees -inf - -inf
+MASKED_LOGIT = -1e9
+MIN_PROBABILITY = 1e-12
+
+
+def candidate_log_q(popularity, batch_size: int, sampled_negatives: int = 0) -> np.ndarray:
+    """float32 ``[V]`` log-probability that one candidate slot of a batch holds each item index.
+
+    Args:
+        popularity: training interaction count per item index (the in-batch sampling frequency).
+        batch_size: positives per batch (in-batch candidates).
+        sampled_negatives: uniform candidates over the known items (index >= 2) per batch.
+
+    Examples:
+        >>> np.exp(candidate_log_q([0, 0, 3, 1], batch_size=4)).round(2).tolist()
+        [0.0, 0.0, 0.75, 0.25]
+    """
+    counts = np.asarray(popularity, np.float64).reshape(-1)
+    if counts.size <= NUM_RESERVED or counts.sum() <= 0:
+        raise SpecError(expected("item popularity with at least one trained item", counts.size))
+    share = counts / counts.sum()
+    known = counts.size - NUM_RESERVED
+    uniform = np.zeros_like(share)
+    uniform[NUM_RESERVED:] = 1.0 / known
+    q = (batch_size * share + sampled_negatives * uniform) / (batch_size + sampled_negatives)
+    return np.log(np.maximum(q, MIN_PROBABILITY)).astype(np.float32)
+
+
+def softmax_logits(tf, users, candidates, candidate_ids, positive_ids, log_q=None, temperature: float = 1.0,
+                   remove_accidental_hits: bool = True):
+    """The corrected ``[B, C]`` logits of B queries against C candidates (first B = the positives).
+
+    Args:
+        tf: the TensorFlow module.
+        users: ``[B, D]`` query vectors; candidates: ``[C, D]`` candidate vectors (C >= B).
+        candidate_ids, positive_ids: ``[C]`` and ``[B]`` item indices.
+        log_q: ``[V]`` `candidate_log_q` table, or None for no correction.
+    """
+    logits = tf.matmul(users, candidates, transpose_b=True) / temperature
+    if log_q is not None:
+        logits = logits - tf.gather(log_q, candidate_ids)[None, :]
+    if remove_accidental_hits:
+        same = tf.equal(positive_ids[:, None], candidate_ids[None, :])
+        rows, columns = tf.shape(logits)[0], tf.shape(logits)[1]
+        label = tf.cast(tf.eye(rows, columns), tf.bool)
+        logits = tf.where(tf.logical_and(same, tf.logical_not(label)), MASKED_LOGIT, logits)
+    return logits
+
+
+def softmax_loss(tf, logits):
+    """Mean cross-entropy of ``[B, C]`` logits whose row b's label is column b."""
+    labels = tf.range(tf.shape(logits)[0])
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+class _Towers:
+    """Both towers' weights as one list (the epoch loop keeps the best epoch's)."""
+
+    def __init__(self, user_tower, item_tower):
+        self.user_tower, self.item_tower = user_tower, item_tower
+
+    def get_weights(self):
+        return self.user_tower.get_weights() + self.item_tower.get_weights()
+
+    def set_weights(self, weights):
+        count = len(self.user_tower.get_weights())
+        self.user_tower.set_weights(weights[:count])
+        self.item_tower.set_weights(weights[count:])
+
+
+def _positives(dataset, config: TrainConfig):
+    train = dataset.train
+    rows = np.flatnonzero(train.labels > 0.5)
+    if rows.size == 0 or len(dataset.valid) == 0:
+        raise SpecError(expected("training positives and a non-empty valid split",
+                                 {"train positives": int(rows.size), "valid": len(dataset.valid)}))
+    if config.max_train_rows is not None and config.max_train_rows < rows.size:
+        rng = np.random.default_rng(config.seed)
+        rows = np.sort(rng.choice(rows, config.max_train_rows, replace=False))
+    return train.take(rows)
+
+
+def fit_retrieval(parts, dataset, config: TrainConfig | None = None) -> dict:
+    """Train both towers with the corrected in-batch softmax; the best epoch's weights are kept.
+
+    Returns:
+        ``{"epochs": [{"epoch", "loss", "valid_auc", "valid_logloss", "seconds"}, …], "best_epoch",
+        "stopped_early", "monitor", "train_rows", "objective"}`` (valid metrics of sigmoid(score)).
+    """
+    from edgerec.converters.tfenv import import_tf
+
+    tf, keras = import_tf()
+    config = TrainConfig() if config is None else config
+    model_config: RetrievalConfig = parts.config
+    keras.utils.set_random_seed(config.seed)
+    rows = _positives(dataset, config)
+    inputs = parts.select_inputs(rows.inputs)
+    positives = np.asarray(rows.inputs[CAND_ITEM], np.int32)
+    log_q = None
+    if model_config.logq_correction:
+        log_q = tf.constant(candidate_log_q(dataset.item_popularity, config.batch_size,
+                                            model_config.sampled_negatives))
+    vocab = parts.spec.item_vocab.size
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    towers = [parts.user_tower, parts.item_tower]
+    variables = []
+    for tower in towers:
+        variables += [v for v in tower.trainable_variables if all(v is not w for w in variables)]
+    extra = model_config.sampled_negatives
+
+    @tf.function(reduce_retracing=True)
+    def step(batch_inputs, batch_items):
+        with tf.GradientTape() as tape:
+            users = parts.user_tower(batch_inputs, training=True)[USER_VECTOR]
+            candidate_ids = batch_items
+            if extra:
+                sampled = tf.random.uniform([extra], NUM_RESERVED, vocab, dtype=tf.int32)
+                candidate_ids = tf.concat([batch_items, sampled], 0)
+            candidates = parts.item_tower({ITEM_IDS: candidate_ids}, training=True)
+            logits = softmax_logits(tf, users, candidates, candidate_ids, batch_items, log_q,
+                                    model_config.temperature, model_config.remove_accidental_hits)
+            loss = softmax_loss(tf, logits)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    rng = np.random.default_rng(config.seed)
+    verbose = keras_verbosity(config.verbose)
+
+    def train_epoch(_epoch: int) -> dict:
+        order = rng.permutation(positives.size)
+        losses, weights = [], []
+        for start in range(0, order.size, config.batch_size):
+            index = order[start:start + config.batch_size]
+            if index.size < 2:               # a one-row batch has no negatives
+                continue
+            batch = {k: tf.constant(v[index]) for k, v in inputs.items()}
+            losses.append(float(step(batch, tf.constant(positives[index]))))
+            weights.append(index.size)
+        if verbose:
+            logger.info(f"  {len(losses)} steps")
+        return {"loss": float(np.average(losses, weights=weights))}
+
+    def valid_scores():
+        return _sigmoid(parts_scores(parts, dataset.valid))
+
+    history = run_epochs(_Towers(*towers), config, train_epoch, valid_scores, dataset.valid.labels)
+    return {**history, "train_rows": int(positives.size),
+            "objective": {"loss": "in-batch softmax", "temperature": model_config.temperature,
+                          "logq_correction": model_config.logq_correction,
+                          "remove_accidental_hits": model_config.remove_accidental_hits,
+                          "sampled_negatives": extra, "normalize": model_config.normalize}}
+
+
+def parts_scores(parts, split) -> np.ndarray:
+    """Dot-product scores of a split's rows (user tower on the row, item tower on ``cand_item``)."""
+    users = parts.user_vectors(split.inputs)
+    items = np.asarray(parts.item_tower.predict({ITEM_IDS: np.asarray(split.inputs[CAND_ITEM], np.int32)},
+                                                batch_size=65536, verbose=0), np.float32)
+    return np.einsum("nd,nd->n", users, items).astype(np.float64)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def evaluate_retrieval(parts, dataset, k: int = 10) -> dict:
+    """Sampled test metrics (as ranking models', no logloss), popularity, and full-catalogue metrics.
+
+    Returns:
+        ``{"test": {auc, gauc, recall@10, ndcg@10, coverage@10}, "baseline": {…},
+        "full_catalogue": {hr@10, ndcg@10, recall@100}, "baseline_full_catalogue": {…},
+        "full_catalogue_users": {…}}`` (all held-out users: scoring is one matrix product).
+    """
+    from ..metrics import evaluate_scores, popularity_baseline
+    from ..metrics.full_catalogue import held_out_users
+    from .catalogue import vector_full_catalogue
+
+    if parts.item_vectors is None:
+        parts.compute_item_vectors()
+    test = dataset.test
+    scores = _sigmoid(parts.scores(test.inputs, test.inputs[CAND_ITEM]).astype(np.float64))
+    sampled = evaluate_scores(test, scores, parts.spec.item_vocab.size - NUM_RESERVED, k)
+    sampled.pop("logloss")
+    users = held_out_users(dataset)
+    full = vector_full_catalogue(parts.user_vectors(users.inputs), parts.item_vectors, dataset, users)
+    return {"test": sampled, "baseline": popularity_baseline(dataset, k), **full}
+
+
+def train_retrieval_model(dataset, model_config: RetrievalConfig | None = None,
+                          train_config: TrainConfig | None = None):
+    """Build, (content-pre-train,) fit and evaluate a retrieval model on ``dataset``.
+
+    Returns:
+        ``(parts, history, metrics)``: `RetrievalParts` with ``item_vectors`` computed, `fit_retrieval`'s
+        history and `evaluate_retrieval`'s metrics.
+    """
+    from edgerec.converters.tfenv import import_tf
+
+    model_config = RetrievalConfig() if model_config is None else model_config
+    if not isinstance(model_config, RetrievalConfig):
+        raise SpecError(expected("a RetrievalConfig", type(model_config).__name__))
+    train_config = TrainConfig() if train_config is None else train_config
+    spec, table, content_info = dataset.spec, None, None
+    if model_config.use_content:
+        from .pipeline import train_content_encoder
+
+        if train_config.verbose:
+            logger.info("pre-training the content encoder on the item corpus")
+        spec, content, content_info = train_content_encoder(dataset, model_config.content_config(),
+                                                            train_config.seed)
+        table = content.table
+    import_tf()[1].utils.set_random_seed(train_config.seed)
+    parts = build_retrieval_model(spec, model_config, table)
+    parts.meta["content"] = content_info
+    history = fit_retrieval(parts, dataset, train_config)
+    parts.compute_item_vectors()
+    return parts, history, evaluate_retrieval(parts, dataset)
