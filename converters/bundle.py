@@ -1,8 +1,9 @@
 """Write a deployable bundle directory atomically (and optionally a single-file .tar.gz).
 
-The bundle is built in a temp folder next to the target and renamed into place, so readers see
-either the old bundle or the complete new one. Everything is JSON, JSON-lines, .tflite, .onnx or
-.npz-free: no pickle. Layout::
+The bundle is built in a temp folder next to the target and put in place with
+`edgerec.runtime.io.replace_folder` (an atomic exchange, or a symlink flip), so readers always see
+either the old bundle or the complete new one, never neither. Everything is JSON, JSON-lines,
+.tflite or .onnx: no pickle. Layout::
 
     BUNDLE/manifest.json        edgerec.runtime.manifest schema (sha256 + size of every file)
     BUNDLE/feature_spec.json    edgerec models only (vocabularies, context, dense, tokenizer vocab)
@@ -23,7 +24,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from edgerec.runtime.errors import BundleError, expected
-from edgerec.runtime.io import atomic_write_text, sha256_file
+from edgerec.runtime.io import atomic_write_text, replace_folder, sha256_file, write_archive
 from edgerec.runtime.manifest import Artifact, Manifest, TensorSpec, file_entry, load_manifest, write_manifest
 
 from .select import Selection
@@ -196,7 +196,7 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         write_manifest(tmp, manifest)
         load_manifest(tmp, verify=True)  # what we wrote must read back and verify
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -205,39 +205,11 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
     return manifest
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def archive_bundle(bundle_dir: str | os.PathLike, archive: str | os.PathLike) -> Path:
     """A single-file ``.tar.gz`` of a verified bundle (regular files only, deterministic order)."""
     bundle_dir, archive = Path(bundle_dir), Path(archive)
     load_manifest(bundle_dir, verify=True)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.parent / f".{archive.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(bundle_dir).as_posix())
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-        os.replace(tmp, archive)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_archive(bundle_dir, archive)
     return archive
 
 
