@@ -18,18 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import tempfile
 
-LIBRARY_LINE = re.compile(
-    r"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"                      # absl / TF C++ logging
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|INFO: Created TensorFlow Lite"                                  # LiteRT delegates
-    r"|INFO: Initialized TensorFlow Lite"
-    r"|fully_quantize: \d"                                             # TFLite converter (MLIR)
-    r"|Quantization parameters for tensor:"                            # onnxruntime.quantization, root logger
-    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \[[WI]:onnxruntime:)")     # ORT C++ logger
+from edgerec.runtime.native_lines import LIBRARY_LINE
 
 
 @contextlib.contextmanager

@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import subprocess
 import sys
 
-# Line shapes of native library logs (not edgerec's, not Python tracebacks).
-NOISE_PATTERNS = (
-    r"[IWEF]\d{4} \d+:\d+:\d+\.\d+\s+\d+ [\w./+-]+:\d+\] ",         # absl / glog C++ lines
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called",
-    r"To enable the following instructions: ",                       # cpu_feature_guard's second line
-    r"INFO: Created TensorFlow Lite (XNNPACK )?delegate",
-    r"INFO: Initialized TensorFlow Lite runtime",
-    r"(\x1b\[[0-9;]*m)?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \[[WI]:onnxruntime:",  # ORT warnings/info
-)
-NOISE = re.compile("^(?:" + "|".join(NOISE_PATTERNS) + ")")
+from edgerec.runtime.native_lines import LIBRARY_LINE
+
+NOISE = LIBRARY_LINE
 
 # The filter process: reads bytes, drops noise lines, forwards the rest at once (partial lines too,
 # so a progress line without a newline still appears).
