@@ -79,7 +79,8 @@ def is_archive(path) -> bool:
     return Path(path).is_file() and Path(path).name.endswith(ARCHIVE_SUFFIXES)
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, limits: ArchiveLimits | dict | None = None) -> Path:
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
+                 limits: ArchiveLimits | dict | None = None) -> Path:
     """Extract a bundle archive into ``dest`` within ``limits`` (`ArchiveLimits`), refusing
     absolute, ``..``, link, device and sparse members; every refusal is a BundleError."""
     limits = ArchiveLimits.coerce(limits)
