@@ -233,6 +233,20 @@ def model_dir(tmp_path_factory):
     return folder
 
 
+def _sibling(name: str):
+    """A support module next to this conftest (not importable by name under --import-mode=importlib)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"_converters_{Path(name).stem}", Path(__file__).with_name(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+byom_zoo = _sibling("byom_models.py").byom_zoo      # bring-your-own DIN/BST SavedModels + rows .npz
+
+
 @pytest.fixture()
 def cache_dir(tmp_path):
     return tmp_path / "cache"
