@@ -198,3 +198,12 @@ def test_fuzzed_manifest_text_never_escapes_untyped(text):
         Manifest.from_dict(data)
     except BundleError:
         pass
+
+
+def test_the_cli_reports_a_malformed_manifest_without_a_traceback(tmp_path, capsys):
+    from edgerec.sdk import cli
+
+    folder = _write(tmp_path, "[" * 200_000 + "]" * 200_000)
+    assert cli.main(["info", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "BundleError" in err and "Traceback" not in err
