@@ -22,14 +22,16 @@ from .errors import SpecError, expected
 
 # -- model parts ------------------------------------------------------------------------------
 FUSED, USER_ENCODER, SCORER, CONTENT_ENCODER = "fused", "user_encoder", "scorer", "content_encoder"
-PARTS = (FUSED, USER_ENCODER, SCORER, CONTENT_ENCODER)
+USER_TOWER = "user_tower"        # a retrieval model's user side (see "retrieval" below)
+PARTS = (FUSED, USER_ENCODER, SCORER, CONTENT_ENCODER, USER_TOWER)
 # Parts of a ranking model: the fused graph, and the same layers split so the user side runs once
 # per user and the scorer once per candidate.
 RANKING_PARTS = (FUSED, USER_ENCODER, SCORER)
 
 # -- artifacts --------------------------------------------------------------------------------
 FORMATS = ("tflite", "onnx", "trt_engine")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+# "int4": row-wise 4-bit embedding tables (the rest of the graph float, dynamic or int8).
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int4")
 BACKENDS = ("litert", "onnxruntime", "tensorrt")
 FORMAT_FOR_BACKEND = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "trt_engine"}
 BACKEND_FOR_FORMAT = {fmt: backend for backend, fmt in FORMAT_FOR_BACKEND.items()}
@@ -55,12 +57,18 @@ USER_OUTPUT_PREFIX = "user_"     # user-encoder outputs, fed to the scorer under
 # USER_VECTOR float32 [B, D]) and ITEM_VECTORS_FILE, float32 [item_vocab.size, D] (row i = item
 # index i; rows 0/1, padding/OOV, are zero and never recommended): score = user_vector · row.
 RETRIEVAL = "retrieval"
-USER_TOWER = "user_tower"
 USER_VECTOR = "user_vector"
 ITEM_VECTORS_FILE = "item_vectors.npy"
 # Every model dir's held-out users (one row per user: user-side inputs, held-out item, seen
 # items in CSR form) for full-catalogue metrics; layout in edgerec.sdk.metrics.full_catalogue.
 HELDOUT_USERS_FILE = "heldout_users.npz"
+# A cascade bundle (ranker + USER_TOWER artifacts + item index) lists its index files with this
+# role; the manifest's top-level INDEX object describes the index (kind, recall of the served
+# index vs exact search) and FULL_CATALOGUE holds {RETRIEVAL, "ranker", CASCADE, POPULARITY}
+# blocks measured through the bundle's artifacts.
+ITEM_INDEX_ROLE = "item_index"
+INDEX = "index"
+CASCADE, RANKER, POPULARITY = "cascade", "ranker", "popularity"
 # The metrics.json / manifest full-catalogue blocks: {"hr@10", "ndcg@10", "recall@100"} each.
 FULL_CATALOGUE = "full_catalogue"
 BASELINE_FULL_CATALOGUE = "baseline_full_catalogue"
@@ -109,6 +117,7 @@ TOLERANCES: dict[str, Tolerance] = {
     # over-budget int8 variant is rejected by the selector with its ΔAUC, not dropped as "broken".
     "dynamic": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
     "int8": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
+    "int4": Tolerance(max_abs_diff=None, mean_abs_diff=0.1, delta_auc=0.05, min_recall_overlap=0.3),
 }
 
 
@@ -134,6 +143,9 @@ REPLAY_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(max_abs_diff=1e-2, mean_abs_diff=2e-3, delta_auc=TOLERANCES["fp16"].delta_auc),
     "dynamic": Tolerance(max_abs_diff=0.2, mean_abs_diff=0.02, delta_auc=TOLERANCES["dynamic"].delta_auc),
     "int8": Tolerance(max_abs_diff=0.25, mean_abs_diff=0.03, delta_auc=TOLERANCES["int8"].delta_auc),
+    # 4-bit rows move each looked-up value by up to half a row step (~1/30 of the row's range):
+    # examples drift like int8's at worst, a little more on average.
+    "int4": Tolerance(max_abs_diff=0.25, mean_abs_diff=0.04, delta_auc=TOLERANCES["int4"].delta_auc),
 }
 # A manifest's recorded max |Δ| (over the validation rows) may tighten a replay's worst-line bound
 # to RECORDED_MARGIN x that figure, never below RECORDED_FLOOR (float rounding differs between

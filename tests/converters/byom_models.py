@@ -7,7 +7,7 @@ sigmoid score. ONE item table (``item_table``) is read by two Gathers: history a
 * ``din`` — DIN-style: `TargetAttention` (custom layer: local activation unit over
   ``[q, k, q - k, q * k]``, masked softmax with a -1e9 fill on padding), MLP 64-32 -> logit -> sigmoid.
 * ``bst`` — BST-style transformer: history + candidate embeddings, `PositionEmbedding` (custom,
-  learned), one `SelfAttentionBlock` (custom: multi-head self-attention with key padding mask,
+  learned), one `SelfAttentionBlock` (custom: multi-head self-attention, additive -1e9 key padding mask,
   residual + LayerNorm, FFN), flattened, MLP 64-32 -> sigmoid.
 
 `train_byom` fits one briefly on next-item rows (MovieLens when given, else a small synthetic
@@ -108,7 +108,7 @@ def custom_layers() -> dict:
 
         def build(self, input_shape):
             dim = int(input_shape[0][-1])
-            self.dim = dim
+            self.dim, self.steps = dim, int(input_shape[0][1])
             weight = lambda name, shape: self.add_weight(name=name, shape=shape,  # noqa: E731
                                                          initializer="glorot_uniform")
             self.wq, self.wk, self.wv, self.wo = (weight(n, (dim, dim)) for n in ("wq", "wk", "wv", "wo"))
@@ -120,18 +120,17 @@ def custom_layers() -> dict:
             super().build(input_shape)
 
         def _split(self, x):
-            b, t = tf.shape(x)[0], tf.shape(x)[1]
-            x = tf.reshape(x, [b, t, self.heads, self.dim // self.heads])
+            x = tf.reshape(x, [-1, self.steps, self.heads, self.dim // self.heads])
             return tf.transpose(x, [0, 2, 1, 3])                                   # [B, H, T, d]
 
         def call(self, inputs):
             x, ids = inputs
             q, kk, v = (self._split(tf.tensordot(x, w, axes=1)) for w in (self.wq, self.wk, self.wv))
             logits = tf.matmul(q, kk, transpose_b=True) / float(np.sqrt(self.dim // self.heads))
-            keep = tf.not_equal(ids, 0)[:, None, None, :]
-            logits = tf.where(keep, logits, tf.fill(tf.shape(logits), -1e9))
+            padding = tf.cast(tf.equal(ids, 0), logits.dtype)[:, None, None, :]
+            logits = logits + padding * -1e9                                       # additive key mask
             att = tf.matmul(tf.nn.softmax(logits, axis=-1), v)                     # [B, H, T, d]
-            att = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), tf.shape(x))
+            att = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [-1, self.steps, self.dim])
             x = self.norm1(x + tf.tensordot(att, self.wo, axes=1))
             ffn = tf.tensordot(tf.nn.relu(tf.tensordot(x, self.w_ffn_in, axes=1) + self.b_ffn_in),
                                self.w_ffn_out, axes=1)

@@ -1,0 +1,225 @@
+"""Row-wise int4/int8 embedding tables in ONNX: every Gather of a constant 2-D float table becomes
+ONNX Runtime's ``com.microsoft.GatherBlockQuantized``, and a table read by several Gathers is stored once.
+
+Kernel facts (onnxruntime 1.32, CPU provider, measured): ``GatherBlockQuantized`` takes ``uint4``
+or ``int4`` data (two values per byte, low nibble first) with ``bits=4``, or ``uint8`` data with
+``bits=8`` (``int8`` data is refused); ``scales`` of the output type (fp32 or fp16); zero points
+of the data type. The CPU and CUDA providers assume different zero points when none are given,
+so this pass always writes them. ``block_size`` must be a power of two >= 16: a row of ``D``
+values is one block of ``D`` rounded up to such a power, the table is padded with zero columns
+and a ``Slice`` cuts the padding off the looked-up rows. Rows are quantized asymmetrically
+(per-row min/max: ``scale = (max - min) / (2^bits - 1)``, integer zero point), so the error of
+every element is at most half a step of its row. With fp16 scales the kernel outputs fp16 and a
+``Cast`` returns fp32. The kernel dequantizes the looked-up rows only: the table stays packed in
+memory at run time (file size ≈ resident size of the table).
+
+Float tables with identical content (an exporter that copies a shared table per lookup) are
+merged first, so every Gather of one table reads the one quantized initializer.
+
+Examples:
+    >>> art = OnnxEmbeddingPass().run("fused.fp32.onnx", OnnxEmbeddingConfig(bits=4), "out")  # doctest: +SKIP
+    >>> art.details["embedding_tables"][0]["gathers"]                                        # doctest: +SKIP
+    2
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConverterConfigError, expected
+from ..pipeline import ExportedArtifact, Pass
+
+logger = logging.getLogger(__name__)
+
+BITS = (4, 8)
+SCALE_TYPES = ("float32", "float16")
+MIN_BLOCK = 16
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class OnnxEmbeddingConfig:
+    """Args:
+        bits: 4 (uint4 rows) or 8 (uint8 rows).
+        scale_type: ``float16`` (smaller; the lookup is cast back to fp32) or ``float32``.
+        min_rows: tables with fewer rows stay float (a handful of hour-of-day rows is not worth a kernel).
+        keep_float: initializer names of tables left in float (accuracy-aware fallback).
+    """
+
+    bits: int = 4
+    scale_type: str = "float16"
+    min_rows: int = 32
+    keep_float: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.bits not in BITS:
+            raise ConverterConfigError(expected(f"embedding bits in {BITS}", self.bits))
+        if self.scale_type not in SCALE_TYPES:
+            raise ConverterConfigError(expected(f"a scale type in {SCALE_TYPES}", self.scale_type))
+        if not isinstance(self.min_rows, int) or self.min_rows < 1:
+            raise ConverterConfigError(expected("min_rows as an int >= 1", self.min_rows))
+
+
+def block_size(dim: int) -> int:
+    """The kernel's block: ``dim`` rounded up to a power of two, at least 16."""
+    return max(MIN_BLOCK, 1 << (int(dim) - 1).bit_length())
+
+
+def quantize_rows(table: np.ndarray, bits: int, scale_dtype=np.float32):
+    """Row-wise asymmetric quantization of ``table [V, D]`` padded to ``block_size(D)`` columns.
+
+    Returns:
+        ``(q uint8 [V, B], scales [V, 1], zero_points uint8 [V, 1])`` with ``table ≈ (q - zp) * scale``.
+    """
+    table = np.asarray(table, dtype=np.float32)
+    rows, dim = table.shape
+    padded = np.zeros((rows, block_size(dim)), np.float32)
+    padded[:, :dim] = table
+    top = float(2 ** bits - 1)
+    low = np.minimum(padded.min(axis=1), 0.0)         # 0 representable: the zero padding is exact
+    high = np.maximum(padded.max(axis=1), 0.0)
+    scale = ((high - low) / top).astype(scale_dtype).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    zero = np.clip(np.round(-low / scale), 0, top)
+    q = np.clip(np.round(padded / scale[:, None]) + zero[:, None], 0, top).astype(np.uint8)
+    return q, scale.reshape(rows, 1).astype(scale_dtype), zero.reshape(rows, 1).astype(np.uint8)
+
+
+def dequantize_rows(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, dim: int) -> np.ndarray:
+    """The float rows a `quantize_rows` result stands for (what the kernel returns), ``[V, dim]``."""
+    return ((q.astype(np.float32) - zero_points.astype(np.float32)) * scales.astype(np.float32))[:, :dim]
+
+
+def _int_tensor(name: str, values: np.ndarray, bits: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    if bits == 8:
+        return numpy_helper.from_array(values.astype(np.uint8), name)
+    flat = values.astype(np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    packed = (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)       # low nibble first
+    return helper.make_tensor(name, TensorProto.UINT4, list(values.shape), packed.tobytes(), raw=True)
+
+
+def _merge_identical_tables(graph, candidates: dict) -> dict[str, str]:
+    """Point every Gather at the first of identical float tables; returns ``{dropped: kept}``."""
+    seen: dict[str, str] = {}
+    merged: dict[str, str] = {}
+    for name, array in candidates.items():
+        digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
+        if digest in seen:
+            merged[name] = seen[digest]
+        else:
+            seen[digest] = name
+    for node in graph.node:
+        node.input[:] = [merged.get(n, n) for n in node.input]
+    return merged
+
+
+def quantize_embedding_gathers(proto, config: OnnxEmbeddingConfig) -> list[dict]:
+    """Rewrite ``proto`` in place; returns one record per quantized table (name, shape, gathers, bytes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
+               and next((a.i for a in n.attribute if a.name == "axis"), 0) == 0]
+    tables = {}
+    for node in gathers:
+        tensor = inits[node.input[0]]
+        if tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2 and tensor.name not in tables:
+            tables[tensor.name] = numpy_helper.to_array(tensor)
+    merged = _merge_identical_tables(graph, tables)
+    scale_dtype = np.float16 if config.scale_type == "float16" else np.float32
+    records, consts = [], {}
+    new_nodes = []
+    done: dict[str, tuple] = {}
+    for node in graph.node:
+        name = node.input[0] if node.op_type == "Gather" else None
+        array = tables.get(name) if name and name not in merged else None
+        if array is None or array.shape[0] < config.min_rows or name in config.keep_float or \
+                next((a.i for a in node.attribute if a.name == "axis"), 0) != 0:
+            new_nodes.append(node)
+            continue
+        rows, dim = array.shape
+        block = block_size(dim)
+        if name not in done:
+            q, scales, zeros = quantize_rows(array, config.bits, scale_dtype)
+            base = f"{name}_q{config.bits}"
+            graph.initializer.extend([_int_tensor(base, q, config.bits), numpy_helper.from_array(scales, base + "_scale"),
+                                      _int_tensor(base + "_zero_point", zeros, config.bits)])
+            done[name] = (base, 0)
+            records.append({"table": name, "rows": int(rows), "dim": int(dim), "block_size": block,
+                            "bits": config.bits, "scale_type": config.scale_type, "gathers": 0,
+                            "bytes_float": int(array.nbytes),
+                            "bytes_quantized": int(q.size * config.bits // 8 + scales.nbytes + zeros.size * config.bits // 8)})
+        base = done[name][0]
+        record = next(r for r in records if r["table"] == name)
+        record["gathers"] += 1
+        ids = node.input[1]
+        out = node.output[0]
+        step = f"{out}_gbq"
+        new_nodes.append(helper.make_node("GatherBlockQuantized", [base, ids, base + "_scale", base + "_zero_point"],
+                                          [step], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                                          block_size=block, bits=config.bits))
+        if scale_dtype == np.float16:
+            new_nodes.append(helper.make_node("Cast", [step], [step + "_f32"], to=TensorProto.FLOAT))
+            step += "_f32"
+        if block != dim:
+            for key, value in (("starts", 0), ("ends", dim), ("axes", -1)):
+                cname = f"edgerec_slice_{key}_{value}"
+                if cname not in consts:
+                    consts[cname] = numpy_helper.from_array(np.array([value], np.int64), cname)
+            new_nodes.append(helper.make_node("Slice", [step, f"edgerec_slice_starts_0", f"edgerec_slice_ends_{dim}",
+                                                        "edgerec_slice_axes_-1"], [out]))
+        else:
+            new_nodes.append(helper.make_node("Identity", [step], [out]))
+    graph.initializer.extend(consts.values())
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if records and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return records
+
+
+class OnnxEmbeddingPass(Pass):
+    """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
+
+    name = "onnx_embedding"
+    version = 1
+    Config = OnnxEmbeddingConfig
+    accepts = ("onnx",)
+
+    def _run_impl(self, source: ExportedArtifact, config: OnnxEmbeddingConfig, out_dir: Path) -> ExportedArtifact:
+        import onnx
+
+        from .onnx import graph_specs
+
+        proto = onnx.load(source.path)
+        records = quantize_embedding_gathers(proto, config)
+        if not records:
+            raise ConverterConfigError(expected(f"a Gather of a constant 2-D float table with >= {config.min_rows} "
+                                                "rows to quantize", "none in the graph"))
+        onnx.checker.check_model(proto)
+        out = out_dir / f"{source.part}.tables{config.bits}.onnx"
+        out.write_bytes(proto.SerializeToString())
+        inputs, outputs = graph_specs(proto)
+        for r in records:
+            logger.info("table %s [%d x %d]: %d Gather(s) -> one uint%d table (%.1f%% of its fp32 bytes)",
+                        r["table"], r["rows"], r["dim"], r["gathers"], config.bits,
+                        100.0 * r["bytes_quantized"] / r["bytes_float"])
+        details = {**self.carried_details(source), **{k: v for k, v in source.details.items() if k == "opset"},
+                   "embedding_bits": config.bits, "embedding_tables": records,
+                   "embedding_kernel": "com.microsoft.GatherBlockQuantized (table stays packed at run time)",
+                   "size_bytes": out.stat().st_size}
+        return ExportedArtifact(path=str(out), format="onnx", precision="int4" if config.bits == 4 else "int8",
+                                part=source.part, inputs=inputs, outputs=outputs, details=details)
