@@ -94,6 +94,10 @@ class Backend:
             # elements per batch row (so a row's size needs no array attribute), else None
             row_size = int(np.prod(tail, dtype=np.int64)) if tail is not None else None
             limit = limits.get(spec.name) if dtype.kind in "iu" else None
+            if limit is None and dtype.kind == "i":
+                # No table size known (bring-your-own models): still refuse negative ids, which ONNX
+                # Runtime's Gather wraps to a valid row while LiteRT refuses them.
+                limit = int(np.iinfo(dtype).max) + 1
             unsigned = UNSIGNED_VIEW[dtype.itemsize] if limit is not None and dtype.kind == "i" else None
             rows.append((spec.name, dtype, tail, row_size, (len(shape), fixed, dynamic), not self.strided_inputs,
                          limit, unsigned, finite and dtype.kind == "f"))
@@ -145,6 +149,9 @@ class Backend:
                 continue
             if value.ndim and value.shape[0] == 0:
                 problems.append(expected(f"'{name}' with a batch of at least 1", f"shape {list(value.shape)}"))
+                continue
+            if value.dtype.kind == "i" and value.size and int(value.min()) < 0:
+                problems.append(expected(f"'{name}' ids >= 0", f"min {int(value.min())}"))
                 continue
             if value.ndim and (spec.shape[0] is None or spec.shape[0] == -1):
                 batch[name] = value.shape[0]

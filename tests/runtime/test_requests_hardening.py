@@ -116,8 +116,6 @@ def _gather_onnx_bytes(rows: int = 22) -> bytes:
     return model.SerializeToString()
 
 
-@pytest.mark.xfail(strict=True, reason="Backend.run (runtime/backends/base.py) must refuse negative ids: "
-                                       "ONNX Runtime's Gather wraps -1 to the last row")
 def test_public_backend_run_refuses_a_negative_id(tmp_path):
     from edgerec.runtime.backends.registry import create_backend
 
