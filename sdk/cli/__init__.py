@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "check": "edgerec.sdk.cli.check",
     "predict": "edgerec.sdk.cli.predict",
     "pack": "edgerec.sdk.cli.pack",
+    "sign": "edgerec.sdk.cli.sign",
     "bench": "edgerec.sdk.cli.bench",
     "env": "edgerec.sdk.cli.env",
 }
