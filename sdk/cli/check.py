@@ -24,6 +24,9 @@ def configure(parser) -> None:
     parser.add_argument("--tolerance", type=float, default=None,
                         help="bound on worst and mean |diff| instead of the declared per-precision one")
     parser.add_argument("--num-threads", type=int, default=None, help="backend threads (default: the backend's)")
+    parser.add_argument("--trusted-key", action="append", default=None, metavar="PUBLIC.pem",
+                        help="refuse the bundle unless its manifest is signed by this Ed25519 key (repeatable; "
+                             "see `edgerec sign`)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
 
 
@@ -31,6 +34,8 @@ def run(args) -> int:
     from edgerec.runtime.examples import check_bundle
 
     options = {"num_threads": args.num_threads} if args.num_threads else {}
+    if args.trusted_key:
+        options["trusted_keys"] = args.trusted_key
     results = check_bundle(args.bundle, backend=args.backend, tolerance=args.tolerance, **options)
     if args.json:
         print(json.dumps({"bundle": str(args.bundle), "passed": all(r.passed for r in results),

@@ -33,6 +33,9 @@ def configure(parser) -> None:
                         help="backend to score with ('auto': onnxruntime if installed, else litert)")
     parser.add_argument("--batch-size", type=int, default=256, help="raw requests per model call")
     parser.add_argument("--num-threads", type=int, default=None, help="backend threads (default: the backend's)")
+    parser.add_argument("--trusted-key", action="append", default=None, metavar="PUBLIC.pem",
+                        help="refuse the bundle unless its manifest is signed by this Ed25519 key (repeatable; "
+                             "see `edgerec sign`)")
 
 
 def run(args) -> int:
@@ -40,6 +43,8 @@ def run(args) -> int:
     from edgerec.runtime.requests_io import predict_file
 
     options = {"num_threads": args.num_threads} if args.num_threads else {}
+    if args.trusted_key:
+        options["trusted_keys"] = args.trusted_key
     lines, failed = predict_file(lambda: load(args.bundle, backend=args.backend, **options),
                                  args.input, args.output, args.batch_size)
     if failed:
