@@ -114,6 +114,7 @@ class ExportResult:
     archive: Path | None = None
     pruned_models: Path | None = None
     triton: object = None          # triton.TritonRepository
+    cascade: dict | None = None    # the manifest's "index" and "full_catalogue" (export --retrieval)
 
     def engines(self) -> dict[str, dict]:
         """Part -> ``{status, reason, engine}`` for every part a TensorRT engine was asked for."""
@@ -135,6 +136,10 @@ class ExportResult:
             out["triton"] = {"path": str(self.triton.path), "models": sorted(self.triton.models)}
         if "tensorrt" in self.manifest.lineage.get("options", {}).get("targets", []):
             out["tensorrt"] = self.engines()
+        if self.cascade is not None:
+            index = self.cascade["index"]
+            out["index"] = {k: index[k] for k in index if k in ("kind", "num_items", "m") or k.startswith("recall@")}
+            out["full_catalogue"] = self.cascade["full_catalogue"]
         return out
 
 
@@ -149,8 +154,8 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
                   budget: float = DEFAULT_BUDGET, archive: bool | str | os.PathLike = False,
                   cache_dir: str | os.PathLike | None = None, max_groups: int | None = None,
                   latency: LatencyConfig | None = None, prune_epochs: int = 2, seed: int = 0,
-                  engine: EngineConfig | None = None,
-                  progress: Callable[[str], None] | None = None) -> ExportResult:
+                  engine: EngineConfig | None = None, retrieval: str | os.PathLike | None = None,
+                  cascade=None, progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export an edgerec model directory (or, with ``data``, any saved Keras model) into a bundle.
 
     Args:
@@ -168,6 +173,9 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
         latency: how selection measures latency (default batch 1 and 256, 7 interleaved rounds).
         prune_epochs / seed: fine-tuning epochs and seed of the pruning pass.
         engine: how TensorRT engines are built (default `EngineConfig()`).
+        retrieval: a retrieval MODEL_DIR: its user tower and item index are added, making a cascade
+            bundle (`cascade.add_retrieval`; the archive, if asked, is written after).
+        cascade: `cascade.CascadeSettings` (index kind, M, evaluation users).
         progress: ``callable(str)`` receiving one line per step (default: this module's logger, INFO).
 
     Examples:
@@ -178,7 +186,19 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
     source = Path(model_dir)
     job = load_job(source, data, max_groups=max_groups, prune=options.prune is not None)
     out = Path(out) if out is not None else (source if source.is_dir() else source.parent) / "bundle"
-    return run_export(job, out, options, archive=archive, cache_dir=cache_dir, latency=latency, progress=progress)
+    if retrieval is None:
+        return run_export(job, out, options, archive=archive, cache_dir=cache_dir, latency=latency, progress=progress)
+    from .bundle import archive_bundle
+    from .cascade import RetrievalSource, add_retrieval
+
+    RetrievalSource.read(retrieval)          # a wrong --retrieval fails before the ranker's export
+    result = run_export(job, out, options, cache_dir=cache_dir, latency=latency, progress=progress)
+    result.cascade = add_retrieval(out, retrieval, targets=options.artifact_targets, quantize=options.quantize,
+                                   settings=cascade, cache_dir=cache_dir, say=progress or logger.info)
+    if archive:
+        result.archive = Path(archive) if not isinstance(archive, bool) else out.with_name(out.name + ".tar.gz")
+        archive_bundle(out, result.archive)
+    return result
 
 
 def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *, archive=False, cache_dir=None,

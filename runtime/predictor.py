@@ -258,6 +258,15 @@ class Predictor:
             return [(candidates[i], float(scores[i]), bool(oov[i])) for i in order]
         return [(candidates[i], float(scores[i])) for i in order]
 
+    def recommend(self, user_request: Mapping, k: int = 10, m: int = 200, exclude_seen: bool = True, filter=None,
+                  use_cache: bool = True):
+        """The ``k`` best items of the whole catalogue for one user (a cascade bundle): the user
+        tower once (cached), ``m`` items from the item index, ranked by the bundle's ranker.
+        ``filter``: a set/list of allowed raw ids, or a callable on raw ids. Returns
+        `Recommendations` (``items``, ``scores``); details in `edgerec.runtime.recommend`."""
+        from .recommend import recommend
+        return self._serve(recommend, self, user_request, k, m, exclude_seen, filter, use_cache)
+
     def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Content-encoder vectors [N, D] for item texts, tokenised exactly as in training."""
         return self._serve(self._item_vectors, texts)

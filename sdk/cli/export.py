@@ -8,6 +8,7 @@ Examples:
   edgerec export runs/din --prune 0.5 --quantize int8 --targets tflite,onnx --out runs/din-bundle
   edgerec export runs/din --targets onnx,triton,tensorrt --out runs/din-serving
   edgerec export my_model.keras --data rows.npz --out my-bundle     # bring your own Keras model
+  edgerec export runs/din --retrieval runs/retrieval --out runs/cascade   # + user tower and item index
 """
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def configure(parser) -> None:
     parser.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     parser.add_argument("--max-groups", type=int, default=None, help="validate on the first N ranking groups")
     parser.add_argument("--cache-dir", default=None, help="pass cache (default $EDGEREC_CACHE or ~/.cache/edgerec)")
+    parser.add_argument("--retrieval", default=None,
+                        help="retrieval MODEL_DIR (edgerec train --model retrieval): adds its user tower and an item "
+                             "index, for `edgerec recommend` over the whole catalogue")
+    parser.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
+                        help="item index: exact int8 search, HNSW (pip install 'edgerec[index]'), or auto "
+                             "(exact up to 50,000 items)")
+    parser.add_argument("--ef-search", type=int, default=256, help="HNSW search width (recall vs latency)")
+    parser.add_argument("--m", type=int, default=200, help="items retrieved per user before ranking (recall@M "
+                                                            "of the index is measured at this M)")
+    parser.add_argument("--eval-users", type=int, default=500,
+                        help="held-out users for the index recall and full-catalogue metrics (ranker alone: "
+                             "at most 100, it scores every item)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines (warnings still show)")
 
 
@@ -43,9 +56,17 @@ def run(args) -> int:
     from edgerec.converters.export import export_bundle
     from edgerec.converters.select import candidates_table
 
+    cascade = None
+    if args.retrieval is not None:
+        from edgerec.converters.cascade import CascadeSettings
+        from edgerec.runtime.index import IndexConfig
+
+        cascade = CascadeSettings(IndexConfig(kind=args.index, ef_search=args.ef_search), m=args.m,
+                                  eval_users=args.eval_users, ranker_users=min(100, args.eval_users))
     result = export_bundle(args.model_dir, args.out, prune=args.prune, quantize=args.quantize, targets=args.targets,
                            data=args.data, budget=args.budget, archive=args.archive, cache_dir=args.cache_dir,
-                           max_groups=args.max_groups, progress=(lambda _line: None) if args.quiet else None)
+                           max_groups=args.max_groups, retrieval=args.retrieval, cascade=cascade,
+                           progress=(lambda _line: None) if args.quiet else None)
     print(candidates_table(result.manifest.candidates))
     print(json.dumps(result.summary()))
     return 0

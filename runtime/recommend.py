@@ -1,0 +1,274 @@
+"""Recommend from the whole catalogue: user tower → item index → the bundle's ranker → top k.
+
+A cascade bundle (``edgerec export RANKER_DIR --retrieval R``) carries, beside the ranker's
+parts, the retrieval model's ``user_tower`` artifacts and the item index (`edgerec.runtime.index`).
+`recommend` runs, for one user request:
+
+1. the user tower once (its vector is kept in the Predictor's user-state cache, keyed on every
+   encoded user input);
+2. the index: the ``m`` best items by ``user_vector · item_vector`` (seen items excluded when
+   asked, padding/OOV rows never returned, so results are out-of-vocabulary-free by construction);
+3. the ranker on those ``m`` items with the user's cached state (`Predictor.score_candidates`'s
+   path: user encoder once, scorer per candidate, or the fused model);
+4. the ``k`` best by ranker score.
+
+``filter`` is either a collection (set, frozenset, list, tuple) of ALLOWED raw item ids — those
+items alone are retrieved, scored exactly (ids not in the catalogue are ignored) — or a callable
+``filter(item_id: str) -> bool`` applied to retrieved items, fetching more from the index until
+``m`` pass or the catalogue is exhausted.
+
+`recommend_file` is ``edgerec recommend``: one JSON line in (a request, optionally with its own
+``"k"``/``"m"``), one line out ``{"line", "items", "scores"}`` or ``{"line", "error"}``, as
+`requests_io` does for ``edgerec predict``.
+
+Examples:
+    >>> with load("bundle/") as predictor:                                        # doctest: +SKIP
+    ...     predictor.recommend({"user_id": "42", "history": ["318", "296"]}, k=3)
+    Recommendations(items=['593', '2571', '260'], scores=array([0.91, 0.88, 0.87], dtype=float32))
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Collection
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import numpy as np
+
+from .cache import result_keys
+from .contract import DENSE, HIST_ITEMS, USER_VECTOR
+from .errors import BundleError, EdgeRecError, RequestError, expected
+from .index import META_FILE, ROLE, ItemIndex
+from .io import atomic_output
+from .requests_io import BLANK, error_result, iter_lines
+
+DEFAULT_K, DEFAULT_M = 10, 200
+LINE_OPTIONS = ("k", "m")          # per-line overrides `edgerec recommend` reads from a request line
+
+
+class Recommendations(NamedTuple):
+    """The ``k`` best items for one user, best first: raw ``items`` and their ranker ``scores``."""
+
+    items: list
+    scores: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"items": list(self.items), "scores": [float(s) for s in self.scores]}
+
+
+def has_index(manifest) -> bool:
+    """Whether the bundle described by ``manifest`` carries an item index (a cascade bundle)."""
+    return any(f.get("role") == ROLE and f.get("file") == META_FILE for f in manifest.files)
+
+
+class Retriever:
+    """The retrieval half of one loaded bundle: its item index and user tower backend."""
+
+    def __init__(self, index: ItemIndex, tower, output: str):
+        self.index, self.tower, self._output = index, tower, output
+        self.input_names = frozenset(t.name for t in tower.inputs)
+
+    @classmethod
+    def open(cls, model, backend_options: Mapping) -> "Retriever":
+        """The retriever of a `LoadedBundle`: index and user tower read from verified bytes."""
+        from .backends.registry import create_backend
+        from .manifest import read_verified
+
+        if not has_index(model.manifest):
+            raise RequestError(expected("a cascade bundle with an item index (edgerec export --retrieval)",
+                                        "a bundle without one"))
+        index = ItemIndex.load(model.dir, model.manifest)
+        towers = index.meta.get("user_tower") or {}
+        file = towers.get(model.backend_name)
+        if not isinstance(file, str):
+            raise BundleError(expected(f"a user_tower artifact for the {model.backend_name} backend",
+                                       sorted(towers)))
+        tower = create_backend(model.backend_name, model.dir / file,
+                               model_bytes=read_verified(model.dir, model.manifest, file), **dict(backend_options))
+        outputs = [t.name for t in tower.outputs]
+        output = USER_VECTOR if USER_VECTOR in outputs else outputs[0]
+        if len(outputs) != 1 and USER_VECTOR not in outputs:
+            raise BundleError(expected(f"a user tower with one output or one named {USER_VECTOR!r}", outputs))
+        return cls(index, tower, output)
+
+    def user_vector(self, pre, request: Mapping) -> tuple[np.ndarray, dict]:
+        """(float32 [D], the encoded feeds) for a checked request."""
+        feeds = self.feeds(pre, request)
+        return np.asarray(self.tower.run(feeds)[self._output], np.float32).reshape(-1), feeds
+
+    def feeds(self, pre, request: Mapping) -> dict:
+        feeds = {HIST_ITEMS: pre.encode_history([request["history"]])}
+        feeds.update(pre.encode_context([request.get("context")], self.input_names))
+        if DENSE in self.input_names:
+            feeds[DENSE] = pre.encode_dense([request.get("dense")])
+        elif request.get("dense") is not None and pre.spec.dense:
+            pre.encode_dense([request["dense"]])          # still validated
+        return {name: feeds[name] for name in self.input_names if name in feeds}
+
+    def close(self) -> None:
+        self.tower.close()
+
+
+_RETRIEVERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def retriever_for(model, backend_options: Mapping) -> Retriever:
+    """The `Retriever` of a loaded bundle, opened on first use and closed with the bundle."""
+    found = _RETRIEVERS.get(model)
+    if found is not None:
+        return found
+    with _LOCK:
+        found = _RETRIEVERS.get(model)
+        if found is None:
+            found = _RETRIEVERS[model] = Retriever.open(model, backend_options)
+            weakref.finalize(model, found.close)
+    return found
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise RequestError(expected(f"{name} as a positive int", value))
+    return int(value)
+
+
+def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: int = DEFAULT_M,
+              exclude_seen: bool = True, filter=None, use_cache: bool = True) -> Recommendations:
+    """`Predictor.recommend` on the pinned bundle ``model`` (see the module docstring).
+
+    ``m`` is raised to ``k`` when smaller; fewer than ``k`` items come back when fewer can be
+    recommended (a small catalogue, seen items, a narrow filter).
+    """
+    k, m = _count(k, "k"), _count(m, "m")
+    m = max(m, k)
+    pre = predictor._preprocessor(model)
+    request = pre.check_request(user_request, need_item=False)
+    retriever = retriever_for(model, predictor._options)
+    index = retriever.index
+    vector = _cached_vector(predictor, model, retriever, pre, request, use_cache)
+    exclude = pre.encode_items(list(request["history"])) if exclude_seen and len(request["history"]) else None
+    if filter is None:
+        rows, _ = index.search(vector, m, exclude=exclude)
+    elif callable(filter):
+        rows = _filtered(index, vector, m, exclude, filter)
+    elif isinstance(filter, Collection) and not isinstance(filter, (str, bytes, Mapping)):
+        allowed = [i for i in filter if isinstance(i, (str, int)) and not isinstance(i, bool)]
+        if len(allowed) != len(filter):
+            raise RequestError(expected("filter ids as str or int", [i for i in filter if i not in allowed][:3]))
+        codes = pre.encode_items(allowed) if allowed else np.zeros(0, np.int32)
+        rows, _ = index.search(vector, m, exclude=exclude, allowed=codes)
+    else:
+        raise RequestError(expected("filter as None, a callable on item ids, or a set/list of allowed ids",
+                                    type(filter).__name__))
+    if rows.size == 0:
+        return Recommendations([], np.zeros(0, np.float32))
+    ids = index.ids[rows].tolist()
+    scored = predictor._score_candidates(model, request, ids, None, None, use_cache, True)
+    order = np.lexsort((np.arange(len(ids)), -scored.scores))[:k]
+    return Recommendations([ids[i] for i in order], scored.scores[order])
+
+
+def _cached_vector(predictor, model, retriever: Retriever, pre, request, use_cache: bool) -> np.ndarray:
+    cache = predictor.user_cache
+    if not (use_cache and cache.enabled):
+        return retriever.user_vector(pre, request)[0]
+    feeds = retriever.feeds(pre, request)
+    key = ("user_tower",) + result_keys(model.version, feeds)[0]
+    vector = cache.get(key)
+    if vector is None:
+        vector = np.asarray(retriever.tower.run(feeds)[retriever._output], np.float32).reshape(-1)
+        cache.put(key, vector)
+    return vector
+
+
+def _filtered(index: ItemIndex, vector, m: int, exclude, keep: Callable) -> np.ndarray:
+    """Rows passing ``keep(raw id)``: ask the index for ever more rows until ``m`` pass."""
+    ask = m
+    while True:
+        rows, _ = index.search(vector, ask, exclude=exclude)
+        passed = rows[np.fromiter((bool(keep(i)) for i in index.ids[rows].tolist()), bool, rows.size)]
+        if passed.size >= m or rows.size < ask or ask >= index.recommendable:
+            return passed[:m]
+        ask = min(index.recommendable, 4 * ask)
+
+
+# -- JSON lines ------------------------------------------------------------------------------
+def recommend_stream(predictor, lines: Iterable[tuple[int, Any]], k: int = DEFAULT_K,
+                     m: int = DEFAULT_M) -> Iterator[dict]:
+    """One result per ``(line number, parsed value)`` (see `requests_io.iter_lines`): ``{"line",
+    "items", "scores"}``, ``{"line", "error"}`` or ``{"line", "skipped"}`` (and ``request_id``
+    echoed). A line's own ``"k"``/``"m"`` override the defaults."""
+    _count(k, "k"), _count(m, "m")
+    for number, row in lines:
+        if row is BLANK:
+            result = {"skipped": "blank line"}
+        elif isinstance(row, EdgeRecError):
+            result = error_result(row)
+        else:
+            result = _recommend_row(predictor, row, k, m)
+        line = {"line": number, **result}
+        if isinstance(row, dict) and "request_id" in row:
+            line["request_id"] = row["request_id"]
+        yield line
+
+
+def _recommend_row(predictor, row, k: int, m: int) -> dict:
+    try:
+        if not isinstance(row, dict):
+            raise RequestError(expected("a request as a JSON object", type(row).__name__))
+        request = {key: value for key, value in row.items() if key not in LINE_OPTIONS}
+        found = predictor.recommend(request, k=row.get("k", k), m=row.get("m", m))
+    except EdgeRecError as err:
+        return error_result(err)
+    return found.to_json()
+
+
+def recommend_file(open_predictor: Callable[[], Any], source, destination, k: int = DEFAULT_K,
+                   m: int = DEFAULT_M) -> tuple[int, int]:
+    """Recommend for every line of ``source`` (``"-"``: standard input) into ``destination``
+    (``"-"``: standard output; a file is replaced atomically once every line is answered).
+    Returns (lines, failed lines). ``k``/``m``, the input, the output and then the bundle
+    (``open_predictor()``) are checked in that order before anything is written."""
+    _count(k, "--k"), _count(m, "--m")
+    lines = failed = 0
+    with ExitStack() as stack:
+        if str(source) == "-":
+            stream = sys.stdin.buffer
+        else:
+            try:
+                stream = stack.enter_context(open(source, "rb"))
+            except OSError as err:
+                raise RequestError(expected("a readable JSON-lines input file", f"{source}: {err.strerror}")) from None
+        out = sys.stdout if str(destination) == "-" else stack.enter_context(_output_file(Path(destination)))
+        predictor = stack.enter_context(open_predictor())
+        for result in recommend_stream(predictor, iter_lines(stream), k, m):
+            lines += 1
+            failed += "error" in result
+            out.write(json.dumps(result) + "\n")
+        out.flush()
+    return lines, failed
+
+
+class _output_file:
+    """A text file replacing ``path`` when the block succeeds (created on entry, so an unwritable
+    destination is refused before any request is answered)."""
+
+    def __init__(self, path: Path):
+        if path.is_dir():
+            raise RequestError(expected("--output as a file path", f"{path} is a folder"))
+        self._path, self._stack = path, ExitStack()
+
+    def __enter__(self):
+        try:
+            tmp = self._stack.enter_context(atomic_output(self._path))
+            return self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        except OSError as err:
+            self._stack.close()
+            raise RequestError(expected("a writable --output path", f"{self._path}: {err.strerror or err}")) from None
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)

