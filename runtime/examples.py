@@ -28,12 +28,11 @@ from .contract import (BACKEND_FOR_FORMAT, BACKENDS, FORMAT_FOR_BACKEND, FUSED, 
                        RECORDED_MARGIN, SCORE, SCORER, USER_ENCODER, Tolerance, replay_tolerance_for)
 from .backends.registry import create_backend, is_available
 from .errors import BundleError, EdgeRecError, IntegrityError, RequestError, expected
-from .loaded import LoadedBundle, check_signature, choose_backend, selected_files
+from .loaded import LoadedBundle, check_signature, choose_backend, load_spec, selected_files
 from .manifest import Manifest, bundle_directory, confined_path, load_manifest
 from .preprocess import Preprocessor
 from .chains import artifact_chains, part_chains, run_chain
 from .requests_io import parse_jsonl
-from .spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def _request_rows(bundle: Path, lines: list, manifest: Manifest, spec) -> tuple[
         if manifest.feature_spec is None:
             raise BundleError(expected(f"a feature spec to encode the raw requests of {EXAMPLES_NAME}",
                                        "none (tensor rows {\"inputs\": ..., \"expected\": ...} need no spec)"))
-        spec = FeatureSpec.load(confined_path(bundle, manifest.feature_spec))
+        spec = load_spec(bundle, manifest)      # parsed from bytes checked against the manifest
     scores = [line.get("expected") for line in lines]
     bad = [i + 1 for i, s in enumerate(scores) if isinstance(s, bool) or not isinstance(s, (int, float))
            or not math.isfinite(s)]
