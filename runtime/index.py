@@ -371,11 +371,27 @@ def _ann_rows(vectors: np.ndarray, norms: np.ndarray, augmented: bool, max_norm:
 
 
 def _usearch():
+    # With the usearch 2.26 and onnxruntime 1.32 Linux wheels, `import onnxruntime` after usearch's
+    # compiled module crashes the interpreter (segfault at import); onnxruntime imported first is
+    # safe, so it is loaded here before usearch whenever it is installed.
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
     try:
         import usearch.index as usearch_index
     except ImportError:
         raise MissingDependencyError("usearch", "index", "the approximate (HNSW) item index") from None
     return usearch_index
+
+
+def ann_available() -> bool:
+    """Whether the HNSW index can be built and loaded here (the ``index`` extra is installed)."""
+    try:
+        _usearch()
+    except MissingDependencyError:
+        return False
+    return True
 
 
 def _new_usearch(ndim: int, dtype: str, connectivity: int):
