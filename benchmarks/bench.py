@@ -242,6 +242,7 @@ def run_bench(bundle: str | Path, out_dir: str | Path, options: BenchOptions = B
         outcome.report = build_report([], machine_info(), info, {"load_only": True})
     else:
         outcome.report = _latency_report(bundle, options)
+        _recommend_rows(bundle, manifest, options, outcome.report)
         records = outcome.report["results"]
         if records and all(r.get("error") for r in records):
             outcome.failures.append("every configuration failed; see bench.md")
@@ -278,6 +279,17 @@ def _latency_report(bundle: Path, options: BenchOptions) -> dict:
     if options.memory:
         report["runtime_memory"] = measure_memory(data, options)
     return report
+
+
+def _recommend_rows(bundle: Path, manifest, options: BenchOptions, report: dict) -> None:
+    """A cascade bundle (item index) gets ``report["recommend"]``: `recommend()` p50/p99 at 1 thread."""
+    from edgerec.runtime.recommend import has_index
+
+    from .recommend import recommend_rows
+
+    if has_index(manifest):
+        backends = list(options.backends or _bundle_backends(manifest))
+        report["recommend"] = recommend_rows(bundle, backends)
 
 
 def _load_test(bundle: Path, load: LoadTestOptions, options: BenchOptions, outcome: BenchOutcome) -> None:

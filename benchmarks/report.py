@@ -21,6 +21,7 @@ from edgerec.runtime.errors import expected
 from edgerec.runtime.io import atomic_write_json, atomic_write_text
 
 from .loadtest import load_test_markdown
+from .recommend import recommend_markdown
 from .stats import ratio
 from .tables import markdown_table
 
@@ -167,6 +168,8 @@ def render_markdown(report: dict) -> str:
                                                         ("miss_over_hit", "miss / hit ×"))), ""]
     if report.get("load_test"):
         lines += load_test_markdown(report["load_test"])
+    if report.get("recommend"):
+        lines += recommend_markdown(report["recommend"]) + [""]
     results = report.get("results", [])
     ok = ok_records(results)
     if ok:

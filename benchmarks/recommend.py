@@ -1,0 +1,175 @@
+"""`recommend()` latency of a cascade bundle, and synthetic cascade bundles of any catalogue size.
+
+`recommend_rows` is the ``recommend`` section of ``edgerec bench`` (bundles with an item index):
+per backend, p50/p99 of ``Predictor.recommend(request, k, m)`` at 1 thread, over the bundle's
+example requests, each call with a fresh user (user-vector cache off: the tower runs every time).
+
+`synthetic_cascade` writes a cascade bundle whose ranker and user tower are tiny hand-made ONNX
+graphs and whose item vectors are clustered Gaussians: it isolates what grows with the catalogue
+(the index search, the bundle's bytes and load time) from the ranker's cost per candidate.
+
+Examples:
+    >>> bundle = synthetic_cascade("/tmp/c1e6", items=1_000_000)               # doctest: +SKIP
+    >>> recommend_rows(bundle, ["onnxruntime"])[0]["p50_ms"]                     # doctest: +SKIP
+    2.1
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+
+SEQ, DIM, CENTRES = 8, 32, 1000
+
+
+def _requests(bundle: Path, count: int) -> list[dict]:
+    from edgerec.runtime.examples import ExampleSet
+    from edgerec.runtime.manifest import load_manifest
+
+    lines = [dict(line) for line in ExampleSet.load(bundle, load_manifest(bundle, verify=False)).lines[:count]]
+    return [{k: v for k, v in line.items() if k in ("user_id", "history", "context", "dense")} for line in lines]
+
+
+def recommend_rows(bundle, backends: Sequence[str], k: int = 10, m: int = 200, calls: int = 300,
+                   requests: Sequence[dict] | None = None) -> list[dict]:
+    """One row per backend: ``{"scenario": "recommend", "backend", "threads": 1, "k", "m", "calls",
+    "p50_ms", "p99_ms", "mean_ms"}`` (or ``"error"``)."""
+    import edgerec.runtime as rt
+    from edgerec.runtime.errors import EdgeRecError
+
+    bundle = Path(bundle)
+    requests = list(requests) if requests is not None else _requests(bundle, 64)
+    rows = []
+    for backend in backends:
+        row = {"scenario": "recommend", "backend": backend, "threads": 1, "k": k, "m": m}
+        try:
+            with rt.load(bundle, backend=backend, num_threads=1, cache=False) as predictor:
+                for request in requests[:5]:
+                    predictor.recommend(request, k=k, m=m)
+                times = []
+                for i in range(calls):
+                    start = time.perf_counter()
+                    predictor.recommend(requests[i % len(requests)], k=k, m=m)
+                    times.append(time.perf_counter() - start)
+        except EdgeRecError as err:
+            rows.append({**row, "error": f"{type(err).__name__}: {err}"})
+            continue
+        ms = np.asarray(times) * 1e3
+        rows.append({**row, "calls": calls, "p50_ms": float(np.percentile(ms, 50)),
+                     "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())})
+    return rows
+
+
+def recommend_markdown(rows: Sequence[dict]) -> list[str]:
+    """The bench.md table of `recommend_rows`."""
+    out = ["", "## recommend (user tower + index + ranker, 1 thread)", "",
+           "| backend | k | m | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['backend']} | {r['k']} | {r['m']} | error: {r['error'][:80]} | |")
+        else:
+            out.append(f"| {r['backend']} | {r['k']} | {r['m']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    return out
+
+
+def _onnx_model(nodes, inputs, outputs, inits) -> bytes:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(nodes, "synthetic", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _ranker_onnx(items: int) -> bytes:
+    """score = sigmoid(a cheap hash of cand_item and the history sum) as [B, 1]."""
+    from onnx import TensorProto, helper
+
+    hist = helper.make_tensor_value_info("hist_items", TensorProto.INT32, ["batch", SEQ])
+    cand = helper.make_tensor_value_info("cand_item", TensorProto.INT32, ["batch"])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])
+    inits = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("freq", TensorProto.FLOAT, [], [0.618 * 2 * np.pi]),
+             helper.make_tensor("small", TensorProto.FLOAT, [], [1e-4])]
+    nodes = [helper.make_node("Cast", ["hist_items"], ["hist_f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["hist_f", "axis1"], ["hist_sum"], keepdims=0),
+             helper.make_node("Mul", ["hist_sum", "small"], ["hist_part"]),
+             helper.make_node("Cast", ["cand_item"], ["cand_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["cand_f", "freq"], ["angle"]),
+             helper.make_node("Sin", ["angle"], ["wave"]),
+             helper.make_node("Add", ["wave", "hist_part"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob"]),
+             helper.make_node("Unsqueeze", ["prob", "axis1"], ["score"])]
+    return _onnx_model(nodes, [hist, cand], [score], inits)
+
+
+def _tower_onnx(centres: np.ndarray) -> bytes:
+    """user_vector = mean over the history of the item's cluster centre (ids -> centre by id % C)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hist = helper.make_tensor_value_info("hist_items", TensorProto.INT32, ["batch", SEQ])
+    out = helper.make_tensor_value_info("user_vector", TensorProto.FLOAT, ["batch", centres.shape[1]])
+    inits = [numpy_helper.from_array(centres.astype(np.float32), "centres"),
+             helper.make_tensor("count", TensorProto.INT32, [], [len(centres)])]
+    nodes = [helper.make_node("Mod", ["hist_items", "count"], ["cluster"]),
+             helper.make_node("Gather", ["centres", "cluster"], ["vectors"], axis=0),
+             helper.make_node("ReduceMean", ["vectors"], ["user_vector"], axes=[1], keepdims=0)]
+    return _onnx_model(nodes, [hist], [out], inits)
+
+
+def synthetic_cascade(folder, items: int, kind: str = "auto", ef_search: int = 256, seed: int = 0) -> Path:
+    """A cascade bundle over ``items`` item ids (plus padding/OOV rows) with clustered item vectors."""
+    from edgerec.converters.cascade import write_cascade
+    from edgerec.runtime.index import IndexConfig, ItemIndex
+    from edgerec.runtime.io import atomic_write_bytes
+    from edgerec.runtime.manifest import Artifact, Manifest, TensorSpec, file_entry, write_manifest
+    from edgerec.runtime.spec import FeatureSpec, Vocabulary
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens = tuple(str(i) for i in range(items))
+    FeatureSpec(max_seq_len=SEQ, item_vocab=Vocabulary("item", tokens)).save(folder / "feature_spec.json")
+    atomic_write_bytes(folder / "fused_fp32.onnx", _ranker_onnx(items))
+    requests = [{"user_id": f"u{i}", "history": [str(x) for x in rng.integers(0, items, SEQ)]} for i in range(64)]
+    atomic_write_bytes(folder / "examples.jsonl", "".join(json.dumps({**r, "item": "0", "expected": 0.5}) + "\n"
+                                                          for r in requests).encode())
+    artifact = Artifact(file="fused_fp32.onnx", format="onnx", precision="fp32", part="fused",
+                        sha256="0" * 64, size_bytes=0,
+                        inputs=[TensorSpec("hist_items", "int32", [None, SEQ]), TensorSpec("cand_item", "int32", [None])],
+                        outputs=[TensorSpec("score", "float32", [None, 1])])
+    entry = file_entry(folder, "fused_fp32.onnx")
+    artifact.sha256, artifact.size_bytes = entry["sha256"], entry["size_bytes"]
+    write_manifest(folder, Manifest(artifacts=[artifact], selected={"onnxruntime": {"fused": "fused_fp32.onnx"}},
+                                    files=[file_entry(folder, "feature_spec.json", "feature_spec"),
+                                           file_entry(folder, "examples.jsonl", "examples")],
+                                    model={"family": "synthetic"}, feature_spec="feature_spec.json"))
+    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
+    rows = items + 2
+    vectors = np.empty((rows, DIM), np.float32)
+    for begin in range(0, rows, 1 << 18):       # bounded temporaries at 10^6 items
+        end = min(rows, begin + (1 << 18))
+        ids = np.arange(begin, end)
+        vectors[begin:end] = centres[ids % CENTRES] + 0.5 * rng.normal(size=(end - begin, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[:2] = 0
+    index = ItemIndex.build(vectors, ["", ""] + list(tokens), IndexConfig(kind=kind, ef_search=ef_search))
+    del vectors
+    tower = folder.parent / f".{folder.name}-user_tower_fp32.onnx"
+    tower.write_bytes(_tower_onnx(centres))
+    index.meta["user_tower"] = {"onnxruntime": "user_tower_fp32.onnx"}
+    final = tower.with_name("user_tower_fp32.onnx")
+    tower.replace(final)
+    try:
+        write_cascade(folder, [{"artifact": SimpleNamespace(path=str(final), format="onnx", precision="fp32",
+                                                            lineage=[], details={}),
+                                "backend": "onnxruntime", "metrics": {}}], index, [])
+    finally:
+        final.unlink(missing_ok=True)
+    return folder

@@ -1,0 +1,36 @@
+"""edgerec bench on a cascade bundle: the recommend rows (p50/p99 at 1 thread) and their table."""
+from __future__ import annotations
+
+import pytest
+
+
+def _options():
+    from edgerec.benchmarks.bench import BenchOptions
+
+    return BenchOptions(keras=False, budget_s=0.05, max_iters=20, warmup_iters=1, batches=(1,), candidates=(10,),
+                        profile=False, memory=False, plots=False, progress=False)
+
+
+def test_a_cascade_bundle_gets_recommend_rows(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from edgerec.benchmarks.bench import run_bench
+    from edgerec.benchmarks.recommend import synthetic_cascade
+
+    bundle = synthetic_cascade(tmp_path / "cascade", 3000, kind="exact")
+    outcome = run_bench(bundle, tmp_path / "out", _options())
+    rows = outcome.report["recommend"]
+    assert [r["backend"] for r in rows] == ["onnxruntime"]
+    assert rows[0]["threads"] == 1 and rows[0]["k"] == 10 and rows[0]["m"] == 200
+    assert 0 < rows[0]["p50_ms"] <= rows[0]["p99_ms"]
+    assert "## recommend" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_a_ranker_bundle_has_no_recommend_rows(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgerec.benchmarks.bench import run_bench
+
+    from ..runtime.conftest import make_onnx_bundle
+
+    outcome = run_bench(make_onnx_bundle(tmp_path / "plain"), tmp_path / "out", _options())
+    assert "recommend" not in outcome.report
