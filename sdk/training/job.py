@@ -162,7 +162,7 @@ class TrainOutcome:
             if "strategy" in self.history:
                 head += (f"; {self.history['strategy']} strategy, {self.history['replicas']} replicas, "
                          f"{self.history['workers']} workers, global batch {self.history['global_batch']}")
-            lines += [head, f"sampled (1 held-out item vs 100 negatives per user)",
+            lines += [head, "sampled (1 held-out item vs 100 negatives per user)",
                       f"  test      {_format(self.metrics['test'])}",
                       f"  baseline  {_format(self.metrics['baseline'])}  (popularity)"]
             if self.metrics.get(FULL_CATALOGUE):

@@ -128,3 +128,23 @@ def test_bad_options_raise_data_error(options, message):
 def test_unknown_option_is_named():
     with pytest.raises(DataError, match="num_userz"):
         SyntheticConfig.from_options(num_userz=3)
+
+
+def test_generator_scales_to_a_large_catalogue_deterministically():
+    options = dict(num_users=10_000, num_items=100_000, num_events=200_000, seed=11)
+    log = generate_log(SyntheticConfig(**options))
+    assert len(log) == options["num_events"] and log.num_users == options["num_users"]
+    assert len(log.items) == options["num_items"]
+    pairs = log.user_ids * (options["num_items"] + 1) + log.item_ids
+    assert np.unique(pairs).size == pairs.size                       # still no repeats per user
+    assert np.all(np.diff(log.timestamps) >= 0)
+    counts = np.sort(np.unique(log.item_ids, return_counts=True)[1])[::-1]
+    assert counts[: options["num_items"] // 100].sum() / counts.sum() > 0.1   # skewed: uniform would be 0.01
+    assert generate_log(SyntheticConfig(**options)).fingerprint() == log.fingerprint()
+
+
+def test_event_count_is_exact_when_active_users_hit_the_cap():
+    # 30 items: nobody may see more than 15, so the lognormal's heavy users overflow and are redistributed
+    log = _log(num_users=60, num_items=30, num_events=700, num_categories=3)
+    users, counts = np.unique(log.user_ids, return_counts=True)
+    assert len(log) == 700 and counts.max() <= 15 and counts.min() >= 5
