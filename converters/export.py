@@ -44,7 +44,7 @@ from .errors import ConverterConfigError
 from .flows import ARTIFACT_TARGETS, convert_parts, part_calibration, prune_parts
 from .jobs import (EXPORT_PARTS, MODEL_JSON, ExportJob, byom_job, edgerec_job, load_job,  # noqa: F401  (re-exported)
                    pruned_model_dir)
-from .select import LatencyConfig, measure_latencies, select_variants, select_unverified
+from .select import OBJECTIVES, LatencyConfig, bench_latencies, measure_latencies, select_unverified, select_variants
 from .specs import DEFAULT_BUDGET
 from .tensorrt_engine import EngineConfig
 from .validate import ValidationError, keras_outputs, validate_artifacts
@@ -52,7 +52,7 @@ from .validate import ValidationError, keras_outputs, validate_artifacts
 logger = logging.getLogger(__name__)
 
 TARGETS = ("tflite", "onnx", "tensorrt", "triton")
-QUANTIZE = ("none", "fp16", "dynamic", "int8")
+QUANTIZE = ("none", "fp16", "dynamic", "int8", "int4")
 
 
 def check_options(prune, quantize, targets, budget) -> tuple[float | None, tuple, tuple]:
@@ -87,11 +87,18 @@ class ExportOptions:
     prune_epochs: int = 2
     seed: int = 0
     engine: EngineConfig = field(default_factory=EngineConfig)
+    objective: str = "balanced"
+    latency_from: str | None = None
 
     @classmethod
     def checked(cls, prune=None, quantize=("int8",), targets=("tflite", "onnx"), budget=DEFAULT_BUDGET,
                 **rest) -> "ExportOptions":
         prune, quantize, targets = check_options(prune, quantize, targets, budget)
+        if rest.get("objective", "balanced") not in OBJECTIVES:
+            raise ConverterConfigError(expected(f"a selection objective in {OBJECTIVES}", rest["objective"]))
+        if rest.get("latency_from") is not None and not Path(rest["latency_from"]).is_file():
+            raise ConverterConfigError(expected("--latency-from: an existing `edgerec bench` bench.json",
+                                                str(rest["latency_from"])))
         return cls(prune, quantize, targets, float(budget), **rest)
 
     @property
@@ -102,7 +109,7 @@ class ExportOptions:
 
     def to_lineage(self) -> dict:
         return {"prune": self.prune, "quantize": list(self.quantize), "targets": list(self.targets),
-                "budget": self.budget}
+                "budget": self.budget, "objective": self.objective, "latency_from": self.latency_from}
 
 
 @dataclass
@@ -155,7 +162,8 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
                   cache_dir: str | os.PathLike | None = None, max_groups: int | None = None,
                   latency: LatencyConfig | None = None, prune_epochs: int = 2, seed: int = 0,
                   engine: EngineConfig | None = None, retrieval: str | os.PathLike | None = None,
-                  cascade=None, progress: Callable[[str], None] | None = None) -> ExportResult:
+                  cascade=None, objective: str = "balanced", latency_from: str | os.PathLike | None = None,
+                  progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export an edgerec model directory (or, with ``data``, any saved Keras model) into a bundle.
 
     Args:
@@ -176,13 +184,19 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
         retrieval: a retrieval MODEL_DIR: its user tower and item index are added, making a cascade
             bundle (`cascade.add_retrieval`; the archive, if asked, is written after).
         cascade: `cascade.CascadeSettings` (index kind, M, evaluation users).
+        objective: ``balanced`` (smallest variant within budget not slower than fp32 by more than
+            1.10x at any timed batch size), ``size`` (smallest within budget) or ``latency`` (fastest
+            within budget); see `select`.
+        latency_from: an ``edgerec bench`` bench.json measured on the target device: its timings of
+            the fused artifacts replace this machine's (it must cover every fused candidate).
         progress: ``callable(str)`` receiving one line per step (default: this module's logger, INFO).
 
     Examples:
         >>> export_bundle("runs/din", "bundles/din", targets=("tflite", "triton")).summary()  # doctest: +SKIP
     """
     options = ExportOptions.checked(prune if prune is not None else sparsity, quantize, targets, budget,
-                                    prune_epochs=prune_epochs, seed=seed, engine=engine or EngineConfig())
+                                    prune_epochs=prune_epochs, seed=seed, engine=engine or EngineConfig(),
+                                    objective=objective, latency_from=None if latency_from is None else str(latency_from))
     source = Path(model_dir)
     job = load_job(source, data, max_groups=max_groups, prune=options.prune is not None)
     out = Path(out) if out is not None else (source if source.is_dir() else source.parent) / "bundle"
@@ -224,7 +238,8 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
             prune_info = pruned.info
         produced = convert_parts(sources, options.artifact_targets, options.quantize,
                                  part_calibration(job.calibration, refs, work), runner, work / "stage",
-                                 custom_objects_module=job.custom_objects_module, engine=options.engine, say=say)
+                                 custom_objects_module=job.custom_objects_module, engine=options.engine,
+                                 budget=options.budget, say=say)
         rejections += produced.rejections
         unverified = _unrunnable(produced.artifacts)
         runnable = [a for a in produced.artifacts if a.file not in unverified]
@@ -239,7 +254,10 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
         say(f"measuring latency of {len(passing)} validated artifact(s)")
         latencies = measure_latencies(passing, _latency_arrays(job, refs), latency or LatencyConfig(),
                                       progress=lambda m: say("  " + m))
-        selection = select_variants(report, latencies, budget=options.budget)
+        if options.latency_from:
+            say(f"fused latencies from {options.latency_from} (measured on the target)")
+            latencies.update(bench_latencies(options.latency_from, passing))
+        selection = select_variants(report, latencies, budget=options.budget, objective=options.objective)
         select_unverified(selection, [a for a in produced.artifacts if a.file in unverified], unverified,
                           budget=options.budget)
         for file, reason in unverified.items():

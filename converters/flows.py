@@ -12,9 +12,17 @@ converter's specific reason (op or layer that blocked it) — never dropped sile
 | target | mode | file | precision | asked by |
 |---|---|---|---|---|
 | tflite | fp32 / fp16 / dynamic / int8 | ``<part>_<mode>.tflite`` | same as mode | always / fp16 / dynamic, int8 / int8 |
+| tflite | dynamic_int4 / int8_int4 (int4 embedding tables) | ``<part>_<mode>.tflite`` | int4 | int4 |
 | onnx | fp32 (ORT basic optimisation) | ``<part>_fp32.onnx`` | fp32 | always |
 | onnx | dynamic / static_qdq / tensorrt | ``_dynamic`` / ``_qdq_int8`` / ``_trt_int8.onnx`` | dynamic / int8 / int8 | dynamic, int8 / int8 / int8 |
 | tensorrt | engine from the TensorRT-ready ONNX | ``<part>_trt_int8.plan`` | int8 | int8 |
+| onnx | fp32 / dynamic / static_qdq graph + row-wise 4-bit tables | ``_fp32_t4`` / ``_dynamic_t4`` / ``_qdq_t4.onnx`` | int4 | int4 |
+| onnx | dynamic graph + row-wise 8-bit tables | ``_dynamic_t8.onnx`` | dynamic | int4 |
+
+Row-wise tables (``tables``: 4 or 8 bits) come from `OnnxEmbeddingPass` (``GatherBlockQuantized``, a
+shared table stored once) before the graph's own quantization; those variants also run the
+accuracy-aware fallback (`OrtQuantizeConfig.accuracy_budget` = the export budget), which keeps the
+most sensitive nodes float until the budget holds on the calibration rows.
 
 ONNX has no fp16 variant: ORT's CPU provider has no fp16 kernels.
 
@@ -38,6 +46,7 @@ from edgerec.runtime.errors import EdgeRecError, expected
 from .errors import ConverterConfigError
 from .pipeline import PassRunner, Pipeline, Step
 from .select import Rejection
+from .specs import DEFAULT_BUDGET
 from .tensorrt_engine import EngineConfig
 from .validate import DeployableArtifact, keras_outputs
 
@@ -59,6 +68,7 @@ class Variant:
         precision: the artifact's precision.
         asked_by: ``quantize`` options that ask for this variant (empty: always produced).
         calibrated: needs calibration rows (full-integer quantization).
+        tables: bits of row-wise embedding tables written before the mode's own pass (0: none).
     """
 
     target: str
@@ -67,6 +77,7 @@ class Variant:
     precision: str
     asked_by: frozenset = frozenset()
     calibrated: bool = False
+    tables: int = 0
 
     @property
     def format(self) -> str:
@@ -84,18 +95,26 @@ class Variant:
 
 
 INT8 = frozenset({"int8"})
+INT4 = frozenset({"int4"})
 VARIANTS = (
     Variant("tflite", "fp32", "fp32", "fp32"),
     Variant("tflite", "fp16", "fp16", "fp16", frozenset({"fp16"})),
     Variant("tflite", "dynamic", "dynamic", "dynamic", frozenset({"dynamic", "int8"})),
     Variant("tflite", "int8", "int8", "int8", INT8, calibrated=True),
+    Variant("tflite", "dynamic_int4", "dynamic_int4", "int4", frozenset({"int4"})),
+    Variant("tflite", "int8_int4", "int8_int4", "int4", frozenset({"int4"}), calibrated=True),
     Variant("onnx", "fp32", "fp32", "fp32"),
     Variant("onnx", "dynamic", "dynamic", "dynamic", frozenset({"dynamic", "int8"})),
     Variant("onnx", "static_qdq", "qdq_int8", "int8", INT8, calibrated=True),
     Variant("onnx", "tensorrt", "trt_int8", "int8", INT8, calibrated=True),
     Variant("tensorrt", "engine", "trt_int8", "int8", INT8, calibrated=True),
+    Variant("onnx", "fp32", "fp32_t4", "int4", INT4, calibrated=True, tables=4),
+    Variant("onnx", "dynamic", "dynamic_t4", "int4", INT4, calibrated=True, tables=4),
+    Variant("onnx", "static_qdq", "qdq_t4", "int4", INT4, calibrated=True, tables=4),
+    Variant("onnx", "dynamic", "dynamic_t8", "dynamic", INT4, calibrated=True, tables=8),
 )
 ENGINE_SOURCE = next(v for v in VARIANTS if v.target == "onnx" and v.mode == "tensorrt")
+ROW_TABLE_VARIANTS = tuple(v for v in VARIANTS if v.tables)
 
 
 def wanted_variants(targets: Sequence[str], quantize: Sequence[str]) -> list[Variant]:
@@ -104,16 +123,27 @@ def wanted_variants(targets: Sequence[str], quantize: Sequence[str]) -> list[Var
 
 
 def variant_pipeline(variant: Variant, runner: PassRunner, calibration: str | None,
-                     custom_objects_module: str | None, engine: EngineConfig | None = None) -> Pipeline:
-    """The passes that produce ``variant`` (calibration is used only where the variant needs it)."""
+                     custom_objects_module: str | None, engine: EngineConfig | None = None,
+                     budget: float = DEFAULT_BUDGET) -> Pipeline:
+    """The passes that produce ``variant`` (calibration is used only where the variant needs it;
+    ``budget`` is the |ΔAUC| the accuracy-aware fallback of row-wise-table variants aims for)."""
     from .passes import (OnnxExportConfig, OnnxExportPass, OrtOptimizeConfig, OrtOptimizePass, OrtQuantizeConfig,
-                         OrtQuantizePass, TensorRTEnginePass, TFLiteConfig, TFLitePass)
+                         OrtQuantizePass, TensorRTEnginePass, TFLitePass)
+    from .passes.tflite import variant_config
 
     data = calibration if variant.calibrated else None
     if variant.target == "tflite":
-        return Pipeline([Step(TFLitePass(), TFLiteConfig(mode=variant.mode, data=data,
-                                                         custom_objects_module=custom_objects_module))], runner)
+        return Pipeline([Step(TFLitePass(), variant_config(variant.mode, data, custom_objects_module))], runner)
     steps = [Step(OnnxExportPass(), OnnxExportConfig(custom_objects_module=custom_objects_module))]
+    if variant.tables:
+        from .passes.onnx_embedding import OnnxEmbeddingConfig, OnnxEmbeddingPass
+
+        steps.append(Step(OnnxEmbeddingPass(), OnnxEmbeddingConfig(bits=variant.tables, data=data)))
+        if variant.mode == "fp32":
+            return Pipeline(steps, runner)
+        steps.append(Step(OrtQuantizePass(), OrtQuantizeConfig(
+            mode=variant.mode, data=data, accuracy_budget=budget if data else None)))
+        return Pipeline(steps, runner)
     if variant.target == "onnx" and variant.mode == "fp32":
         # the optimised graph is only smaller/faster: an ORT that cannot optimise it ships the plain one
         steps.append(Step(OrtOptimizePass(), OrtOptimizeConfig(level="basic"), optional=True))
@@ -136,7 +166,7 @@ class Conversions:
 def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: Sequence[str],
                   calibration: Mapping[str, str], runner: PassRunner, stage_dir: Path, *,
                   custom_objects_module: str | None = None, engine: EngineConfig | None = None,
-                  say: Callable[[str], None] = logger.info) -> Conversions:
+                  budget: float = DEFAULT_BUDGET, say: Callable[[str], None] = logger.info) -> Conversions:
     """Run every wanted variant for every part (``sources``: part -> Keras model) and stage the results.
 
     Args:
@@ -147,6 +177,7 @@ def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: 
         stage_dir: where artifacts are copied under their bundle names.
         custom_objects_module: module registering the model's custom layers.
         engine: how TensorRT engines are built.
+        budget: the |ΔAUC| budget the accuracy-aware fallback of row-wise-table variants aims for.
         say: progress lines.
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +195,7 @@ def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: 
                                                    variant.mode))
                 continue
             say(f"converting {part} → {variant.target} {variant.mode}")
-            pipeline = variant_pipeline(variant, runner, calibration.get(part), custom_objects_module, engine)
+            pipeline = variant_pipeline(variant, runner, calibration.get(part), custom_objects_module, engine, budget)
             try:
                 art = pipeline.run(source, part=part)
             except (EdgeRecError, RuntimeError, ValueError) as err:

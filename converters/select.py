@@ -1,4 +1,4 @@
-"""Variant selection: the fastest validated artifact per backend and part that meets the budget.
+"""Variant selection: per backend and part, the validated artifact within budget that best meets an objective.
 
 Latency is measured on this machine through `edgerec.runtime.backends` (the code apps run):
 every candidate of a (backend, part) group is loaded once, then the candidates are run in
@@ -9,9 +9,16 @@ Rules (each rejection keeps its reason):
 * an artifact that failed validation is rejected;
 * a compressed variant (fp16/dynamic/int8) whose |ΔAUC| exceeds the budget (default 0.003),
   or that has no ΔAUC because the data had no labels, is rejected;
-* a compressed variant slower than the fp32 artifact of the same backend/part at the
-  selection batch size (by more than `slower_margin`) is rejected;
-* among the rest, the fastest at the selection batch size is selected.
+* then the objective decides (`OBJECTIVES`):
+  ``latency`` — a compressed variant slower than fp32 at the selection batch size by more than
+  ``slower_margin`` (5 %) is rejected; the fastest at that batch size is selected;
+  ``size`` — the smallest file is selected, whatever its speed;
+  ``balanced`` (``edgerec export``'s default) — a compressed variant slower than fp32 by more
+  than ``balanced_margin`` (10 %, i.e. 1.10x) at ANY timed batch size (1 and 256 by default) is
+  rejected; the smallest of the rest is selected (ties: the fastest).
+
+Latency normally comes from this machine; `bench_latencies` reads ``edgerec bench`` results
+measured on the target device instead (``--latency-from BENCH.json``).
 
 An artifact whose backend cannot run on the exporting machine (a TensorRT engine built without the
 GPU runtime) can be neither validated nor timed: `select_unverified` adds it to the table marked
@@ -38,7 +45,9 @@ from edgerec.runtime.errors import expected
 from .specs import DEFAULT_BUDGET
 from .validate import BACKEND_FOR_FORMAT, DeployableArtifact, ValidationError, ValidationReport, as_deployable
 
-COMPRESSED = ("fp16", "dynamic", "int8")
+COMPRESSED = ("fp16", "dynamic", "int8", "int4")
+OBJECTIVES = ("latency", "size", "balanced")
+BALANCED_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -164,8 +173,9 @@ class Selection:
 def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[int, float]],
                     budget: float = DEFAULT_BUDGET, backends: Sequence[str] | None = None,
                     selection_batch: int | None = None, slower_margin: float = 0.05,
-                    sizes: Mapping[str, int] | None = None) -> Selection:
-    """Pick, per backend and part, the fastest artifact within budget; keep the full table.
+                    sizes: Mapping[str, int] | None = None, objective: str = "latency",
+                    balanced_margin: float = BALANCED_MARGIN) -> Selection:
+    """Pick, per backend and part, the artifact within budget that best meets ``objective``; keep the table.
 
     Args:
         report: the `ValidationReport` of every candidate.
@@ -175,9 +185,14 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
         selection_batch: batch size that decides "fastest"/"slower" (default the largest timed).
         slower_margin: a compressed variant more than this fraction slower than fp32 is rejected.
         sizes: ``{file: bytes}`` for the table (read from disk when omitted).
+        objective: ``latency`` (fastest), ``size`` (smallest) or ``balanced`` (smallest not slower than
+            fp32 by more than ``balanced_margin`` at any timed batch size); see the module doc.
+        balanced_margin: the slowdown vs fp32 ``balanced`` tolerates (0.10 = 1.10x).
     """
     if not (isinstance(budget, (int, float)) and 0 <= budget < 1):
         raise ValidationError(expected("an accuracy budget (|ΔAUC|) in [0, 1)", budget))
+    if objective not in OBJECTIVES:
+        raise ValidationError(expected(f"a selection objective in {OBJECTIVES}", objective))
     if backends is not None:
         unknown = sorted(set(backends) - set(BACKEND_FOR_FORMAT.values()))
         if unknown:
@@ -208,19 +223,24 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
                    "delta_auc": res.metrics.get("delta_auc"), "auc": res.metrics.get("auc"),
                    "mean_abs_dp": res.metrics.get("mean_abs_dp"),
                    "max_abs_diff": res.metrics.get("max_abs_diff"),
+                   **{k: v for k, v in (res.metrics.get("score_resolution") or {}).items() if k != "candidates"},
                    **{f"latency_ms_b{b}": ms for b, ms in sorted(lat.items())},
                    "status": "accepted", "reason": ""}
             if part == "user_encoder" and res.file in composed:
                 # no probability of its own: judged by user_encoder -> scorer against the Keras fused model
                 row["delta_auc"], row["delta_auc_source"] = composed[res.file], "composition"
-            reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin, row["delta_auc"])
+            reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin, row["delta_auc"], objective,
+                                balanced_margin)
             if reason:
                 row["status"], row["reason"] = "rejected", reason
                 selection.rejected.append({"file": res.file, "backend": backend, "reason": reason})
             rows.append(row)
         accepted = [r for r in rows if r["status"] == "accepted" and r.get(_lat_key(r, selection_batch))]
         if accepted:
-            best = min(accepted, key=lambda r: (r[_lat_key(r, selection_batch)], r["size_bytes"] or 0))
+            speed = lambda r: r[_lat_key(r, selection_batch)]  # noqa: E731
+            key = (lambda r: (speed(r), r["size_bytes"] or 0)) if objective == "latency" else \
+                (lambda r: (r["size_bytes"] or 0, speed(r)))
+            best = min(accepted, key=key)
             best["status"] = "selected"
             selection.selected.setdefault(backend, {})[part] = best["file"]
         selection.table.extend(rows)
@@ -255,7 +275,8 @@ def _composition_deltas(report: ValidationReport) -> dict[str, float]:
     return found
 
 
-def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta) -> str:
+def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objective="latency",
+               balanced_margin=BALANCED_MARGIN) -> str:
     if not res.passed:
         return "failed validation: " + "; ".join(res.failures)
     if not lat or batch not in lat:
@@ -269,12 +290,58 @@ def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta) -> str:
     if abs(delta) > budget:
         auc = res.metrics.get("auc")
         return f"|ΔAUC| {abs(delta):.4f} exceeds the budget {budget:g}" + (f" (AUC {auc:.4f})" if auc else "")
-    if fp32 is not None:
-        base = latencies.get(fp32.file, {}).get(batch)
-        if base and lat[batch] > base * (1.0 + margin):
-            return (f"slower than fp32 at batch {batch}: {lat[batch]:.4f} ms vs {base:.4f} ms "
-                    f"({lat[batch] / base:.2f}x)")
+    if fp32 is None or objective == "size":
+        return ""
+    checked = [batch] if objective == "latency" else sorted(lat)
+    limit = margin if objective == "latency" else balanced_margin
+    for b in checked:
+        base = latencies.get(fp32.file, {}).get(b)
+        if base and lat[b] > base * (1.0 + limit):
+            return (f"slower than fp32 at batch {b}: {lat[b]:.4f} ms vs {base:.4f} ms "
+                    f"({lat[b] / base:.2f}x > {1.0 + limit:.2f}x)")
     return ""
+
+
+def bench_latencies(bench_json, artifacts: Sequence, batch_sizes: Sequence[int] | None = None) -> dict:
+    """``{file: {batch: p50 ms}}`` from an ``edgerec bench`` result (measured on the target device).
+
+    Rows are matched to artifacts by file name (bench's ``variant``): the ``tensor`` scenario through
+    edgerec's backend (``edgerec_<backend>``; a raw backend row when that is missing), fewest threads.
+    Every ``fused`` artifact must be covered at every batch size in ``batch_sizes`` (default: the
+    batch sizes the bench measured for all of them); split parts, which bench does not time, are
+    absent from the result (time them here).
+
+    Raises:
+        ValidationError: the file is not a bench result, or it misses candidates (run
+            ``edgerec bench BUNDLE`` on the target: it times every fused artifact).
+    """
+    import json
+
+    path = Path(bench_json)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        records = [r for r in data["results"] if isinstance(r, dict)]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValidationError(expected("an `edgerec bench` bench.json with a results list", f"{path}: {err}")) from None
+    found: dict[str, dict[int, tuple]] = {}
+    for rec in records:
+        if rec.get("scenario") != "tensor" or rec.get("error") or rec.get("p50_ms") is None:
+            continue
+        file, backend = str(rec.get("variant")), str(rec.get("backend", ""))
+        rank = (0 if backend.startswith("edgerec_") else 1, int(rec.get("threads") or 1))
+        slot = found.setdefault(file, {})
+        batch = int(rec["batch"])
+        if batch not in slot or rank < slot[batch][0]:
+            slot[batch] = (rank, float(rec["p50_ms"]))
+    fused = [a for a in (as_deployable(x) for x in artifacts) if a.part == "fused"]
+    wanted = set(batch_sizes) if batch_sizes else (set.intersection(*(set(found.get(a.file, {})) for a in fused))
+                                                   if fused else set())
+    missing = sorted(f"{a.file} (batch {sorted(wanted - set(found.get(a.file, {}))) or 'any'})" for a in fused
+                     if a.file not in found or not wanted or wanted - set(found[a.file]))
+    if missing:
+        raise ValidationError(expected(f"{path} to time every fused candidate (run `edgerec bench BUNDLE` on the "
+                                       "target on a bundle exported with the same variants)", f"missing {missing}"))
+    return {a.file: {b: found[a.file][b][1] for b in sorted(wanted)} for a in fused}
 
 
 def select_unverified(selection: Selection, artifacts: Sequence, reasons: Mapping[str, str],

@@ -3,7 +3,9 @@
 `validate_artifacts` runs the Keras reference and each artifact (through
 `edgerec.runtime.backends`, the same code apps use) on the same held-out rows, then reports per
 output max/mean |Δ|, the artifact's AUC, ΔAUC vs Keras (paired, same rows), mean |Δp| and the
-top-10 overlap per user when the rows carry ``groups``. A ``user_encoder`` artifact is compared
+top-10 overlap per user when the rows carry ``groups``, and the score resolution of fused artifacts
+(`score_resolution`: distinct scores among 1,000 candidates of one user, forced ties in the top
+10 — a quantized sigmoid rounds scores to a 1/256 grid). A ``user_encoder`` artifact is compared
 with the Keras user encoder, a ``scorer`` with the Keras scorer fed the Keras user state, and every
 (user_encoder, scorer) pair of the same format and precision is also composed and compared with
 the Keras fused model. Every failure is collected; `ValidationReport.raise_if_failed` raises one
@@ -34,6 +36,7 @@ from .pipeline import ExportedArtifact
 from .specs import RECALL_K, TOLERANCES, PartSpec
 
 CHUNK = 1024
+SWEEP_CANDIDATES = 1000
 
 
 class DeployableArtifact(ExportedArtifact):
@@ -333,7 +336,57 @@ def _validate_one(art: DeployableArtifact, ref: Mapping[str, np.ndarray], feeds:
         return res
     _compare(res.metrics, res.failures, ref, produced, data, _tolerance(specs, art.part, art.precision),
              _score_name(specs, art.part), ref_metrics, k)
+    sweep = candidate_sweep(data) if art.part == "fused" and not res.failures else None
+    if sweep is not None:
+        try:
+            swept, _ = backend_outputs(art, sweep, backend_options)
+        except (EdgeRecError, RuntimeError, ValueError, OSError):
+            return res
+        scores = _score_of(swept, _score_name(specs, art.part) or SCORE)
+        if scores is not None:
+            res.metrics["score_resolution"] = score_resolution(scores, k)
     return res
+
+
+def candidate_sweep(data: ValidationData, count: int = SWEEP_CANDIDATES) -> dict[str, np.ndarray] | None:
+    """Feeds scoring ``count`` distinct candidates for the first user of ``data`` (None when not a ranking set).
+
+    The candidate input is found generically: the one integer input that varies within the first
+    group (every other input is the user's and repeats). Candidates are the distinct values of that
+    input over all rows, topped up with the other ids up to the largest one seen (never beyond: the
+    model's vocabulary is unknown here), so a small catalogue gives fewer candidates.
+    """
+    if data.groups is None or not data.rows:
+        return None
+    first = np.flatnonzero(data.groups == data.groups[0])
+    varying = [n for n, a in data.inputs.items() if np.issubdtype(np.asarray(a).dtype, np.integer)
+               and a[first].reshape(len(first), -1).shape[1] == 1 and len(np.unique(a[first])) > 1]
+    constant = all(np.all(a[first] == a[first[0]]) for n, a in data.inputs.items() if n not in varying)
+    if len(varying) != 1 or not constant:
+        return None
+    name = varying[0]
+    column = np.asarray(data.inputs[name])
+    seen = np.unique(column.reshape(-1))
+    seen = seen[seen > 0]
+    if not len(seen):
+        return None
+    rest = np.setdiff1d(np.arange(1, int(seen.max()) + 1), seen)
+    ids = np.concatenate([seen, rest])[:count]
+    count = len(ids)
+    feeds = {n: np.repeat(a[first[:1]], count, axis=0) for n, a in data.inputs.items() if n != name}
+    feeds[name] = ids.astype(column.dtype).reshape((count,) + column.shape[1:])
+    return feeds
+
+
+def score_resolution(scores: np.ndarray, k: int = RECALL_K) -> dict:
+    """``distinct_fraction`` of the scores and ``top{k}_tied``: how many of the top ``k`` share their score
+    with another candidate (a tie the app must break arbitrarily)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    values, counts = np.unique(scores, return_counts=True)
+    top = np.sort(scores)[::-1][:k]
+    shared = set(values[counts > 1].tolist())
+    return {"candidates": int(scores.size), "distinct_fraction": float(len(values) / max(scores.size, 1)),
+            f"top{k}_tied": int(sum(1 for v in top.tolist() if v in shared))}
 
 
 def _compare(metrics: dict, failures: list, ref: Mapping[str, np.ndarray], produced: Mapping[str, np.ndarray],

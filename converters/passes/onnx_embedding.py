@@ -48,12 +48,17 @@ class OnnxEmbeddingConfig:
         scale_type: ``float16`` (smaller; the lookup is cast back to fp32) or ``float32``.
         min_rows: tables with fewer rows stay float (a handful of hour-of-day rows is not worth a kernel).
         keep_float: initializer names of tables left in float (accuracy-aware fallback).
+        data: optional rows ``.npz`` with ``labels``: the ΔAUC the tables cost (vs the input graph)
+            is recorded as ``details["table_delta_auc"]`` (the quantize pass's fallback counts it).
+        sensitivity_rows: rows (evenly spread over ``data``) scored for that ΔAUC.
     """
 
     bits: int = 4
     scale_type: str = "float16"
     min_rows: int = 32
     keep_float: tuple[str, ...] = ()
+    data: str | None = None
+    sensitivity_rows: int = 4096
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -197,6 +202,7 @@ class OnnxEmbeddingPass(Pass):
     name = "onnx_embedding"
     version = 1
     Config = OnnxEmbeddingConfig
+    path_fields = ("data",)
     accepts = ("onnx",)
 
     def _run_impl(self, source: ExportedArtifact, config: OnnxEmbeddingConfig, out_dir: Path) -> ExportedArtifact:
@@ -221,5 +227,17 @@ class OnnxEmbeddingPass(Pass):
                    "embedding_bits": config.bits, "embedding_tables": records,
                    "embedding_kernel": "com.microsoft.GatherBlockQuantized (table stays packed at run time)",
                    "size_bytes": out.stat().st_size}
+        if config.data:
+            details["table_delta_auc"] = _table_delta_auc(Path(source.path), out, config)
         return ExportedArtifact(path=str(out), format="onnx", precision="int4" if config.bits == 4 else "int8",
                                 part=source.part, inputs=inputs, outputs=outputs, details=details)
+
+
+def _table_delta_auc(before: Path, after: Path, config: OnnxEmbeddingConfig) -> float:
+    """AUC(after) - AUC(before) on the labelled rows of ``config.data``."""
+    from edgerec.runtime.metrics import auc
+
+    from .onnx_quant import graph_scores, scoring_rows
+
+    inputs, labels = scoring_rows(config.data, before, config.sensitivity_rows)
+    return float(auc(labels, graph_scores(after, inputs)) - auc(labels, graph_scores(before, inputs)))

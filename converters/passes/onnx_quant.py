@@ -9,11 +9,24 @@
   point 0), Gather/embeddings left in float, a dedicated Q/DQ pair per consumer, no bias
   quantization. Check the result with `check_tensorrt_ready`.
 
+Every mode keeps the score head float (``float_head``): the chain from each graph output back to
+the last MatMul/Gemm (bias Add, Sigmoid, reshapes) is excluded, so scores are not rounded to the
+1/256 grid of a quantized sigmoid. Row-wise embedding tables (`OnnxEmbeddingPass`, run before this
+pass) are left as they are; an artifact with 4-bit tables has precision ``int4``.
+
+Accuracy-aware mixed precision (``accuracy_budget``): when the quantized graph's |ΔAUC| against
+the float input graph on the calibration rows (labels needed) exceeds the budget, every
+quantizable node is dequantized alone, ranked by how much that brings the scores back (mean
+|Δp|), and the most sensitive nodes are kept float one by one until the budget holds (or
+``max_fallback`` nodes). ``details["mixed_precision"]`` records the float nodes, the ΔAUC after
+each step and the size cost.
+
 ``quant_pre_process`` (shape inference + optimisation) runs first inside a temp dir with
 ``skip_symbolic_shape=True`` (symbolic inference fails on these graphs and litters the cwd).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -31,6 +44,13 @@ logger = logging.getLogger(__name__)
 MODES = ("dynamic", "static_qdq", "tensorrt")
 CALIBRATION = ("minmax", "percentile", "entropy")
 TRT_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+# walked from a graph output back to the last MatMul/Gemm: the ops of a float score head
+HEAD_OPS = ("Sigmoid", "Softmax", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Add",
+            "MatMul", "Gemm")
+# nodes whose quantization the fallback may undo, one at a time
+SENSITIVE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Softmax", "Where", "Concat", "Relu",
+                 "Sigmoid", "Tanh", "ReduceMean", "ReduceSum", "LayerNormalization", "Einsum", "Transpose",
+                 "Reshape", "Gather", "Tile", "Expand", "Max", "Min")
 _CWD_LOCK = threading.Lock()
 
 
@@ -49,6 +69,13 @@ class OrtQuantizeConfig:
         preprocess: run ``quant_pre_process`` first.
         compact: short internal tensor names, no node names or value_info in the result
             (`compact_onnx_names`; ``nodes_to_exclude`` still names the input graph's nodes).
+        float_head: keep the chain from each output back to the last MatMul/Gemm float
+            (dynamic and static_qdq; the tensorrt mode quantizes MatMul/Gemm inputs only).
+        accuracy_budget: largest |ΔAUC| vs the float graph on the calibration rows before the
+            sensitivity fallback keeps nodes float (None: no fallback; needs ``labels`` in ``data``).
+        sensitivity_rows: calibration rows (evenly spread) the fallback scores.
+        max_fallback: most nodes the fallback keeps float.
+        max_candidates: most nodes whose sensitivity is measured (graph order).
     """
 
     mode: str = "dynamic"
@@ -62,6 +89,11 @@ class OrtQuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()
     preprocess: bool = True
     compact: bool = True
+    float_head: bool = True
+    accuracy_budget: float | None = None
+    sensitivity_rows: int = 4096
+    max_fallback: int = 8
+    max_candidates: int = 64
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -72,6 +104,9 @@ class OrtQuantizeConfig:
             raise ConverterConfigError(expected(f"data=<rows .npz> for {self.mode} calibration", self.data))
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ConverterConfigError(expected("a percentile in (50, 100]", self.percentile))
+        if self.accuracy_budget is not None and (not self.data or not 0 <= float(self.accuracy_budget) < 1):
+            raise ConverterConfigError(expected("accuracy_budget in [0, 1) with data=<rows .npz with labels>",
+                                                (self.accuracy_budget, self.data)))
         if self.calibration_rows < 1 or self.calibration_batch < 1:
             raise ConverterConfigError(expected("calibration_rows and calibration_batch >= 1",
                                                 (self.calibration_rows, self.calibration_batch)))
@@ -79,7 +114,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 2
+    version = 3
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -92,11 +127,13 @@ class OrtQuantizePass(Pass):
             model_in = Path(source.path).resolve()
             if config.preprocess:
                 model_in = preprocess(model_in, Path(tmp))
+            model_in = named_nodes(model_in, Path(tmp))
+            head = score_head_nodes(onnx.load(str(model_in))) if config.float_head and config.mode != "tensorrt" else []
+            config = dataclasses.replace(config, nodes_to_exclude=tuple(dict.fromkeys(
+                tuple(config.nodes_to_exclude) + tuple(head))))
             try:
-                if config.mode == "dynamic":
-                    _dynamic(model_in, out, config)
-                else:
-                    _static(model_in, out, config, source)
+                _quantize(model_in, out, config, source)
+                mixed = fit_budget(model_in, out, config, source) if config.accuracy_budget is not None else None
             except ConverterConfigError:
                 raise
             except Exception as err:  # noqa: BLE001 - ORT quantizer raises many types
@@ -118,17 +155,74 @@ class OrtQuantizePass(Pass):
             out.write_bytes(proto.SerializeToString())
         inputs, outputs = graph_specs(proto)
         ops = sorted({n.op_type for n in proto.graph.node})
-        details = {k: v for k, v in source.details.items() if k in ("opset", "tf2onnx_opset", "ort_optimization")}
+        details = {k: v for k, v in source.details.items()
+                   if k in ("opset", "tf2onnx_opset", "ort_optimization", "embedding_bits", "embedding_tables",
+                            "embedding_kernel")}
         details.update(self.carried_details(source))
         details.update({"quantization": config.mode, "per_channel": config.per_channel,
                         "calibrate_method": None if config.mode == "dynamic" else config.calibrate_method,
-                        "op_types": ops, "size_bytes": out.stat().st_size})
+                        "op_types": ops, "float_head": head, "size_bytes": out.stat().st_size})
+        if mixed is not None:
+            details["mixed_precision"] = mixed
         if config.mode == "tensorrt":
             from .tensorrt import check_tensorrt_ready
 
             details["tensorrt_violations"] = [v.to_dict() for v in check_tensorrt_ready(out)]
-        return ExportedArtifact(path=str(out), format="onnx", precision="dynamic" if config.mode == "dynamic"
-                                else "int8", part=source.part, inputs=inputs, outputs=outputs, details=details)
+        precision = "int4" if source.details.get("embedding_bits") == 4 else \
+            "dynamic" if config.mode == "dynamic" else "int8"
+        return ExportedArtifact(path=str(out), format="onnx", precision=precision, part=source.part, inputs=inputs,
+                                outputs=outputs, details=details)
+
+
+def _quantize(model_in: Path, out: Path, config: OrtQuantizeConfig, source: ExportedArtifact) -> None:
+    if config.mode == "dynamic":
+        _dynamic(model_in, out, config)
+    else:
+        _static(model_in, out, config, source)
+
+
+def named_nodes(model_path: Path, tmp: Path) -> Path:
+    """``model_path``, or a copy in ``tmp`` where every unnamed node is named ``<op>_<index>`` (the quantizer
+    excludes nodes by name, so the head and the fallback need every node named)."""
+    import onnx
+
+    proto = onnx.load(str(model_path))
+    unnamed = [n for n in proto.graph.node if not n.name]
+    if not unnamed:
+        return model_path
+    taken = {n.name for n in proto.graph.node}
+    for index, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    out = tmp / "named.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+def score_head_nodes(proto) -> list[str]:
+    """Names of the nodes from each graph output back to (and including) the last MatMul/Gemm.
+
+    Only `HEAD_OPS` are followed, through the one non-constant input of each node, so a graph
+    whose output does not end in a dense layer (+ bias, + sigmoid) yields the ops it does end in.
+    """
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constant = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    found: list[str] = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in HEAD_OPS and node.name:
+            if node.name not in found:
+                found.append(node.name)
+            if node.op_type in ("MatMul", "Gemm"):
+                break
+            moving = [i for i in node.input if i and i not in constant]
+            node = producer.get(moving[0]) if len(moving) == 1 else None
+    return found
 
 
 def preprocess(model_path: Path, tmp: Path) -> Path:
@@ -209,3 +303,94 @@ def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Export
                             extra_options=extra)
         finally:
             os.chdir(previous)
+
+
+# -- accuracy-aware mixed precision -----------------------------------------------------------
+def scoring_rows(data: str, model_path: Path, limit: int) -> tuple[dict, object]:
+    """``(inputs, labels)``: up to ``limit`` rows spread evenly over ``data`` (ranking files are grouped by
+    user: the first rows would be a few users only), cast to the graph's input dtypes."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    dtypes = {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+              for v in proto.graph.input if v.name not in inits}
+    rows = load_rows(data, list(dtypes), need_labels=True)
+    count = len(rows["labels"])
+    pick = np.unique(np.linspace(0, count - 1, num=min(count, limit)).astype(int))
+    return {n: rows[n][pick].astype(dtypes[n]) for n in dtypes}, rows["labels"][pick]
+
+
+def graph_scores(model_path: Path, inputs: dict, batch: int = 1024):
+    """The first output of the graph at ``model_path`` on ``inputs``, flat, via ORT's CPU provider."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    count = len(next(iter(inputs.values())))
+    parts = [session.run(None, {n: a[s:s + batch] for n, a in inputs.items()})[0].reshape(-1)
+             for s in range(0, count, batch)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def fit_budget(model_in: Path, out: Path, config: OrtQuantizeConfig, source: ExportedArtifact) -> dict:
+    """Keep the most accuracy-costly nodes float until |ΔAUC| vs the float graph fits the budget.
+
+    ΔAUC counts what the embedding tables already cost when the source records it
+    (``details["table_delta_auc"]``). Rewrites ``out`` in place; returns the record kept in
+    ``details["mixed_precision"]``.
+    """
+    import numpy as np
+
+    from edgerec.runtime.metrics import auc
+
+    inputs, labels = scoring_rows(config.data, model_in, config.sensitivity_rows)
+    reference = graph_scores(model_in, inputs)
+    offset = float(source.details.get("table_delta_auc") or 0.0)
+    base_auc = auc(labels, reference) - offset           # the AUC of the graph before any table quantization
+
+    def measure(path: Path) -> tuple[float, float]:
+        scores = graph_scores(path, inputs)
+        return auc(labels, scores) - base_auc, float(np.mean(np.abs(scores - reference)))
+
+    delta, error = measure(out)
+    quantized_size = out.stat().st_size
+    record = {"budget": float(config.accuracy_budget), "rows": int(len(labels)), "delta_auc_quantized": delta,
+              "mean_abs_dp_quantized": error, "float_nodes": [], "steps": [], "size_bytes_quantized": quantized_size}
+    if abs(delta) <= config.accuracy_budget:
+        record.update(fits=True, delta_auc=delta, size_cost_bytes=0)
+        return record
+    import onnx
+
+    excluded = set(config.nodes_to_exclude)
+    nodes = [n for n in onnx.load(str(model_in)).graph.node
+             if n.op_type in SENSITIVE_OPS and n.name and n.name not in excluded][: config.max_candidates]
+    trial = out.with_name(out.stem + ".trial.onnx")
+    sensitivity = []
+    for node in nodes:                                  # dequantize one node at a time
+        _quantize(model_in, trial, dataclasses.replace(config, nodes_to_exclude=tuple(excluded | {node.name})), source)
+        sensitivity.append((measure(trial)[1], node.name, node.op_type))
+    sensitivity.sort()
+    record["sensitivity"] = [{"node": name, "op": op, "mean_abs_dp": err} for err, name, op in sensitivity[:16]]
+    kept: list[str] = []
+    for err, name, op in sensitivity[: config.max_fallback]:
+        if err >= error:                                 # keeping it float does not help
+            break
+        kept.append(name)
+        _quantize(model_in, trial, dataclasses.replace(config, nodes_to_exclude=tuple(excluded | set(kept))), source)
+        delta, now = measure(trial)
+        record["steps"].append({"node": name, "op": op, "delta_auc": delta, "mean_abs_dp": now,
+                                "size_bytes": trial.stat().st_size})
+        os.replace(trial, out)
+        if abs(delta) <= config.accuracy_budget:
+            break
+    trial.unlink(missing_ok=True)
+    record.update(fits=abs(delta) <= config.accuracy_budget, delta_auc=delta, float_nodes=kept,
+                  size_cost_bytes=out.stat().st_size - quantized_size)
+    logger.info("mixed precision: %d node(s) kept float (%s), ΔAUC %+.4f, +%d bytes", len(kept), ", ".join(kept),
+                delta, record["size_cost_bytes"])
+    return record

@@ -8,6 +8,8 @@ Examples:
   edgerec export runs/din --prune 0.5 --quantize int8 --targets tflite,onnx --out runs/din-bundle
   edgerec export runs/din --targets onnx,triton,tensorrt --out runs/din-serving
   edgerec export my_model.keras --data rows.npz --out my-bundle     # bring your own Keras model
+  edgerec export runs/din --quantize int8,int4 --targets onnx --objective size --out runs/din-small
+  edgerec export runs/din --latency-from phone/bench.json --out runs/din-phone   # timings from the target
   edgerec export runs/din --retrieval runs/retrieval --out runs/cascade   # + user tower and item index
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ def configure(parser) -> None:
                         help="target sparsity in (0, 1) (tf_keras models only; the pruned Keras models are "
                              "kept in OUT.pruned for `edgerec validate --keras`)")
     parser.add_argument("--quantize", type=_csv, default=["int8"],
-                        help="comma list of none,fp16,dynamic,int8 (int8 implies dynamic too)")
+                        help="comma list of none,fp16,dynamic,int8,int4 (int8 implies dynamic too; int4 adds the "
+                             "row-wise 4-bit embedding-table variants)")
     parser.add_argument("--targets", type=_csv, default=["tflite", "onnx"],
                         help="comma list of tflite,onnx,tensorrt,triton: tensorrt builds engines from the "
                              "TensorRT-ready int8 ONNX into the bundle (needs the tensorrt package), triton writes "
@@ -49,6 +52,13 @@ def configure(parser) -> None:
     parser.add_argument("--eval-users", type=int, default=500,
                         help="held-out users for the index recall and full-catalogue metrics (ranker alone: "
                              "at most 100, it scores every item)")
+    parser.add_argument("--objective", choices=("balanced", "size", "latency"), default="balanced",
+                        help="what selection optimises among the variants within --budget: balanced = the smallest "
+                             "that is not slower than fp32 by more than 1.10x at batch 1 and 256; size = the "
+                             "smallest; latency = the fastest (at batch 256)")
+    parser.add_argument("--latency-from", metavar="BENCH_JSON", default=None,
+                        help="bench.json of `edgerec bench` run on the target device: its fused timings (matched "
+                             "by file name, every fused candidate needed) replace this machine's")
     parser.add_argument("--quiet", action="store_true", help="no progress lines (warnings still show)")
 
 
@@ -66,6 +76,7 @@ def run(args) -> int:
     result = export_bundle(args.model_dir, args.out, prune=args.prune, quantize=args.quantize, targets=args.targets,
                            data=args.data, budget=args.budget, archive=args.archive, cache_dir=args.cache_dir,
                            max_groups=args.max_groups, retrieval=args.retrieval, cascade=cascade,
+                           objective=args.objective, latency_from=args.latency_from,
                            progress=(lambda _line: None) if args.quiet else None)
     print(candidates_table(result.manifest.candidates))
     print(json.dumps(result.summary()))
