@@ -34,6 +34,8 @@ from edgerec.runtime.contract import FAMILIES
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, NUM_RESERVED
 
+from ..models.families import RECURRENT_FAMILIES
+
 ATTACKS = ("fgsm", "pgd")
 NORMS = ("l2", "linf")
 
@@ -143,7 +145,7 @@ class EmbeddingForward:
     def score(self, inputs, hist_emb, cand_emb, training: bool = False):
         tf, layer = self.tf, self.layer
         hist, cand_ids = inputs[HIST_ITEMS], inputs[CAND_ITEM]
-        if self.family == "gru":
+        if self.family in RECURRENT_FAMILIES:
             state = layer("user_state")(hist_emb, training=training)
             features = [state, cand_emb, state * layer("cand_projection")(cand_emb)]
         else:

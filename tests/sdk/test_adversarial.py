@@ -47,7 +47,7 @@ def test_config_rejects_bad_values():
     assert AdversarialConfig(attack="pgd", steps=4).pgd_step == pytest.approx(2.5 / 4)
 
 
-@pytest.mark.parametrize("family", ["din", "gru", "bst"])
+@pytest.mark.parametrize("family", ["din", "gru", "lstm", "bst"])
 def test_forward_from_embeddings_equals_fused(dataset, family):
     parts = _parts(dataset, family)
     forward = EmbeddingForward(parts)
