@@ -1,4 +1,5 @@
-"""TFLite export: fp32, fp16, dynamic-range int8 and full-integer int8.
+"""TFLite export: fp32, fp16, dynamic-range int8 and full-integer int8, with row-wise int8/int4
+embedding tables, a float score head and accuracy-aware float fallback.
 
 The Keras model is first written as a SavedModel whose ``serving_default`` signature uses the
 canonical tensor names (hist_items, cand_item, … → score / user_state …), then converted with
@@ -6,6 +7,14 @@ canonical tensor names (hist_items, cand_item, … → score / user_state …), 
 weightless model). Full-integer int8 calibrates on the ``.npz`` training rows; int32 id inputs stay
 int32 and float inputs/outputs stay float. Each produced file is run once with ai_edge_litert
 (finite outputs) before it is returned.
+
+Full-integer int8 is calibrated first and quantized second (TF's MLIR quantizer), so named nodes
+can stay float: the score head (the final LOGISTIC and the op producing its logit — the int8
+LOGISTIC kernel fixes its output scale at 1/256, so int8 scores would take at most 256 values),
+``float_nodes`` chosen by the caller, and, with ``accuracy_budget``, the nodes
+`edgerec.converters.mixed_precision` keeps float until the paired ΔAUC on the labelled
+calibration rows fits the budget. ``embedding_bits`` rewrites every lookup of a constant table
+into row-wise int8/int4 EMBEDDING_LOOKUPs (`tflite_embedding`), one stored table per shared one.
 
 Examples:
     >>> TFLitePass().run("m/fused.keras", TFLiteConfig(mode="int8", data="m/calibration.npz"), "out")  # doctest: +SKIP
@@ -29,6 +38,11 @@ from .data import batches, cast_like, load_rows, sample_inputs
 MODES = ("fp32", "fp16", "dynamic", "int8")
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
 SIGNATURE = "serving_default"
+# export variant -> (conversion mode, embedding table bits): quantized variants read row-wise tables
+# through EMBEDDING_LOOKUP (one stored copy of a shared table); int8 also keeps its score head float
+# and falls back to float nodes when it misses the default accuracy budget
+VARIANT_MODES = {"fp32": ("fp32", None), "fp16": ("fp16", None), "dynamic": ("dynamic", None),
+                 "int8": ("int8", 8), "dynamic_int4": ("dynamic", 4), "int8_int4": ("int8", 4)}
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,13 @@ class TFLiteConfig:
         output_names: override the canonical output names of a single/list-output model.
         compact: drop intermediate tensor names, empty buffers and shape signatures
             (`compact_flatbuffer`); outputs must stay bit-identical or the pass fails.
+        embedding_bits: ``8`` or ``4``: row-wise quantized tables read by EMBEDDING_LOOKUP for every
+            lookup of a constant table (``None``: the converter's own treatment of GATHER tables).
+        float_head: ``int8`` only — keep the final LOGISTIC and its producer float.
+        float_nodes: ``int8`` only — more nodes (output tensor names of the calibrated model) kept float.
+        accuracy_budget: ``int8`` only — largest |ΔAUC| vs the Keras model on the labelled rows of
+            ``data``; over it, the most sensitive nodes are kept float until it fits.
+        evaluation_rows: rows of ``data`` the accuracy fallback measures ΔAUC on.
     """
 
     mode: str = "fp32"
@@ -52,6 +73,11 @@ class TFLiteConfig:
     allow_float_fallback: bool = False
     output_names: tuple[str, ...] | None = None
     compact: bool = True
+    embedding_bits: int | None = None
+    float_head: bool = True
+    float_nodes: tuple[str, ...] = ()
+    accuracy_budget: float | None = None
+    evaluation_rows: int = 4000
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -60,11 +86,38 @@ class TFLiteConfig:
             raise ConverterConfigError(expected("data=<rows .npz> for full-integer int8 calibration", self.data))
         if not isinstance(self.calibration_rows, int) or self.calibration_rows < 1:
             raise ConverterConfigError(expected("calibration_rows >= 1", self.calibration_rows))
+        if self.embedding_bits not in (None, 4, 8):
+            raise ConverterConfigError(expected("embedding_bits None, 8 or 4", self.embedding_bits))
+        if self.accuracy_budget is not None and (self.mode != "int8" or isinstance(self.accuracy_budget, bool) or
+                                                 not 0 <= float(self.accuracy_budget) < 1):
+            raise ConverterConfigError(expected("accuracy_budget in [0, 1) with mode int8",
+                                                (self.accuracy_budget, self.mode)))
+        if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) for n in self.float_nodes):
+            raise ConverterConfigError(expected("float_nodes as a tuple of node names", self.float_nodes))
+
+
+def variant_config(variant_mode: str, data: str | None, custom_objects_module: str | None = None,
+                   budget: float | None = None) -> "TFLiteConfig":
+    """The `TFLiteConfig` of one export variant (see ``VARIANT_MODES``).
+
+    Args:
+        variant_mode: a key of ``VARIANT_MODES``.
+        data: calibration rows (full-integer variants).
+        budget: the int8 variants' accuracy budget for float fallback (default: the export default).
+    """
+    if variant_mode not in VARIANT_MODES:
+        raise ConverterConfigError(expected(f"a TFLite variant among {sorted(VARIANT_MODES)}", variant_mode))
+    from ..specs import DEFAULT_BUDGET
+
+    mode, bits = VARIANT_MODES[variant_mode]
+    fallback = (DEFAULT_BUDGET if budget is None else budget) if mode == "int8" else None
+    return TFLiteConfig(mode=mode, data=data if mode == "int8" else None, embedding_bits=bits,
+                        accuracy_budget=fallback, custom_objects_module=custom_objects_module)
 
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 3
+    version = 4
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -88,6 +141,13 @@ class TFLitePass(Pass):
                 flat = converter.convert()
             except Exception as err:  # noqa: BLE001 - converter raises many types; all become ConversionError
                 raise conversion_error(config.mode, err) from None
+        build = _Builder(flat, config, model, specs)
+        mixed, skipped = None, build.fallback_skipped()
+        if skipped is None:
+            mixed = build.fallback(config.accuracy_budget)
+            flat = mixed.artifact
+        else:
+            flat = build()
         out = out_dir / f"{source.part}.{config.mode}.tflite"
         converted_bytes = len(flat)
         if config.compact:
@@ -98,9 +158,125 @@ class TFLitePass(Pass):
         details = {**self.carried_details(source), "mode": config.mode, "calibration_rows": calibrated,
                    "sanity_output_mean": sample, "size_bytes": out.stat().st_size,
                    "converted_size_bytes": converted_bytes,
-                   "float_fallback": config.allow_float_fallback if config.mode == "int8" else None}
+                   "float_fallback": config.allow_float_fallback if config.mode == "int8" else None,
+                   **build.details}
+        if mixed is not None:
+            details["mixed_precision"] = mixed.to_dict()
+        elif config.accuracy_budget is not None:
+            details["mixed_precision"] = {"skipped": skipped}
         return ExportedArtifact(path=str(out), format="tflite", precision=PRECISION[config.mode], part=source.part,
                                 inputs=inputs, outputs=outputs, details=details)
+
+
+class _Builder:
+    """Turns the converter's output into the final flatbuffer for a set of float nodes: quantize
+    (int8: the calibrated model, with the score head and ``float_nodes`` kept float), then
+    rewrite embedding lookups. Facts land in ``details``."""
+
+    def __init__(self, converted: bytes, config: TFLiteConfig, model, specs):
+        self.converted, self.config, self.specs = converted, config, specs
+        self.details: dict = {}
+        self.tables = embedding_weights(model) if config.embedding_bits else []
+        self.head = score_head_nodes(converted) if config.mode == "int8" and config.float_head else []
+        if config.mode == "int8":
+            self.details["float_head"] = bool(self.head)
+
+    def __call__(self, float_nodes=()) -> bytes:
+        flat = self.converted
+        if self.config.mode == "int8":
+            from tensorflow.lite.python.convert import mlir_quantize
+            from edgerec.converters.tfenv import import_tf
+
+            tf, _ = import_tf()
+            nodes = list(dict.fromkeys(list(self.head) + list(self.config.float_nodes) + list(float_nodes)))
+            try:
+                flat = mlir_quantize(flat, input_data_type=tf.float32, output_data_type=tf.float32,
+                                     denylisted_nodes=nodes or None)
+            except Exception as err:  # noqa: BLE001 - the quantizer raises many types
+                raise conversion_error("int8", err) from None
+            self.details["float_nodes"] = nodes
+        if self.config.embedding_bits:
+            from .tflite_embedding import quantize_embedding_lookups
+
+            flat, info = quantize_embedding_lookups(flat, self.config.embedding_bits, self.tables)
+            self.details["embedding"] = info
+        if self.config.compact:        # sizes the fallback compares are those of the files written
+            from .tflite_compact import compact_flatbuffer
+
+            flat = compact_flatbuffer(flat)
+        return flat
+
+    def fallback_skipped(self) -> str | None:
+        """Why the accuracy fallback does not run (None: it runs)."""
+        if self.config.mode != "int8" or self.config.accuracy_budget is None:
+            return "no accuracy budget"
+        from ai_edge_litert.interpreter import Interpreter
+
+        outputs = Interpreter(model_content=self.converted).get_signature_runner(SIGNATURE).get_output_details()
+        if "score" not in outputs:
+            return "no score output to measure AUC on"
+        with np.load(self.config.data, allow_pickle=False) as data:
+            if "labels" not in data.files:
+                return "no labels in the calibration rows"
+        return None
+
+    def fallback(self, budget: float):
+        """`mixed_precision.fallback_until_within` over the nodes ranked by their per-layer int8 error,
+        ΔAUC paired against the float (calibrated) model on the labelled rows of ``data``."""
+        from ..mixed_precision import fallback_until_within
+        from .tflite_sensitivity import delta_auc_on_rows, rank_nodes, scores_of
+
+        rows = load_rows(self.config.data, list(self.specs) + ["labels"], limit=self.config.evaluation_rows)
+        labels = np.asarray(rows.pop("labels")).reshape(-1)
+        rows = cast_like(rows, {n: d for n, (d, _) in self.specs.items()})
+        reference = scores_of(self.converted, rows, sorted(self.specs))
+        ranked = rank_nodes(self.converted, rows, self.specs, exclude=self.head)
+        result = fallback_until_within(
+            ranked, self, lambda flat: (abs(delta_auc_on_rows(flat, rows, labels, reference)), len(flat)), budget)
+        self.details["float_nodes"] = list(dict.fromkeys(list(self.head) + list(self.config.float_nodes) +
+                                                          list(result.kept_float)))
+        return result
+
+
+def embedding_weights(model) -> list:
+    """The Keras model's rank-2 weights (embedding tables are among them) as float arrays."""
+    return [np.asarray(w.numpy() if hasattr(w, "numpy") else w, np.float32)
+            for w in model.weights if len(getattr(w, "shape", ())) == 2]
+
+
+def score_head_nodes(calibrated: bytes) -> list[str]:
+    """Output names of the final LOGISTIC of each graph output and of the op producing its logit
+    (through reshapes), in the calibrated model: the nodes kept float for unquantized scores."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    ops = schema.BuiltinOperator
+    passthrough = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.DEQUANTIZE, ops.QUANTIZE}
+    names = []
+    for subgraph in model.subgraphs:
+        producer = {int(o): op for op in subgraph.operators for o in op.outputs}
+
+        def code(op):
+            opcode = model.operatorCodes[op.opcodeIndex]
+            return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+        def name(op):
+            return subgraph.tensors[int(op.outputs[0])].name.decode()
+
+        for out in subgraph.outputs:
+            chain, op = [], producer.get(int(out))
+            while op is not None and code(op) in passthrough:
+                chain.append(op)
+                op = producer.get(int(op.inputs[0]))
+            if op is None or code(op) != ops.LOGISTIC:
+                continue
+            chain.append(op)
+            logit = producer.get(int(op.inputs[0]))
+            if logit is not None:
+                chain.append(logit)
+            names += [name(o) for o in chain]
+    return list(dict.fromkeys(names))
 
 
 def _compacted(flat: bytes, rows, specs) -> bytes:
@@ -140,7 +316,8 @@ def _configure(tf, converter, config: TFLiteConfig, rows) -> None:
         if config.allow_float_fallback:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
         converter.target_spec.supported_ops = ops
-        # inference_input_type/output_type stay float32: float I/O, int32 ids untouched.
+        # calibrate here, quantize in _Builder (nodes can then stay float); float I/O, int32 ids untouched
+        converter._experimental_calibrate_only = True
 
 
 _OP = re.compile(r"'((?:tfl?|mhlo|stablehlo)\.[A-Za-z0-9_]+)'")

@@ -60,7 +60,7 @@ def compact_flatbuffer(flat: bytes) -> bytes:
     for md in model.metadata or ():
         md.buffer = new_index[md.buffer]
     _share_quantization(model)
-    return _serialize_sharing(model)
+    return serialize_model(model)
 
 
 def _share_quantization(model) -> None:
@@ -92,7 +92,9 @@ def _share_quantization(model) -> None:
             tensor.quantization = shared[k]
 
 
-def _serialize_sharing(model) -> bytes:
+def serialize_model(model) -> bytes:
+    """A flatbuffer object model (``ModelT``) as ``.tflite`` bytes, small vectors and equal
+    quantization tables written once."""
     import flatbuffers
     import numpy as np
 
