@@ -133,7 +133,7 @@ def variant_pipeline(variant: Variant, runner: PassRunner, calibration: str | No
 
     data = calibration if variant.calibrated else None
     if variant.target == "tflite":
-        return Pipeline([Step(TFLitePass(), variant_config(variant.mode, data, custom_objects_module))], runner)
+        return Pipeline([Step(TFLitePass(), variant_config(variant.mode, data, custom_objects_module, budget))], runner)
     steps = [Step(OnnxExportPass(), OnnxExportConfig(custom_objects_module=custom_objects_module))]
     if variant.tables:
         from .passes.onnx_embedding import OnnxEmbeddingConfig, OnnxEmbeddingPass
