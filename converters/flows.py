@@ -114,7 +114,6 @@ VARIANTS = (
     Variant("onnx", "dynamic", "dynamic_t8", "dynamic", INT4, calibrated=True, tables=8),
 )
 ENGINE_SOURCE = next(v for v in VARIANTS if v.target == "onnx" and v.mode == "tensorrt")
-ROW_TABLE_VARIANTS = tuple(v for v in VARIANTS if v.tables)
 
 
 def wanted_variants(targets: Sequence[str], quantize: Sequence[str]) -> list[Variant]:
