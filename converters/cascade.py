@@ -38,6 +38,8 @@ from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
 
 from .cascade_metrics import load_heldout, measure_cascade
 from .errors import ConverterConfigError
+from .flows import ENGINE_SOURCE, convert_parts
+from .select import LatencyConfig, measure_latencies
 from .validate import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 MODEL_JSON = "edgerec_model.json"
 # most compressed first: the first passing variant of a backend is selected
 PRECISION_PREFERENCE = ("int8", "dynamic", "fp16", "fp32")
+SLOWER_LIMIT = 1.10
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,6 @@ def add_retrieval(bundle, retrieval_dir, *, targets: Sequence[str] = ("tflite", 
     from edgerec.runtime.loaded import load_spec
     from edgerec.runtime.manifest import load_manifest
 
-    from .flows import convert_parts
     from .keras_io import load_keras_model
     from .pipeline import PassRunner
 
@@ -148,7 +150,16 @@ def add_retrieval(bundle, retrieval_dir, *, targets: Sequence[str] = ("tflite", 
                                  work / "stage", custom_objects_module=source.custom_objects_module, say=say)
         say(f"building the item index over {len(vectors) - NUM_RESERVED} items")
         index = ItemIndex.build(vectors, ["", ""] + list(spec.item_vocab.tokens), settings.index)
-        checks = validate_towers(tower, produced.artifacts, users["inputs"], index, settings, say)
+        # the TensorRT-ready QDQ graph only feeds engine builds; no tower engine is built
+        artifacts = [a for a in produced.artifacts if Path(a.path).name != ENGINE_SOURCE.file(USER_TOWER)]
+        checks = validate_towers(tower, artifacts, users["inputs"], index, settings, say)
+        passing = [c["artifact"] for c in checks if not c["failures"]]
+        feeds = {n: users["inputs"][n][:256] for n in tower.input_names}
+        latencies = measure_latencies(passing, {USER_TOWER: feeds}, LatencyConfig(batch_sizes=(1,)))
+        for check in checks:
+            ms = latencies.get(check["artifact"].file, {}).get(1)
+            if ms is not None:
+                check["metrics"]["latency_ms_batch1"] = ms
         selection = select_towers(checks)
         index.meta["user_tower"] = selection
         rejected = [r.to_dict() for r in produced.rejections] + [
@@ -208,12 +219,19 @@ def validate_towers(tower, artifacts, inputs: dict, index: ItemIndex, settings: 
 
 
 def select_towers(checks: list[dict]) -> dict[str, str]:
-    """backend -> the most compressed passing user tower artifact."""
+    """backend -> the most compressed passing user tower artifact at most `SLOWER_LIMIT` x slower
+    than fp32 at batch 1 (the tower runs once per request: a slower int8 graph saves nothing)."""
     selection = {}
-    for precision in reversed(PRECISION_PREFERENCE):
-        for check in checks:
-            if not check["failures"] and check["artifact"].precision == precision:
-                selection[check["backend"]] = Path(check["artifact"].path).name
+    for backend in sorted({c["backend"] for c in checks}):
+        mine = [c for c in checks if c["backend"] == backend and not c["failures"]]
+        fp32 = [c["metrics"].get("latency_ms_batch1") for c in mine if c["artifact"].precision == "fp32"]
+        limit = SLOWER_LIMIT * fp32[0] if fp32 and fp32[0] else None
+        for precision in PRECISION_PREFERENCE:
+            fits = [c for c in mine if c["artifact"].precision == precision and (
+                limit is None or precision == "fp32" or c["metrics"].get("latency_ms_batch1", 0.0) <= limit)]
+            if fits:
+                selection[backend] = Path(fits[0]["artifact"].path).name
+                break
     return selection
 
 

@@ -139,6 +139,8 @@ def test_user_tower_artifacts_are_validated_listed_and_selected(cascade):
     assert roles["item_index.json"] == roles["item_index.npz"] == "item_index"
     meta = json.loads((result.bundle / "item_index.json").read_text())
     assert meta["user_tower"]["onnxruntime"] in {a.file for a in towers}
+    assert "user_tower_trt_int8.onnx" not in {a.file for a in towers}     # no tower engine is built
+    assert all("latency_ms_batch1" in a.validation for a in towers)
     assert "user_tower" not in manifest.selected.get("onnxruntime", {})   # the ranker's selection is unchanged
 
 
@@ -151,6 +153,20 @@ def test_cascade_bundle_recommends_from_the_catalogue(cascade):
                                      "dense": {"d0": 0.1, "d1": -0.2}}, k=5, m=20)
     assert len(found.items) == 5 and not {"1003", "1004"} & set(found.items)
     assert list(found.scores) == sorted(found.scores, reverse=True)
+
+
+def test_towers_are_selected_most_compressed_first_unless_slower_than_fp32():
+    from types import SimpleNamespace
+
+    from edgerec.converters.cascade import select_towers
+
+    def check(name, precision, ms, failures=()):
+        return {"artifact": SimpleNamespace(path=f"/s/{name}", precision=precision), "backend": "onnxruntime",
+                "metrics": {"latency_ms_batch1": ms}, "failures": list(failures)}
+
+    fp32, dyn = check("t_fp32.onnx", "fp32", 1.0), check("t_dynamic.onnx", "dynamic", 1.05)
+    assert select_towers([fp32, dyn, check("t_int8.onnx", "int8", 1.5)]) == {"onnxruntime": "t_dynamic.onnx"}
+    assert select_towers([fp32, check("t_int8.onnx", "int8", 0.5, ["overlap"])]) == {"onnxruntime": "t_fp32.onnx"}
 
 
 def test_a_retrieval_dir_of_another_family_is_refused_before_exporting(tmp_path):
