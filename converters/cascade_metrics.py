@@ -60,7 +60,7 @@ def measure_cascade(bundle, vectors: np.ndarray, users: dict, heldout_path, sett
         retriever = retriever_for(model, {})
         index = retriever.index
         feeds = {n: users["inputs"][n] for n in retriever.input_names}
-        user_vectors = np.asarray(retriever.tower.run(feeds)[retriever._output], np.float32)
+        user_vectors = retriever.vectors(feeds)
         m = settings.m
         exact = np.asarray(vectors, np.float32)
         served, truth, cascade, retrieval = [], [], [], []

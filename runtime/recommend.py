@@ -95,10 +95,10 @@ class Retriever:
             raise BundleError(expected(f"a user tower with one output or one named {USER_VECTOR!r}", outputs))
         return cls(index, tower, output)
 
-    def user_vector(self, pre, request: Mapping) -> tuple[np.ndarray, dict]:
-        """(float32 [D], the encoded feeds) for a checked request."""
-        feeds = self.feeds(pre, request)
-        return np.asarray(self.tower.run(feeds)[self._output], np.float32).reshape(-1), feeds
+    def vectors(self, feeds: Mapping) -> np.ndarray:
+        """float32 [B, D] user vectors of encoded user-side inputs (the tower's declared names)."""
+        out = np.asarray(self.tower.run(dict(feeds))[self._output], np.float32)
+        return out.reshape(len(out), -1)
 
     def feeds(self, pre, request: Mapping) -> dict:
         feeds = {HIST_ITEMS: pre.encode_history([request["history"]])}
@@ -174,13 +174,13 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
 
 def _cached_vector(predictor, model, retriever: Retriever, pre, request, use_cache: bool) -> np.ndarray:
     cache = predictor.user_cache
-    if not (use_cache and cache.enabled):
-        return retriever.user_vector(pre, request)[0]
     feeds = retriever.feeds(pre, request)
+    if not (use_cache and cache.enabled):
+        return retriever.vectors(feeds)[0]
     key = ("user_tower",) + result_keys(model.version, feeds)[0]
     vector = cache.get(key)
     if vector is None:
-        vector = np.asarray(retriever.tower.run(feeds)[retriever._output], np.float32).reshape(-1)
+        vector = retriever.vectors(feeds)[0]
         cache.put(key, vector)
     return vector
 
