@@ -117,7 +117,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 4
+    version = 5
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -164,7 +164,8 @@ class TFLitePass(Pass):
             details["mixed_precision"] = mixed.to_dict()
         elif config.accuracy_budget is not None:
             details["mixed_precision"] = {"skipped": skipped}
-        return ExportedArtifact(path=str(out), format="tflite", precision=PRECISION[config.mode], part=source.part,
+        precision = "int4" if config.embedding_bits == 4 else PRECISION[config.mode]
+        return ExportedArtifact(path=str(out), format="tflite", precision=precision, part=source.part,
                                 inputs=inputs, outputs=outputs, details=details)
 
 

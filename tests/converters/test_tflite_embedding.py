@@ -85,6 +85,7 @@ def test_lookup_rewrite_values_size_and_litert(tmp_path, cache_dir, bits, ratio)
     runner = PassRunner(cache_dir)
     fp32 = runner.run(TFLitePass(), path, TFLiteConfig(mode="fp32"))
     art = runner.run(TFLitePass(), path, TFLiteConfig(mode="dynamic", embedding_bits=bits))
+    assert art.precision == ("int4" if bits == 4 else "dynamic")
     table = model.get_layer("items").get_weights()[0]
     assert art.details["embedding"]["tables"][0]["shape"] == [VOCAB, WIDTH]
     assert art.size_bytes <= ratio * fp32.size_bytes, (art.size_bytes, fp32.size_bytes)
