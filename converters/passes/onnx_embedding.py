@@ -233,11 +233,14 @@ class OnnxEmbeddingPass(Pass):
                                 part=source.part, inputs=inputs, outputs=outputs, details=details)
 
 
-def _table_delta_auc(before: Path, after: Path, config: OnnxEmbeddingConfig) -> float:
-    """AUC(after) - AUC(before) on the labelled rows of ``config.data``."""
+def _table_delta_auc(before: Path, after: Path, config: OnnxEmbeddingConfig) -> float | None:
+    """AUC(after) - AUC(before) on the labelled rows of ``config.data`` (None: the graph scores no rows)."""
     from edgerec.runtime.metrics import auc
 
     from .onnx_quant import graph_scores, scoring_rows
 
     inputs, labels = scoring_rows(config.data, before, config.sensitivity_rows)
-    return float(auc(labels, graph_scores(after, inputs)) - auc(labels, graph_scores(before, inputs)))
+    reference = graph_scores(before, inputs)
+    if reference.shape != labels.shape:          # not a score per row (a user encoder): nothing to rank
+        return None
+    return float(auc(labels, graph_scores(after, inputs)) - auc(labels, reference))

@@ -350,6 +350,8 @@ def fit_budget(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Exp
 
     inputs, labels = scoring_rows(config.data, model_in, config.sensitivity_rows)
     reference = graph_scores(model_in, inputs)
+    if reference.shape != labels.shape:          # not a score per row (a user encoder): no ΔAUC to fit
+        return {"budget": float(config.accuracy_budget), "skipped": "the first output is not one score per row"}
     offset = float(source.details.get("table_delta_auc") or 0.0)
     base_auc = auc(labels, reference) - offset           # the AUC of the graph before any table quantization
 

@@ -224,3 +224,15 @@ def test_bring_your_own_models_store_their_shared_table_once(byom_zoo, tmp_path)
         tables = art.details["embedding_tables"]
         assert len(tables) == 1 and tables[0]["gathers"] == 2      # history and candidate, one table
         assert abs(art.details["table_delta_auc"]) < 0.02
+
+
+def test_a_graph_without_a_score_per_row_skips_the_budget_but_still_quantizes(tmp_path):
+    src, _ = _model(tmp_path / "m.onnx")
+    lookup = _lookup_model(tmp_path / "lookup.onnx", src)          # rows [B, D]: like a user encoder's state
+    calib = tmp_path / "rows.npz"
+    np.savez(calib, ids=np.arange(1, 501, dtype=np.int32), labels=np.zeros(500, np.float32))
+    art = OnnxEmbeddingPass().run(_onnx(lookup), OnnxEmbeddingConfig(bits=8, data=str(calib)), tmp_path / "o")
+    assert art.details["table_delta_auc"] is None
+    q = OrtQuantizePass().run(art, OrtQuantizeConfig(mode="dynamic", data=str(calib), accuracy_budget=0.003),
+                              tmp_path / "q")
+    assert "skipped" in q.details["mixed_precision"]
