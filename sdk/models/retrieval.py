@@ -76,7 +76,7 @@ class RetrievalConfig:
     use_context: bool | None = None
     use_content: bool = False
     normalize: bool = True
-    temperature: float = 0.05
+    temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     sampled_negatives: int = 0
@@ -219,7 +219,7 @@ def build_retrieval_model(spec: FeatureSpec, config: RetrievalConfig | None = No
 
     Args:
         spec: feature spec (item vocabulary, sequence length, context and dense fields).
-        config: a `RetrievalConfig` (defaults: GRU encoder, cosine scores at temperature 0.05).
+        config: a `RetrievalConfig` (defaults: GRU encoder, cosine scores at temperature 0.1).
         content_table: ``[item_vocab.size, content_dim]`` pre-trained content vectors, required
             when ``config.use_content``.
     """

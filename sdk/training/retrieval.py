@@ -32,7 +32,7 @@ from edgerec.runtime.spec import NUM_RESERVED
 
 from ..models.retrieval import ITEM_IDS, RetrievalConfig, build_retrieval_model
 from .fit import TrainConfig
-from .loop import keras_verbosity, run_epochs
+from .loop import run_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,6 @@ def fit_retrieval(parts, dataset, config: TrainConfig | None = None) -> dict:
         return loss
 
     rng = np.random.default_rng(config.seed)
-    verbose = keras_verbosity(config.verbose)
 
     def train_epoch(_epoch: int) -> dict:
         order = rng.permutation(positives.size)
@@ -174,8 +173,6 @@ def fit_retrieval(parts, dataset, config: TrainConfig | None = None) -> dict:
             batch = {k: tf.constant(v[index]) for k, v in inputs.items()}
             losses.append(float(step(batch, tf.constant(positives[index]))))
             weights.append(index.size)
-        if verbose:
-            logger.info(f"  {len(losses)} steps")
         return {"loss": float(np.average(losses, weights=weights))}
 
     def valid_scores():
