@@ -42,7 +42,7 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--model", "wide_deep", "--out", str(tmp_path / "x"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "Expected --model among ['din', 'gru', 'bst', 'context'], received: 'wide_deep'" in err
+    assert "Expected --model among ['din', 'gru', 'bst', 'context', 'lstm', 'retrieval'], received: 'wide_deep'" in err
     assert not (tmp_path / "x").exists()
 
 
