@@ -261,15 +261,14 @@ class ItemIndex:
             raise RequestError(expected(f"a finite user vector of {self.dim} values", query.shape))
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
             raise RequestError(expected("m as a positive int", m))
-        banned = np.zeros(self.num_items, bool)
-        banned[:NUM_RESERVED] = True
+        # excluded rows as a small sorted array (a dense mask per query costs a pass over the catalogue)
+        banned = np.arange(NUM_RESERVED, dtype=np.int64)
         if exclude is not None and len(exclude):
             rows = np.asarray(exclude, np.int64).reshape(-1)
-            banned[rows[(rows >= 0) & (rows < self.num_items)]] = True
+            banned = np.union1d(banned, rows[(rows >= 0) & (rows < self.num_items)])
         if allowed is not None:
             rows = np.unique(np.asarray(allowed, np.int64).reshape(-1))
-            rows = rows[(rows >= 0) & (rows < self.num_items)]
-            rows = rows[~banned[rows]]
+            rows = rows[(rows >= 0) & (rows < self.num_items) & ~np.isin(rows, banned)]
             return _best(rows, self.row_scores(query, rows), int(m))
         if self.kind == "exact":
             return self._exact(query, int(m), banned)
@@ -311,7 +310,7 @@ class ItemIndex:
     def _exact(self, query: np.ndarray, m: int, banned: np.ndarray):
         scores = self.scores(query)
         scores[banned] = -np.inf
-        available = int(self.num_items - banned.sum())
+        available = int(self.num_items - banned.size)
         m = min(m, available)
         if m <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -323,15 +322,14 @@ class ItemIndex:
         unit = query / max(float(np.linalg.norm(query)), 1e-30)
         if ann_meta["augmented"]:
             unit = np.concatenate([unit, np.zeros(1, np.float32)])
-        available = int(self.num_items - banned.sum())
-        want = min(m, available)
+        want = min(m, int(self.num_items - banned.size))
         if want <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        count = min(len(self._ann), want + int(banned.sum()))
+        count = min(len(self._ann), want + banned.size)
         while True:
             matches = self._ann.search(unit, count, threads=1)
             keys = np.asarray(matches.keys, np.int64)
-            keep = ~banned[keys]
+            keep = ~np.isin(keys, banned)
             keys, distances = keys[keep], np.asarray(matches.distances, np.float32)[keep]
             if keys.size >= want or count >= len(self._ann):
                 break

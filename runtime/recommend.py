@@ -40,14 +40,17 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 import numpy as np
 
 from .cache import result_keys
-from .contract import DENSE, HIST_ITEMS, USER_VECTOR
+from .contract import CAND_ITEM, DENSE, HIST_ITEMS, SCORE, USER_VECTOR
 from .errors import BundleError, EdgeRecError, RequestError, expected
 from .index import META_FILE, ROLE, ItemIndex
 from .io import atomic_output
 from .requests_io import BLANK, error_result, iter_lines
+from .scores import score_in_chunks
 
 DEFAULT_K, DEFAULT_M = 10, 200
-LINE_OPTIONS = ("k", "m")          # per-line overrides `edgerec recommend` reads from a request line
+LINE_OPTIONS = ("k", "m")
+# ranker rows per model call, so that a large m keeps the backend's intermediate tensors bounded
+RANK_CHUNK_ROWS = 4096          # per-line overrides `edgerec recommend` reads from a request line
 
 
 class Recommendations(NamedTuple):
@@ -166,10 +169,26 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
                                     type(filter).__name__))
     if rows.size == 0:
         return Recommendations([], np.zeros(0, np.float32))
-    ids = index.ids[rows].tolist()
-    scored = predictor._score_candidates(model, request, ids, None, None, use_cache, True)
-    order = np.lexsort((np.arange(len(ids)), -scored.scores))[:k]
-    return Recommendations([ids[i] for i in order], scored.scores[order])
+    scores = _rank(predictor, model, pre, request, rows, use_cache)
+    order = np.lexsort((np.arange(rows.size), -scores))[:k]
+    return Recommendations(index.ids[rows[order]].tolist(), scores[order])
+
+
+def _rank(predictor, model, pre, request, rows: np.ndarray, use_cache: bool) -> np.ndarray:
+    """Ranker scores of index rows for one user: `Predictor.score_candidates`'s path fed the row
+    indices directly (raw ids would only be looked up again)."""
+    n = rows.size
+    arrays = {CAND_ITEM: rows.astype(np.int32)}
+    for name, column in pre.encode_context([request.get("context")]).items():
+        arrays[name] = np.repeat(column, n)
+    if pre.spec.dense:
+        arrays[DENSE] = np.repeat(pre.encode_dense([request.get("dense")]), n, axis=0)
+    hist = pre.encode_history([request["history"]])
+    if "scorer" in model.parts and "user_encoder" in model.parts:
+        part, shared = "scorer", predictor._user_state(model, request.get("user_id"), hist, use_cache)
+    else:
+        part, shared = "fused", {HIST_ITEMS: hist}
+    return score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, RANK_CHUNK_ROWS)
 
 
 def _cached_vector(predictor, model, retriever: Retriever, pre, request, use_cache: bool) -> np.ndarray:
