@@ -4,6 +4,7 @@ It never imports TensorFlow, Keras or tf2onnx (tests/runtime/test_import_boundar
 """
 from .errors import (BackendUnavailableError, BundleError, EdgeRecError, IntegrityError,
                      MissingDependencyError, RequestError, SpecError)
+from .recommend import Recommendations
 from .scores import Scores
 from .spec import ContextField, DenseField, FeatureSpec, TextSpec, Vocabulary
 

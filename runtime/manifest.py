@@ -93,9 +93,15 @@ class Manifest:
     created: str = ""
     bundle_version: int = 1
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    index: dict = field(default_factory=dict)            # cascade bundles: the item index
+    full_catalogue: dict = field(default_factory=dict)   # cascade bundles: full-catalogue quality
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("index", "full_catalogue"):     # sections only cascade bundles have
+            if not data[key]:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
@@ -121,6 +127,7 @@ class Manifest:
             feature_spec=data.get("feature_spec"), lineage=dict(data.get("lineage", {})),
             candidates=list(data.get("candidates", [])), created=str(data.get("created", "")),
             bundle_version=int(data.get("bundle_version", 1)), schema_version=version,
+            index=dict(data.get("index", {})), full_catalogue=dict(data.get("full_catalogue", {})),
         )
 
     def artifact(self, file: str) -> Artifact:

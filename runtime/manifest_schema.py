@@ -58,6 +58,11 @@ MANIFEST_SCHEMA: dict = {
         "candidates": {"type": "array", "maxItems": 10 * MAX_FILES, "items": {"type": "object"}},
         "created": {"type": "string", "maxLength": 64},
         "bundle_version": {"type": "integer", "minimum": 0},
+        "index": {"description": "the item index of a cascade bundle (kind, files, recall of the served "
+                                 "index vs exact search)", "type": "object"},
+        "full_catalogue": {"description": "retrieval / ranker / cascade / popularity blocks of hr@10, "
+                                          "ndcg@10 and recall@100 measured through the bundle's artifacts",
+                           "type": "object", "additionalProperties": {"type": "object"}},
     },
     "$defs": {
         "name": _NAME,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import shutil
 import uuid
@@ -28,7 +29,7 @@ from .errors import BundleError, IntegrityError, expected
 from .io import replace_folder, sha256_file, write_archive
 from .loaded import selected_files
 from .manifest import (ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, bundle_directory, confined_path, file_entry,
-                       load_manifest, read_manifest, verify_files, write_manifest)
+                       load_manifest, read_manifest, read_verified, verify_files, write_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     """Copy what ``backend`` needs into ``tmp`` (sha256 checked) and write its manifest there."""
     source_version = hashlib.sha256(manifest_bytes).hexdigest()[:16]
     chosen = selected_files(manifest, backend)
-    keep = backend_files(manifest, backend)
+    towers = _index_towers(source, manifest, backend)
+    keep = backend_files(manifest, backend) + towers
     listed = {entry["file"]: entry for entry in manifest.all_files()}
     tmp.mkdir(parents=True)
     for name in keep:
@@ -106,7 +108,7 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
             raise IntegrityError(expected(f"{name} with sha256 {listed[name]['sha256']}", digest))
     artifacts = [dataclasses.replace(manifest.artifact(name), sha256=sha256_file(tmp / name),
                                      size_bytes=(tmp / name).stat().st_size)
-                 for name in dict.fromkeys(chosen.values())]
+                 for name in dict.fromkeys([*chosen.values(), *towers])]
     kept = {a.file for a in artifacts}
     files = [file_entry(tmp, entry["file"], entry.get("role", "")) for entry in manifest.files
              if isinstance(entry, dict) and entry.get("file") in keep and entry["file"] not in kept]
@@ -121,3 +123,21 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     write_manifest(tmp, packed)
     load_manifest(tmp, verify=True)       # what we wrote must read back and verify
     return packed
+
+
+def _index_towers(source: Path, manifest: Manifest, backend: str) -> list[str]:
+    """The user-tower artifact a cascade bundle's item index names for ``backend`` (none for
+    bundles without an index); it is served beside the selected parts, not as one of them."""
+    from .index import META_FILE
+
+    if not any(isinstance(f, dict) and f.get("file") == META_FILE for f in manifest.files):
+        return []
+    try:
+        meta = json.loads(read_verified(source, manifest, META_FILE))
+    except ValueError as err:
+        raise BundleError(expected(f"JSON in {META_FILE}", str(err)[:200])) from None
+    tower = (meta.get("user_tower") or {}).get(backend) if isinstance(meta, dict) else None
+    if tower is None:
+        return []
+    manifest.artifact(tower)          # BundleError unless the manifest lists it
+    return [tower]

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "info": "edgerec.sdk.cli.info",
     "check": "edgerec.sdk.cli.check",
     "predict": "edgerec.sdk.cli.predict",
+    "recommend": "edgerec.sdk.cli.recommend",
     "pack": "edgerec.sdk.cli.pack",
     "sign": "edgerec.sdk.cli.sign",
     "bench": "edgerec.sdk.cli.bench",

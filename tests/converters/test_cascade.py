@@ -24,17 +24,6 @@ def _support():
 S = _support()
 
 
-@pytest.fixture(autouse=True)
-def cascade_manifest_keys(monkeypatch):
-    """The manifest schema must allow the top-level ``index`` and ``full_catalogue`` objects of a
-    cascade bundle; until runtime/manifest_schema.py lists them, the tests add them here."""
-    from edgerec.runtime.manifest_schema import MANIFEST_SCHEMA
-
-    for key in ("index", "full_catalogue"):
-        if key not in MANIFEST_SCHEMA["properties"]:
-            monkeypatch.setitem(MANIFEST_SCHEMA["properties"], key, {"type": "object"})
-
-
 def _keras():
     import os
 
@@ -95,21 +84,12 @@ def cascade(tmp_path_factory):
     from edgerec.converters.cascade import CascadeSettings
     from edgerec.converters.export import export_bundle
     from edgerec.converters.select import LatencyConfig
-    from edgerec.runtime.manifest_schema import MANIFEST_SCHEMA
-
     root = tmp_path_factory.mktemp("cascade")
     ranker = S.write_model_dir(root / "ranker", _ranker())
     retrieval = _retrieval_dir(root / "retrieval", ranker)
-    added = [k for k in ("index", "full_catalogue") if k not in MANIFEST_SCHEMA["properties"]]
-    for key in added:
-        MANIFEST_SCHEMA["properties"][key] = {"type": "object"}
-    try:
-        result = export_bundle(ranker, root / "bundle", targets=("onnx",), quantize=("int8",), retrieval=retrieval,
-                               cascade=CascadeSettings(m=20, eval_users=30, ranker_users=5), cache_dir=root / "cache",
-                               latency=LatencyConfig(batch_sizes=(1,), rounds=2, min_time_s=0.001, warmup=1))
-    finally:
-        for key in added:
-            MANIFEST_SCHEMA["properties"].pop(key, None)
+    result = export_bundle(ranker, root / "bundle", targets=("onnx",), quantize=("int8",), retrieval=retrieval,
+                           cascade=CascadeSettings(m=20, eval_users=30, ranker_users=5), cache_dir=root / "cache",
+                           latency=LatencyConfig(batch_sizes=(1,), rounds=2, min_time_s=0.001, warmup=1))
     return result, retrieval
 
 

@@ -136,3 +136,16 @@ def test_an_hnsw_cascade_bundle_recommends_like_the_exact_one(tmp_path):
     request = {"history": ["102", "107"]}
     with rt.load(exact) as a, rt.load(hnsw) as b:
         assert a.recommend(request, k=5, m=10).items == b.recommend(request, k=5, m=10).items
+
+
+def test_a_packed_cascade_bundle_still_recommends(cascade_bundle, tmp_path):
+    from edgerec.runtime.pack import pack_bundle
+
+    request = {"user_id": "u1", "history": ["101", "105"]}
+    with rt.load(cascade_bundle, backend="onnxruntime") as model:
+        want = model.recommend(request, k=5, m=20)
+    assert len(want.items) == 5
+    packed = pack_bundle(cascade_bundle, "onnxruntime", tmp_path / "app")
+    with rt.load(packed, backend="onnxruntime") as model:
+        got = model.recommend(request, k=5, m=20)
+    assert got.items == want.items and got.scores == pytest.approx(want.scores)
