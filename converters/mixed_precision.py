@@ -61,13 +61,14 @@ class FallbackResult:
                 "trials": list(self.trials)}
 
 
-def fallback_until_within(ranked: Sequence[str], build: Callable[[tuple], Any],
+def fallback_until_within(ranked: Sequence[str] | Callable[[], Sequence[str]], build: Callable[[tuple], Any],
                           measure: Callable[[Any], tuple[float, int]], budget: float, *,
                           max_float: int | None = None) -> FallbackResult:
     """Keep the first ops of ``ranked`` float until ``measure`` says the error fits ``budget``.
 
     Args:
-        ranked: op names, most sensitive first.
+        ranked: op names, most sensitive first, or a callable returning them — called only when
+            the fully quantized artifact misses the budget (ranking costs a debug run of the model).
         build: ``build(ops kept float) -> artifact``.
         measure: ``measure(artifact) -> (error, size_bytes)``; error is compared to ``budget``
             (e.g. |ΔAUC| against the float model on calibration rows).
@@ -79,22 +80,24 @@ def fallback_until_within(ranked: Sequence[str], build: Callable[[tuple], Any],
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
         raise ConverterConfigError(expected("a fallback budget >= 0", budget))
-    ranked = list(dict.fromkeys(ranked))
-    limit = len(ranked) if max_float is None else max(0, min(int(max_float), len(ranked)))
     tried: dict[int, tuple] = {}
     trials: list[dict] = []
 
     def attempt(count: int) -> tuple:
         if count not in tried:
-            artifact = build(tuple(ranked[:count]))
+            artifact = build(tuple(ranked_ops[:count]))
             error, size = measure(artifact)
             tried[count] = (float(error), int(size), artifact)
             trials.append({"kept_float": count, "error": float(error), "size_bytes": int(size)})
             logger.info("mixed precision: %d op(s) float -> error %.5f, %d bytes", count, error, size)
         return tried[count]
 
+    ranked_ops: list = []
     base_error, base_size, _ = attempt(0)
     fits, low = (0 if base_error <= budget else None), 0
+    if fits is None:
+        ranked_ops += dict.fromkeys(ranked() if callable(ranked) else ranked)
+    limit = len(ranked_ops) if max_float is None else max(0, min(int(max_float), len(ranked_ops)))
     schedule, count = [], 1
     while count < limit:
         schedule.append(count)
@@ -114,5 +117,5 @@ def fallback_until_within(ranked: Sequence[str], build: Callable[[tuple], Any],
                 low = middle
     chosen = fits if fits is not None else min(tried, key=lambda c: (tried[c][0], c))
     error, size, artifact = tried[chosen]
-    return FallbackResult(artifact, tuple(ranked[:chosen]), error, size, base_error, base_size,
+    return FallbackResult(artifact, tuple(ranked_ops[:chosen]), error, size, base_error, base_size,
                           fits is not None, float(budget), trials)

@@ -21,6 +21,7 @@ Examples:
 """
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .data import batches, cast_like, load_rows, sample_inputs
 MODES = ("fp32", "fp16", "dynamic", "int8")
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
 SIGNATURE = "serving_default"
+logger = logging.getLogger(__name__)
 # export variant -> (conversion mode, embedding table bits): quantized variants read row-wise tables
 # through EMBEDDING_LOOKUP (one stored copy of a shared table); int8 also keeps its score head float
 # and falls back to float nodes when it misses the default accuracy budget
@@ -117,7 +119,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 5
+    version = 6
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -231,7 +233,19 @@ class _Builder:
         labels = np.asarray(rows.pop("labels")).reshape(-1)
         rows = cast_like(rows, {n: d for n, (d, _) in self.specs.items()})
         reference = scores_of(self.converted, rows, sorted(self.specs))
-        ranked = rank_nodes(self.converted, rows, self.specs, exclude=self.head)
+
+        def ranked() -> list:
+            # TF's QuantizationDebugger runs the reference kernels, which refuse some inputs LiteRT
+            # serves (an int8 DIV by zero on an empty history's mask sum): without a ranking the
+            # fully quantized file stays, over budget, for the selector to reject with its ΔAUC.
+            try:
+                return rank_nodes(self.converted, rows, self.specs, exclude=self.head)
+            except Exception as err:  # noqa: BLE001 - the debugger's interpreter raises many types
+                self.details["sensitivity_error"] = f"{type(err).__name__}: {str(err).splitlines()[-1][:300]}"
+                logger.warning("int8 sensitivity ranking failed (%s); no op kept float beyond the score head",
+                               self.details["sensitivity_error"])
+                return []
+
         result = fallback_until_within(
             ranked, self, lambda flat: (abs(delta_auc_on_rows(flat, rows, labels, reference)), len(flat)), budget)
         self.details["float_nodes"] = list(dict.fromkeys(list(self.head) + list(self.config.float_nodes) +

@@ -82,3 +82,27 @@ def test_sensitive_layer_stays_float_until_the_budget_fits(tmp_path, cache_dir):
     assert mixed["size_cost_bytes"] == fitted.size_bytes - mixed["base_size_bytes"]
     assert mixed["base_size_bytes"] == plain.size_bytes
     assert set(mixed["kept_float"]) <= set(fitted.details["float_nodes"])
+
+
+def test_a_lazy_ranking_runs_only_when_the_quantized_artifact_misses_the_budget():
+    from edgerec.converters.mixed_precision import fallback_until_within
+
+    calls = []
+
+    def ranking():
+        calls.append(1)
+        return ["a", "b"]
+
+    errors = {(): 0.001, ("a",): 0.0005, ("a", "b"): 0.0}
+    fits = fallback_until_within(ranking, lambda ops: ops, lambda ops: (errors[ops], 10 - len(ops)), 0.003)
+    assert fits.within_budget and fits.kept_float == () and calls == []
+    errors[()] = 0.01
+    missed = fallback_until_within(ranking, lambda ops: ops, lambda ops: (errors[ops], 10 - len(ops)), 0.003)
+    assert missed.within_budget and missed.kept_float == ("a",) and calls == [1]
+
+
+def test_an_empty_ranking_keeps_the_fully_quantized_artifact_over_budget():
+    from edgerec.converters.mixed_precision import fallback_until_within
+
+    result = fallback_until_within(lambda: [], lambda ops: ops, lambda ops: (0.01, 10), 0.003)
+    assert not result.within_budget and result.kept_float == () and result.artifact == ()
