@@ -142,7 +142,7 @@ def test_prune_records_sparsity_and_delta(din_export, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"prune": 1.5}, "strictly between 0 and 1"), ({"prune": 0.0}, "strictly between 0 and 1"),
-    ({"targets": ("tflite", "coreml")}, "targets among"), ({"quantize": ("int4",)}, "quantize modes"),
+    ({"targets": ("tflite", "coreml")}, "targets among"), ({"quantize": ("int3",)}, "quantize modes"),
     ({"budget": 2}, "budget"),
 ])
 def test_bad_options_fail_fast(tmp_path, kwargs, match):
