@@ -36,7 +36,11 @@ def _int8_drift(n=32):
 
 
 def _verdicts(path):
-    """(check passed, swap accepted, every replay_artifacts result passed) for one bundle."""
+    """(check passed, swap accepted, every replay_artifacts result passed, `edgerec validate
+    --examples-only` ok) for one bundle."""
+    from edgerec.converters.revalidate import validate_bundle
+
+    validated = validate_bundle(path, examples_only=True).status == "ok"
     checked = all(r.passed for r in check_bundle(path))
     replayed = all(r.passed for r in replay_artifacts(path, load_manifest(path)))
     with er.load(path, backend="onnxruntime") as predictor:
@@ -45,7 +49,7 @@ def _verdicts(path):
             swapped = True
         except BundleError:
             swapped = False
-    return checked, swapped, replayed
+    return checked, swapped, replayed, validated
 
 
 # -- the tolerance ---------------------------------------------------------------------------------
@@ -61,7 +65,7 @@ def test_replay_tolerance_is_declared_per_precision_and_only_tightened():
     # int8 examples drift 0.035-0.040 on real bundles: inside the int8 bound, far outside fp32's
     assert REPLAY_TOLERANCES["int8"].max_abs_diff >= 0.1 and REPLAY_TOLERANCES["fp32"].max_abs_diff <= 1e-3
     with pytest.raises(Exception, match="precision"):
-        replay_tolerance("int4")
+        replay_tolerance("int3")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def test_tensor_rows_take_the_declared_dtypes(tmp_path):
 ])
 def test_check_swap_and_replay_artifacts_agree(tmp_path, precision, drift, model, passes):
     path = make_onnx_bundle(tmp_path / "b", model=model, precision=precision, lines=_lines(drift))
-    assert _verdicts(path) == (passes, passes, passes)
+    assert _verdicts(path) == (passes, passes, passes, passes)
 
 
 def test_a_manifest_cannot_loosen_its_own_check(tmp_path):
@@ -150,7 +154,7 @@ def test_a_manifest_cannot_loosen_its_own_check(tmp_path):
     results = check_bundle(path)
     assert [r.passed for r in results] == [False]
     assert results[0].tolerance == REPLAY_TOLERANCES["int8"] and "worst" in results[0].reason
-    assert _verdicts(path) == (False, False, False)
+    assert _verdicts(path) == (False, False, False, False)
 
 
 def test_swap_with_defaults_accepts_a_copy_of_the_int8_bundle_it_serves(tmp_path):
