@@ -89,3 +89,22 @@ def test_stderr_captured_by_a_test_runner_is_left_alone(capsys):
     from edgerec.sdk.cli.native_logs import filter_native_stderr
 
     assert filter_native_stderr() is False     # sys.stderr is pytest's capture here, not fd 2
+
+
+@pytest.mark.slow
+def test_a_real_training_run_prints_no_native_library_lines(tmp_path):
+    """`edgerec train` as a user runs it (a subprocess with its own stderr): TensorFlow loads, trains
+    and saves, and stderr carries edgerec's own lines only, with no carriage-return redraws."""
+    pytest.importorskip("tf_keras")
+    args = ["train", "--model", "din", "--out", str(tmp_path / "din"), "--data-option", "num_users=120",
+            "--data-option", "num_items=150", "--data-option", "num_events=3000", "--max-seq-len", "10",
+            "--max-train-rows", "2000", "--epochs", "1", "--embedding-dim", "8", "--batch-size", "256"]
+    result = subprocess.run([sys.executable, "-m", "edgerec.sdk.cli", *args], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from edgerec.runtime.native_lines import LIBRARY_LINE
+
+    native = [line for line in result.stderr.splitlines() if LIBRARY_LINE.match(line)]
+    assert native == [] and "cuInit" not in result.stderr and "oneDNN" not in result.stderr
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+    assert (tmp_path / "din" / "metrics.json").is_file()
