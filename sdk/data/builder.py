@@ -169,13 +169,18 @@ def build_dataset(log: InteractionLog, *, max_seq_len: int = 50, negatives: int 
 
     index_to_raw = np.asarray(["", ""] + list(item_vocab.tokens), dtype=object)
 
-    def raw_candidates(candidates):
-        return index_to_raw[candidates]
+    def raw_candidates(events, candidates, labels):
+        # a positive's raw id comes from the log: an item first seen after training is OOV (index
+        # 1) in the arrays, but its request still names the real item
+        raw = index_to_raw[candidates]
+        positive = labels > 0.5
+        raw[positive] = log.item_ids[events[positive]].astype(str)
+        return raw
 
     trace = BuildTrace(log, event_user, event_pos, user_start, max_seq_len, {
-        "train": (train_rows[0], raw_candidates(train_rows[1])),
-        "valid": (valid_rows[0], raw_candidates(valid_rows[1])),
-        "test": (test_events, raw_candidates(test_cands)),
+        "train": (train_rows[0], raw_candidates(*train_rows)),
+        "valid": (valid_rows[0], raw_candidates(*valid_rows)),
+        "test": (test_events, raw_candidates(test_events, test_cands, test_labels)),
     })
     examples = _examples(trace, test, rng)
     bar.close()
