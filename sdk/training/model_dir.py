@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -210,17 +209,11 @@ def save_retrieval_dir(parts, dataset, out_dir, metrics: dict, train_config=None
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Put the finished model dir at ``out`` with no moment where a reader finds neither the old
+    nor the new one (`edgerec.runtime.io.replace_folder`: an atomic exchange on Linux)."""
+    from edgerec.runtime.io import replace_folder
+
+    replace_folder(tmp, out)
 
 
 def read_manifest(model_dir) -> dict:
