@@ -41,6 +41,8 @@ class DemoSettings:
     prune_epochs: int = 2
     latency_rounds: int = 5
     synthetic: dict | None = None
+    # user x item rows scored for the full-catalogue metrics (a seeded user sample beyond)
+    full_catalogue_rows: int = 500_000
 
     def __post_init__(self):
         for name in ("epochs", "max_seq_len", "embedding_dim", "prune_epochs", "latency_rounds"):
@@ -54,7 +56,7 @@ class DemoSettings:
     def tiny(cls) -> "DemoSettings":
         return cls(epochs=1, max_train_rows=4000, max_seq_len=20, embedding_dim=16, budget_s=0.1,
                    batches=(1, 32), candidates=(100,), keras_predict=False, validation_groups=40,
-                   prune_epochs=1, latency_rounds=3, synthetic=SYNTHETIC_TINY)
+                   prune_epochs=1, latency_rounds=3, synthetic=SYNTHETIC_TINY, full_catalogue_rows=50_000)
 
 
 class Steps:
@@ -140,13 +142,19 @@ def run_demo(data: str, out: Path, settings: DemoSettings | None = None, seed: i
     from edgerec.sdk.training import TrainConfig, save_model_dir, train_model
 
     train_config = TrainConfig(epochs=settings.epochs, seed=seed, verbose=1, max_train_rows=settings.max_train_rows,
-                               patience=1)
+                               patience=1, full_catalogue_rows=settings.full_catalogue_rows)
     parts, history, metrics = train_model(dataset, "din", ModelConfig(embedding_dim=settings.embedding_dim),
                                           train_config)
     model_dir = save_model_dir(parts, dataset, out / "model", metrics, train_config, history, data_source=data,
                                seed=seed)
     print(f"  test AUC {metrics['test']['auc']:.4f} (popularity {metrics['baseline']['auc']:.4f}), "
           f"recall@10 {metrics['test'].get('recall@10', float('nan')):.4f}; wrote {model_dir}", flush=True)
+    if "full_catalogue" in metrics:
+        users = metrics.get("full_catalogue_users", {})
+        print(f"  full catalogue ({users.get('evaluated', '?')} users, all {users.get('items', '?')} items): "
+              f"HR@10 {metrics['full_catalogue']['hr@10']:.4f} (popularity "
+              f"{metrics['baseline_full_catalogue']['hr@10']:.4f}), recall@100 "
+              f"{metrics['full_catalogue']['recall@100']:.4f}", flush=True)
     del parts
 
     steps("compress + export: prune 50 % → TFLite (fp32, dynamic, int8) + ONNX (fp32, int8)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from edgerec.runtime.contract import FAMILIES, RETRIEVAL
+from edgerec.sdk.training.catalogue import MAX_SCORED_ROWS
 
 MODELS = FAMILIES + (RETRIEVAL,)
 
@@ -44,6 +45,9 @@ def configure(parser) -> None:
                              'e.g. \'{"hidden_units": [64]}\'')
     parser.add_argument("--max-train-rows", type=int, default=None,
                         help="train on a seeded subset of this many rows (quick runs)")
+    parser.add_argument("--full-catalogue-rows", type=int, default=MAX_SCORED_ROWS,
+                        help="user x item rows a ranking model scores for the full-catalogue metrics (a seeded "
+                             "user sample beyond; 0 skips them)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=INT",
                         help="synthetic generator option, e.g. num_users=500 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary at the end")
@@ -120,7 +124,8 @@ def job_from_args(args):
         model = ModelConfig.from_dict(fields)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         patience=args.patience, monitor=args.monitor, seed=args.seed,
-                        verbose=0 if args.quiet else 1, max_train_rows=args.max_train_rows)
+                        verbose=0 if args.quiet else 1, max_train_rows=args.max_train_rows,
+                        full_catalogue_rows=args.full_catalogue_rows)
     adversarial = None if args.adversarial is None else AdversarialConfig(
         attack=args.adversarial, eps=args.eps, weight=args.adv_weight, norm=args.adv_norm, steps=args.pgd_steps)
     distributed = None if args.strategy is None else DistributedConfig(

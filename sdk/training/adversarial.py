@@ -292,7 +292,7 @@ def train_adversarial_model(dataset, family: str, model_config=None, train_confi
     parts = build_model(family, spec, model_config, content)
     parts.meta["content"] = content_info
     history = adversarial_fit(parts, dataset, train_config, adv_config)
-    return parts, history, evaluate(parts, dataset)
+    return parts, history, evaluate(parts, dataset, config=train_config)
 
 
 class _Attacker:

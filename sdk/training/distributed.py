@@ -319,7 +319,7 @@ def train_model_distributed(dataset, family: str, model_config: ModelConfig | No
     parts.meta["content"] = content_info
     history = fit_distributed(parts, dataset, train_config, strategy)
     plain = unwrap_parts(parts)
-    return plain, history, evaluate(plain, dataset)
+    return plain, history, evaluate(plain, dataset, config=train_config)
 
 
 def write_model_dir(strategy, parts, dataset, out_dir, metrics: dict, train_config=None,

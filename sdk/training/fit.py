@@ -8,6 +8,7 @@ import numpy as np
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED
 
+from .catalogue import MAX_SCORED_ROWS
 from .loop import MONITORS, compile_model, keras_verbosity, run_epochs
 
 
@@ -25,6 +26,9 @@ class TrainConfig:
         seed: seeds TensorFlow, numpy and Python (shuffling, initialisation).
         verbose: 0 silent; 1 logs one line per epoch (plus Keras' bar on a terminal).
         max_train_rows: train on a seeded random subset of this many rows (None = all).
+        full_catalogue_rows: user x item rows a ranking model may score for the full-catalogue
+            metrics (users beyond it are a seeded sample; 0 skips them). Each row is one forward
+            pass of the fused model, so this bounds the evaluation's time.
     """
 
     epochs: int = 5
@@ -35,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 1
     max_train_rows: int | None = None
+    full_catalogue_rows: int = MAX_SCORED_ROWS
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -47,6 +52,9 @@ class TrainConfig:
             raise SpecError(expected(f"monitor among {list(MONITORS)}", self.monitor))
         if self.max_train_rows is not None and (not isinstance(self.max_train_rows, int) or self.max_train_rows < 1):
             raise SpecError(expected("max_train_rows as a positive int or None", self.max_train_rows))
+        if isinstance(self.full_catalogue_rows, bool) or not isinstance(self.full_catalogue_rows, int) \
+                or self.full_catalogue_rows < 0:
+            raise SpecError(expected("full_catalogue_rows as an int >= 0", self.full_catalogue_rows))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,12 +117,13 @@ def fit(parts, dataset, config: TrainConfig | None = None) -> dict:
     return {**history, "train_rows": len(train)}
 
 
-def evaluate(parts, dataset, k: int = 10, full_catalogue: bool = True) -> dict:
+def evaluate(parts, dataset, k: int = 10, full_catalogue: bool = True, config: TrainConfig | None = None) -> dict:
     """Test metrics of the model and of the popularity baseline computed in the same run.
 
     Args:
         full_catalogue: also rank every item for the held-out users (`ranker_full_catalogue`:
-            a seeded sample of users when users x items exceeds its budget).
+            a seeded sample of users when users x items exceeds ``config.full_catalogue_rows``).
+        config: the training config (its full-catalogue budget; default `TrainConfig()`'s).
 
     Returns:
         ``{"test": {auc, gauc, logloss, recall@10, ndcg@10, coverage@10},
@@ -130,8 +139,9 @@ def evaluate(parts, dataset, k: int = 10, full_catalogue: bool = True) -> dict:
     scores = predict_scores(parts, test.inputs)
     catalog = parts.spec.item_vocab.size - NUM_RESERVED
     metrics = {"test": evaluate_scores(test, scores, catalog, k), "baseline": popularity_baseline(dataset, k)}
-    if full_catalogue:
+    budget = (config or TrainConfig()).full_catalogue_rows
+    if full_catalogue and budget:
         from .catalogue import ranker_full_catalogue
 
-        metrics.update(ranker_full_catalogue(parts, dataset))
+        metrics.update(ranker_full_catalogue(parts, dataset, max_scored_rows=budget))
     return metrics

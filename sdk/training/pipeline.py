@@ -81,5 +81,5 @@ def train_model(dataset, family: str, model_config: ModelConfig | None = None,
     parts = build_model(family, spec, model_config, content)
     parts.meta["content"] = content_info
     history = fit(parts, dataset, train_config)
-    metrics = evaluate(parts, dataset)
+    metrics = evaluate(parts, dataset, config=train_config)
     return parts, history, metrics
