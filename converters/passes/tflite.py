@@ -119,7 +119,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 6
+    version = 7
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -203,10 +203,7 @@ class _Builder:
 
             flat, info = quantize_embedding_lookups(flat, self.config.embedding_bits, self.tables)
             self.details["embedding"] = info
-        if self.config.compact:        # sizes the fallback compares are those of the files written
-            from .tflite_compact import compact_flatbuffer
-
-            flat = compact_flatbuffer(flat)
+        # compaction comes after, in the pass, where it is checked to keep outputs bit-identical
         return flat
 
     def fallback_skipped(self) -> str | None:
@@ -246,8 +243,16 @@ class _Builder:
                                self.details["sensitivity_error"])
                 return []
 
+        def written_size(flat: bytes) -> int:      # sizes compared are those of the files written
+            if not self.config.compact:
+                return len(flat)
+            from .tflite_compact import compact_flatbuffer
+
+            return len(compact_flatbuffer(flat))
+
         result = fallback_until_within(
-            ranked, self, lambda flat: (abs(delta_auc_on_rows(flat, rows, labels, reference)), len(flat)), budget)
+            ranked, self, lambda flat: (abs(delta_auc_on_rows(flat, rows, labels, reference)), written_size(flat)),
+            budget)
         self.details["float_nodes"] = list(dict.fromkeys(list(self.head) + list(self.config.float_nodes) +
                                                           list(result.kept_float)))
         return result
