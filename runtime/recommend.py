@@ -28,13 +28,9 @@ Examples:
 """
 from __future__ import annotations
 
-import json
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Collection
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -43,8 +39,7 @@ from .cache import result_keys
 from .contract import CAND_ITEM, DENSE, HIST_ITEMS, SCORE, USER_VECTOR
 from .errors import BundleError, EdgeRecError, RequestError, expected
 from .index import META_FILE, ROLE, ItemIndex
-from .io import atomic_output
-from .requests_io import BLANK, error_result, iter_lines
+from .requests_io import BLANK, answer_file, error_result
 from .scores import score_in_chunks
 
 DEFAULT_K, DEFAULT_M = 10, 200
@@ -253,41 +248,5 @@ def recommend_file(open_predictor: Callable[[], Any], source, destination, k: in
     Returns (lines, failed lines). ``k``/``m``, the input, the output and then the bundle
     (``open_predictor()``) are checked in that order before anything is written."""
     _count(k, "--k"), _count(m, "--m")
-    lines = failed = 0
-    with ExitStack() as stack:
-        if str(source) == "-":
-            stream = sys.stdin.buffer
-        else:
-            try:
-                stream = stack.enter_context(open(source, "rb"))
-            except OSError as err:
-                raise RequestError(expected("a readable JSON-lines input file", f"{source}: {err.strerror}")) from None
-        out = sys.stdout if str(destination) == "-" else stack.enter_context(_output_file(Path(destination)))
-        predictor = stack.enter_context(open_predictor())
-        for result in recommend_stream(predictor, iter_lines(stream), k, m):
-            lines += 1
-            failed += "error" in result
-            out.write(json.dumps(result) + "\n")
-        out.flush()
-    return lines, failed
-
-
-class _output_file:
-    """A text file replacing ``path`` when the block succeeds (created on entry, so an unwritable
-    destination is refused before any request is answered)."""
-
-    def __init__(self, path: Path):
-        if path.is_dir():
-            raise RequestError(expected("--output as a file path", f"{path} is a folder"))
-        self._path, self._stack = path, ExitStack()
-
-    def __enter__(self):
-        try:
-            tmp = self._stack.enter_context(atomic_output(self._path))
-            return self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
-        except OSError as err:
-            self._stack.close()
-            raise RequestError(expected("a writable --output path", f"{self._path}: {err.strerror or err}")) from None
-
-    def __exit__(self, *exc):
-        return self._stack.__exit__(*exc)
+    return answer_file(open_predictor, source, destination,
+                       lambda predictor, lines: recommend_stream(predictor, lines, k, m))

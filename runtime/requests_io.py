@@ -218,6 +218,15 @@ def predict_file(open_predictor: Callable[[], Any], source, destination, batch_s
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RequestError(expected("--batch-size >= 1", batch_size))
+    return answer_file(open_predictor, source, destination,
+                       lambda predictor, lines: predict_stream(predictor, lines, batch_size))
+
+
+def answer_file(open_predictor: Callable[[], Any], source, destination,
+                answer: Callable[[Any, Iterator], Iterable[dict]]) -> tuple[int, int]:
+    """One output line per input line: ``answer(predictor, iter_lines(input))`` yields a result dict
+    per line (``"error"`` in it marks a failed line). The input must be readable, the output
+    writable and the predictor loadable before anything is written. Returns (lines, failed lines)."""
     lines = failed = 0
     with ExitStack() as stack:
         if str(source) == "-":
@@ -229,7 +238,7 @@ def predict_file(open_predictor: Callable[[], Any], source, destination, batch_s
                 raise RequestError(expected("a readable JSON-lines input file", f"{source}: {err.strerror}")) from None
         out = sys.stdout if str(destination) == "-" else stack.enter_context(_output_file(Path(destination)))
         predictor = stack.enter_context(open_predictor())
-        for result in predict_stream(predictor, iter_lines(stream), batch_size):
+        for result in answer(predictor, iter_lines(stream)):
             lines += 1
             failed += "error" in result
             out.write(json.dumps(result) + "\n")
