@@ -54,7 +54,7 @@ class ModelConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("hidden_units", "attention_units"):
-                if isinstance(value, (str, int)) or not all(_is_pos_int(v) for v in value):
+                if isinstance(value, (str, int)) or not all(is_positive_int(v) for v in value):
                     raise SpecError(expected(f"{f.name} as a list of positive ints", value))
                 object.__setattr__(self, f.name, tuple(int(v) for v in value))
             elif f.name == "use_content":
@@ -63,7 +63,7 @@ class ModelConfig:
             elif f.name in ("dropout", "l2"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                     raise SpecError(expected(f"{f.name} in [0, 1)", value))
-            elif not _is_pos_int(value):
+            elif not is_positive_int(value):
                 raise SpecError(expected(f"{f.name} as a positive int", value))
         if self.text_max_tokens < 3:
             raise SpecError(expected("text_max_tokens >= 3", self.text_max_tokens))
@@ -79,17 +79,24 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise SpecError(expected("a model-config object", type(data).__name__))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(expected(f"model-config keys among {sorted(known)}", unknown))
-        return cls(**data)
+        return config_from_dict(cls, data, "model-config")
 
 
-def _is_pos_int(value: Any) -> bool:
+def config_from_dict(cls, data, what: str):
+    """``cls(**data)`` for a config dataclass read from JSON: SpecError for a non-object or for
+    keys the dataclass does not have (a typo must not be dropped silently)."""
+    if not isinstance(data, dict):
+        raise SpecError(expected(f"a {what} object", type(data).__name__))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(expected(f"{what} keys among {sorted(known)}", unknown))
+    return cls(**data)
+
+
+def is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
 
 
 @dataclass

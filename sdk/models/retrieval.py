@@ -28,7 +28,7 @@ Examples:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,9 @@ import numpy as np
 from edgerec.runtime.contract import DENSE, HIST_ITEMS, RETRIEVAL, USER_TOWER, USER_VECTOR
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
+
+from .config import config_from_dict
+from .config import is_positive_int as _is_pos_int
 
 ENCODERS = ("pooling", "gru", "lstm", "transformer")
 ITEM_IDS, ITEM_VECTOR, ITEM_TOWER = "item_ids", "item_vector", "item_tower"
@@ -135,17 +138,7 @@ class RetrievalConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RetrievalConfig":
-        if not isinstance(data, dict):
-            raise SpecError(expected("a retrieval-config object", type(data).__name__))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(expected(f"retrieval-config keys among {sorted(known)}", unknown))
-        return cls(**data)
-
-
-def _is_pos_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        return config_from_dict(cls, data, "retrieval-config")
 
 
 @dataclass

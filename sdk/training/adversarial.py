@@ -25,7 +25,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, NUM_RESERVED
 
 from ..models.families import RECURRENT_FAMILIES
+from ..models.config import config_from_dict
 
 ATTACKS = ("fgsm", "pgd")
 NORMS = ("l2", "linf")
@@ -85,13 +86,7 @@ class AdversarialConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdversarialConfig":
-        if not isinstance(data, dict):
-            raise SpecError(expected("an adversarial-config object", type(data).__name__))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(expected(f"adversarial-config keys among {sorted(known)}", unknown))
-        return cls(**data)
+        return config_from_dict(cls, data, "adversarial-config")
 
 
 class EmbeddingForward:

@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from edgerec.runtime.contract import FAMILIES
 from edgerec.runtime.errors import SpecError, expected
 
 from ..models.config import ModelConfig, ModelParts
+from ..models.config import config_from_dict
 from .fit import TrainConfig, evaluate, seeded_training_rows
 from .loop import compile_model, run_epochs
 from .launch import (DistributedError, WorkerResult, free_ports, launch_local_workers,  # noqa: F401 (re-exported)
@@ -89,13 +90,7 @@ class DistributedConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistributedConfig":
-        if not isinstance(data, dict):
-            raise SpecError(expected("a distributed-config object", type(data).__name__))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(expected(f"distributed-config keys among {sorted(known)}", unknown))
-        return cls(**data)
+        return config_from_dict(cls, data, "distributed-config")
 
 
 # -- devices and strategies -------------------------------------------------------------------

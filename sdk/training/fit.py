@@ -1,12 +1,13 @@
 """Plain training (`fit`: Keras ``fit`` per epoch inside the shared loop) and test evaluation (`evaluate`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED
+from ..models.config import config_from_dict
 
 from .catalogue import MAX_SCORED_ROWS
 from .loop import MONITORS, compile_model, keras_verbosity, run_epochs
@@ -61,11 +62,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(expected(f"train-config keys among {sorted(known)}", unknown))
-        return cls(**data)
+        return config_from_dict(cls, data, "train-config")
 
 
 def predict_scores(parts, arrays: dict, batch_size: int = 4096) -> np.ndarray:
