@@ -50,6 +50,14 @@ SCORE = "score"
 USER_STATE = "user_state"
 USER_MASK = "user_mask"
 USER_OUTPUT_PREFIX = "user_"     # user-encoder outputs, fed to the scorer under the same names
+# Content families (context): item text -> ITEM_VECTOR through the CONTENT_ENCODER part, which
+# reads ITEM_TOKENS int32 [B, T]. The ranking parts also read CAND_CONTENT float32 [B, Dc]: for a
+# row whose CAND_ITEM is the OOV index (an item added after training, e.g. by
+# Predictor.add_items) the model takes that vector as the candidate's content vector; rows with a
+# known id ignore it (their vector is the model's own table row) and are fed zeros.
+ITEM_TOKENS = "item_tokens"
+ITEM_VECTOR = "item_vector"
+CAND_CONTENT = "cand_content"
 
 
 # -- retrieval (candidate generation over the whole catalogue) --------------------------------
