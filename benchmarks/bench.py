@@ -282,14 +282,20 @@ def _latency_report(bundle: Path, options: BenchOptions) -> dict:
 
 
 def _recommend_rows(bundle: Path, manifest, options: BenchOptions, report: dict) -> None:
-    """A cascade bundle (item index) gets ``report["recommend"]``: `recommend()` p50/p99 at 1 thread."""
+    """A cascade bundle (item index) gets ``report["recommend"]``: `recommend()` p50/p99 at 1
+    thread, and ``report["full_catalogue"]``: its full-catalogue quality (`full_catalogue_section`;
+    re-measured when the model dir, ``keras_dir`` or the recorded source, holds the held-out users)."""
+    from edgerec.runtime.contract import HELDOUT_USERS_FILE
     from edgerec.runtime.recommend import has_index
 
-    from .recommend import recommend_rows
+    from .recommend import full_catalogue_section, recommend_rows
 
     if has_index(manifest):
         backends = list(options.backends or _bundle_backends(manifest))
         report["recommend"] = recommend_rows(bundle, backends)
+        source = options.keras_dir or (manifest.model or {}).get("source")
+        heldout = Path(source) / HELDOUT_USERS_FILE if source else None
+        report["full_catalogue"] = full_catalogue_section(bundle, manifest, backends, heldout)
 
 
 def _load_test(bundle: Path, load: LoadTestOptions, options: BenchOptions, outcome: BenchOutcome) -> None:

@@ -4,6 +4,12 @@
 per backend, p50/p99 of ``Predictor.recommend(request, k, m)`` at 1 thread, over the bundle's
 example requests, each call with a fresh user (user-vector cache off: the tower runs every time).
 
+`full_catalogue_section` is the ``full_catalogue`` section beside them: the manifest's
+full-catalogue blocks (retrieval, ranker, cascade, popularity, measured by the export) next to
+the ranker's sampled metrics, and, when the held-out users are at hand (the model dir's
+``heldout_users.npz``), the retrieval and cascade blocks re-measured through every user tower
+artifact of each backend (`edgerec.converters.cascade_metrics.remeasure`).
+
 `synthetic_cascade` writes a cascade bundle whose ranker and user tower are tiny hand-made ONNX
 graphs and whose item vectors are clustered Gaussians: it isolates what grows with the catalogue
 (the index search, the bundle's bytes and load time) from the ranker's cost per candidate.
@@ -73,6 +79,68 @@ def recommend_markdown(rows: Sequence[dict]) -> list[str]:
             out.append(f"| {r['backend']} | {r['k']} | {r['m']} | error: {r['error'][:80]} | |")
         else:
             out.append(f"| {r['backend']} | {r['k']} | {r['m']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    return out
+
+
+SAMPLED_KEYS = ("auc", "recall@10", "ndcg@10")
+
+
+def full_catalogue_section(bundle, manifest, backends: Sequence[str], heldout=None) -> dict:
+    """``{"recorded": {stage: block}, "sampled": {file: {auc, recall@10, ndcg@10}}, "cascade_score",
+    "measured": remeasure's dict or None, "note"}`` for a cascade bundle."""
+    from edgerec.runtime.contract import USER_TOWER
+    from edgerec.runtime.errors import EdgeRecError
+
+    section = {"recorded": dict(manifest.full_catalogue or {}),
+               "cascade_score": (manifest.index or {}).get("cascade_score"),
+               "sampled": {a.file: {k: a.validation[k] for k in SAMPLED_KEYS if k in a.validation}
+                           for a in manifest.artifacts if a.part != USER_TOWER
+                           and any(k in a.validation for k in SAMPLED_KEYS)},
+               "measured": None, "note": None}
+    path = Path(heldout) if heldout is not None else None
+    if path is None or not path.is_file():
+        section["note"] = ("not re-measured: no held-out users (pass the model dir with keras_dir / --keras-dir, "
+                           "whose heldout_users.npz the export measured)")
+        return section
+    from edgerec.converters.cascade_metrics import remeasure
+
+    try:
+        section["measured"] = remeasure(bundle, path, backends)
+    except (EdgeRecError, ValueError, OSError) as err:
+        section["note"] = f"re-measurement failed: {type(err).__name__}: {err}"[:400]
+    return section
+
+
+def full_catalogue_markdown(section: dict) -> list[str]:
+    """The bench.md tables of `full_catalogue_section`."""
+    keys = ("hr@10", "ndcg@10", "recall@100")
+    out = ["", "## full catalogue (all items ranked, seen items excluded; recorded by export)", "",
+           "| stage | users | HR@10 | NDCG@10 | recall@100 |", "|---|---|---|---|---|"]
+    for stage, block in section.get("recorded", {}).items():
+        out.append(f"| {stage} | {block.get('users', '')} | " + " | ".join(f"{block[k]:.4f}" for k in keys) + " |")
+    fusion = section.get("cascade_score") or {}
+    if fusion:
+        out += ["", f"cascade score: retrieval weight {fusion.get('retrieval_weight', 0):.2f}, "
+                    f"{fusion.get('ranker_transform', 'identity')} ranker scores"]
+    if section.get("sampled"):
+        out += ["", "| artifact | sampled AUC | sampled HR@10 | sampled NDCG@10 |", "|---|---|---|---|"]
+        for file, row in section["sampled"].items():
+            out.append(f"| {file} | " + " | ".join(f"{row[k]:.4f}" if k in row else "" for k in SAMPLED_KEYS) + " |")
+    measured = section.get("measured")
+    if measured:
+        out += ["", f"re-measured through the bundle on {measured['users']} held-out users:", "",
+                "| backend | user tower | retrieval HR@10 | cascade HR@10 | cascade NDCG@10 | cascade recall@100 "
+                "| Δ cascade HR@10 vs manifest | paired Δ HR@10 vs fp32 |", "|---|---|---|---|---|---|---|---|"]
+        for row in measured["rows"]:
+            delta = row.get("delta_vs_manifest", {}).get("cascade", {}).get("hr@10")
+            paired = row.get("paired_delta_vs_fp32", {}).get("cascade", {})
+            out.append(f"| {row['backend']} | {row['user_tower']}{' (selected)' if row['selected'] else ''} | "
+                       f"{row['retrieval']['hr@10']:.4f} | {row['cascade']['hr@10']:.4f} | "
+                       f"{row['cascade']['ndcg@10']:.4f} | {row['cascade']['recall@100']:.4f} | "
+                       + (f"{delta:+.4f}" if delta is not None else "") + " | "
+                       + (f"{paired['hr@10']:+.4f} ± {paired['hr@10_se']:.4f}" if paired else "") + " |")
+    if section.get("note"):
+        out += ["", section["note"]]
     return out
 
 

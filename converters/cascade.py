@@ -11,8 +11,9 @@
    int8 exact search, or HNSW for large catalogues);
 4. adds artifacts and index files to the bundle (sha256 in the manifest, index files with role
    ``item_index``), then measures THROUGH the bundle (`cascade_metrics`) the index's recall@M vs
-   exact search over the fp32 vectors and the full-catalogue metrics of retrieval, ranker,
-   cascade and popularity, recorded in the manifest's ``index`` and ``full_catalogue`` objects.
+   exact search over the fp32 vectors, fits the cascade score's retrieval weight on validation
+   events, and measures the full-catalogue metrics of retrieval, ranker, cascade and popularity,
+   recorded in the manifest's ``index`` (with ``cascade_score``) and ``full_catalogue`` objects.
 
 Examples:
     >>> add_retrieval("bundles/din", "runs/retrieval", targets=("onnx",), quantize=("int8",))  # doctest: +SKIP
@@ -62,6 +63,8 @@ class CascadeSettings:
         ranker_users: users for the ranker-alone metric, which scores EVERY item per user.
         min_overlap: the top-M overlap a compressed user tower must keep with the Keras tower.
         seed: seeds the user samples.
+        retrieval_weight: the cascade score's retrieval weight in [0, 1] (`runtime.recommend.CascadeScore`);
+            None fits it on the validation events of the eval users (`cascade_metrics.fit_cascade_score`).
     """
 
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -70,6 +73,7 @@ class CascadeSettings:
     ranker_users: int = 100
     min_overlap: float = 0.9
     seed: int = 0
+    retrieval_weight: float | None = None
 
     def __post_init__(self):
         for name in ("m", "eval_users", "ranker_users"):
@@ -78,6 +82,9 @@ class CascadeSettings:
                 raise ConverterConfigError(expected(f"{name} as an int >= 1", value))
         if not 0.0 <= self.min_overlap <= 1.0:
             raise ConverterConfigError(expected("min_overlap in [0, 1]", self.min_overlap))
+        w = self.retrieval_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0):
+            raise ConverterConfigError(expected("retrieval_weight as None (fitted) or a number in [0, 1]", w))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@
    `edgerec.runtime.examples` (the same rule as ``edgerec check`` and ``Predictor.swap``);
 3. unless ``examples_only``: every artifact against the Keras model the USER names (``keras``: a
    MODEL_DIR, or a saved Keras model with ``data``) on its held-out rows, through the converters'
-   validator. Nothing named inside the bundle is imported or loaded: the manifest's recorded
+   validator; and for a cascade bundle (an item index) its full-catalogue metrics re-measured
+   through its artifacts on the held-out users (``heldout``, default the MODEL_DIR's
+   ``heldout_users.npz``): retrieval and cascade per user tower artifact, the difference from the
+   manifest's figures and, for compressed towers, the paired Δ against fp32
+   (`cascade_metrics.remeasure`; the selected tower differing from the manifest fails). Nothing named inside the bundle is imported or loaded: the manifest's recorded
    ``model.source`` is never used, and ``lineage["keras_sha256"]`` only tells whether the given
    models are the ones the artifacts were converted from. A pruned bundle is checked against the
    pruned models its export kept next to it (``BUNDLE.pruned``; see `export`).
@@ -47,6 +51,7 @@ class BundleValidation:
         files: files whose sha256 matched the manifest.
         replays: one `ReplayResult` per artifact (or user_encoder -> scorer pair) replayed.
         keras: the `ValidationReport` against the Keras model (None when it did not run).
+        full_catalogue: a cascade bundle's re-measured full-catalogue rows (`cascade_metrics.remeasure`).
         failures: every check that ran and failed.
         not_verified: why a check in scope could not run.
     """
@@ -55,6 +60,7 @@ class BundleValidation:
     files: int = 0
     replays: list = field(default_factory=list)
     keras: object = None
+    full_catalogue: dict | None = None
     failures: list = field(default_factory=list)
     not_verified: list = field(default_factory=list)
 
@@ -73,6 +79,8 @@ class BundleValidation:
         if self.keras is not None:
             out["keras"] = {"rows": self.keras.rows, "artifacts": len(self.keras.results),
                             "passed": self.keras.passed}
+        if self.full_catalogue is not None:
+            out["full_catalogue"] = self.full_catalogue
         if self.failures:
             out["failures"] = list(self.failures)
         if self.not_verified:
@@ -83,6 +91,7 @@ class BundleValidation:
 def validate_bundle(bundle: str | os.PathLike, *, keras: str | os.PathLike | None = None,
                     data: str | os.PathLike | None = None, max_groups: int | None = None,
                     examples_only: bool = False, backends: Sequence[str] | None = None,
+                    heldout: str | os.PathLike | None = None,
                     progress: Callable[[str], None] | None = None) -> BundleValidation:
     """Check a bundle directory or ``.tar.gz`` (see the module doc).
 
@@ -94,6 +103,8 @@ def validate_bundle(bundle: str | os.PathLike, *, keras: str | os.PathLike | Non
         examples_only: sha256 and examples replay only (no Keras comparison is required).
         backends: backends to check (default: every backend with artifacts in the bundle; one that
             is not installed leaves its artifacts not verified).
+        heldout: held-out users ``.npz`` for a cascade bundle's full-catalogue re-measurement
+            (default: ``heldout_users.npz`` of the ``keras`` MODEL_DIR).
         progress: ``callable(str)`` for one line per step (default: this module's logger, INFO).
 
     Raises:
@@ -115,6 +126,7 @@ def validate_bundle(bundle: str | os.PathLike, *, keras: str | os.PathLike | Non
         _replay(directory, manifest, in_scope, result, say)
         if examples_only:
             return result
+        _full_catalogue(directory, manifest, keras, heldout, in_scope, result, say)
         if keras is None:
             result.not_verified.append("no Keras model given (--keras MODEL_DIR): the artifacts were not compared "
                                        "with the trained model (--examples-only checks sha256 and examples only)")
@@ -159,6 +171,31 @@ def _replay(directory: Path, manifest, backends: list[str], result: BundleValida
     for art in manifest.artifacts:
         if BACKEND_FOR_FORMAT[art.format] in backends and art.file not in replayed:
             say(f"  {art.file}: no example chain runs it (checked against Keras only)")
+
+
+def _full_catalogue(directory: Path, manifest, keras, heldout, backends: list[str], result: BundleValidation,
+                    say) -> None:
+    from edgerec.runtime.contract import HELDOUT_USERS_FILE
+    from edgerec.runtime.recommend import has_index
+
+    if not has_index(manifest):
+        return
+    path = Path(heldout) if heldout is not None else (
+        Path(keras) / HELDOUT_USERS_FILE if keras is not None and Path(keras).is_dir() else None)
+    if path is None or not path.is_file():
+        result.not_verified.append(f"the cascade bundle's full-catalogue metrics were not re-measured: no held-out "
+                                   f"users (--keras MODEL_DIR with {HELDOUT_USERS_FILE})"
+                                   + (f"; {path} does not exist" if path is not None else ""))
+        return
+    from .cascade_metrics import remeasure
+
+    say(f"re-measuring the full-catalogue metrics on the held-out users of {path}")
+    try:
+        result.full_catalogue = remeasure(directory, path, backends, say)
+    except (EdgeRecError, ValueError, OSError) as err:
+        result.failures.append(f"full-catalogue re-measurement: {type(err).__name__}: {err}"[:600])
+        return
+    result.failures += result.full_catalogue.pop("failures")
 
 
 def _compare_with_keras(directory: Path, manifest, keras: Path, data, max_groups, backends, result, say, *,

@@ -10,7 +10,13 @@ parts, the retrieval model's ``user_tower`` artifacts and the item index (`edger
    asked, padding/OOV rows never returned, so results are out-of-vocabulary-free by construction);
 3. the ranker on those ``m`` items with the user's cached state (`Predictor.score_candidates`'s
    path: user encoder once, scorer per candidate, or the fused model);
-4. the ``k`` best by ranker score.
+4. the ``k`` best by the cascade score (`CascadeScore`, recorded by the export in the manifest's
+   ``index.cascade_score``): ``w * z(retrieval score) + (1 - w) * z(ranker score)``, both
+   standardised over the ``m`` retrieved items, with the weight ``w`` the export fitted on
+   validation events. A ranker trained against random negatives is a poor judge among the
+   retriever's best ``m`` items (all of them look positive to it), and the retrieval score carries
+   what it lacks; ``w = 0`` (bundles without the record) is the ranker's order and score alone,
+   ``w = 1`` the index's order (the ranker is then not run).
 
 ``filter`` is either a collection (set, frozenset, list, tuple) of ALLOWED raw item ids — those
 items alone are retrieved, scored exactly (ids not in the catalogue are ignored) — or a callable
@@ -31,6 +37,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -43,13 +50,83 @@ from .requests_io import BLANK, answer_file, error_result
 from .scores import score_in_chunks
 
 DEFAULT_K, DEFAULT_M = 10, 200
-LINE_OPTIONS = ("k", "m")
+LINE_OPTIONS = ("k", "m")       # per-line overrides `edgerec recommend` reads from a request line
 # ranker rows per model call, so that a large m keeps the backend's intermediate tensors bounded
-RANK_CHUNK_ROWS = 4096          # per-line overrides `edgerec recommend` reads from a request line
+RANK_CHUNK_ROWS = 4096
+CASCADE_SCORE = "cascade_score"     # key of the manifest's index section
+RANKER_TRANSFORMS = ("identity", "logit")
+PROBABILITY_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class CascadeScore:
+    """How `recommend` orders the retrieved items: ``w * z(retrieval) + (1 - w) * z(ranker)``.
+
+    ``z`` standardises a score over one user's retrieved items (mean 0, std 1; a constant score
+    gives 0), so the weight does not depend on either model's score scale.
+
+    Args:
+        retrieval_weight: ``w`` in [0, 1]; 0 returns the ranker's own scores, 1 never runs the ranker.
+        ranker_transform: ``"logit"`` for a ranker that outputs probabilities (a sigmoid squashes
+            the differences among likely items), else ``"identity"``.
+
+    Examples:
+        >>> CascadeScore(0.5).combine(np.array([0.1, 0.9]), np.array([2.0, 1.0])).tolist()
+        [0.0, 0.0]
+    """
+
+    retrieval_weight: float = 0.0
+    ranker_transform: str = "identity"
+
+    def __post_init__(self):
+        w = self.retrieval_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+            raise BundleError(expected("a cascade retrieval_weight in [0, 1]", w))
+        if self.ranker_transform not in RANKER_TRANSFORMS:
+            raise BundleError(expected(f"a cascade ranker_transform in {RANKER_TRANSFORMS}", self.ranker_transform))
+
+    @classmethod
+    def of(cls, manifest) -> "CascadeScore":
+        """The bundle's recorded cascade score (the ranker alone when none is recorded)."""
+        record = (manifest.index or {}).get(CASCADE_SCORE)
+        if record is None:
+            return cls()
+        if not isinstance(record, Mapping):
+            raise BundleError(expected(f"index.{CASCADE_SCORE} as an object", type(record).__name__))
+        return cls(record.get("retrieval_weight", 0.0), record.get("ranker_transform", "identity"))
+
+    @property
+    def needs_ranker(self) -> bool:
+        return self.retrieval_weight < 1.0
+
+    def to_dict(self) -> dict:
+        return {"retrieval_weight": float(self.retrieval_weight), "ranker_transform": self.ranker_transform,
+                "formula": "w * z(retrieval) + (1 - w) * z(ranker), z standardised over the m retrieved items"}
+
+    def combine(self, ranker, retrieval) -> np.ndarray:
+        """float32 cascade scores of one user's retrieved items (``ranker`` may be None when w = 1)."""
+        w = float(self.retrieval_weight)
+        if w == 0.0:
+            return np.asarray(ranker, np.float32)
+        out = w * _standardise(retrieval)
+        if w < 1.0:
+            ranked = np.asarray(ranker, np.float64)
+            if self.ranker_transform == "logit":
+                p = np.clip(ranked, PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
+                ranked = np.log(p) - np.log1p(-p)
+            out = out + (1.0 - w) * _standardise(ranked)
+        return out.astype(np.float32)
+
+
+def _standardise(values) -> np.ndarray:
+    x = np.asarray(values, np.float64)
+    spread = x.std() if x.size else 0.0
+    return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x)
 
 
 class Recommendations(NamedTuple):
-    """The ``k`` best items for one user, best first: raw ``items`` and their ranker ``scores``."""
+    """The ``k`` best items for one user, best first: raw ``items`` and their cascade ``scores``
+    (`CascadeScore`; the ranker's scores when the bundle records no retrieval weight)."""
 
     items: list
     scores: np.ndarray
@@ -150,21 +227,23 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
     vector = _cached_vector(predictor, model, retriever, pre, request, use_cache)
     exclude = pre.encode_items(list(request["history"])) if exclude_seen and len(request["history"]) else None
     if filter is None:
-        rows, _ = index.search(vector, m, exclude=exclude)
+        rows, retrieved = index.search(vector, m, exclude=exclude)
     elif callable(filter):
-        rows = _filtered(index, vector, m, exclude, filter)
+        rows, retrieved = _filtered(index, vector, m, exclude, filter)
     elif isinstance(filter, Collection) and not isinstance(filter, (str, bytes, Mapping)):
         allowed = [i for i in filter if isinstance(i, (str, int)) and not isinstance(i, bool)]
         if len(allowed) != len(filter):
             raise RequestError(expected("filter ids as str or int", [i for i in filter if i not in allowed][:3]))
         codes = pre.encode_items(allowed) if allowed else np.zeros(0, np.int32)
-        rows, _ = index.search(vector, m, exclude=exclude, allowed=codes)
+        rows, retrieved = index.search(vector, m, exclude=exclude, allowed=codes)
     else:
         raise RequestError(expected("filter as None, a callable on item ids, or a set/list of allowed ids",
                                     type(filter).__name__))
     if rows.size == 0:
         return Recommendations([], np.zeros(0, np.float32))
-    scores = _rank(predictor, model, pre, request, rows, use_cache)
+    fusion = CascadeScore.of(model.manifest)
+    ranked = _rank(predictor, model, pre, request, rows, use_cache) if fusion.needs_ranker else None
+    scores = fusion.combine(ranked, retrieved)
     order = np.lexsort((np.arange(rows.size), -scores))[:k]
     return Recommendations(index.ids[rows[order]].tolist(), scores[order])
 
@@ -199,14 +278,15 @@ def _cached_vector(predictor, model, retriever: Retriever, pre, request, use_cac
     return vector
 
 
-def _filtered(index: ItemIndex, vector, m: int, exclude, keep: Callable) -> np.ndarray:
-    """Rows passing ``keep(raw id)``: ask the index for ever more rows until ``m`` pass."""
+def _filtered(index: ItemIndex, vector, m: int, exclude, keep: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Rows passing ``keep(raw id)`` and their index scores: ask the index for ever more rows
+    until ``m`` pass."""
     ask = m
     while True:
-        rows, _ = index.search(vector, ask, exclude=exclude)
-        passed = rows[np.fromiter((bool(keep(i)) for i in index.ids[rows].tolist()), bool, rows.size)]
-        if passed.size >= m or rows.size < ask or ask >= index.recommendable:
-            return passed[:m]
+        rows, scores = index.search(vector, ask, exclude=exclude)
+        passed = np.fromiter((bool(keep(i)) for i in index.ids[rows].tolist()), bool, rows.size)
+        if passed.sum() >= m or rows.size < ask or ask >= index.recommendable:
+            return rows[passed][:m], scores[passed][:m]
         ask = min(index.recommendable, 4 * ask)
 
 

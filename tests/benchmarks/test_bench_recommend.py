@@ -34,3 +34,32 @@ def test_a_ranker_bundle_has_no_recommend_rows(tmp_path):
 
     outcome = run_bench(make_onnx_bundle(tmp_path / "plain"), tmp_path / "out", _options())
     assert "recommend" not in outcome.report
+
+
+def test_a_measured_cascade_bundle_gets_its_full_catalogue_table(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dataclasses import replace
+
+    from edgerec.benchmarks.bench import run_bench
+    from edgerec.benchmarks.recommend import full_catalogue_markdown
+
+    from ..runtime.test_recommend_quality import measured_cascade
+
+    bundle, heldout, sections = measured_cascade(tmp_path / "cascade")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "heldout_users.npz").write_bytes(heldout.read_bytes())
+    outcome = run_bench(bundle, tmp_path / "out", replace(_options(), keras_dir=model_dir))
+    section = outcome.report["full_catalogue"]
+    assert section["recorded"] == sections["full_catalogue"]
+    assert section["cascade_score"]["retrieval_weight"] == sections["index"]["cascade_score"]["retrieval_weight"]
+    rows = section["measured"]["rows"]
+    assert [(r["backend"], r["selected"]) for r in rows] == [("onnxruntime", True)]
+    assert rows[0]["cascade"]["hr@10"] == pytest.approx(sections["full_catalogue"]["cascade"]["hr@10"])
+    table = "\n".join(full_catalogue_markdown(section))
+    assert "| cascade | 24 |" in table and "re-measured through the bundle on 24 held-out users" in table
+
+    unmeasured = run_bench(bundle, tmp_path / "out2", _options()).report["full_catalogue"]
+    assert unmeasured["measured"] is None and "not re-measured" in unmeasured["note"]
+    assert unmeasured["recorded"] == sections["full_catalogue"]
