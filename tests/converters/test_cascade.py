@@ -99,11 +99,14 @@ def test_manifest_records_index_and_full_catalogue_sections(cascade):
     index = data["index"]
     assert index["kind"] == "exact" and index["num_items"] == S.VOCAB and index["m"] == 20
     assert 0.9 <= index["recall@20"] <= 1.0 and index["recall_users"] == 30
-    assert set(data["full_catalogue"]) == {"retrieval", "ranker", "cascade", "popularity"}
+    assert set(data["full_catalogue"]) == {"retrieval", "ranker", "cascade", "popularity", "cascade_ranker_order"}
     for block in data["full_catalogue"].values():
         assert set(block) == {"hr@10", "ndcg@10", "recall@100", "users"}
         assert all(0.0 <= block[k] <= 1.0 for k in ("hr@10", "ndcg@10", "recall@100"))
     assert data["full_catalogue"]["ranker"]["users"] == 5
+    fusion = index["cascade_score"]
+    assert 0.0 <= fusion["retrieval_weight"] <= 1.0 and fusion["ranker_transform"] == "logit"   # a sigmoid ranker
+    assert fusion["fitted_on"]["users"] <= 30 and len(fusion["validation"]) == 21
     assert result.summary()["index"]["recall@20"] == index["recall@20"]
 
 
