@@ -15,6 +15,10 @@ A raw request is a dict::
 Ids are non-empty strings or ints (a bool, "", a float or an int outside int64 is refused); keys
 inside ``context``/``dense`` must be fields of the spec (a typo such as ``"timestmap"`` is refused).
 An id the vocabulary does not know encodes to the OOV index (1): the Predictor flags such rows.
+
+A spec with ``text.content_dim`` (content families) also yields ``cand_content`` float32
+[B, content_dim]: zeros, except for candidates registered with ``Predictor.add_items`` (``added``:
+raw id -> content vector), whose row holds their vector (`edgerec.runtime.cold_start`).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RequestError, expected
-from .spec import CAND_ITEM, DENSE, HIST_ITEMS, PAD_INDEX, FeatureSpec
+from .spec import CAND_CONTENT, CAND_ITEM, DENSE, HIST_ITEMS, OOV_INDEX, PAD_INDEX, FeatureSpec
 
 REQUEST_KEYS = frozenset({"user_id", "history", "item", "context", "dense", "expected", "request_id"})
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -273,11 +277,13 @@ class Preprocessor:
             raise RequestError(expected("at least one request", 0))
         return self.encode_checked([self.check_request(r) for r in requests])
 
-    def encode_checked(self, requests: Sequence[Mapping], inputs=None) -> dict[str, np.ndarray]:
+    def encode_checked(self, requests: Sequence[Mapping], inputs=None, added: Mapping | None = None
+                       ) -> dict[str, np.ndarray]:
         """`encode_requests` for a non-empty list already passed through `check_request`.
 
         ``inputs``: the input names a model declares (a set); context and dense arrays it does not
-        take are not built (their values are still validated). Default: every spec input."""
+        take are not built (their values are still validated). Default: every spec input.
+        ``added``: raw id -> content vector of items added after training (see `encode_content`)."""
         if len(requests) == 1:      # the single-request case without four comprehensions
             request = requests[0]
             histories, items = [request["history"]], [request["item"]]
@@ -294,11 +300,27 @@ class Preprocessor:
                 self._dense_rows(dense)
         elif any(d is not None for d in dense):
             self._dense_rows(dense)         # refuses dense values a spec without dense fields would drop
+        if self.spec.content_dim is not None and (inputs is None or CAND_CONTENT in inputs):
+            arrays[CAND_CONTENT] = self.encode_content(items, arrays[CAND_ITEM], added)
         return arrays
 
+    def encode_content(self, items: Sequence[Any], codes: np.ndarray, added: Mapping | None = None) -> np.ndarray:
+        """``cand_content`` float32 [B, content_dim] for candidates ``items`` (encoded ``codes``):
+        zeros, except where a candidate is out of vocabulary and ``added`` (raw id as str ->
+        vector) holds it. Known ids keep zeros even if listed: their trained embedding wins."""
+        out = np.zeros((len(codes), self.spec.content_dim), dtype=np.float32)
+        if added:
+            get = added.get
+            for i in np.flatnonzero(codes == OOV_INDEX):
+                vector = get(str(items[i]))
+                if vector is not None:
+                    out[i] = vector
+        return out
+
     def encode_candidates(self, items: Sequence[Any], context: Mapping | None = None,
-                          dense: Mapping | None = None) -> dict[str, np.ndarray]:
-        """Scorer inputs (minus user state) for N candidates sharing one context."""
+                          dense: Mapping | None = None, added: Mapping | None = None) -> dict[str, np.ndarray]:
+        """Scorer inputs (minus user state) for N candidates sharing one context (``added``: see
+        `encode_content`)."""
         if isinstance(items, (str, bytes)) or not isinstance(items, (Sequence, np.ndarray)) or len(items) == 0:
             raise RequestError(expected("a non-empty list of candidate ids", shown(items)))
         n = len(items)
@@ -309,4 +331,6 @@ class Preprocessor:
             arrays[DENSE] = np.repeat(self.encode_dense([dense]), n, axis=0)
         elif dense is not None:
             self._dense_rows([dense])
+        if self.spec.content_dim is not None:
+            arrays[CAND_CONTENT] = self.encode_content(items, arrays[CAND_ITEM], added)
         return arrays

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .contract import CAND_ITEM, DENSE, HIST_ITEMS, SCORE  # noqa: F401  (re-exported)
+from .contract import CAND_CONTENT, CAND_ITEM, DENSE, HIST_ITEMS, SCORE  # noqa: F401  (re-exported)
 from .errors import SpecError, expected
 from .io import atomic_write_json
 
@@ -161,20 +161,62 @@ class DenseField:
                    float(data.get("default", 0.0)))
 
 
+TOKENIZERS = ("basic", "wordpiece")
+
+
 @dataclass(frozen=True)
 class TextSpec:
-    """Item-text tokenisation for the content encoder (see `edgerec.runtime.text`)."""
+    """Item-text tokenisation for the content encoder, and the content vector the ranking parts read.
+
+    Args:
+        vocab: ``tokenizer="basic"``: the words of `edgerec.runtime.text.Tokenizer` (ids 4.. in
+            order, the special tokens excluded). ``tokenizer="wordpiece"``: the whole BERT
+            vocabulary in id order (token ``vocab[i]`` has id ``i``; ``[PAD]``, ``[UNK]``,
+            ``[CLS]``, ``[SEP]`` included), tokenised by `edgerec.runtime.wordpiece` with BERT's
+            uncased normalisation.
+        max_tokens: token ids per text, ``[CLS]`` and ``[SEP]`` included.
+        tokenizer: ``"basic"`` or ``"wordpiece"``.
+        content_dim: width of the content encoder's ``item_vector``; when set, the ranking parts
+            also read ``cand_content`` float32 [B, content_dim] (the contract's `CAND_CONTENT`:
+            the content vector of a candidate added after training, zeros for known items).
+
+    ``to_dict`` leaves out the fields at their defaults, so specs written before they existed
+    read and write back byte for byte.
+
+    Examples:
+        >>> TextSpec(("toy", "story"), 8).to_dict()
+        {'vocab': ['toy', 'story'], 'max_tokens': 8}
+    """
 
     vocab: tuple[str, ...]
     max_tokens: int = 16
+    tokenizer: str = "basic"
+    content_dim: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "vocab", tuple(self.vocab))
+        if self.tokenizer not in TOKENIZERS:
+            raise SpecError(expected(f"a text tokenizer among {TOKENIZERS}", self.tokenizer))
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 3:
+            raise SpecError(expected("text max_tokens as an int >= 3", self.max_tokens))
+        if self.content_dim is not None and (isinstance(self.content_dim, bool) or not isinstance(
+                self.content_dim, int) or self.content_dim < 1):
+            raise SpecError(expected("text content_dim as a positive int (or null)", self.content_dim))
 
     def to_dict(self) -> dict:
-        return {"vocab": list(self.vocab), "max_tokens": self.max_tokens}
+        out = {"vocab": list(self.vocab), "max_tokens": self.max_tokens}
+        if self.tokenizer != "basic":
+            out["tokenizer"] = self.tokenizer
+        if self.content_dim is not None:
+            out["content_dim"] = self.content_dim
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextSpec":
         _require_keys(data, ("vocab",), "text spec")
-        return cls(tuple(data["vocab"]), int(data.get("max_tokens", 16)))
+        dim = data.get("content_dim")
+        return cls(tuple(data["vocab"]), int(data.get("max_tokens", 16)), str(data.get("tokenizer", "basic")),
+                   None if dim is None else int(dim))
 
 
 @dataclass(frozen=True)
@@ -212,11 +254,18 @@ class FeatureSpec:
         cand.update({c.name: ("int32", (None,)) for c in self.context})
         if self.dense:
             cand[DENSE] = ("float32", (None, len(self.dense)))
+        if self.content_dim is not None:
+            cand[CAND_CONTENT] = ("float32", (None, self.content_dim))
         if part == "user_encoder":
             return hist
         if part == "scorer":
             return cand
         return {**hist, **cand}
+
+    @property
+    def content_dim(self) -> int | None:
+        """Width of the ``cand_content`` input of the ranking parts (None: they have none)."""
+        return None if self.text is None else self.text.content_dim
 
     def to_dict(self) -> dict:
         return {

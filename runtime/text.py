@@ -1,7 +1,10 @@
 """Item-text tokenisation shared, unchanged, by training and serving (pure Python + numpy).
 
-Token ids: 0 = [PAD], 1 = [UNK], 2 = [CLS], 3 = [SEP], 4.. = the vocabulary's words.
-A sequence is ``[CLS] w1 w2 … [SEP]`` truncated/padded to ``max_tokens``.
+`Tokenizer` is the small encoder's: token ids 0 = [PAD], 1 = [UNK], 2 = [CLS], 3 = [SEP],
+4.. = the vocabulary's words; a sequence is ``[CLS] w1 w2 … [SEP]`` truncated/padded to
+``max_tokens``. `tokenizer_for` gives the tokenizer a `TextSpec` names: this one for
+``"basic"``, `edgerec.runtime.wordpiece.WordPieceTokenizer` for ``"wordpiece"`` (pretrained
+BERT-family encoders).
 """
 from __future__ import annotations
 
@@ -65,3 +68,21 @@ class Tokenizer:
         if len(texts) == 0:
             return np.zeros((0, self.max_tokens), dtype=np.int32)
         return np.stack([self.encode(t) for t in texts])
+
+
+def tokenizer_for(text_spec):
+    """The tokenizer of a `edgerec.runtime.spec.TextSpec` (anything with ``encode_batch``).
+
+    Examples:
+        >>> from edgerec.runtime.spec import TextSpec
+        >>> tokenizer_for(TextSpec(("toy", "story"), 6)).encode("Toy Story").tolist()
+        [2, 4, 5, 3, 0, 0]
+    """
+    kind = getattr(text_spec, "tokenizer", None)
+    if kind == "basic":
+        return Tokenizer(text_spec.vocab, text_spec.max_tokens)
+    if kind == "wordpiece":
+        from .wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer.from_vocab_list(text_spec.vocab, text_spec.max_tokens)
+    raise RequestError(expected("a text spec with tokenizer 'basic' or 'wordpiece'", kind))

@@ -67,6 +67,8 @@ _LETTERS_TO_TOKENIZERS = """
 """
 # characters whose category changed since those tables: U+111C9 (now Mn), U+166D (So), U+1734 (Mc)
 _OLD_CATEGORY = {"\U000111c9": "Po", "\u166d": "Po", "\u1734": "Mn"}
+# the special tokens of BERT-uncased vocabularies; tokenizer.json marks them non-normalised
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def _ranges(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -189,6 +191,29 @@ class WordPieceTokenizer:
                    unk_token=model.get("unk_token", "[UNK]"), cls_token=cls_token, sep_token=sep_token,
                    pad_token=pad_token, continuing_prefix=model.get("continuing_subword_prefix", "##"),
                    max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)))
+
+    @classmethod
+    def from_vocab_list(cls, tokens: Sequence[str], max_tokens: int = 32) -> "WordPieceTokenizer":
+        """A BERT-uncased tokenizer over ``tokens`` in id order (``tokens[i]`` has id ``i``), as a
+        bundle's ``TextSpec(tokenizer="wordpiece")`` stores it: the four special tokens are looked
+        up in it, and the specials it holds (``[MASK]`` too) are matched literally in the text,
+        as the checkpoint's ``tokenizer.json`` lists them.
+
+        Examples:
+            >>> tok = WordPieceTokenizer.from_vocab_list(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "toy"], 4)
+            >>> tok.encode("Toy").tolist()
+            [2, 4, 3, 0]
+        """
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence) or not tokens:
+            raise SpecError(expected("a non-empty list of vocabulary tokens in id order", type(tokens).__name__))
+        vocab = {}
+        for index, token in enumerate(tokens):
+            if not isinstance(token, str) or token in vocab:
+                raise SpecError(expected("unique str tokens in the wordpiece vocabulary",
+                                         f"{token!r} at id {index}"))
+            vocab[token] = index
+        added = {t: vocab[t] for t in BERT_SPECIAL_TOKENS if t in vocab}
+        return cls(vocab, max_tokens, added_tokens=added)
 
     @property
     def vocab_size(self) -> int:
