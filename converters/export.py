@@ -219,6 +219,7 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
                latency: LatencyConfig | None = None, progress: Callable[[str], None] | None = None) -> ExportResult:
     """The core shared by every model source: prune, convert, validate, select, bundle, serve."""
     from .bundle import examples_with_expected, write_bundle
+    from .content_export import add_content_encoder
     from .keras_io import load_keras_model
     from .pipeline import PassRunner, merged_lineage, sha256_path
 
@@ -281,6 +282,7 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
         for backend, parts in manifest.selected.items():
             say(f"selected for {backend}: " + ", ".join(f"{p}={f}" for p, f in sorted(parts.items())))
         result = ExportResult(manifest, out, archive_path)
+        add_content_encoder(job, result, options, runner, say)      # content families: no-op otherwise
         if options.prune is not None:
             from .jobs import save_reference_models
 

@@ -119,8 +119,6 @@ def edgerec_job(model_dir: Path, data=None, max_groups: int | None = None) -> Ex
     metrics_path = model_dir / "metrics.json"
     if metrics_path.is_file():
         info["metrics"] = json.loads(metrics_path.read_text("utf-8"))
-    if "content_encoder" in meta["parts"]:
-        info["not_exported"] = {"content_encoder": "export exports fused/user_encoder/scorer only"}
     # every family shares the tensor contract: a family edgerec does not build validates like din
     specs = {"fused": spec_for_part(family if family in FAMILIES else "din", "fused", spec)}
     return ExportJob(
