@@ -7,6 +7,8 @@
         predictor.score_candidates({"user_id": "42", "history": ["10", "31"]}, ["99", "7", "12"])
         predictor.top_k({"user_id": "42", "history": ["10"]}, candidates, k=10)
         predictor.swap("bundle_v2/")      # hot swap: validate fully, then switch atomically
+        predictor.item_vectors(["Toy Story (1995)"])             # content bundles: text -> vector
+        predictor.add_items({"m-new": "Space Cowboys (2000)"})   # cold start: scored by its content
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, result_keys, user_state_key
+from .cold_start import ColdStartItems, added_rows, item_vectors
+from .contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (public here too)
 from .counters import FOLD_EVERY, CallCounters
 from .errors import BundleError, RequestError, expected
 from .examples import replay_loaded
@@ -24,7 +28,6 @@ from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public her
 from .scores import Scores, as_scores, count_oov, score_in_chunks
 from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
 
-ITEM_TOKENS, ITEM_VECTOR = "item_tokens", "item_vector"
 _clock = time.perf_counter
 # Rows per model call: a bigger batch is scored in chunks, so peak memory (the backend's
 # intermediate tensors grow with the batch) is bounded whatever the caller sends.
@@ -64,6 +67,7 @@ class Predictor:
         self._predict_rows = self._counters.predict_rows
         self._fold, self._count = self._counters.fold, self._counters.add
         self._closed = False
+        self._cold = ColdStartItems()
         self._model = self._open(bundle_path)
 
     def _open(self, bundle_path) -> LoadedBundle:
@@ -197,8 +201,11 @@ class Predictor:
 
     def _predict_chunk(self, model: LoadedBundle, pre, requests, use_cache: bool) -> tuple:
         """(scores, encoded candidate ids) of at most `CHUNK_ROWS` checked requests."""
-        arrays = pre.encode_checked(requests, model.request_inputs)
+        added = self._cold.vectors(model)
+        arrays = pre.encode_checked(requests, model.request_inputs, added)
         items = arrays[CAND_ITEM]
+        if added:
+            items = self._mark_added(items, [r["item"] for r in requests], added)
         if not (use_cache and self.result_cache.enabled):
             return self._score_rows(model, arrays, requests, use_cache), items
         keys = result_keys(model.version, arrays)
@@ -213,6 +220,17 @@ class Predictor:
             for i, s in zip(todo, scores):
                 self.result_cache.put(keys[i], np.float32(s))
         return out, items
+
+    @staticmethod
+    def _mark_added(codes: np.ndarray, raw_items, added) -> np.ndarray:
+        """Encoded candidate ids with added items' rows set to -1, so they are not counted or
+        flagged as out of vocabulary (the arrays fed to the model keep the OOV index)."""
+        rows = added_rows(raw_items, codes, added)
+        if rows is None:
+            return codes
+        marked = codes.copy()
+        marked[rows] = -1
+        return marked
 
     def _flag_oov(self, scores: np.ndarray, items: np.ndarray, return_oov: bool):
         """Count rows whose candidate is out of vocabulary; `Scores` when the caller asked."""
@@ -235,7 +253,8 @@ class Predictor:
         request = pre.check_request(user_request, need_item=False)
         context = request.get("context") if context is None else context
         dense = request.get("dense") if dense is None else dense
-        arrays = pre.encode_candidates(candidates, context, dense)
+        added = self._cold.vectors(model)
+        arrays = pre.encode_candidates(candidates, context, dense, added)
         n = len(arrays[CAND_ITEM])
         hist = pre.encode_history([request["history"]])
         if "scorer" in model.parts and "user_encoder" in model.parts:
@@ -244,7 +263,10 @@ class Predictor:
             part, shared = "fused", {HIST_ITEMS: hist}
         scores = score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, CHUNK_ROWS)
         self._count("candidate_rows", n)
-        return self._flag_oov(scores, arrays[CAND_ITEM], return_oov)
+        items = arrays[CAND_ITEM]
+        if added:
+            items = self._mark_added(items, list(candidates), added)
+        return self._flag_oov(scores, items, return_oov)
 
     def top_k(self, user_request: Mapping, candidates: Sequence[Any], k: int, context: Mapping | None = None,
               dense: Mapping | None = None, use_cache: bool = True, return_oov: bool = False) -> list[tuple]:
@@ -267,23 +289,52 @@ class Predictor:
         from .recommend import recommend
         return self._serve(recommend, self, user_request, k, m, exclude_seen, filter, use_cache)
 
+    # -- item content ---------------------------------------------------------------------------
     def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        """Content-encoder vectors [N, D] for item texts, tokenised exactly as in training."""
-        return self._serve(self._item_vectors, texts)
+        """Content-encoder vectors float32 [N, D] for item texts, tokenised exactly as in training
+        (the spec's ``text.tokenizer``), through the bundle's ``content_encoder`` part.
 
-    def _item_vectors(self, model: LoadedBundle, texts) -> np.ndarray:
-        spec = self._preprocessor(model).spec
-        if spec.text is None or "content_encoder" not in model.parts:
-            raise RequestError(expected("a bundle with a text spec and a content_encoder part",
-                                        sorted(model.parts)))
-        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or len(texts) == 0:
-            raise RequestError(expected("a non-empty list of item texts", type(texts).__name__))
-        bad = [t for t in texts if not isinstance(t, str)]
-        if bad:
-            raise RequestError(expected("item texts as str", bad[:3]))
-        from .text import Tokenizer
-        tokens = Tokenizer(spec.text.vocab, spec.text.max_tokens).encode_batch(list(texts))
-        return model.run("content_encoder", {ITEM_TOKENS: tokens})[ITEM_VECTOR]
+        Examples:
+            >>> predictor.item_vectors(["Toy Story (1995) Animation|Children"]).shape   # doctest: +SKIP
+            (1, 32)
+        """
+        return self._serve(item_vectors, texts)
+
+    def add_items(self, items: Mapping[Any, str]) -> list[str]:
+        """Register items that appeared after training (raw id -> text): each text is encoded on
+        the device by the bundle's content encoder, and `predict` / `score_candidates` / `top_k`
+        then score these ids through their content vector (fed as ``cand_content``) instead of
+        as the generic out-of-vocabulary item; ``return_oov`` does not flag them. Adding an id
+        again replaces its text. On `swap` the texts are re-encoded by the new bundle (see
+        `edgerec.runtime.cold_start`). Returns the ids, as str.
+
+        Raises:
+            RequestError: an empty or non-dict argument, an id the vocabulary knows, a text that is
+                not a non-blank str, or a bundle without a content encoder / ``cand_content`` input.
+
+        Examples:
+            >>> predictor.add_items({"m-new": "Space Cowboys (2000) Action|Adventure"})   # doctest: +SKIP
+            ['m-new']
+        """
+        with self._cold.lock:           # a swap re-encodes under the same lock: nothing is lost
+            return self._serve(self._cold.add, items)
+
+    @property
+    def added_items(self) -> dict[str, str]:
+        """raw id -> text of the items registered with `add_items`."""
+        return self._cold.texts
+
+    def remove_items(self, ids) -> list[str]:
+        """Forget added items (raw ids; unknown ones are ignored); returns the ids removed."""
+        removed = self._cold.remove(ids)
+        if removed:
+            self.result_cache.clear()
+        return removed
+
+    def clear_items(self) -> None:
+        """Forget every added item."""
+        self._cold.clear()
+        self.result_cache.clear()
 
     # -- tensors ----------------------------------------------------------------------------------
     def predict_arrays(self, feeds: Mapping[str, np.ndarray], part: str | None = None) -> dict[str, np.ndarray]:
@@ -351,7 +402,9 @@ class Predictor:
         The new bundle is verified, loaded, warmed up and its examples.jsonl replayed with the
         rule of `edgerec check` (`examples.replay_loaded`) BEFORE the switch; any failure (a
         bundle without examples too) raises and the old bundle keeps serving. In-flight calls
-        finish on the old bundle, closed after them; caches are cleared.
+        finish on the old bundle, closed after them; caches are cleared. Items registered with
+        `add_items` are re-encoded by the new bundle before the switch (ids its vocabulary knows
+        are dropped); a new bundle that cannot encode them is refused (call `clear_items` first).
 
         Args:
             check_examples: False skips the replay (e.g. for a bundle without examples).
@@ -374,12 +427,20 @@ class Predictor:
             new.close()
             self._count("failed_swaps", 1)
             raise
-        with self._swap_lock:
-            closed = self._closed
-            if not closed:
-                old, self._model = self._model, new
-                self.user_cache.clear()
-                self.result_cache.clear()
+        with self._cold.lock:       # added items are re-encoded by the new bundle before it serves
+            try:
+                table, dropped = self._cold.rebind(new)
+            except BaseException:
+                new.close()
+                self._count("failed_swaps", 1)
+                raise
+            with self._swap_lock:
+                closed = self._closed
+                if not closed:
+                    old, self._model = self._model, new
+                    self._cold.commit(old, new, table, dropped)
+                    self.user_cache.clear()
+                    self.result_cache.clear()
         if closed:                  # close() ran while the new bundle was being checked
             new.close()
             self._count("failed_swaps", 1)
