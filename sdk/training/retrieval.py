@@ -221,6 +221,92 @@ def evaluate_retrieval(parts, dataset, k: int = 10) -> dict:
     return {"test": sampled, "baseline": popularity_baseline(dataset, k), **full}
 
 
+HARD_NEGATIVE_M = 200
+HARD_SHARE = 0.5
+
+
+def with_retrieved_negatives(dataset, user_vectors, item_vectors, *, m: int = HARD_NEGATIVE_M,
+                             share: float = HARD_SHARE, seed: int = 0, chunk: int = 2048):
+    """A copy of ``dataset`` whose training negatives are, for ``share`` of them, items the
+    retriever ranks in its top ``m`` for the row's user side (hard negatives), the rest the
+    dataset's uniform ones.
+
+    A ranker trained against uniform negatives only learns to tell a user's items from random
+    ones; in a cascade it ranks the retriever's best ``m``, which all look relevant, so it must
+    learn to order items a retriever confuses. Keeping uniform negatives keeps it able to push
+    random items down. Like the dataset's sampler, no item the user ever interacted with (any
+    split) is a negative; only the ``train`` split changes (valid and test stay as built).
+
+    Args:
+        dataset: a `RecDataset`.
+        user_vectors: ``callable(inputs) -> float [N, D]``, the retrieval user tower (e.g.
+            `RetrievalParts.user_vectors`).
+        item_vectors: float ``[item_vocab.size, D]`` of the same retriever.
+        m: how deep in the retriever's list hard negatives are drawn (uniformly).
+        share: the part of each positive's negatives that are hard (the rest stay uniform).
+        seed: seeds which uniform negatives are replaced and the draws.
+
+    Returns:
+        the new `RecDataset`; its ``meta["hard_negatives"]`` says how it was made.
+    """
+    from dataclasses import replace
+
+    from ..data.dataset import Split
+
+    if not 0.0 < share <= 1.0 or m < 1:
+        raise SpecError(expected("share in (0, 1] and m >= 1", {"share": share, "m": m}))
+    train, rng = dataset.train, np.random.default_rng(seed)
+    positive = train.labels > 0.5
+    pos_rows, neg_rows = np.flatnonzero(positive), np.flatnonzero(~positive)
+    if pos_rows.size == 0 or train.groups is None:
+        raise SpecError(expected("training positives with groups (user index)", int(pos_rows.size)))
+    per_positive = int(round(share * neg_rows.size / pos_rows.size))
+    if per_positive < 1:
+        raise SpecError(expected("training negatives to replace", int(neg_rows.size)))
+    kept = neg_rows[rng.random(neg_rows.size) >= share]
+    vectors = np.asarray(item_vectors, np.float32)
+    items_of = _user_items(dataset)
+    users = train.take(pos_rows)
+    queries = np.asarray(user_vectors({k: v for k, v in users.inputs.items() if k != CAND_ITEM}), np.float32)
+    hard = np.empty((pos_rows.size, per_positive), np.int32)
+    for start in range(0, pos_rows.size, chunk):
+        scores = queries[start:start + chunk] @ vectors.T
+        scores[:, :NUM_RESERVED] = -np.inf
+        for row, user in enumerate(users.groups[start:start + chunk]):
+            scores[row, items_of.get(int(user), [])] = -np.inf
+        depth = min(m, vectors.shape[0] - NUM_RESERVED)
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        picks = np.argsort(rng.random(top.shape), axis=1)[:, :per_positive]
+        hard[start:start + chunk] = np.take_along_axis(top, picks, axis=1)
+    repeated = np.repeat(np.arange(pos_rows.size), per_positive)
+    extra = users.take(repeated)
+    extra.inputs[CAND_ITEM] = hard.reshape(-1)
+    extra.labels = np.zeros(repeated.size, np.float32)
+    base = train.take(np.concatenate([pos_rows, kept]))
+    merged = Split({k: np.concatenate([base.inputs[k], extra.inputs[k]]) for k in base.inputs},
+                   np.concatenate([base.labels, extra.labels]), np.concatenate([base.groups, extra.groups]))
+    merged = merged.take(rng.permutation(len(merged)))
+    meta = {**dataset.meta, "hard_negatives": {"m": int(m), "share": float(share), "per_positive": per_positive,
+                                               "uniform_kept": int(kept.size), "hard": int(hard.size), "seed": seed}}
+    return replace(dataset, train=merged, meta=meta)
+
+
+def _user_items(dataset) -> dict:
+    """user index -> every item index the user interacted with (positives of any split)."""
+    users, items = [], []
+    for split in (dataset.train, dataset.valid, dataset.test):
+        if split.groups is None or len(split) == 0:
+            continue
+        positive = split.labels > 0.5
+        users.append(split.groups[positive].astype(np.int64))
+        items.append(np.asarray(split.inputs[CAND_ITEM], np.int64)[positive])
+    users, items = np.concatenate(users), np.concatenate(items)
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    return {int(u[0]): np.unique(i) for u, i in zip(np.split(users, bounds), np.split(items, bounds))}
+
+
 def train_retrieval_model(dataset, model_config: RetrievalConfig | None = None,
                           train_config: TrainConfig | None = None):
     """Build, (content-pre-train,) fit and evaluate a retrieval model on ``dataset``.
