@@ -104,8 +104,10 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, cos)
 
 
-def validate_encoders(reference: np.ndarray, artifacts, tokens: np.ndarray, say) -> list[dict]:
-    """Each artifact's vectors against the Keras ones: ``{"artifact", "backend", "validation", "failure"}``."""
+def validate_encoders(reference: np.ndarray, artifacts, tokens: np.ndarray, say, stop_on_fp32: bool = True
+                      ) -> list[dict]:
+    """Each artifact's vectors against the Keras ones: ``{"artifact", "backend", "validation", "failure"}``
+    (``stop_on_fp32``: a failing fp32 artifact raises ValidationError)."""
     from .validate import backend_outputs
 
     checks = []
@@ -127,10 +129,52 @@ def validate_encoders(reference: np.ndarray, artifacts, tokens: np.ndarray, say)
         checks.append({"artifact": art, "backend": BACKEND_FOR_FORMAT[art.format], "validation": validation,
                        "failure": failure})
     broken = [c for c in checks if c["artifact"].precision == "fp32" and c["failure"]]
-    if broken:
+    if broken and stop_on_fp32:
         raise ValidationError(expected("every fp32 content encoder artifact to match Keras (a broken export "
                                        "otherwise)", "; ".join(f"{c['artifact'].file}: {c['failure']}" for c in broken)))
     return checks
+
+
+def keras_reference(job, tokens: np.ndarray) -> np.ndarray:
+    """The Keras content encoder's vectors of ``tokens`` (the job's model dir part)."""
+    from .keras_io import load_keras_model
+    from .validate import keras_outputs
+
+    meta = job.model_json or {}
+    source = Path(job.model_info["source"]) / meta["parts"][CONTENT_ENCODER]
+    if not source.exists():
+        raise ConverterConfigError(expected(f"the {CONTENT_ENCODER} part named in edgerec_model.json", str(source)))
+    module = (meta.get(CONTENT_ENCODER) or {}).get("custom_objects_module") or job.custom_objects_module
+    out = keras_outputs(load_keras_model(source, module), {ITEM_TOKENS: tokens}, chunk=256)
+    return out[ITEM_VECTOR] if ITEM_VECTOR in out else next(iter(out.values()))
+
+
+def recheck_content(model_dir, bundle_dir, manifest, backends=None, say: Callable[[str], None] | None = None
+                    ) -> list[dict]:
+    """Re-validate a bundle's content encoder artifacts against MODEL_DIR's Keras encoder (what
+    ``edgerec validate --keras`` needs for them: the ranking validator has no cosine metric).
+
+    Returns:
+        one ``{"file", "backend", "validation", "failure"}`` per artifact of an installed backend
+        among ``backends`` (default all); ``failure`` is "" when it passes.
+    """
+    from .jobs import load_job
+    from .validate import DeployableArtifact
+
+    arts = [a for a in manifest.artifacts if a.part == CONTENT_ENCODER
+            and (backends is None or BACKEND_FOR_FORMAT[a.format] in backends)]
+    if not arts:
+        return []
+    job = load_job(model_dir)
+    if CONTENT_ENCODER not in (job.model_json or {}).get("parts", {}):
+        raise ConverterConfigError(expected(f"--keras: a model dir with the {CONTENT_ENCODER} part the bundle holds",
+                                            sorted((job.model_json or {}).get("parts", {}))))
+    tokens, _ = validation_tokens(job, Path(model_dir))
+    deployable = [DeployableArtifact(str(Path(bundle_dir) / a.file), a.format, a.precision, a.part) for a in arts]
+    checks = validate_encoders(keras_reference(job, tokens), deployable, tokens, say or logger.info,
+                               stop_on_fp32=False)
+    return [{"file": c["artifact"].file, "backend": c["backend"], "validation": c["validation"],
+             "failure": c["failure"]} for c in checks]
 
 
 def select_smallest(checks: list[dict]) -> dict[str, str]:
@@ -153,9 +197,7 @@ def add_content_encoder(job, result, options, runner, say: Callable[[str], None]
     from edgerec.runtime.manifest import load_manifest
 
     from .flows import convert_parts
-    from .keras_io import load_keras_model
     from .pipeline import sha256_path
-    from .validate import keras_outputs
 
     meta = job.model_json or {}
     if CONTENT_ENCODER not in meta.get("parts", {}):
@@ -163,12 +205,9 @@ def add_content_encoder(job, result, options, runner, say: Callable[[str], None]
     say = say or logger.info
     model_dir = Path(job.model_info["source"])
     source = model_dir / meta["parts"][CONTENT_ENCODER]
-    if not source.exists():
-        raise ConverterConfigError(expected(f"the {CONTENT_ENCODER} part named in edgerec_model.json", str(source)))
     module = (meta.get(CONTENT_ENCODER) or {}).get("custom_objects_module") or job.custom_objects_module
     tokens, rows_source = validation_tokens(job, model_dir)
-    reference = keras_outputs(load_keras_model(source, module), {ITEM_TOKENS: tokens})
-    reference = reference[ITEM_VECTOR] if ITEM_VECTOR in reference else next(iter(reference.values()))
+    reference = keras_reference(job, tokens)
     targets = tuple(t for t in options.artifact_targets if t in ("tflite", "onnx"))
     work = Path(tempfile.mkdtemp(prefix="edgerec-content-"))
     try:

@@ -131,3 +131,18 @@ def test_fp32_only_when_no_compression_is_asked(exported, tmp_path):
     assert [a.file for a in content] == ["content_encoder_fp32.onnx"]
     assert manifest.selected["onnxruntime"]["content_encoder"] == "content_encoder_fp32.onnx"
     assert not [r for r in manifest.rejected if r.get("part") == "content_encoder"]
+
+
+def test_recheck_against_the_model_dir_and_a_different_encoder(exported, tmp_path):
+    from edgerec.converters.content_export import recheck_content
+
+    manifest = exported["manifest"]
+    checks = recheck_content(exported["model_dir"], exported["bundle"], manifest)
+    assert len(checks) == 4 and all(not c["failure"] for c in checks)
+    assert {c["backend"] for c in recheck_content(exported["model_dir"], exported["bundle"], manifest,
+                                                   backends=("litert",))} == {"litert"}
+    other = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], other)
+    S.build_encoder(S.feature_spec(), seed=1).save(other / "content_encoder.keras")
+    failures = [c["failure"] for c in recheck_content(other, exported["bundle"], manifest)]
+    assert len(failures) == 4 and all("cosine_min" in f for f in failures)
