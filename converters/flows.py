@@ -12,11 +12,11 @@ converter's specific reason (op or layer that blocked it) — never dropped sile
 | target | mode | file | precision | asked by |
 |---|---|---|---|---|
 | tflite | fp32 / fp16 / dynamic / int8 | ``<part>_<mode>.tflite`` | same as mode | always / fp16 / dynamic, int8 / int8 |
-| tflite | dynamic_int4 / int8_int4 (int4 embedding tables) | ``<part>_<mode>.tflite`` | int4 | int4 |
+| tflite | dynamic_int4 (int4 tables + int4 FULLY_CONNECTED weights) / int8_int4 (int4 tables) | ``<part>_<mode>.tflite`` | int4 | int4 |
 | onnx | fp32 (ORT basic optimisation) | ``<part>_fp32.onnx`` | fp32 | always |
 | onnx | dynamic / static_qdq / tensorrt | ``_dynamic`` / ``_qdq_int8`` / ``_trt_int8.onnx`` | dynamic / int8 / int8 | dynamic, int8 / int8 / int8 |
 | tensorrt | engine from the TensorRT-ready ONNX | ``<part>_trt_int8.plan`` | int8 | int8 |
-| onnx | fp32 / dynamic / static_qdq graph + row-wise 4-bit tables | ``_fp32_t4`` / ``_dynamic_t4`` / ``_qdq_t4.onnx`` | int4 | int4 |
+| onnx | fp32 / dynamic (+ 4-bit ``MatMulNBits`` weights) / static_qdq graph + row-wise 4-bit tables | ``_fp32_t4`` / ``_dynamic_t4`` / ``_qdq_t4.onnx`` | int4 | int4 |
 | onnx | dynamic graph + row-wise 8-bit tables | ``_dynamic_t8.onnx`` | dynamic | int4 |
 
 Row-wise tables (``tables``: 4 or 8 bits) come from `OnnxEmbeddingPass` (``GatherBlockQuantized``, a
@@ -69,6 +69,7 @@ class Variant:
         asked_by: ``quantize`` options that ask for this variant (empty: always produced).
         calibrated: needs calibration rows (full-integer quantization).
         tables: bits of row-wise embedding tables written before the mode's own pass (0: none).
+        dense: ONNX: bits of dense weights written with the tables (4: ``MatMulNBits``; 0: none).
     """
 
     target: str
@@ -78,6 +79,7 @@ class Variant:
     asked_by: frozenset = frozenset()
     calibrated: bool = False
     tables: int = 0
+    dense: int = 0
 
     @property
     def format(self) -> str:
@@ -101,7 +103,7 @@ VARIANTS = (
     Variant("tflite", "fp16", "fp16", "fp16", frozenset({"fp16"})),
     Variant("tflite", "dynamic", "dynamic", "dynamic", frozenset({"dynamic", "int8"})),
     Variant("tflite", "int8", "int8", "int8", INT8, calibrated=True),
-    Variant("tflite", "dynamic_int4", "dynamic_int4", "int4", frozenset({"int4"})),
+    Variant("tflite", "dynamic_int4", "dynamic_int4", "int4", frozenset({"int4"}), calibrated=True),
     Variant("tflite", "int8_int4", "int8_int4", "int4", frozenset({"int4"}), calibrated=True),
     Variant("onnx", "fp32", "fp32", "fp32"),
     Variant("onnx", "dynamic", "dynamic", "dynamic", frozenset({"dynamic", "int8"})),
@@ -109,7 +111,7 @@ VARIANTS = (
     Variant("onnx", "tensorrt", "trt_int8", "int8", INT8, calibrated=True),
     Variant("tensorrt", "engine", "trt_int8", "int8", INT8, calibrated=True),
     Variant("onnx", "fp32", "fp32_t4", "int4", INT4, calibrated=True, tables=4),
-    Variant("onnx", "dynamic", "dynamic_t4", "int4", INT4, calibrated=True, tables=4),
+    Variant("onnx", "dynamic", "dynamic_t4", "int4", INT4, calibrated=True, tables=4, dense=4),
     Variant("onnx", "static_qdq", "qdq_t4", "int4", INT4, calibrated=True, tables=4),
     Variant("onnx", "dynamic", "dynamic_t8", "dynamic", INT4, calibrated=True, tables=8),
 )
@@ -137,7 +139,10 @@ def variant_pipeline(variant: Variant, runner: PassRunner, calibration: str | No
     if variant.tables:
         from .passes.onnx_embedding import OnnxEmbeddingConfig, OnnxEmbeddingPass
 
-        steps.append(Step(OnnxEmbeddingPass(), OnnxEmbeddingConfig(bits=variant.tables, data=data)))
+        # the 4-bit weights get half the budget: the activation quantization's error comes on top
+        steps.append(Step(OnnxEmbeddingPass(), OnnxEmbeddingConfig(
+            bits=variant.tables, data=data, dense_bits=variant.dense or None,
+            dense_budget=budget / 2 if variant.dense and data else None)))
         if variant.mode == "fp32":
             return Pipeline(steps, runner)
         steps.append(Step(OrtQuantizePass(), OrtQuantizeConfig(

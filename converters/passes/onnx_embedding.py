@@ -1,17 +1,29 @@
 """Row-wise int4/int8 embedding tables in ONNX: every Gather of a constant 2-D float table becomes
 ONNX Runtime's ``com.microsoft.GatherBlockQuantized``, and a table read by several Gathers is stored once.
 
-Kernel facts (onnxruntime 1.32, CPU provider, measured): ``GatherBlockQuantized`` takes ``uint4``
-or ``int4`` data (two values per byte, low nibble first) with ``bits=4``, or ``uint8`` data with
+Kernel facts (onnxruntime 1.32, CPU provider, measured): ``GatherBlockQuantized`` takes ``int4`` /
+``uint4`` data (two values per byte, low nibble first) with ``bits=4``, or ``uint8`` data with
 ``bits=8`` (``int8`` data is refused); ``scales`` of the output type (fp32 or fp16); zero points
-of the data type. The CPU and CUDA providers assume different zero points when none are given,
-so this pass always writes them. ``block_size`` must be a power of two >= 16: a row of ``D``
-values is one block of ``D`` rounded up to such a power, the table is padded with zero columns
-and a ``Slice`` cuts the padding off the looked-up rows. Rows are quantized asymmetrically
-(per-row min/max: ``scale = (max - min) / (2^bits - 1)``, integer zero point), so the error of
-every element is at most half a step of its row. With fp16 scales the kernel outputs fp16 and a
-``Cast`` returns fp32. The kernel dequantizes the looked-up rows only: the table stays packed in
-memory at run time (file size ≈ resident size of the table).
+of the data type. Without zero points signed ``int4`` reads as zero point 0; for the unsigned types
+the CPU and CUDA providers assume different defaults, so this pass writes them. ``block_size`` must
+be a power of two >= 16: a row of ``D`` values is one block of ``D`` rounded up to such a power,
+the table is padded with zero columns and a ``Slice`` cuts the padding off the looked-up rows.
+
+Scale formats (``scale_type``):
+
+* ``log8`` (default): symmetric rows (`rowwise.quantize_rows`), the per-row scale stored as one
+  int8 code of its log; ``Exp(base + step * code)`` computes the fp32 scales from constants only,
+  so ONNX Runtime folds it at session creation (file: 1 byte per row; RAM: the folded fp32 scales).
+  4-bit rows are signed ``int4`` without zero points; 8-bit rows are ``uint8`` with the constant zero
+  point 128 made by a ``ConstantOfShape`` (also folded). 32-wide int4 rows: 17 bytes (0.133x fp32).
+* ``float16`` / ``float32``: asymmetric rows (per-row min/max, integer zero point), scales stored
+  as such: 18.5 / 20.5 bytes per 32-wide int4 row.
+
+Either way every element is within half a step of its row. The kernel dequantizes the looked-up
+rows only: the table stays packed in memory at run time (file size ≈ resident size of the table).
+
+``dense_bits=4`` also writes every large constant MatMul/Gemm weight as ``com.microsoft.MatMulNBits``
+(`onnx_dense`), with the float fallback of `onnx_dense.int4_matmuls` when rows are given.
 
 Float tables with identical content (an exporter that copies a shared table per lookup) are
 merged first, so every Gather of one table reads the one quantized initializer.
@@ -36,7 +48,7 @@ from ..pipeline import ExportedArtifact, Pass
 logger = logging.getLogger(__name__)
 
 BITS = (4, 8)
-SCALE_TYPES = ("float32", "float16")
+SCALE_TYPES = ("log8", "float16", "float32")
 MIN_BLOCK = 16
 MS_DOMAIN = "com.microsoft"
 
@@ -45,20 +57,26 @@ MS_DOMAIN = "com.microsoft"
 class OnnxEmbeddingConfig:
     """Args:
         bits: 4 (uint4 rows) or 8 (uint8 rows).
-        scale_type: ``float16`` (smaller; the lookup is cast back to fp32) or ``float32``.
+        scale_type: ``log8`` (symmetric rows, int8 log-coded scales; smallest), ``float16`` (asymmetric
+            rows; the lookup is cast back to fp32) or ``float32`` (asymmetric rows).
         min_rows: tables with fewer rows stay float (a handful of hour-of-day rows is not worth a kernel).
         keep_float: initializer names of tables left in float (accuracy-aware fallback).
         data: optional rows ``.npz`` with ``labels``: the ΔAUC the tables cost (vs the input graph)
             is recorded as ``details["table_delta_auc"]`` (the quantize pass's fallback counts it).
         sensitivity_rows: rows (evenly spread over ``data``) scored for that ΔAUC.
+        dense_bits: ``4``: large constant MatMul/Gemm weights become 4-bit ``MatMulNBits`` (`onnx_dense`).
+        dense_budget: with ``data``: largest |ΔAUC| (tables + 4-bit weights vs the input graph); over
+            it the most sensitive weights stay as they were (float, for the later int8 pass).
     """
 
     bits: int = 4
-    scale_type: str = "float16"
+    scale_type: str = "log8"
     min_rows: int = 32
     keep_float: tuple[str, ...] = ()
     data: str | None = None
     sensitivity_rows: int = 4096
+    dense_bits: int | None = None
+    dense_budget: float | None = None
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -67,6 +85,11 @@ class OnnxEmbeddingConfig:
             raise ConverterConfigError(expected(f"a scale type in {SCALE_TYPES}", self.scale_type))
         if not isinstance(self.min_rows, int) or self.min_rows < 1:
             raise ConverterConfigError(expected("min_rows as an int >= 1", self.min_rows))
+        if self.dense_bits not in (None, 4):
+            raise ConverterConfigError(expected("dense_bits None or 4", self.dense_bits))
+        if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
+                                              not 0 <= float(self.dense_budget) < 1):
+            raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
 
 
 def block_size(dim: int) -> int:
@@ -99,16 +122,47 @@ def dequantize_rows(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, 
     return ((q.astype(np.float32) - zero_points.astype(np.float32)) * scales.astype(np.float32))[:, :dim]
 
 
-def _int_tensor(name: str, values: np.ndarray, bits: int):
+def _int_tensor(name: str, values: np.ndarray, bits: int, signed: bool = False):
     from onnx import TensorProto, helper, numpy_helper
 
     if bits == 8:
         return numpy_helper.from_array(values.astype(np.uint8), name)
-    flat = values.astype(np.uint8).reshape(-1)
+    flat = values.astype(np.int8 if signed else np.uint8).reshape(-1).view(np.uint8)
     if flat.size % 2:
         flat = np.concatenate([flat, np.zeros(1, np.uint8)])
     packed = (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)       # low nibble first
-    return helper.make_tensor(name, TensorProto.UINT4, list(values.shape), packed.tobytes(), raw=True)
+    kind = TensorProto.INT4 if signed else TensorProto.UINT4
+    return helper.make_tensor(name, kind, list(values.shape), packed.tobytes(), raw=True)
+
+
+def _log8_table(graph, name: str, array: np.ndarray, bits: int) -> tuple[list, list, int]:
+    """``(GatherBlockQuantized inputs after the ids, nodes computing them, stored bytes)`` of a
+    ``log8`` table (see the module doc); the table is padded to ``block_size`` columns."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .rowwise import quantize_rows
+
+    rows, dim = array.shape
+    padded = np.zeros((rows, block_size(dim)), np.float32)
+    padded[:, :dim] = array
+    q, codes, base_log, step = quantize_rows(padded, bits)
+    base = f"{name}_q{bits}"
+    data = _int_tensor(base, q, 4, signed=True) if bits == 4 else \
+        numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8), base)
+    graph.initializer.extend([data, numpy_helper.from_array(codes.reshape(rows, 1), base + "_scale_code"),
+                              numpy_helper.from_array(np.array(step, np.float32), base + "_scale_step"),
+                              numpy_helper.from_array(np.array(base_log, np.float32), base + "_scale_base")])
+    nodes = [helper.make_node("Cast", [base + "_scale_code"], [base + "_scale_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [base + "_scale_f", base + "_scale_step"], [base + "_scale_m"]),
+             helper.make_node("Add", [base + "_scale_m", base + "_scale_base"], [base + "_scale_log"]),
+             helper.make_node("Exp", [base + "_scale_log"], [base + "_scale"])]
+    inputs = [base + "_scale"]
+    if bits == 8:
+        graph.initializer.append(numpy_helper.from_array(np.array([rows, 1], np.int64), base + "_zp_shape"))
+        nodes.append(helper.make_node("ConstantOfShape", [base + "_zp_shape"], [base + "_zero_point"],
+                                      value=helper.make_tensor("zp", TensorProto.UINT8, [1], [128])))
+        inputs.append(base + "_zero_point")
+    return inputs, nodes, int(q.size * bits // 8 + codes.size + 8)
 
 
 def _merge_identical_tables(graph, candidates: dict) -> dict[str, str]:
@@ -154,22 +208,28 @@ def quantize_embedding_gathers(proto, config: OnnxEmbeddingConfig) -> list[dict]
         rows, dim = array.shape
         block = block_size(dim)
         if name not in done:
-            q, scales, zeros = quantize_rows(array, config.bits, scale_dtype)
             base = f"{name}_q{config.bits}"
-            graph.initializer.extend([_int_tensor(base, q, config.bits), numpy_helper.from_array(scales, base + "_scale"),
-                                      _int_tensor(base + "_zero_point", zeros, config.bits)])
-            done[name] = (base, 0)
+            if config.scale_type == "log8":
+                extra, scale_nodes, stored = _log8_table(graph, name, array, config.bits)
+                new_nodes.extend(scale_nodes)
+            else:
+                q, scales, zeros = quantize_rows(array, config.bits, scale_dtype)
+                graph.initializer.extend([_int_tensor(base, q, config.bits),
+                                          numpy_helper.from_array(scales, base + "_scale"),
+                                          _int_tensor(base + "_zero_point", zeros, config.bits)])
+                extra = [base + "_scale", base + "_zero_point"]
+                stored = int(q.size * config.bits // 8 + scales.nbytes + zeros.size * config.bits // 8)
+            done[name] = (base, extra)
             records.append({"table": name, "rows": int(rows), "dim": int(dim), "block_size": block,
                             "bits": config.bits, "scale_type": config.scale_type, "gathers": 0,
-                            "bytes_float": int(array.nbytes),
-                            "bytes_quantized": int(q.size * config.bits // 8 + scales.nbytes + zeros.size * config.bits // 8)})
-        base = done[name][0]
+                            "bytes_float": int(array.nbytes), "bytes_quantized": stored})
+        base, extra = done[name]
         record = next(r for r in records if r["table"] == name)
         record["gathers"] += 1
         ids = node.input[1]
         out = node.output[0]
         step = f"{out}_gbq"
-        new_nodes.append(helper.make_node("GatherBlockQuantized", [base, ids, base + "_scale", base + "_zero_point"],
+        new_nodes.append(helper.make_node("GatherBlockQuantized", [base, ids] + list(extra),
                                           [step], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
                                           block_size=block, bits=config.bits))
         if scale_dtype == np.float16:
@@ -200,7 +260,7 @@ class OnnxEmbeddingPass(Pass):
     """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
 
     name = "onnx_embedding"
-    version = 1
+    version = 2
     Config = OnnxEmbeddingConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -215,6 +275,11 @@ class OnnxEmbeddingPass(Pass):
         if not records:
             raise ConverterConfigError(expected(f"a Gather of a constant 2-D float table with >= {config.min_rows} "
                                                 "rows to quantize", "none in the graph"))
+        dense = None
+        if config.dense_bits:
+            from .onnx_dense import int4_matmuls
+
+            dense = int4_matmuls(proto, reference=Path(source.path), data=config.data, budget=config.dense_budget)
         onnx.checker.check_model(proto)
         out = out_dir / f"{source.part}.tables{config.bits}.onnx"
         out.write_bytes(proto.SerializeToString())
@@ -227,6 +292,9 @@ class OnnxEmbeddingPass(Pass):
                    "embedding_bits": config.bits, "embedding_tables": records,
                    "embedding_kernel": "com.microsoft.GatherBlockQuantized (table stays packed at run time)",
                    "size_bytes": out.stat().st_size}
+        if dense is not None:
+            details["dense_int4"] = dense
+            details["dense_kernel"] = "com.microsoft.MatMulNBits (weights stay packed at run time)"
         if config.data:
             details["table_delta_auc"] = _table_delta_auc(Path(source.path), out, config)
         return ExportedArtifact(path=str(out), format="onnx", precision="int4" if config.bits == 4 else "int8",

@@ -129,7 +129,7 @@ class OrtQuantizePass(Pass):
         with tempfile.TemporaryDirectory(prefix="edgerec-ortq-") as tmp:
             model_in = Path(source.path).resolve()
             if config.preprocess:
-                model_in = preprocess(model_in, Path(tmp))
+                model_in = preprocess(model_in, Path(tmp), optimize=not computed_scales(model_in))
             model_in = named_nodes(model_in, Path(tmp))
             head = score_head_nodes(onnx.load(str(model_in))) if config.float_head and config.mode != "tensorrt" else []
             config = dataclasses.replace(config, nodes_to_exclude=tuple(dict.fromkeys(
@@ -228,8 +228,19 @@ def score_head_nodes(proto) -> list[str]:
     return found
 
 
-def preprocess(model_path: Path, tmp: Path) -> Path:
-    """``quant_pre_process`` run inside ``tmp`` (it drops temp files into the cwd on failure)."""
+def computed_scales(model_path: Path) -> bool:
+    """Whether a quantized lookup's scales are computed from smaller constants (log-coded row scales):
+    ORT's optimizer would fold them into a float initializer, so pre-processing must not optimise."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    produced = {o for n in graph.node for o in n.output}
+    return any(n.op_type == "GatherBlockQuantized" and len(n.input) > 2 and n.input[2] in produced for n in graph.node)
+
+
+def preprocess(model_path: Path, tmp: Path, optimize: bool = True) -> Path:
+    """``quant_pre_process`` run inside ``tmp`` (it drops temp files into the cwd on failure);
+    ``optimize=False`` skips its ORT graph optimisation (constant folding included)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = tmp / "preprocessed.onnx"
@@ -237,7 +248,7 @@ def preprocess(model_path: Path, tmp: Path) -> Path:
         previous = os.getcwd()
         os.chdir(tmp)
         try:
-            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
+            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True, skip_optimization=not optimize)
         except Exception as err:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
             logger.debug("quant_pre_process of %s failed (%s: %s); quantizing the graph as it is",
                          model_path.name, type(err).__name__, err)
@@ -250,8 +261,16 @@ def preprocess(model_path: Path, tmp: Path) -> Path:
 def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # contrib ops (GatherBlockQuantized, MatMulNBits) have no ONNX shape inference: their outputs are float
     quantize_dynamic(str(model_in), str(out), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=list(config.nodes_to_exclude))
+                     nodes_to_exclude=list(config.nodes_to_exclude),
+                     extra_options={"DefaultTensorType": _float_type()})
+
+
+def _float_type() -> int:
+    from onnx import TensorProto
+
+    return TensorProto.FLOAT
 
 
 class NpzReader:

@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 # export variant -> (conversion mode, embedding table bits): quantized variants read row-wise tables
 # through EMBEDDING_LOOKUP (one stored copy of a shared table); int8 also keeps its score head float
 # and falls back to float nodes when it misses the default accuracy budget
+# dynamic_int4 also writes 4-bit FULLY_CONNECTED weights (`tflite_dense`), int8 where accuracy needs it
 VARIANT_MODES = {"fp32": ("fp32", None), "fp16": ("fp16", None), "dynamic": ("dynamic", None),
                  "int8": ("int8", 8), "dynamic_int4": ("dynamic", 4), "int8_int4": ("int8", 4)}
+DENSE_INT4 = ("dynamic_int4",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class TFLiteConfig:
         accuracy_budget: ``int8`` only — largest |ΔAUC| vs the Keras model on the labelled rows of
             ``data``; over it, the most sensitive nodes are kept float until it fits.
         evaluation_rows: rows of ``data`` the accuracy fallback measures ΔAUC on.
+        dense_bits: ``dynamic`` only — ``4``: FULLY_CONNECTED weights in packed int4 (`tflite_dense`).
+        dense_budget: with ``dense_bits`` and labelled ``data``: largest |ΔAUC| vs the dynamic-range
+            file; over it the most sensitive weights stay int8.
     """
 
     mode: str = "fp32"
@@ -80,6 +85,8 @@ class TFLiteConfig:
     float_nodes: tuple[str, ...] = ()
     accuracy_budget: float | None = None
     evaluation_rows: int = 4000
+    dense_bits: int | None = None
+    dense_budget: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -94,6 +101,11 @@ class TFLiteConfig:
                                                  not 0 <= float(self.accuracy_budget) < 1):
             raise ConverterConfigError(expected("accuracy_budget in [0, 1) with mode int8",
                                                 (self.accuracy_budget, self.mode)))
+        if self.dense_bits is not None and (self.dense_bits != 4 or self.mode != "dynamic"):
+            raise ConverterConfigError(expected("dense_bits 4 with mode dynamic", (self.dense_bits, self.mode)))
+        if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
+                                              not 0 <= float(self.dense_budget) < 1):
+            raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
         if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) for n in self.float_nodes):
             raise ConverterConfigError(expected("float_nodes as a tuple of node names", self.float_nodes))
 
@@ -112,14 +124,17 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
     from ..specs import DEFAULT_BUDGET
 
     mode, bits = VARIANT_MODES[variant_mode]
-    fallback = (DEFAULT_BUDGET if budget is None else budget) if mode == "int8" else None
-    return TFLiteConfig(mode=mode, data=data if mode == "int8" else None, embedding_bits=bits,
-                        accuracy_budget=fallback, custom_objects_module=custom_objects_module)
+    budget = DEFAULT_BUDGET if budget is None else budget
+    dense = variant_mode in DENSE_INT4
+    # the 4-bit weights get half the budget: the tables' error comes on top
+    return TFLiteConfig(mode=mode, data=data if mode == "int8" or dense else None, embedding_bits=bits,
+                        accuracy_budget=budget if mode == "int8" else None, custom_objects_module=custom_objects_module,
+                        dense_bits=4 if dense else None, dense_budget=budget / 2 if dense and data else None)
 
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 7
+    version = 8
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -203,7 +218,38 @@ class _Builder:
 
             flat, info = quantize_embedding_lookups(flat, self.config.embedding_bits, self.tables)
             self.details["embedding"] = info
+        if self.config.dense_bits:
+            flat = self.dense_int4(flat)
         # compaction comes after, in the pass, where it is checked to keep outputs bit-identical
+        return flat
+
+    def dense_int4(self, flat: bytes) -> bytes:
+        """4-bit FULLY_CONNECTED weights; with a budget and labelled rows, accuracy-aware (`tflite_dense`)."""
+        from .tflite_dense import fit_int4_weights, int4_fully_connected
+
+        rows = None
+        if self.config.dense_budget is not None and self.config.data:
+            with np.load(self.config.data, allow_pickle=False) as data:
+                labelled = "labels" in data.files
+            if labelled:
+                rows = load_rows(self.config.data, list(self.specs), limit=self.config.evaluation_rows,
+                                 need_labels=True)
+        if rows is None:
+            flat, records = int4_fully_connected(flat)
+            self.details["dense_int4"] = {"rewritten": records, "kept": []}
+        else:
+            labels = np.asarray(rows.pop("labels")).reshape(-1)
+            rows = cast_like(rows, {n: d for n, (d, _) in self.specs.items()})
+            from .tflite_sensitivity import scores_of
+
+            reference = scores_of(self.converted, rows, sorted(self.specs))
+            if reference.shape != labels.shape:          # not one score per row: nothing to rank
+                flat, records = int4_fully_connected(flat)
+                self.details["dense_int4"] = {"rewritten": records, "kept": [], "skipped": "no score per row"}
+            else:
+                flat, self.details["dense_int4"] = fit_int4_weights(flat, rows, labels, reference,
+                                                                    self.config.dense_budget)
+        self.details["dense_kernel"] = "FULLY_CONNECTED hybrid, packed int4 weights (RAM ≈ file)"
         return flat
 
     def fallback_skipped(self) -> str | None:

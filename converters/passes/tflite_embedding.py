@@ -13,8 +13,8 @@ or packed int4 rows straight from the model buffer and returns float::
     ids [B, L] ─RESHAPE[-1]─┬─ EMBEDDING_LOOKUP(q table, int8 / int4, scale 1) ── values [N, D] ─┐
                             └─ EMBEDDING_LOOKUP(scale codes, int8, scale=step) ─ADD(base)─EXP─ s [N,1] ─MUL─RESHAPE→ [B, L, D]
 
-Rows are quantized symmetrically with their own scale ``s_r >= max|row| / qmax`` (qmax 127 or 7),
-so every value is within half of its row's step. The per-row scale is stored as one int8 code of
+Rows are quantized symmetrically with their own scale (`rowwise.quantize_rows`: the signed range
+``[-qmax - 1, qmax]``, qmax 127 or 7), so every value is within half of its row's step. The per-row scale is stored as one int8 code of
 ``log(s_r)`` (``s_r = exp(base + step * code)``, rounded up so no value clips): one byte per row
 instead of the fp32 scale plus int64 zero point LiteRT's per-axis quantization would need. The
 kernel's own per-row scales (``quantized_dimension 0``) cost 12 bytes per row; a 32-wide int4 row
@@ -40,11 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConversionError, expected
+from .rowwise import BITS, QMAX, pack_int4, quantize_rows, row_scales  # noqa: F401 - public here too
 
 logger = logging.getLogger(__name__)
 
-BITS = (4, 8)
-QMAX = {8: 127, 4: 7}
 MIN_ELEMENTS = 1024           # smaller tables (hours, categories) are not worth extra ops
 
 
@@ -56,50 +55,6 @@ class _Table:
     source: int                               # the constant tensor it came from (first seen)
     gathers: list = field(default_factory=list)   # operator objects
     tensors: tuple | None = None              # (q table, scale codes, base) tensor indices once written
-
-
-def quantize_rows(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Symmetric per-row quantization with log-coded scales.
-
-    Returns:
-        ``(q, codes, base, step)``: ``q`` int8 ``[V, D]`` in ``[-qmax, qmax]``, ``codes`` int8 ``[V]``
-        with row scale ``exp(base + step * code)`` (rows of zeros get any code and q = 0).
-
-    Examples:
-        >>> q, codes, base, step = quantize_rows(np.array([[0.5, -1.0], [0.0, 0.0]], np.float32), 8)
-        >>> q[0].tolist()
-        [64, -127]
-    """
-    if bits not in BITS:
-        raise ConversionError(expected(f"embedding bits in {BITS}", bits))
-    values = np.asarray(values, dtype=np.float32)
-    qmax = QMAX[bits]
-    peak = np.max(np.abs(values), axis=1).astype(np.float64)
-    live = peak > 0
-    wanted = np.log(np.where(live, peak / qmax, 1.0))
-    low, high = (float(wanted[live].min()), float(wanted[live].max())) if live.any() else (0.0, 0.0)
-    step = max((high - low) / 254.0, 1e-6)
-    base = (low + high) / 2.0
-    codes = np.clip(np.ceil((wanted - base) / step - 1e-9), -127, 127).astype(np.int8)
-    # the scale the graph computes (float32 EXP), nudged up where float rounding would clip a value
-    scale = np.exp(np.float32(base) + np.float32(step) * codes.astype(np.float32)).astype(np.float32)
-    scale = np.where(live, np.maximum(scale, (peak / qmax).astype(np.float32)), np.float32(1.0))
-    q = np.clip(np.rint(values / scale[:, None]), -qmax, qmax).astype(np.int8)
-    q[~live] = 0
-    return q, codes, base, step
-
-
-def row_scales(codes: np.ndarray, base: float, step: float) -> np.ndarray:
-    """The float32 per-row scales the rewritten graph computes from ``codes``."""
-    return np.exp(np.float32(base) + np.float32(step) * np.asarray(codes, np.float32)).astype(np.float32)
-
-
-def pack_int4(q: np.ndarray) -> np.ndarray:
-    """Two signed 4-bit values per byte, low nibble first (LiteRT's packed int4 layout)."""
-    flat = (np.asarray(q, np.int8).reshape(-1) & 0x0F).astype(np.uint8)
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
 
 
 def quantize_embedding_lookups(flat: bytes, bits: int, float_tables=(), min_elements: int = MIN_ELEMENTS

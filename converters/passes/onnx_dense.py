@@ -1,0 +1,194 @@
+"""4-bit dense weights in ONNX: constant MatMul / Gemm weights become ``com.microsoft.MatMulNBits``.
+
+Kernel facts (onnxruntime 1.32, CPU provider, measured): ``MatMulNBits`` takes float ``A [..., K]``,
+``B`` packed as ``uint8 [N, K / block, block / 2]`` (4-bit values along K, low nibble first),
+fp32 ``scales [N * K / block]`` and, without ``zero_points``, the zero point 8. The weight stays
+packed in memory and is dequantized block by block inside the kernel (file ≈ RAM for the weight).
+
+Each block of ``block`` values along K (the largest power of two <= K, between 16 and 128) is
+quantized symmetrically (``q = round(w / s) + 8``, ``s = max|block| / 7``): every weight is within
+half a step of its block. Weights with fewer than ``MIN_ELEMENTS`` values and the score head's
+MatMul/Gemm (the chain back from each output, see `onnx_quant.score_head_nodes`) stay as they were.
+
+`int4_matmuls` with labelled rows is accuracy-aware: it ranks the weights by the mean |Δp| each one
+costs alone, then keeps the most sensitive ones unchanged (`mixed_precision.fallback_until_within`)
+until |ΔAUC| against the reference graph fits the budget.
+
+Examples:
+    >>> records = int4_matmuls(proto)                 # doctest: +SKIP
+    >>> records["rewritten"][0]["shape"]              # doctest: +SKIP
+    [128, 64]
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MS_DOMAIN = "com.microsoft"
+MIN_ELEMENTS = 1024
+MIN_BLOCK, MAX_BLOCK = 16, 128
+ZERO_POINT = 8
+
+
+def weight_block(k: int) -> int:
+    """The block along K: the largest power of two <= ``k``, clipped to [16, 128]."""
+    return int(min(MAX_BLOCK, max(MIN_BLOCK, 1 << (max(int(k), 1).bit_length() - 1))))
+
+
+def quantize_blocks(weight_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(packed uint8 [N, blocks, block / 2], scales float32 [N * blocks])`` of ``weight_nk [N, K]``."""
+    n, k = weight_nk.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = weight_nk
+    grouped = padded.reshape(n, blocks, block)
+    peak = np.abs(grouped).max(axis=2)
+    scales = np.where(peak > 0, peak / 7.0, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(grouped / scales[..., None]), -7, 7) + ZERO_POINT).astype(np.uint8)
+    packed = (q[..., 0::2] & 0x0F) | ((q[..., 1::2] & 0x0F) << 4)
+    return packed.astype(np.uint8), scales.reshape(-1)
+
+
+def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """The ``[N, K]`` float weight `quantize_blocks` stands for."""
+    n, blocks, half = packed.shape
+    q = np.empty((n, blocks, half * 2), np.float32)
+    q[..., 0::2], q[..., 1::2] = packed & 0x0F, packed >> 4
+    return ((q - ZERO_POINT) * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
+
+
+def _attr(node, name, default):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _head_outputs(proto) -> set[str]:
+    from .onnx_quant import HEAD_OPS
+
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    constant = {i.name for i in proto.graph.initializer}
+    found = set()
+    for output in proto.graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in HEAD_OPS + ("MatMul", "Gemm"):
+            if node.op_type in ("MatMul", "Gemm"):
+                found.add(node.output[0])
+                break
+            moving = [i for i in node.input if i and i not in constant]
+            node = producer.get(moving[0]) if len(moving) == 1 else None
+    return found
+
+
+def candidates(proto) -> dict[str, np.ndarray]:
+    """``{output name: weight [N, K]}`` of every MatMul/Gemm a 4-bit weight can serve (see the module doc)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    head = _head_outputs(proto)
+    found = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.output[0] in head:
+            continue
+        tensor = inits.get(node.input[1])
+        if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+            continue
+        if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or
+                                       _attr(node, "beta", 1.0) != 1.0):
+            continue
+        weight = numpy_helper.to_array(tensor).astype(np.float32)
+        weight_nk = weight if node.op_type == "Gemm" and _attr(node, "transB", 0) else weight.T
+        if weight.size >= MIN_ELEMENTS and weight_nk.shape[1] >= MIN_BLOCK:
+            found[node.output[0]] = weight_nk
+    return found
+
+
+def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
+    """Replace the MatMul/Gemm writing each output of ``weights`` by ``MatMulNBits`` (+ ``Add`` of a
+    Gemm bias), in place; unused float weights are dropped. Returns one record per weight."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    records, nodes = [], []
+    for node in graph.node:
+        weight = weights.get(node.output[0]) if node.op_type in ("MatMul", "Gemm") else None
+        if weight is None:
+            nodes.append(node)
+            continue
+        n, k = weight.shape
+        block = weight_block(k)
+        packed, scales = quantize_blocks(weight, block)
+        base = f"{node.input[1]}_nbits_{len(records)}"
+        graph.initializer.extend([numpy_helper.from_array(packed, base), numpy_helper.from_array(scales, base + "_scale")])
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        out = node.output[0] + "_nobias" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], base, base + "_scale"], [out], domain=MS_DOMAIN,
+                                      K=int(k), N=int(n), bits=4, block_size=block))
+        if bias:
+            nodes.append(helper.make_node("Add", [out, bias], [node.output[0]]))
+        records.append({"output": node.output[0], "shape": [int(k), int(n)], "block_size": block,
+                        "bytes_float": int(weight.size * 4), "bytes_quantized": int(packed.size + scales.nbytes)})
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if records and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return records
+
+
+def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = None, budget: float | None = None,
+                 rows: int = 4096):
+    """Rewrite ``proto``'s dense weights to 4 bits, in place; returns the details record.
+
+    Args:
+        proto: the graph (its tables may already be quantized).
+        reference: the graph ΔAUC is measured against (with ``data`` and ``budget``).
+        data: labelled rows ``.npz``; without it (or without a score per row) every candidate is rewritten.
+        budget: largest |ΔAUC| of the rewritten graph vs ``reference`` on ``rows`` rows of ``data``.
+    """
+    import onnx
+
+    found = candidates(proto)
+    if not found:
+        return {"rewritten": [], "kept": []}
+    if data is None or budget is None or reference is None:
+        return {"rewritten": rewrite(proto, found), "kept": []}
+    from edgerec.runtime.metrics import auc
+
+    from ..mixed_precision import fallback_until_within
+    from .onnx_quant import graph_scores, scoring_rows
+
+    inputs, labels = scoring_rows(data, Path(reference), rows)
+    base_scores = graph_scores(Path(reference), inputs)
+    if base_scores.shape != labels.shape:
+        return {"rewritten": rewrite(proto, found), "kept": [], "skipped": "the first output is not one score per row"}
+    original = proto.SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="edgerec-dense4-") as tmp:
+        def build(kept: tuple) -> Path:
+            trial = onnx.load_from_string(original)
+            rewrite(trial, {name: w for name, w in found.items() if name not in kept})
+            path = Path(tmp) / f"trial_{len(kept)}_{abs(hash(kept))}.onnx"
+            path.write_bytes(trial.SerializeToString())
+            return path
+
+        start = graph_scores(build(tuple(found)), inputs)     # nothing rewritten: the tables alone
+
+        def ranked() -> list:
+            cost = {name: float(np.mean(np.abs(graph_scores(build(tuple(n for n in found if n != name)), inputs)
+                                               - start))) for name in found}
+            return sorted(cost, key=lambda name: -cost[name])
+
+        result = fallback_until_within(
+            ranked, build, lambda path: (abs(auc(labels, graph_scores(path, inputs)) - auc(labels, base_scores)),
+                                         path.stat().st_size), float(budget))
+    kept = set(result.kept_float)
+    records = rewrite(proto, {name: w for name, w in found.items() if name not in kept})
+    return {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict()}

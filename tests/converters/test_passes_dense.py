@@ -1,0 +1,153 @@
+"""4-bit dense weights: ONNX MatMulNBits (hand-built graphs) and TFLite int4 FULLY_CONNECTED weights,
+each checked for values (within the dequantized weight), size, the float score head and the
+accuracy-aware fallback (a deliberately sensitive weight stays unchanged)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgerec.converters.passes.onnx_dense import (candidates, dequantize_blocks, int4_matmuls,  # noqa: E402
+                                                   quantize_blocks, weight_block)
+
+K, H = 64, 48
+
+
+def _mlp(path, *, sensitive: bool = False, seed: int = 0):
+    """x [B, K] -> MatMul W1 [K, H] -> Relu -> Gemm(W2 [H, H], bias) -> Relu -> MatMul head [H, 1] -> Sigmoid.
+
+    ``sensitive``: W1 row 0 (input feature 0, always 0 in the rows) holds +-5: harmless in float and
+    in int8, but it sets every 4-bit scale of W1, which then rounds most real weights to zero."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(scale=0.3, size=(K, H)).astype(np.float32)
+    if sensitive:
+        w1[0] = 5.0 * np.sign(rng.normal(size=H))
+    w2 = rng.normal(scale=0.3, size=(H, H)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(rng.normal(size=H).astype(np.float32) * 0.1, "b2"),
+             numpy_helper.from_array(rng.normal(scale=0.5, size=(H, 1)).astype(np.float32), "head")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("MatMul", ["r2", "head"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["score"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path, {"w1": w1, "w2": w2}
+
+
+def _run(path_or_proto, x):
+    source = path_or_proto.SerializeToString() if hasattr(path_or_proto, "graph") else str(path_or_proto)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+
+
+def _rows(path, model, n=3000, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, K)).astype(np.float32)
+    x[:, 0] = 0.0
+    p = _run(model, x)
+    labels = (rng.random(n) < p).astype(np.float32)
+    np.savez(path, x=x, labels=labels)
+    return x, labels
+
+
+def test_blocks_round_trip_within_half_a_step():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(10, 40)).astype(np.float32)
+    block = weight_block(40)
+    packed, scales = quantize_blocks(weight, block)
+    assert block == 32 and packed.shape == (10, 2, 16) and scales.shape == (20,)
+    back = dequantize_blocks(packed, scales, 40)
+    step = np.repeat(scales.reshape(10, 2), block, axis=1)[:, :40]
+    assert np.all(np.abs(back - weight) <= 0.5 * step + 1e-6)
+    assert [weight_block(k) for k in (8, 16, 48, 64, 96, 1024)] == [16, 16, 32, 64, 64, 128]
+
+
+def test_matmul_and_gemm_weights_become_4bit_and_the_head_stays(tmp_path):
+    path, weights = _mlp(tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    assert sorted(candidates(proto)) == ["h1", "h2"]            # the head MatMul -> Sigmoid is not one
+    record = int4_matmuls(proto)
+    onnx.checker.check_model(proto)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 1 and "Gemm" not in ops
+    assert {r["output"] for r in record["rewritten"]} == {"h1", "h2"}
+    x = np.random.default_rng(2).normal(size=(64, K)).astype(np.float32)
+    # the reference: the same MLP with each weight replaced by its dequantized 4-bit blocks
+    w1 = dequantize_blocks(*quantize_blocks(weights["w1"].T, weight_block(K)), K).T
+    w2 = dequantize_blocks(*quantize_blocks(weights["w2"].T, weight_block(H)), H).T
+    ref = onnx.load(str(path))
+    for init in ref.graph.initializer:
+        if init.name in ("w1", "w2"):
+            init.CopyFrom(numpy_helper.from_array(w1 if init.name == "w1" else w2, init.name))
+    assert np.abs(_run(proto, x) - _run(ref, x)).max() < 1e-5
+    assert np.abs(_run(proto, x) - _run(path, x)).max() > 0        # it really is quantized
+    assert len(proto.SerializeToString()) < 0.25 * path.stat().st_size
+
+
+def test_a_sensitive_weight_stays_float_until_the_budget_holds(tmp_path):
+    from edgerec.runtime.metrics import auc
+
+    path, _ = _mlp(tmp_path / "m.onnx", sensitive=True)
+    x, labels = _rows(tmp_path / "rows.npz", path)
+    plain = onnx.load(str(path))
+    int4_matmuls(plain)
+    assert abs(auc(labels, _run(plain, x)) - auc(labels, _run(path, x))) > 0.003   # W1's scales are ruined
+    proto = onnx.load(str(path))
+    record = int4_matmuls(proto, reference=path, data=str(tmp_path / "rows.npz"), budget=0.003)
+    assert record["kept"] == ["h1"] and [r["output"] for r in record["rewritten"]] == ["h2"]
+    assert record["fallback"]["within_budget"] and record["fallback"]["base_error"] > 0.003
+    assert abs(auc(labels, _run(proto, x)) - auc(labels, _run(path, x))) <= 0.003
+
+
+@pytest.mark.slow
+def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(tmp_path, cache_dir):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
+    from edgerec.converters.passes.tflite_dense import int4_candidates
+    from edgerec.converters.pipeline import PassRunner
+    from edgerec.converters.tfenv import import_tf
+    from edgerec.runtime.metrics import auc
+
+    _, k = import_tf()
+    inputs = k.Input((K,), name="dense_features")
+    first = k.layers.Dense(H, activation="relu", name="first")
+    second = k.layers.Dense(H, activation="relu", name="second")
+    head = k.layers.Dense(1, activation="sigmoid", name="score")
+    model = k.Model(inputs, head(second(first(inputs))))
+    path, _ = _mlp(tmp_path / "ref.onnx", sensitive=True)
+    onnx_weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    first.set_weights([onnx_weights["w1"], np.zeros(H, np.float32)])
+    second.set_weights([onnx_weights["w2"], onnx_weights["b2"]])
+    head.set_weights([onnx_weights["head"], np.zeros(1, np.float32)])
+    model.save(tmp_path / "mlp.keras")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, K)).astype(np.float32)
+    x[:, 0] = 0.0
+    p = np.asarray(model(x)).ravel()
+    labels = (rng.random(len(p)) < p).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", dense_features=x, labels=labels)
+    runner = PassRunner(cache_dir)
+    dynamic = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(mode="dynamic"))
+    assert len(int4_candidates(open(dynamic.path, "rb").read())) == 2
+    plain = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(mode="dynamic", dense_bits=4))
+    fitted = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(
+        mode="dynamic", dense_bits=4, data=str(tmp_path / "rows.npz"), dense_budget=0.01))
+
+    def scores(art):
+        runner_ = Interpreter(model_path=art.path).get_signature_runner("serving_default")
+        return np.concatenate([runner_(dense_features=x[s:s + 500])["score"].ravel() for s in range(0, len(x), 500)])
+
+    assert len(plain.details["dense_int4"]["rewritten"]) == 2
+    assert plain.size_bytes < dynamic.size_bytes - 0.4 * (K * H + H * H)      # half of each int8 weight saved
+    assert abs(auc(labels, scores(plain)) - auc(labels, p)) > 0.05            # the ruined first layer
+    dense = fitted.details["dense_int4"]
+    assert len(dense["kept"]) == 1 and len(dense["rewritten"]) == 1
+    assert dense["rewritten"][0]["shape"] == [H, H]                           # the second layer, [out, in]
+    assert abs(auc(labels, scores(fitted)) - auc(labels, p)) <= 0.01
+    assert np.abs(scores(fitted) - p).mean() < 0.5 * np.abs(scores(plain) - p).mean()
