@@ -273,6 +273,7 @@ def finish_manifest(bundle: Path, sections: dict) -> None:
     from edgerec.runtime.io import atomic_write_json
     from edgerec.runtime.manifest import MANIFEST_NAME, load_manifest
 
+    bundle = Path(bundle)
     data = load_manifest(bundle, verify=False).to_dict()
     data[INDEX], data[FULL_CATALOGUE] = sections[INDEX], sections[FULL_CATALOGUE]
     atomic_write_json(bundle / MANIFEST_NAME, data)

@@ -160,3 +160,22 @@ def test_a_retrieval_dir_of_another_family_is_refused_before_exporting(tmp_path)
     with pytest.raises(ConverterConfigError, match="retrieval"):
         export_bundle(ranker, tmp_path / "bundle", targets=("onnx",), retrieval=ranker)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_validate_compares_the_ranker_with_keras_and_remeasures_the_full_catalogue(cascade):
+    from edgerec.converters.revalidate import validate_bundle
+    from edgerec.runtime.manifest import load_manifest
+
+    result, retrieval = cascade
+    checked = validate_bundle(result.bundle, keras=retrieval.parent / "ranker", heldout=retrieval / "heldout_users.npz",
+                              max_groups=5, progress=lambda line: None)
+    assert checked.status == "ok", (checked.failures, checked.not_verified)
+    assert checked.keras.passed and {r.part for r in checked.keras.results} <= {"fused", "user_encoder", "scorer"}
+    rows = checked.full_catalogue["rows"]
+    towers = {a.file: a.precision for a in load_manifest(result.bundle).find(part="user_tower")}
+    assert {r["user_tower"] for r in rows} == set(towers) and sum(r["selected"] for r in rows) == 1
+    for row in rows:
+        if row["precision"] != "fp32":
+            assert set(row["paired_delta_vs_fp32"]["cascade"]) >= {"hr@10", "hr@10_se"}
+    chosen = next(r for r in rows if r["selected"])
+    assert all(abs(d) <= 0.005 for d in chosen["delta_vs_manifest"]["cascade"].values())
