@@ -5,6 +5,11 @@ and hands backends the very bytes it hashed, never a second read by path. It acc
 .tar/.tar.gz archive (extracted within `archives.ArchiveLimits`; the temp folder goes when the
 bundle is closed or garbage-collected), and picks the artifacts the manifest selected for the
 backend. It counts in-flight calls so a hot swap can retire it only after they finish.
+
+`LoadedBundle.run` takes one user's 1-row state beside N candidate rows: a scorer that broadcasts
+it in its graph gets it once (found out at open by `scores.broadcast_matches` on a throwaway copy
+of the artifact, once per artifact and backend); a part that cannot (an older export) gets it
+repeated to N rows.
 """
 from __future__ import annotations
 
@@ -25,11 +30,17 @@ from .errors import BackendUnavailableError, BundleError, MissingDependencyError
 from .io import strict_json_loads
 from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
+from .scores import broadcast_matches, probe_feeds, rows_of, spread_rows
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
 # feature specs embed vocabularies; the largest real ones are a few MB
 MAX_SPEC_BYTES = 256 << 20
+# backends a scorer's batch-1 state is probed on (a throwaway TensorRT engine would take minutes)
+PROBED_BACKENDS = ("litert", "onnxruntime")
+# (backend, artifact sha256) -> whether that scorer broadcasts a 1-row user state
+_BROADCAST_PROBES: dict = {}
+_MAX_PROBES = 256
 
 
 def choose_backend(manifest: Manifest, backend: str) -> str:
@@ -184,6 +195,8 @@ class LoadedBundle:
         self._run_plans: dict = {}      # part -> (input names, output renames or None), see `run`
         self._tensor_plans: dict = {}   # part -> (backend, feeds_match rows, fast, renames), see `run_tensors`
         self._encoded_fits: dict = {}   # part -> its signature takes Preprocessor arrays as they are
+        self.shared_inputs: dict = {}   # part -> inputs it takes as 1 row for all rows (user state)
+        self._mixed_plans: dict = {}    # (part, 1-row inputs) -> their feeds_match rows, the others'
         self.default_part = ""          # what `Predictor.predict_arrays` runs without a part
         self.request_inputs: frozenset = frozenset()   # inputs raw requests must be encoded into
         self._id_limits: dict | None = None
@@ -248,6 +261,8 @@ class LoadedBundle:
                 self._owned.append(loaded)
             self.parts[part] = loaded
             self.output_names[part] = check_signature(part, artifact, loaded)
+        if {"user_encoder", "scorer"} <= set(self.parts):
+            self.shared_inputs["scorer"] = self._probe_scorer(chosen["scorer"], verified, options)
         del verified
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
@@ -255,19 +270,71 @@ class LoadedBundle:
         if self.spec is not None and "fused" in self.parts:
             self._encoded_fits = {"fused": encoded_fits(self.spec.input_signature("fused"), self.parts["fused"])}
 
+    def _probe_scorer(self, file: str, verified: dict, options: dict) -> frozenset:
+        """The scorer inputs fed as 1 row for all rows: the user-encoder outputs when this scorer
+        broadcasts them (probed on a throwaway backend, so a failed probe leaves the serving
+        sessions untouched), else none (they are repeated)."""
+        shared = frozenset(self.output_names["user_encoder"].values()) & {t.name for t in self.parts["scorer"].inputs}
+        artifact = self.manifest.artifact(file)
+        key = (self.backend_name, artifact.sha256)
+        if not shared or self.backend_name not in PROBED_BACKENDS:
+            return frozenset()
+        if key not in _BROADCAST_PROBES:
+            encoder = self.parts["user_encoder"]
+            state = self.run("user_encoder", {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype)
+                                              for t in encoder.inputs})
+            probe = create_backend(self.backend_name, self.dir / file, model_bytes=verified[file], **options)
+            try:
+                feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, self.id_limits)
+                accepted = broadcast_matches(probe.run_validated, feeds, shared, rows=2)
+            finally:
+                probe.close()
+            if len(_BROADCAST_PROBES) >= _MAX_PROBES:
+                _BROADCAST_PROBES.clear()
+            _BROADCAST_PROBES[key] = accepted
+        return shared if _BROADCAST_PROBES[key] else frozenset()
+
     # -- running -----------------------------------------------------------------------------
     def run(self, part: str, arrays: dict) -> dict:
-        """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs."""
+        """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs.
+
+        1-row arrays beside N-row ones (one user's state for N candidates) are taken once where
+        the part broadcasts them (`shared_inputs`) and repeated to N rows otherwise."""
         backend = self.parts[part]
         order, inputs, renames = self._run_plans.get(part) or self._run_plan(part)
         if type(arrays) is dict and arrays.keys() == inputs:
-            outputs = backend.run(arrays)            # exactly the declared inputs: no re-packing
+            feeds = arrays                           # exactly the declared inputs: no re-packing
         else:
             feeds = {name: arrays[name] for name in order if name in arrays}
-            outputs = backend.run(feeds if len(feeds) == len(inputs) else dict(arrays))
+            if len(feeds) != len(inputs):
+                feeds = dict(arrays)
+        if len({rows_of(v) for v in feeds.values()}) > 1:
+            outputs = self._run_mixed(part, backend, feeds)
+        else:
+            outputs = backend.run(feeds)
         if renames is None:
             return outputs
         return {renames.get(k, k): v for k, v in outputs.items()}
+
+    def _run_mixed(self, part: str, backend, feeds: dict) -> dict:
+        """`run` for feeds of different batch sizes: the part's `shared_inputs` given as 1 row stay
+        1 row (checked apart from the N-row feeds), every other 1-row array is repeated; anything
+        else goes to the backend's full checks (and their typed errors)."""
+        n = max((r for r in map(rows_of, feeds.values()) if r is not None), default=1)
+        keep = frozenset(k for k in self.shared_inputs.get(part, ()) if rows_of(feeds.get(k)) == 1)
+        feeds = spread_rows(feeds, n, keep)
+        if keep and n > 1:
+            plans = self._mixed_plans.get((part, keep))
+            if plans is None:
+                rows = backend.feed_plan()
+                plans = self._mixed_plans[(part, keep)] = (tuple(r for r in rows if r[0] in keep),
+                                                           tuple(r for r in rows if r[0] not in keep))
+            once = {k: v for k, v in feeds.items() if k in keep}
+            each = {k: v for k, v in feeds.items() if k not in keep}
+            if backend.fast_checks and feeds_match(plans[0], once) and feeds_match(plans[1], each):
+                return backend.run_validated(feeds)
+            feeds = spread_rows(feeds, n)
+        return backend.run(feeds)
 
     def _run_plan(self, part: str) -> tuple:
         """(input order, input names, output renames or None) of ``part``, computed once."""

@@ -1,4 +1,7 @@
-"""What scoring returns: float32 scores, and which rows scored an out-of-vocabulary candidate."""
+"""What scoring returns (float32 scores, which rows scored an out-of-vocabulary candidate) and
+how one user's state meets N candidate rows: `score_in_chunks` passes the 1-row state as it is,
+and the helpers here repeat it (`spread_rows`) for a part that cannot broadcast it, which
+`broadcast_matches` finds out once per artifact."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -37,14 +40,64 @@ def count_oov(items: np.ndarray) -> int:
 
 def score_in_chunks(run, arrays: dict, shared: dict, n: int, chunk_rows: int) -> np.ndarray:
     """Scores of ``n`` rows: ``run(feeds)`` on at most ``chunk_rows`` rows of ``arrays`` at a
-    time, each 1-row array of ``shared`` (user state, history) repeated to the chunk's length."""
+    time, with the 1-row arrays of ``shared`` (user state, history) as they are: ``run`` takes
+    them once for all rows (`edgerec.runtime.loaded.LoadedBundle.run` broadcasts them in the
+    graph where the part can, and repeats them where it cannot)."""
     scores = np.empty(n, np.float32)
     for begin in range(0, n, chunk_rows):
         end = min(n, begin + chunk_rows)
         feeds = {k: v[begin:end] for k, v in arrays.items()} if n > chunk_rows else dict(arrays)
-        feeds.update({k: np.repeat(v, end - begin, axis=0) for k, v in shared.items()})
+        feeds.update(shared)
         scores[begin:end] = as_scores(run(feeds), end - begin)
     return scores
+
+
+def rows_of(value) -> int | None:
+    """The batch (first) dimension of an array feed, None for anything else."""
+    shape = getattr(value, "shape", None)
+    return shape[0] if shape else None
+
+
+def spread_rows(feeds: dict, n: int, keep=frozenset()) -> dict:
+    """``feeds`` with every 1-row array not in ``keep`` repeated to ``n`` rows (C-contiguous)."""
+    return {name: np.repeat(value, n, axis=0) if name not in keep and rows_of(value) == 1 else value
+            for name, value in feeds.items()}
+
+
+def probe_feeds(inputs, shared: dict, limits: dict, rows: int = 2) -> dict:
+    """Feeds for a ``rows``-row probe of a scorer: ``shared`` (1-row user outputs) as they are,
+    every other declared input (``inputs``: `TensorSpec`s) filled with distinct valid rows (ids
+    ``0, 1, …`` below their table sizes in ``limits``, floats ``0, 1, …``)."""
+    feeds = {}
+    for spec in inputs:
+        if spec.name in shared:
+            feeds[spec.name] = shared[spec.name]
+            continue
+        tail = [1 if d is None else d for d in spec.shape[1:]]
+        values = np.arange(rows).reshape([rows] + [1] * len(tail))
+        if np.dtype(spec.dtype).kind in "iu":
+            values = np.minimum(values, max(limits.get(spec.name, rows) - 1, 0))
+        feeds[spec.name] = np.ascontiguousarray(np.broadcast_to(values, [rows] + tail).astype(spec.dtype))
+    return feeds
+
+
+def broadcast_matches(run, feeds: dict, shared_names, rows: int) -> bool:
+    """Whether ``run`` on ``feeds`` with the ``shared_names`` inputs as 1 row gives the outputs of
+    the same feeds with those inputs repeated: ``rows`` rows each, equal values (False when it
+    fails to run)."""
+    from .errors import EdgeRecError
+
+    try:
+        repeated = run(spread_rows(feeds, rows))
+        once = run(feeds)
+    except EdgeRecError:
+        return False
+    for name, want in repeated.items():
+        got = once.get(name)
+        if got is None or rows_of(want) != rows or np.shape(got) != np.shape(want) \
+                or not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+            return False
+    return bool(shared_names)
 
 
 def as_scores(scores: np.ndarray, n: int) -> np.ndarray:

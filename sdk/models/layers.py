@@ -41,6 +41,11 @@ def _rate(name: str, value) -> float:
     return float(value)
 
 
+def _is_shape_list(shape) -> bool:
+    """Whether a layer's ``input_shape`` is a list of shapes (a list of inputs), not one shape."""
+    return isinstance(shape, (list, tuple)) and bool(shape) and isinstance(shape[0], (list, tuple, tf.TensorShape))
+
+
 @_register
 class SequenceMask(tf_keras.layers.Layer):
     """Float mask of a padded id sequence: 1.0 where ``ids != 0`` (0 is padding).
@@ -138,20 +143,34 @@ class TargetAttention(tf_keras.layers.Layer):
     are lowered by the row's logit spread + `MASK_MARGIN` (not a huge constant), so the
     masked-logit tensor keeps a narrow range under full-integer int8 quantization.
 
+    The first hidden layer's kernel ``W = [W_q; W_k; W_d; W_p]`` (one block per feature) is
+    applied as ``q (W_q + W_d) + k (W_k - W_d) + (q * k) W_p + b``: the same function with the
+    same weights, whose key half ``k (W_k - W_d) + b`` does not depend on the candidate. Called
+    with ``keys_only=True`` the layer returns that half, so a user encoder can compute it once
+    per user and a scorer take it as a fourth input. Keys, mask and key half may have a batch of
+    1 against a batch of N queries: they broadcast (one user's history, N candidates).
+
     Args:
         hidden_units: sizes of the scoring MLP's hidden layers.
         activation: activation of the hidden layers.
 
     Call args:
-        inputs: ``[query [B, D], keys [B, L, D], mask [B, L]]`` (mask 1.0 = valid).
+        inputs: ``[query [N, D], keys [B, L, D], mask [B, L]]`` (mask 1.0 = valid), optionally
+            with the key half ``[B, L, hidden_units[0]]`` as a fourth entry; with
+            ``keys_only=True``, ``keys [B, L, D]`` alone. ``B`` is ``N`` or 1.
+        keys_only: return the key half of the first hidden layer instead of the pooled keys.
 
     Returns:
-        ``[B, D]``: attention-weighted sum of the keys (zeros when the mask is empty).
+        ``[N, D]``: attention-weighted sum of the keys (zeros when the mask is empty); with
+        ``keys_only=True``, the key half ``[B, L, hidden_units[0]]``.
 
     Examples:
         >>> att = TargetAttention(hidden_units=(16,))
         >>> att([tf.zeros([2, 8]), tf.zeros([2, 5, 8]), tf.ones([2, 5])]).shape
         TensorShape([2, 8])
+        >>> key_half = att(tf.zeros([1, 5, 8]), keys_only=True)        # once per user
+        >>> att([tf.zeros([3, 8]), tf.zeros([1, 5, 8]), tf.ones([1, 5]), key_half]).shape
+        TensorShape([3, 8])
     """
 
     def __init__(self, hidden_units=(64, 32), activation: str = "sigmoid", **kwargs):
@@ -163,10 +182,16 @@ class TargetAttention(tf_keras.layers.Layer):
         self.logit = tf_keras.layers.Dense(1, name="att_logit")
 
     def build(self, input_shape):
-        query_shape, keys_shape, _ = input_shape
-        if query_shape[-1] != keys_shape[-1]:
-            raise SpecError(expected("query and keys with the same last dimension",
-                                     (query_shape[-1], keys_shape[-1])))
+        if not _is_shape_list(input_shape):          # keys_only
+            keys_shape = tf.TensorShape(input_shape)
+        else:
+            query_shape, keys_shape = tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
+            if query_shape[-1] != keys_shape[-1]:
+                raise SpecError(expected("query and keys with the same last dimension",
+                                         (query_shape[-1], keys_shape[-1])))
+            if len(input_shape) == 4 and tf.TensorShape(input_shape[3])[-1] != self.hidden_units[0]:
+                raise SpecError(expected(f"a key half of width {self.hidden_units[0]}",
+                                         tf.TensorShape(input_shape[3])[-1]))
         width = 4 * int(keys_shape[-1])
         for layer in self.hidden:
             layer.build((None, None, width))
@@ -174,11 +199,25 @@ class TargetAttention(tf_keras.layers.Layer):
         self.logit.build((None, None, width))
         super().build(input_shape)
 
-    def call(self, inputs):
-        query, keys, mask = inputs
-        queries = tf.zeros_like(keys) + query[:, None, :]
-        features = tf.concat([queries, keys, queries - keys, queries * keys], axis=-1)
-        for layer in self.hidden:
+    def _blocks(self):
+        """``(W_q + W_d, W_k - W_d, W_p)`` of the first hidden layer's kernel."""
+        w_q, w_k, w_d, w_p = tf.split(self.hidden[0].kernel, 4, axis=0)
+        return w_q + w_d, w_k - w_d, w_p
+
+    def key_half(self, keys):
+        """``k (W_k - W_d) + b``: the first hidden layer's candidate-independent term."""
+        return tf.matmul(keys, self._blocks()[1]) + self.hidden[0].bias
+
+    def call(self, inputs, keys_only: bool = False):
+        if keys_only:
+            return self.key_half(inputs)
+        query, keys, mask = inputs[:3]
+        key_half = inputs[3] if len(inputs) == 4 else self.key_half(keys)
+        w_query, _, w_product = self._blocks()
+        query_half = tf.matmul(query, w_query)[:, None, :]                 # [N, 1, U]
+        product = query[:, None, :] * keys                                   # [N, L, D]
+        features = self.hidden[0].activation(key_half + query_half + tf.matmul(product, w_product))
+        for layer in self.hidden[1:]:
             features = layer(features)
         logits = tf.squeeze(self.logit(features), axis=-1)
         spread = tf.reduce_max(logits, axis=-1, keepdims=True) - tf.reduce_min(logits, axis=-1, keepdims=True)
@@ -187,11 +226,38 @@ class TargetAttention(tf_keras.layers.Layer):
         return tf.reduce_sum(weights[:, :, None] * keys, axis=1)
 
     def compute_output_shape(self, input_shape):
+        if not _is_shape_list(input_shape):
+            return tf.TensorShape(input_shape)[:-1].concatenate([self.hidden_units[0]])
         return input_shape[0]
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": list(self.hidden_units),
                 "activation": self.activation}
+
+
+@_register
+class BroadcastRows(tf_keras.layers.Layer):
+    """Broadcasts ``x`` ``[1 or N, …]`` to the batch of ``like`` ``[N, …]`` (one user's state to
+    N candidates; a batch of N stays as it is).
+
+    Lets a scorer take the user state once instead of repeated N times; converts to
+    ``BROADCAST_TO`` in TFLite and ``Expand`` in ONNX.
+
+    Args:
+        **kwargs: standard layer arguments (``name`` …).
+
+    Examples:
+        >>> BroadcastRows()([tf.constant([[1.0, 2.0]]), tf.zeros([3])]).numpy().tolist()
+        [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]
+    """
+
+    def call(self, inputs):
+        x, like = inputs
+        return tf.broadcast_to(x, tf.concat([tf.shape(like)[:1], tf.shape(x)[1:]], axis=0))
+
+    def compute_output_shape(self, input_shape):
+        x_shape, like_shape = (tf.TensorShape(s) for s in input_shape)
+        return like_shape[:1].concatenate(x_shape[1:])
 
 
 @_register
@@ -312,5 +378,5 @@ class SplitLast(tf_keras.layers.Layer):
 from .recurrent import ProjectedGRU, ProjectedLSTM  # noqa: E402 - registered with the others for model loading
 
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (
-    SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention,
+    SequenceMask, PositionalEmbedding, MaskedMeanPooling, ClsPooling, TargetAttention, BroadcastRows,
     TransformerEncoder, AppendCandidate, SplitLast, ProjectedGRU, ProjectedLSTM)}

@@ -64,6 +64,67 @@ def test_target_attention_masks_exactly_whatever_the_logit_spread(L):
     np.testing.assert_allclose(out, np.einsum("bl,bld->bd", weights, keys[:, 3:]), rtol=1e-4, atol=1e-4)
 
 
+def _concatenated_attention(att, query, keys, mask):
+    """The attention computed as first written: one Dense over [q, k, q - k, q * k] per position."""
+    queries = np.broadcast_to(query[:, None], keys.shape)
+    hidden = att.hidden[0](np.concatenate([queries, keys, queries - keys, queries * keys], -1))
+    for layer in att.hidden[1:]:
+        hidden = layer(hidden)
+    logits = att.logit(hidden).numpy()[..., 0]
+    spread = logits.max(-1, keepdims=True) - logits.min(-1, keepdims=True)
+    logits = logits - (1.0 - mask) * (spread + 20.0)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True) * mask
+    return np.einsum("bl,bld->bd", weights, keys)
+
+
+def test_target_attention_split_first_layer_is_the_concatenated_one(L):
+    """Same weights, same function: trained models keep their scores; the key half alone is
+    ``k (W_k - W_d) + b`` and can be fed back as a fourth input."""
+    assert L.MASK_MARGIN == 20.0
+    att = L.TargetAttention(hidden_units=(6, 3))
+    rng = np.random.default_rng(4)
+    query = rng.normal(size=(3, 4)).astype(np.float32)
+    keys = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], np.float32)
+    att([query, keys, mask])                                         # builds the weights
+    att.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in att.get_weights()])
+    out = att([query, keys, mask]).numpy()
+    np.testing.assert_allclose(out, _concatenated_attention(att, query, keys, mask), rtol=1e-5, atol=1e-5)
+    kernel, bias = att.hidden[0].get_weights()
+    w_q, w_k, w_d, w_p = np.split(kernel, 4, axis=0)
+    half = att(keys, keys_only=True).numpy()
+    np.testing.assert_allclose(half, keys @ (w_k - w_d) + bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(att([query, keys, mask, half]).numpy(), out, rtol=0, atol=1e-6)
+
+
+def test_target_attention_broadcasts_one_history_to_many_queries(L):
+    att = L.TargetAttention(hidden_units=(6,))
+    rng = np.random.default_rng(5)
+    query = rng.normal(size=(4, 3)).astype(np.float32)
+    keys = rng.normal(size=(1, 5, 3)).astype(np.float32)
+    mask = np.array([[0, 1, 1, 1, 1]], np.float32)
+    half = att(keys, keys_only=True).numpy()
+    once = att([query, keys, mask, half]).numpy()
+    repeated = att([query, np.repeat(keys, 4, 0), np.repeat(mask, 4, 0), np.repeat(half, 4, 0)]).numpy()
+    assert once.shape == (4, 3)
+    np.testing.assert_allclose(once, repeated, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(att([query, keys, mask]).numpy(), repeated, rtol=0, atol=1e-6)
+    with pytest.raises(SpecError, match="key half of width 6"):
+        L.TargetAttention(hidden_units=(6,))([query, keys, mask, np.zeros((1, 5, 2), np.float32)])
+
+
+def test_broadcast_rows_to_the_batch_of_like(L):
+    layer = L.BroadcastRows()
+    state = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    out = layer([state, np.zeros(4, np.int32)]).numpy()
+    assert out.shape == (4, 2, 3)
+    np.testing.assert_array_equal(out, np.repeat(state, 4, 0))
+    full = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(layer([full, np.zeros((4, 7), np.float32)]).numpy(), full)
+    assert tuple(layer.compute_output_shape([(1, 2, 3), (None,)])) == (None, 2, 3)
+
+
 def test_transformer_encoder_output_of_valid_tokens_ignores_padding(L):
     block = L.TransformerEncoder(num_heads=2, ff_dim=8)
     rng = np.random.default_rng(1)
@@ -90,6 +151,7 @@ def test_positional_embedding_adds_per_position(L):
     lambda L: L.MaskedMeanPooling(),
     lambda L: L.ClsPooling(),
     lambda L: L.TargetAttention(hidden_units=(6, 3), activation="relu"),
+    lambda L: L.BroadcastRows(name="broadcast"),
     lambda L: L.TransformerEncoder(num_heads=4, ff_dim=12, dropout=0.1),
     lambda L: L.AppendCandidate(name="append"),
     lambda L: L.SplitLast(name="split"),
