@@ -454,7 +454,8 @@ class Predictor:
         model = self._model
         counts = self._counters.snapshot()
         return {**counts, "backend": model.backend_name, "version": model.version,
-                "parts": sorted(model.parts), "backend_info": {p: b.info for p, b in model.parts.items()},
+                "parts": sorted(model.parts), "added_items": len(self._cold),
+                "backend_info": {p: b.info for p, b in model.parts.items()},
                 "caches": {"user_state": self.user_cache.stats(), "result": self.result_cache.stats(),
                            "sessions": SESSIONS.stats()}}
 

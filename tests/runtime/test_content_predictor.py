@@ -75,7 +75,7 @@ def test_added_item_is_scored_by_its_content_not_as_plain_oov(bundle, backend):
         before = predictor.predict([{**user, "item": "new-1"}], return_oov=True)
         assert before.oov.tolist() == [True]
         assert predictor.add_items({"new-1": NEW_TEXT}) == ["new-1"]
-        assert predictor.added_items == {"new-1": NEW_TEXT}
+        assert predictor.added_items == {"new-1": NEW_TEXT} and predictor.stats()["added_items"] == 1
         after = predictor.predict([{**user, "item": "new-1"}, {**user, "item": "never-added"}, {**user, "item": "i5"}],
                                   return_oov=True)
         assert after.oov.tolist() == [False, True, False]
