@@ -177,7 +177,9 @@ def export_bundle(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
         budget: largest |ΔAUC| vs the Keras model for a compressed variant to be selectable.
         archive: also write a single-file ``<out>.tar.gz`` (or this path).
         cache_dir: pass cache (default ``$EDGEREC_CACHE`` or ``~/.cache/edgerec``).
-        max_groups: validate on the first N ranking groups only (speed; default all rows).
+        max_groups: validate on the first N ranking groups only (default
+            `validation_data.DEFAULT_MAX_GROUPS`, enough for ΔAUC's precision; 0: every group).
+            Validation streams its rows, so memory does not grow with them.
         latency: how selection measures latency (default batch 1 and 256, 7 interleaved rounds).
         prune_epochs / seed: fine-tuning epochs and seed of the pruning pass.
         engine: how TensorRT engines are built (default `EngineConfig()`).

@@ -38,7 +38,7 @@ from edgerec.runtime.manifest import TensorSpec
 
 from .errors import ConverterConfigError, ModelLoadError
 from .specs import PartSpec, spec_for_byom
-from .validate import ValidationData
+from .validation_data import DEFAULT_MAX_GROUPS, ValidationData
 
 MODEL_JSON = "edgerec_model.json"
 EXPORT_PARTS = RANKING_PARTS
@@ -79,7 +79,10 @@ class ExportJob:
 
 def load_job(path: str | os.PathLike, data: str | os.PathLike | None = None, *, max_groups: int | None = None,
              prune: bool = False) -> ExportJob:
-    """The job for a MODEL_DIR (``edgerec_model.json`` inside) or a saved Keras model with ``data``."""
+    """The job for a MODEL_DIR (``edgerec_model.json`` inside) or a saved Keras model with ``data``.
+
+    ``max_groups``: validation ranking groups kept (None: `DEFAULT_MAX_GROUPS`; 0: all of them)."""
+    max_groups = resolve_max_groups(max_groups)
     source = Path(path)
     if not source.exists():
         raise ConverterConfigError(expected("an existing model directory (or saved Keras model)", str(source)))
@@ -88,6 +91,15 @@ def load_job(path: str | os.PathLike, data: str | os.PathLike | None = None, *, 
     if prune:
         check_prunable(source)
     return byom_job(source, data, max_groups=max_groups)
+
+
+def resolve_max_groups(max_groups: int | None) -> int | None:
+    """None -> `DEFAULT_MAX_GROUPS`, 0 -> None (every group), N >= 1 -> N."""
+    if max_groups is None:
+        return DEFAULT_MAX_GROUPS
+    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 0:
+        raise ConverterConfigError(expected("max_groups as an int >= 0 (0: every validation group)", max_groups))
+    return max_groups or None
 
 
 def edgerec_job(model_dir: Path, data=None, max_groups: int | None = None) -> ExportJob:

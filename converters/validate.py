@@ -11,6 +11,10 @@ with the Keras user encoder, a ``scorer`` with the Keras scorer fed the Keras us
 the Keras fused model. Every failure is collected; `ValidationReport.raise_if_failed` raises one
 `ValidationError` listing all of them.
 
+Rows are streamed (`STREAM_ROWS` at a time, read from a lazily mapped `ValidationData`): per
+artifact the validator keeps running |Δ| statistics and one score per row, never whole user
+states, so its memory is bounded by the chunk, not by rows × sequence length × embedding width.
+
 Examples:
     >>> data = ValidationData.load("MODEL_DIR/validation.npz", max_groups=200)
     >>> art = DeployableArtifact("m.tflite", "tflite", "fp32", "fused")
@@ -20,9 +24,7 @@ Examples:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -34,9 +36,13 @@ from edgerec.runtime.errors import EdgeRecError, expected
 from .errors import ValidationError
 from .pipeline import ExportedArtifact
 from .specs import RECALL_K, TOLERANCES, PartSpec
+from .validation_data import (SWEEP_CANDIDATES, OutputDiff, ValidationData, candidate_sweep,  # noqa: F401
+                              match_outputs, recall_metric)
 
 CHUNK = 1024
-SWEEP_CANDIDATES = 1000
+# rows the validator holds at once (Keras references, artifact outputs): its memory is bounded by
+# this, not by the validation set
+STREAM_ROWS = 16384
 
 
 class DeployableArtifact(ExportedArtifact):
@@ -72,59 +78,6 @@ def as_deployable(obj: Any) -> DeployableArtifact:
     except AttributeError:
         raise ValidationError(expected("an artifact with path/format/precision/part", type(obj).__name__)) from None
 
-
-
-@dataclass
-class ValidationData:
-    """Held-out rows: model inputs plus optional ``labels`` and ``groups`` (user per row)."""
-
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-    groups: np.ndarray | None = None
-    source: str = ""
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ValidationError(expected("at least one input array in the validation data", []))
-        rows = {len(v) for v in self.inputs.values()}
-        for extra in (self.labels, self.groups):
-            if extra is not None:
-                rows.add(len(extra))
-        if len(rows) != 1:
-            raise ValidationError(expected("the same number of rows in every validation array", sorted(rows)))
-
-    @property
-    def rows(self) -> int:
-        return len(next(iter(self.inputs.values())))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, max_groups: int | None = None,
-             max_rows: int | None = None) -> "ValidationData":
-        """Read an ``.npz`` (no pickle). Subsampling keeps whole groups so ranking metrics hold."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValidationError(expected("an existing validation .npz file", str(path)))
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: np.asarray(npz[k]) for k in npz.files}
-        except (ValueError, OSError) as err:
-            raise ValidationError(expected(f"a numeric .npz without pickled objects at {path}", str(err))) from None
-        labels, groups = arrays.pop("labels", None), arrays.pop("groups", None)
-        data = cls(arrays, labels, groups, str(path))
-        return data.subset(max_groups=max_groups, max_rows=max_rows)
-
-    def subset(self, max_groups: int | None = None, max_rows: int | None = None) -> "ValidationData":
-        keep = np.arange(self.rows)
-        if max_groups is not None and self.groups is not None:
-            first = np.unique(self.groups)[:max_groups]
-            keep = keep[np.isin(self.groups, first)]
-        if max_rows is not None and len(keep) > max_rows:
-            keep = keep[:max_rows]
-        if len(keep) == self.rows:
-            return self
-        take = lambda a: None if a is None else a[keep]  # noqa: E731
-        return ValidationData({k: v[keep] for k, v in self.inputs.items()}, take(self.labels),
-                              take(self.groups), self.source)
 
 
 @dataclass
@@ -207,39 +160,42 @@ def keras_outputs(model, feeds: Mapping[str, np.ndarray], chunk: int = 4096) -> 
 def backend_outputs(artifact: ExportedArtifact, feeds: Mapping[str, np.ndarray], backend_options: Mapping | None = None,
                     chunk: int = CHUNK) -> tuple[dict[str, np.ndarray], list]:
     """Run an artifact through the shared backend API; returns (outputs, declared inputs)."""
+    with open_backend(artifact, backend_options) as backend:
+        return run_backend(backend, feeds, chunk), list(backend.inputs)
+
+
+def open_backend(artifact: ExportedArtifact, backend_options: Mapping | None = None):
+    """The runtime backend of ``artifact`` (a context manager)."""
     from edgerec.runtime.backends import create_backend
 
-    name = BACKEND_FOR_FORMAT[artifact.format]
-    with create_backend(name, artifact.path, **dict(backend_options or {})) as backend:
-        declared = list(backend.inputs)
-        missing = [t.name for t in declared if t.name not in feeds]
-        if missing:
-            raise ValidationError(expected(f"validation arrays for the artifact inputs {[t.name for t in declared]}",
-                                           f"missing {missing}"))
-        rows = len(feeds[declared[0].name])
-        pieces: dict[str, list] = {}
-        for start in range(0, rows, chunk):
-            batch = {t.name: np.ascontiguousarray(feeds[t.name][start:start + chunk], dtype=t.dtype) for t in declared}
-            for key, value in backend.run(batch).items():
-                pieces.setdefault(key, []).append(np.asarray(value))
-    return {k: np.concatenate(v, axis=0) for k, v in pieces.items()}, declared
+    return create_backend(BACKEND_FOR_FORMAT[artifact.format], artifact.path, **dict(backend_options or {}))
 
 
-def match_outputs(reference: Mapping[str, np.ndarray], produced: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """Pair reference output names with artifact output names (exact name, else the single one)."""
-    pairs = {name: name for name in reference if name in produced}
-    left = [n for n in reference if n not in pairs]
-    spare = [n for n in produced if n not in pairs.values()]
-    if len(left) == 1 and len(spare) == 1:
-        pairs[left[0]] = spare[0]
-    return pairs
+def run_backend(backend, feeds: Mapping[str, np.ndarray], chunk: int = CHUNK) -> dict[str, np.ndarray]:
+    """An open backend's outputs on ``feeds``, ``chunk`` rows per call."""
+    declared = list(backend.inputs)
+    missing = [t.name for t in declared if t.name not in feeds]
+    if missing:
+        raise ValidationError(expected(f"validation arrays for the artifact inputs {[t.name for t in declared]}",
+                                       f"missing {missing}"))
+    rows = len(feeds[declared[0].name])
+    pieces: dict[str, list] = {}
+    for start in range(0, rows, chunk):
+        batch = {t.name: np.ascontiguousarray(feeds[t.name][start:start + chunk], dtype=t.dtype) for t in declared}
+        for key, value in backend.run(batch).items():
+            pieces.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v, axis=0) for k, v in pieces.items()}
 
 
 # -- the validator -------------------------------------------------------------------------
 def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[Any], data: ValidationData,
                        specs: Mapping[str, PartSpec] | None = None, *, backend_options: Mapping | None = None,
-                       k: int = RECALL_K, raise_on_failure: bool = True, progress=None) -> ValidationReport:
+                       k: int = RECALL_K, raise_on_failure: bool = True, progress=None,
+                       stream_rows: int = STREAM_ROWS) -> ValidationReport:
     """Validate every artifact against its Keras reference part on the same held-out rows.
+
+    Rows are streamed ``stream_rows`` at a time: per artifact only the running |Δ| statistics and
+    the score vectors (for AUC, ΔAUC and top-k overlap) are kept, never whole user states.
 
     Args:
         reference: ``{part: keras model}`` (a bare model means ``{"fused": model}``).
@@ -250,11 +206,14 @@ def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[A
         k: the K of the top-K overlap.
         raise_on_failure: raise one `ValidationError` listing all failures (else only report them).
         progress: optional ``callable(str)`` for progress lines.
+        stream_rows: rows held at once (the same metrics for any value, to float rounding).
     """
     if not isinstance(reference, Mapping):
         reference = {"fused": reference}
     if not isinstance(data, ValidationData):
         raise ValidationError(expected("ValidationData", type(data).__name__))
+    if isinstance(stream_rows, bool) or not isinstance(stream_rows, int) or stream_rows < 1:
+        raise ValidationError(expected("stream_rows as an int >= 1", stream_rows))
     specs = dict(specs or {})
     artifacts = [as_deployable(a) for a in artifacts]
     needed = {a.part for a in artifacts}
@@ -263,29 +222,70 @@ def validate_artifacts(reference: Mapping[str, Any] | Any, artifacts: Sequence[A
     missing = sorted(p for p in needed if p not in reference)
     if missing:
         raise ValidationError(expected(f"Keras reference models for parts {sorted(needed)}", f"missing {missing}"))
-
-    feeds = {part: dict(data.inputs) for part in PARTS}
-    ref_out: dict[str, dict] = {}
-    for part in ("fused", "user_encoder", "scorer"):
-        if part not in reference or part not in needed | {"fused"}:
-            continue
-        if part == "scorer":
-            feeds[part].update(ref_out["user_encoder"])
-        ref_out[part] = keras_outputs(reference[part], feeds[part])
+    refs = _References(reference, [p for p in ("fused", "user_encoder", "scorer")
+                                   if p in reference and p in needed | {"fused"}], data, specs, stream_rows)
     report = ValidationReport(rows=data.rows)
-    for part, outputs in ref_out.items():
-        report.reference[part] = _reference_metrics(outputs, data, _score_name(specs, part), k)
+    for part in refs.parts:
+        report.reference[part] = _reference_metrics(refs.scores.get(part), data, k)
 
     for art in artifacts:
         if progress:
             progress(f"validating {art.file} ({art.format}/{art.precision}/{art.part})")
-        report.results.append(_validate_one(art, ref_out[art.part], feeds[art.part], data, specs,
-                                            report.reference.get(art.part, {}), backend_options, k))
-    report.compositions = _validate_compositions(artifacts, report, ref_out, feeds, data, specs,
-                                                 backend_options, k)
+        report.results.append(_validate_one(art, refs, data, specs, report.reference.get(art.part, {}),
+                                            backend_options, k))
+    report.compositions = _validate_compositions(artifacts, report, refs, data, specs, backend_options, k)
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+class _References:
+    """Keras reference outputs chunk by chunk. Score columns are kept for all rows, and so is every
+    output of a part whose outputs total at most `KEEP_BYTES`; larger ones (user states) are
+    recomputed for each chunk an artifact needs."""
+
+    KEEP_BYTES = 64 << 20
+
+    def __init__(self, models: Mapping[str, Any], parts: list, data: ValidationData, specs, stream_rows: int):
+        self.models, self.parts, self.data, self.stream_rows = models, parts, data, stream_rows
+        self.scores: dict[str, np.ndarray] = {}
+        self.kept: dict[str, dict] = {}
+        pieces: dict[str, dict] = {p: {} for p in parts}
+        columns: dict[str, list] = {p: [] for p in parts}
+        for start, stop, inputs in data.chunks(stream_rows):
+            for part, outputs in self._compute(parts, inputs).items():
+                column = _score_of(outputs, _score_name(specs, part))
+                columns[part].append(column)
+                per_row = sum(v.nbytes for v in outputs.values()) / max(stop - start, 1)
+                if per_row * data.rows <= self.KEEP_BYTES:
+                    for name, value in outputs.items():
+                        pieces[part].setdefault(name, []).append(value)
+        for part in parts:
+            if columns[part] and all(c is not None for c in columns[part]):
+                self.scores[part] = np.concatenate(columns[part])
+            if pieces[part]:
+                self.kept[part] = {n: np.concatenate(v, axis=0) for n, v in pieces[part].items()}
+
+    def _compute(self, parts, inputs: Mapping[str, np.ndarray]) -> dict[str, dict]:
+        out = {}
+        for part in parts:
+            feeds = {**inputs, **out["user_encoder"]} if part == "scorer" else inputs
+            out[part] = keras_outputs(self.models[part], feeds)
+        return out
+
+    def chunk(self, part: str, start: int, stop: int, inputs: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+        """``(feeds, reference outputs)`` of ``part`` for rows start:stop."""
+        feeds = dict(inputs)
+        if part == "scorer":
+            feeds.update(self._outputs("user_encoder", start, stop, inputs))
+        return feeds, self._outputs(part, start, stop, inputs, feeds)
+
+    def _outputs(self, part, start, stop, inputs, feeds=None) -> dict:
+        if part in self.kept:
+            return {n: v[start:stop] for n, v in self.kept[part].items()}
+        if part == "scorer" and feeds is None:
+            feeds = {**inputs, **self._outputs("user_encoder", start, stop, inputs)}
+        return keras_outputs(self.models[part], feeds if feeds is not None else inputs)
 
 
 def _score_name(specs: Mapping[str, PartSpec], part: str) -> str | None:
@@ -298,26 +298,18 @@ def _tolerance(specs: Mapping[str, PartSpec], part: str, precision: str):
     return specs[part].tolerance(precision) if part in specs else TOLERANCES[precision]
 
 
-def _reference_metrics(outputs: Mapping[str, np.ndarray], data: ValidationData, score: str | None, k: int) -> dict:
+def _reference_metrics(probs: np.ndarray | None, data: ValidationData, k: int) -> dict:
     result = {"rows": data.rows}
-    if score and data.labels is not None:
-        probs = _score_of(outputs, score)
-        if probs is not None:
-            result["auc"] = rmetrics.auc(data.labels, probs)
-            if data.groups is not None:
-                result.update(_recall(data, probs, k))
+    if probs is not None and data.labels is not None:
+        result["auc"] = rmetrics.auc(data.labels, probs)
+        if data.groups is not None:
+            result.update(recall_metric(data, probs, k))
     return result
 
 
-def _recall(data: ValidationData, probs: np.ndarray, k: int) -> dict:
-    """recall@k when every group holds exactly one positive (a ranking set), else nothing."""
-    try:
-        return {f"recall@{k}": rmetrics.recall_at_k(data.labels, probs, data.groups, k)}
-    except ValueError:
-        return {}
-
-
-def _score_of(outputs: Mapping[str, np.ndarray], score: str) -> np.ndarray | None:
+def _score_of(outputs: Mapping[str, np.ndarray], score: str | None) -> np.ndarray | None:
+    if score is None:
+        return None
     if score in outputs:
         return np.asarray(outputs[score], dtype=np.float64).reshape(len(outputs[score]), -1)[:, 0]
     if len(outputs) == 1:
@@ -326,56 +318,32 @@ def _score_of(outputs: Mapping[str, np.ndarray], score: str) -> np.ndarray | Non
     return None
 
 
-def _validate_one(art: DeployableArtifact, ref: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray],
-                  data: ValidationData, specs, ref_metrics: dict, backend_options, k: int) -> ArtifactResult:
+RUN_ERRORS = (EdgeRecError, RuntimeError, ValueError, OSError)
+
+
+def _validate_one(art: DeployableArtifact, refs: _References, data: ValidationData, specs, ref_metrics: dict,
+                  backend_options, k: int) -> ArtifactResult:
     res = ArtifactResult(art.file, art.path, art.format, art.precision, art.part, BACKEND_FOR_FORMAT[art.format])
+    diff = OutputDiff(_score_name(specs, art.part))
     try:
-        produced, _ = backend_outputs(art, feeds, backend_options)
-    except (EdgeRecError, RuntimeError, ValueError, OSError) as err:
+        with open_backend(art, backend_options) as backend:
+            for start, stop, inputs in data.chunks(refs.stream_rows):
+                feeds, ref = refs.chunk(art.part, start, stop, inputs)
+                diff.add(ref, run_backend(backend, feeds))
+    except RUN_ERRORS as err:
         res.failures.append(f"could not run on {res.backend}: {type(err).__name__}: {err}")
         return res
-    _compare(res.metrics, res.failures, ref, produced, data, _tolerance(specs, art.part, art.precision),
-             _score_name(specs, art.part), ref_metrics, k)
+    diff.finish(res.metrics, res.failures, data, _tolerance(specs, art.part, art.precision), ref_metrics, k)
     sweep = candidate_sweep(data) if art.part == "fused" and not res.failures else None
     if sweep is not None:
         try:
             swept, _ = backend_outputs(art, sweep, backend_options)
-        except (EdgeRecError, RuntimeError, ValueError, OSError):
+        except RUN_ERRORS:
             return res
         scores = _score_of(swept, _score_name(specs, art.part) or SCORE)
         if scores is not None:
             res.metrics["score_resolution"] = score_resolution(scores, k)
     return res
-
-
-def candidate_sweep(data: ValidationData, count: int = SWEEP_CANDIDATES) -> dict[str, np.ndarray] | None:
-    """Feeds scoring ``count`` distinct candidates for the first user of ``data`` (None when not a ranking set).
-
-    The candidate input is found generically: the one integer input that varies within the first
-    group (every other input is the user's and repeats). Candidates are the distinct values of that
-    input over all rows, topped up with the other ids up to the largest one seen (never beyond: the
-    model's vocabulary is unknown here), so a small catalogue gives fewer candidates.
-    """
-    if data.groups is None or not data.rows:
-        return None
-    first = np.flatnonzero(data.groups == data.groups[0])
-    varying = [n for n, a in data.inputs.items() if np.issubdtype(np.asarray(a).dtype, np.integer)
-               and a[first].reshape(len(first), -1).shape[1] == 1 and len(np.unique(a[first])) > 1]
-    constant = all(np.all(a[first] == a[first[0]]) for n, a in data.inputs.items() if n not in varying)
-    if len(varying) != 1 or not constant:
-        return None
-    name = varying[0]
-    column = np.asarray(data.inputs[name])
-    seen = np.unique(column.reshape(-1))
-    seen = seen[seen > 0]
-    if not len(seen):
-        return None
-    rest = np.setdiff1d(np.arange(1, int(seen.max()) + 1), seen)
-    ids = np.concatenate([seen, rest])[:count]
-    count = len(ids)
-    feeds = {n: np.repeat(a[first[:1]], count, axis=0) for n, a in data.inputs.items() if n != name}
-    feeds[name] = ids.astype(column.dtype).reshape((count,) + column.shape[1:])
-    return feeds
 
 
 def score_resolution(scores: np.ndarray, k: int = RECALL_K) -> dict:
@@ -389,71 +357,28 @@ def score_resolution(scores: np.ndarray, k: int = RECALL_K) -> dict:
             f"top{k}_tied": int(sum(1 for v in top.tolist() if v in shared))}
 
 
-def _compare(metrics: dict, failures: list, ref: Mapping[str, np.ndarray], produced: Mapping[str, np.ndarray],
-             data: ValidationData, tol, score: str | None, ref_metrics: dict, k: int) -> None:
-    pairs = match_outputs(ref, produced)
-    for name in ref:
-        if name not in pairs:
-            failures.append(f"output {name!r} missing; artifact has {sorted(produced)}")
-    per_output, worst, total, count = {}, 0.0, 0.0, 0
-    for ref_name, art_name in pairs.items():
-        a = np.asarray(produced[art_name], dtype=np.float64)
-        r = np.asarray(ref[ref_name], dtype=np.float64)
-        if a.size != r.size:
-            failures.append(f"output {ref_name!r}: expected shape {r.shape}, received: {a.shape}")
-            continue
-        diff = np.abs(a.reshape(r.shape) - r)
-        if not np.all(np.isfinite(a)):
-            failures.append(f"output {ref_name!r}: non-finite values (NaN/inf) in {int((~np.isfinite(a)).sum())} elements")
-            continue
-        per_output[ref_name] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
-        worst, total, count = max(worst, float(diff.max())), total + float(diff.sum()), count + diff.size
-    if count:
-        metrics["max_abs_diff"], metrics["mean_abs_diff"] = worst, total / count
-        metrics["outputs"] = per_output
-        if tol.max_abs_diff is not None and worst > tol.max_abs_diff:
-            failures.append(f"max_abs_diff {worst:.3g} > tolerance {tol.max_abs_diff:g}")
-        if total / count > tol.mean_abs_diff:
-            failures.append(f"mean_abs_diff {total / count:.3g} > tolerance {tol.mean_abs_diff:g}")
-    if score and data.labels is not None and "auc" in ref_metrics and count:
-        ref_name = score if score in pairs else next(iter(pairs))
-        probs = np.asarray(produced[pairs[ref_name]], dtype=np.float64).reshape(data.rows, -1)[:, 0]
-        ref_probs = np.asarray(ref[ref_name], dtype=np.float64).reshape(data.rows, -1)[:, 0]
-        metrics["auc"] = rmetrics.auc(data.labels, probs)
-        metrics["delta_auc"] = metrics["auc"] - ref_metrics["auc"]
-        metrics["mean_abs_dp"] = float(np.mean(np.abs(probs - ref_probs)))
-        if abs(metrics["delta_auc"]) > tol.delta_auc:
-            failures.append(f"|delta_auc| {abs(metrics['delta_auc']):.4f} > tolerance {tol.delta_auc:g}")
-        if data.groups is not None:
-            # rows, not item ids, identify the ranked candidates (a group may repeat an item id)
-            overlap = rmetrics.recall_overlap_at_k(probs, ref_probs, data.groups, np.arange(data.rows), k)
-            metrics[f"recall_overlap@{k}"] = overlap
-            metrics.update(_recall(data, probs, k))
-            if tol.min_recall_overlap is not None and overlap < tol.min_recall_overlap:
-                failures.append(f"recall_overlap@{k} {overlap:.3f} < tolerance {tol.min_recall_overlap:g}")
-
-
-def _validate_compositions(artifacts, report, ref_out, feeds, data, specs, backend_options, k) -> list:
+def _validate_compositions(artifacts, report, refs: _References, data, specs, backend_options, k) -> list:
     users = [a for a in artifacts if a.part == "user_encoder" and report.result(a.file).passed]
     scorers = [a for a in artifacts if a.part == "scorer" and report.result(a.file).passed]
+    target = "fused" if "fused" in refs.parts else "scorer"
     composed = []
-    target = ref_out.get("fused") or ref_out.get("scorer")
-    target_part = "fused" if "fused" in ref_out else "scorer"
     for ue in users:
         for sc in scorers:
             if (ue.format, ue.precision) != (sc.format, sc.precision):
                 continue
             entry = {"user_encoder": ue.file, "scorer": sc.file, "metrics": {}, "failures": []}
+            diff = OutputDiff(_score_name(specs, "scorer"))
             try:
-                user_state, _ = backend_outputs(ue, feeds["user_encoder"], backend_options)
-                scorer_feeds = dict(feeds["scorer"])
-                scorer_feeds.update({n: user_state[n] for n in user_state})
-                produced, _ = backend_outputs(sc, scorer_feeds, backend_options)
-            except (EdgeRecError, RuntimeError, ValueError, OSError) as err:
+                with open_backend(ue, backend_options) as user_backend, open_backend(sc, backend_options) as scorer:
+                    for start, stop, inputs in data.chunks(refs.stream_rows):
+                        feeds, _ = refs.chunk("scorer", start, stop, inputs)
+                        feeds.update(run_backend(user_backend, inputs))
+                        _, ref = refs.chunk(target, start, stop, inputs)
+                        diff.add(ref, run_backend(scorer, feeds))
+            except RUN_ERRORS as err:
                 entry["failures"].append(f"composition could not run: {type(err).__name__}: {err}")
             else:
-                _compare(entry["metrics"], entry["failures"], target, produced, data,
-                         _tolerance(specs, "scorer", sc.precision), _score_name(specs, "scorer"),
-                         report.reference.get(target_part, {}), k)
+                diff.finish(entry["metrics"], entry["failures"], data, _tolerance(specs, "scorer", sc.precision),
+                            report.reference.get(target, {}), k)
             composed.append(entry)
     return composed

@@ -47,6 +47,10 @@ ANN_DTYPES = ("i8", "f16", "f32")
 EXACT_MAX_ITEMS = 50_000
 CONNECTIVITY = 16
 DEFAULT_EF_SEARCH = 256
+# graph-build candidate width: 40 builds in half the time of usearch's 128 and kept recall@200
+# 0.991 (vs 0.998) at ef_search 256 on 2e5 clustered unit vectors; the export measures the
+# recall it ships in any case
+DEFAULT_EXPANSION_ADD = 40
 # exact search dequantizes at most this many cells at once (float32: 64 MB), and keeps the whole
 # dequantized table when it is no larger
 CHUNK_CELLS = 1 << 24
@@ -63,6 +67,7 @@ class IndexConfig:
         ef_search: HNSW candidate-list width at search time (recall vs latency; raised to the
             number of results asked for).
         connectivity: HNSW graph degree (M).
+        expansion_add: HNSW candidate-list width while building (build time vs graph quality).
         ann_dtype: how the HNSW graph stores vectors (``i8``, ``f16``, ``f32``).
         exact_max_items: the catalogue size up to which ``auto`` means exact.
         build_threads: threads used to build the graph (0: all cores).
@@ -75,6 +80,7 @@ class IndexConfig:
     kind: str = "auto"
     ef_search: int = DEFAULT_EF_SEARCH
     connectivity: int = CONNECTIVITY
+    expansion_add: int = DEFAULT_EXPANSION_ADD
     ann_dtype: str = "f16"
     exact_max_items: int = EXACT_MAX_ITEMS
     build_threads: int = 0
@@ -84,7 +90,7 @@ class IndexConfig:
             raise SpecError(expected(f"index kind among {KINDS}", self.kind))
         if self.ann_dtype not in ANN_DTYPES:
             raise SpecError(expected(f"ann_dtype among {ANN_DTYPES}", self.ann_dtype))
-        for name in ("ef_search", "connectivity", "exact_max_items"):
+        for name in ("ef_search", "connectivity", "expansion_add", "exact_max_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(expected(f"{name} as an int >= 1", value))
@@ -166,11 +172,12 @@ class ItemIndex:
         augmented = bool(body.size and np.abs(body - 1.0).max() > UNIT_NORM_TOLERANCE)
         max_norm = float(body.max()) if body.size and body.max() > 0 else 1.0
         units = _ann_rows(vectors[NUM_RESERVED:], norms[NUM_RESERVED:], augmented, max_norm)
-        ann = _new_usearch(units.shape[1], config.ann_dtype, config.connectivity)
+        ann = _new_usearch(units.shape[1], config.ann_dtype, config.connectivity, config.expansion_add)
         ann.add(np.arange(NUM_RESERVED, len(vectors), dtype=np.uint64), units, threads=config.build_threads)
         meta["quantization"] = f"usearch {config.ann_dtype} over unit vectors"
         meta["ann"] = {"file": ANN_FILE, "library": "usearch", "metric": "ip", "dtype": config.ann_dtype,
-                       "connectivity": config.connectivity, "ef_search": config.ef_search,
+                       "connectivity": config.connectivity, "expansion_add": config.expansion_add,
+                       "ef_search": config.ef_search,
                        "augmented": augmented, "max_norm": max_norm}
         ann.expansion_search = config.ef_search
         return cls(meta, ids, norms=norms, ann=ann)
@@ -392,8 +399,9 @@ def ann_available() -> bool:
     return True
 
 
-def _new_usearch(ndim: int, dtype: str, connectivity: int):
-    return _usearch().Index(ndim=ndim, metric="ip", dtype=dtype, connectivity=connectivity)
+def _new_usearch(ndim: int, dtype: str, connectivity: int, expansion_add: int = DEFAULT_EXPANSION_ADD):
+    return _usearch().Index(ndim=ndim, metric="ip", dtype=dtype, connectivity=connectivity,
+                            expansion_add=expansion_add)
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:

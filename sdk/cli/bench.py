@@ -7,6 +7,7 @@ Examples:
   edgerec bench demo-out/bundle --out demo-out/bench
   edgerec bench runs/din-bundle --out runs/bench --batches 1,64,256 --no-keras
   edgerec bench runs/v1 --out runs/load --load-test --swap-to runs/v2 --load-only
+  edgerec bench --scale 1e4,1e5,1e6 --out runs/scale    # cost vs catalogue size: scale.json + scale.png
 """
 from __future__ import annotations
 
@@ -25,8 +26,13 @@ def _int_list(text: str) -> list[int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", help="bundle directory (manifest.json + artifacts)")
-    parser.add_argument("--out", required=True, help="report folder: bench.json, bench.md, *.png")
+    parser.add_argument("bundle", nargs="?", default=None,
+                        help="bundle directory (manifest.json + artifacts); omitted with --scale")
+    parser.add_argument("--out", required=True, help="report folder: bench.json, bench.md, *.png (scale.json, "
+                                                     "scale.png with --scale)")
+    parser.add_argument("--scale", metavar="SIZES", default=None,
+                        help="instead of a bundle: train, export and serve synthetic cascades of these catalogue "
+                             "sizes, e.g. 1e4,1e5,1e6 (benchmarks.scale)")
     parser.add_argument("--keras", metavar="MODEL_DIR", default=None,
                         help="Keras model directory for the baselines (default: the bundle's recorded source)")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras baselines")
@@ -61,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from edgerec.benchmarks.summary import summary_table
     from edgerec.runtime.errors import expected
 
+    if args.scale is not None:
+        return _run_scale(args)
+    if args.bundle is None:
+        print("edgerec bench: " + expected("a BUNDLE directory or --scale SIZES", "neither"), file=sys.stderr)
+        return 2
     wants_load = args.load_test or args.load_only
     if wants_load and not args.swap_to:
         print("edgerec bench: " + expected("--swap-to BUNDLE_B with --load-test", "none"), file=sys.stderr)
@@ -86,3 +97,18 @@ def run(args: argparse.Namespace) -> int:
     for failure in outcome.failures:
         print(f"edgerec bench: {failure}", file=sys.stderr)
     return 0 if outcome.passed else 1
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    from edgerec.benchmarks.scale import SIZE_KEYS, parse_sizes, run_scale
+
+    if args.bundle is not None:
+        print(f"edgerec bench: Expected a BUNDLE or --scale, not both, received: {args.bundle!r}", file=sys.stderr)
+        return 2
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    report = run_scale(parse_sizes(args.scale), args.out, say=say)
+    if not args.quiet:
+        for entry in report["sizes"]:
+            print(" ".join(f"{key}={entry[key]}" for key in SIZE_KEYS))
+        print(f"wrote {args.out}/scale.json and {args.out}/scale.png")
+    return 0

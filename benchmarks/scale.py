@@ -1,0 +1,281 @@
+"""`edgerec bench --scale`: what export and serving cost as the catalogue grows.
+
+For each catalogue size N, `run_scale` generates synthetic data (N items, ``N / 10`` users capped
+at 10^5), trains a small retrieval model and a small DIN ranker (a few steps: this measures cost,
+not quality), exports the cascade bundle (``edgerec export RANKER --retrieval R``), loads it in a
+runtime-only process and times ``Predictor.recommend`` at 1 thread. Every stage runs in its own
+child interpreter, so each peak RSS is that stage's own ``VmHWM`` (read from /proc/self/status in
+the child: on Linux ``getrusage`` of a child started by a big parent reports the parent's peak).
+
+``DIR/scale.json`` holds ``{"sizes": [{"items", "users", "export_s", "export_peak_rss_mb",
+"bundle_bytes", "load_s", "runtime_rss_mb", "recommend_p50_ms", "recommend_p99_ms",
+"index_recall_at_200", ...}, ...]}`` (`SIZE_KEYS`, plus stage times and details beside them), and
+``DIR/scale.png`` plots the costs against the catalogue size (log x).
+
+Examples:
+    >>> report = run_scale([10_000, 100_000], "runs/scale")                     # doctest: +SKIP
+    >>> report["sizes"][0]["recommend_p50_ms"]                                   # doctest: +SKIP
+    0.9
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgerec.runtime.errors import SpecError, expected
+
+logger = logging.getLogger(__name__)
+
+SIZE_KEYS = ("items", "users", "export_s", "export_peak_rss_mb", "bundle_bytes", "load_s", "runtime_rss_mb",
+             "recommend_p50_ms", "recommend_p99_ms", "index_recall_at_200")
+REPORT_FILE, PLOT_FILE = "scale.json", "scale.png"
+MAX_USERS = 100_000
+MIN_USERS = 50
+STAGES = ("train_retrieval", "train_ranker", "export", "serve")
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """How each size of the sweep is built and measured.
+
+    Args:
+        users_per_item: users generated per catalogue item (capped at `MAX_USERS`).
+        events_per_user: synthetic events per user (more covers more of the catalogue).
+        zipf_exponent: the generator's popularity skew within a category; 0 (uniform) lets a
+            few events per item cover the whole catalogue, whose size is what is measured.
+        max_seq_len / embedding_dim: the models' history length and item embedding width.
+        train_rows: rows each model trains on (one epoch): the cost of a size, not its quality.
+        max_groups: validation ranking groups the export compares artifacts on.
+        eval_users: held-out users of the cascade checks (tower validation, index recall).
+        ranker_users: users whose every item the ranker scores for the ranker-alone metric.
+        quantize / targets: the export's variants (ONNX only by default: the runtime stage serves
+            ONNX Runtime, and on a 2-core machine the TFLite variants double a 10^6 export's time).
+        requests / k / m: timed ``recommend(k, m)`` calls of the runtime stage.
+        timeout_s: wall-clock limit of each stage.
+        seed: seeds the data and the training.
+    """
+
+    users_per_item: float = 0.1
+    events_per_user: int = 30
+    zipf_exponent: int = 0
+    max_seq_len: int = 50
+    embedding_dim: int = 32
+    train_rows: int = 20_000
+    max_groups: int = 500
+    eval_users: int = 200
+    ranker_users: int = 2
+    quantize: tuple = ("int8",)
+    targets: tuple = ("onnx",)
+    requests: int = 300
+    k: int = 10
+    m: int = 200
+    timeout_s: float = 7200.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("events_per_user", "max_seq_len", "embedding_dim", "train_rows", "max_groups", "eval_users",
+                     "ranker_users", "requests", "k", "m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(expected(f"{name} as an int >= 1", value))
+        if not 0 < self.users_per_item <= 10:
+            raise SpecError(expected("users_per_item in (0, 10]", self.users_per_item))
+
+    def users_for(self, items: int) -> int:
+        return int(min(MAX_USERS, max(MIN_USERS, round(items * self.users_per_item))))
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"1e4,1e5,1e6"`` -> ``[10000, 100000, 1000000]`` (each size an integer >= 100).
+
+    Examples:
+        >>> parse_sizes("1e3, 20000")
+        [1000, 20000]
+    """
+    sizes = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise SpecError(expected("catalogue sizes like 1e4,1e5,1e6", text)) from None
+        if value != int(value) or value < 100:
+            raise SpecError(expected("catalogue sizes as integers >= 100", part.strip()))
+        sizes.append(int(value))
+    if not sizes:
+        raise SpecError(expected("at least one catalogue size, e.g. 1e4,1e5,1e6", text))
+    return sizes
+
+
+def run_scale(sizes: Sequence[int], out, config: ScaleConfig | None = None,
+              say: Callable[[str], None] | None = None) -> dict:
+    """Measure every size into ``out/scale.json`` (rewritten after each size) and ``out/scale.png``.
+
+    Args:
+        sizes: catalogue sizes (items).
+        out: the report folder; each size's model dirs and bundle go to ``out/<items>/``.
+        config: `ScaleConfig` (defaults when None).
+        say: progress lines (default: this module's logger).
+
+    Returns:
+        the report written to ``scale.json``.
+    """
+    from edgerec.runtime.io import atomic_write_json
+
+    config, say = config or ScaleConfig(), say or logger.info
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"sizes": [], "config": asdict(config)}
+    for items in sizes:
+        say(f"scale {items} items: {config.users_for(items)} users")
+        entry = measure_size(items, out / str(items), config, say)
+        report["sizes"].append(entry)
+        atomic_write_json(out / REPORT_FILE, report)
+    try:
+        from .figures import plot_scale
+
+        plot_scale(report, out / PLOT_FILE)
+    except ImportError as err:
+        say(f"no plot: {err}")
+    return report
+
+
+def measure_size(items: int, folder: Path, config: ScaleConfig, say) -> dict:
+    """One size: train, export, serve; the `SIZE_KEYS` entry plus stage details. A model dir left
+    by an earlier run of the same folder is reused (its stage is marked ``reused``): training is
+    not what this measures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    users = config.users_for(items)
+    retrieval, ranker, bundle = folder / "retrieval", folder / "ranker", folder / "bundle"
+    data = {"num_items": items, "num_users": users, "num_events": users * config.events_per_user,
+            "zipf_exponent": config.zipf_exponent}
+    entry: dict = {"items": items, "users": users}
+    stages = {}
+    for stage, payload in (("train_retrieval", {"out": str(retrieval), "family": "retrieval", "data": data}),
+                           ("train_ranker", {"out": str(ranker), "family": "din", "data": data}),
+                           ("export", {"ranker": str(ranker), "retrieval": str(retrieval), "bundle": str(bundle)}),
+                           ("serve", {"bundle": str(bundle)})):
+        if stage.startswith("train") and (Path(payload["out"]) / "edgerec_model.json").is_file():
+            say(f"  {stage}: reusing {payload['out']}")
+            stages[stage] = {"seconds": None, "peak_rss_mb": None, "reused": True}
+            continue
+        say(f"  {stage}")
+        stages[stage] = run_stage(stage, {**payload, "config": asdict(config)}, config.timeout_s)
+        say(f"  {stage}: {stages[stage]['seconds']:.1f} s, peak RSS {stages[stage]['peak_rss_mb']} MB")
+    export, serve = stages["export"], stages["serve"]
+    entry.update(export_s=export["seconds"], export_peak_rss_mb=export["peak_rss_mb"],
+                 bundle_bytes=export["bundle_bytes"], load_s=serve["load_s"], runtime_rss_mb=serve["peak_rss_mb"],
+                 recommend_p50_ms=serve["p50_ms"], recommend_p99_ms=serve["p99_ms"],
+                 index_recall_at_200=export["index_recall"].get(f"recall@{config.m}"))
+    entry["catalogue_items"] = export["catalogue_items"]
+    entry["index_kind"] = export["index_kind"]
+    entry["index_bytes"] = export["index_bytes"]
+    entry["backend"] = serve["backend"]
+    entry["stages"] = {name: {k: v for k, v in result.items() if k in ("seconds", "peak_rss_mb", "reused")}
+                       for name, result in stages.items()}
+    return entry
+
+
+def run_stage(stage: str, payload: dict, timeout_s: float) -> dict:
+    """Run ``stage`` in a child interpreter; its JSON result with ``seconds`` and ``peak_rss_mb``."""
+    if stage not in STAGES:
+        raise SpecError(expected(f"a scale stage among {STAGES}", stage))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgerec.benchmarks.scale", stage], input=json.dumps(payload),
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise SpecError(expected(f"the {stage} stage to finish within {timeout_s:.0f} s", "a timeout")) from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise SpecError(expected(f"the {stage} stage to succeed", f"exit {done.returncode}:\n{tail}"))
+    result = json.loads(lines[-1])
+    result.setdefault("seconds", round(time.perf_counter() - start, 2))
+    return result
+
+
+# -- the children ----------------------------------------------------------------------------
+def _train(payload: dict) -> dict:
+    from edgerec.sdk.training.job import TrainJob, train_and_save
+
+    cfg = ScaleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    model = {"embedding_dim": cfg.embedding_dim}
+    job = TrainJob.from_dict({"out": payload["out"], "family": payload["family"], "data": "synthetic",
+                              "data_options": payload["data"], "max_seq_len": cfg.max_seq_len,
+                              "model": model, "train": {"epochs": 1, "patience": 0, "seed": cfg.seed, "verbose": 0,
+                                                        "max_train_rows": cfg.train_rows,
+                                                        "full_catalogue_rows": 0}})
+    train_and_save(job)
+    return {}
+
+
+def _export(payload: dict) -> dict:
+    from edgerec.converters.cascade import CascadeSettings
+    from edgerec.converters.export import export_bundle
+
+    cfg = ScaleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    settings = CascadeSettings(m=cfg.m, eval_users=cfg.eval_users, ranker_users=cfg.ranker_users, seed=cfg.seed)
+    bundle = Path(payload["bundle"])
+    export_bundle(payload["ranker"], bundle, quantize=cfg.quantize, targets=cfg.targets, max_groups=cfg.max_groups,
+                  retrieval=payload["retrieval"], cascade=settings, seed=cfg.seed)
+    manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
+    index = manifest.get("index", {})
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    return {"bundle_bytes": sum(p.stat().st_size for p in files),
+            "index_bytes": sum(p.stat().st_size for p in files if p.name.startswith("item_index")),
+            "index_recall": {k: v for k, v in index.items() if k.startswith("recall@")},
+            "index_kind": index.get("kind"), "catalogue_items": index.get("num_items")}
+
+
+def _serve(payload: dict) -> dict:
+    import numpy as np
+
+    import edgerec.runtime as rt
+
+    from .recommend import _requests
+
+    cfg = ScaleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    bundle = Path(payload["bundle"])
+    requests = _requests(bundle, 64)
+    backend = "onnxruntime"
+    start = time.perf_counter()
+    with rt.load(bundle, backend=backend, num_threads=1, cache=False) as predictor:
+        predictor.recommend(requests[0], k=cfg.k, m=cfg.m)
+        load_s = time.perf_counter() - start
+        for request in requests[:5]:
+            predictor.recommend(request, k=cfg.k, m=cfg.m)
+        times = []
+        for i in range(cfg.requests):
+            begin = time.perf_counter()
+            predictor.recommend(requests[i % len(requests)], k=cfg.k, m=cfg.m)
+            times.append(time.perf_counter() - begin)
+    ms = np.asarray(times) * 1e3
+    heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx") if m in sys.modules)
+    return {"backend": backend, "load_s": round(load_s, 3), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "calls": cfg.requests, "heavy_modules": heavy}
+
+
+def _child_main(stage: str) -> int:
+    from .machine import peak_rss_mb
+
+    payload = json.loads(sys.stdin.read())
+    start = time.perf_counter()
+    work = {"train_retrieval": _train, "train_ranker": _train, "export": _export, "serve": _serve}[stage]
+    result = work(payload)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    peak = peak_rss_mb()
+    result["peak_rss_mb"] = None if peak is None else round(peak, 1)
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1]))

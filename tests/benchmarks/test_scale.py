@@ -1,0 +1,76 @@
+"""`edgerec bench --scale`: sizes parsed, the scale.json schema, the plot, and a real tiny sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_sizes_are_parsed_and_bad_ones_refused():
+    from edgerec.benchmarks.scale import parse_sizes
+    from edgerec.runtime.errors import SpecError
+
+    assert parse_sizes("1e4,1e5, 1e6") == [10_000, 100_000, 1_000_000]
+    for bad in ("", "1e4,ten", "50", "150.5"):
+        with pytest.raises(SpecError):
+            parse_sizes(bad)
+
+
+def test_users_scale_with_items_and_are_capped():
+    from edgerec.benchmarks.scale import MAX_USERS, ScaleConfig
+
+    config = ScaleConfig()
+    assert config.users_for(10_000) == 1_000 and config.users_for(10**7) == MAX_USERS
+    assert config.users_for(100) >= 50
+
+
+def test_report_schema_and_plot_from_stage_results(tmp_path, monkeypatch):
+    from edgerec.benchmarks import scale
+
+    seen = []
+
+    def fake_stage(stage, payload, timeout_s):
+        seen.append(stage)
+        common = {"seconds": 1.5, "peak_rss_mb": 100.0}
+        if stage == "export":
+            return {**common, "bundle_bytes": 1234, "index_bytes": 99, "index_recall": {"recall@200": 0.97},
+                    "index_kind": "exact", "catalogue_items": 302}
+        if stage == "serve":
+            return {**common, "backend": "onnxruntime", "load_s": 0.2, "p50_ms": 1.0, "p99_ms": 2.0}
+        return common
+
+    monkeypatch.setattr(scale, "run_stage", fake_stage)
+    report = scale.run_scale([300, 3000], tmp_path / "out")
+    assert seen == list(scale.STAGES) * 2
+    written = json.loads((tmp_path / "out" / scale.REPORT_FILE).read_text())
+    assert written["sizes"] == report["sizes"]
+    first = written["sizes"][0]
+    assert set(scale.SIZE_KEYS) <= set(first)
+    assert (first["items"], first["users"], first["export_s"], first["index_recall_at_200"]) == (300, 50, 1.5, 0.97)
+    assert (tmp_path / "out" / scale.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_stage_names_itself(tmp_path):
+    from edgerec.benchmarks.scale import run_stage
+    from edgerec.runtime.errors import SpecError
+
+    with pytest.raises(SpecError, match="serve stage"):
+        run_stage("serve", {"bundle": str(tmp_path / "missing"), "config": {}}, timeout_s=120)
+    with pytest.raises(SpecError, match="scale stage"):
+        run_stage("nap", {}, timeout_s=1)
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(tmp_path):
+    """The real thing at 300 items: trains, exports, serves in child processes (minutes)."""
+    from edgerec.benchmarks.scale import SIZE_KEYS, ScaleConfig, run_scale
+
+    config = ScaleConfig(train_rows=512, max_groups=20, eval_users=20, ranker_users=1, requests=20,
+                         events_per_user=12, max_seq_len=8, embedding_dim=8)
+    report = run_scale([300], tmp_path, config)
+    (entry,) = report["sizes"]
+    assert all(entry[key] is not None for key in SIZE_KEYS), entry
+    assert entry["bundle_bytes"] > entry["index_bytes"] > 0
+    assert 0.0 <= entry["index_recall_at_200"] <= 1.0 and entry["recommend_p99_ms"] >= entry["recommend_p50_ms"] > 0
+    assert entry["export_peak_rss_mb"] > entry["runtime_rss_mb"] > 0
+    assert json.loads((tmp_path / "scale.json").read_text())["sizes"] == report["sizes"]
