@@ -192,3 +192,61 @@ def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = Non
     kept = set(result.kept_float)
     records = rewrite(proto, {name: w for name, w in found.items() if name not in kept})
     return {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict()}
+
+
+RECURRENT_UNQUANTIZED = ("GRU", "RNN")     # ops no ORT quantizer rewrites (LSTM has DynamicQuantizeLSTM)
+
+
+def int8_recurrent_weights(proto, op_types=RECURRENT_UNQUANTIZED) -> list[dict]:
+    """Store the constant W / R weights of recurrent ops ORT cannot quantize as int8 behind a
+    per-channel ``DequantizeLinear`` (symmetric, one scale per gate row), in place.
+
+    The op still computes in float: ONNX Runtime folds the DequantizeLinear at session creation, so
+    the file holds int8 but RAM holds the fp32 weights (a dequantize-on-load path). Returns one record
+    per weight.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .rowwise import symmetric_columns
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    records, nodes, done = [], [], {}
+    for node in graph.node:
+        if node.op_type in op_types:
+            for position in (1, 2):                        # W, R: [directions, gates * hidden, inputs]
+                name = node.input[position] if len(node.input) > position else ""
+                tensor = inits.get(name)
+                if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 3:
+                    continue
+                if name not in done:
+                    weight = numpy_helper.to_array(tensor).astype(np.float32)
+                    flat = weight.reshape(-1, weight.shape[-1])
+                    q, scales = symmetric_columns(flat, 8, axis=0)
+                    base = f"{name}_int8"
+                    graph.initializer.extend([
+                        numpy_helper.from_array(q.reshape(weight.shape), base),
+                        numpy_helper.from_array(scales, base + "_scale"),
+                        numpy_helper.from_array(np.zeros(len(scales), np.int8), base + "_zero_point")])
+                    # per-channel DequantizeLinear takes a 1-D scale on one axis: dequantize the [D*G, I]
+                    # view, then restore the op's 3-D layout
+                    shape = base + "_shape"
+                    graph.initializer.append(numpy_helper.from_array(np.array(weight.shape, np.int64), shape))
+                    flat_shape = base + "_flat_shape"
+                    graph.initializer.append(numpy_helper.from_array(np.array(flat.shape, np.int64), flat_shape))
+                    nodes += [helper.make_node("Reshape", [base, flat_shape], [base + "_flat"]),
+                              helper.make_node("DequantizeLinear", [base + "_flat", base + "_scale", base + "_zero_point"],
+                                               [base + "_deq"], axis=0),
+                              helper.make_node("Reshape", [base + "_deq", shape], [base + "_float"])]
+                    done[name] = base + "_float"
+                    records.append({"weight": name, "op": node.op_type, "shape": [int(d) for d in weight.shape],
+                                    "bytes_float": int(weight.nbytes), "bytes_int8": int(q.size + scales.nbytes)})
+                node.input[position] = done[name]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return records

@@ -23,7 +23,8 @@ Either way every element is within half a step of its row. The kernel dequantize
 rows only: the table stays packed in memory at run time (file size ≈ resident size of the table).
 
 ``dense_bits=4`` also writes every large constant MatMul/Gemm weight as ``com.microsoft.MatMulNBits``
-(`onnx_dense`), with the float fallback of `onnx_dense.int4_matmuls` when rows are given.
+(`onnx_dense`, with the float fallback of `onnx_dense.int4_matmuls` when rows are given) and the W / R
+weights of GRU / RNN ops as int8 behind a DequantizeLinear (file int8, RAM fp32 after ORT folds it).
 
 Float tables with identical content (an exporter that copies a shared table per lookup) are
 merged first, so every Gather of one table reads the one quantized initializer.
@@ -64,7 +65,8 @@ class OnnxEmbeddingConfig:
         data: optional rows ``.npz`` with ``labels``: the ΔAUC the tables cost (vs the input graph)
             is recorded as ``details["table_delta_auc"]`` (the quantize pass's fallback counts it).
         sensitivity_rows: rows (evenly spread over ``data``) scored for that ΔAUC.
-        dense_bits: ``4``: large constant MatMul/Gemm weights become 4-bit ``MatMulNBits`` (`onnx_dense`).
+        dense_bits: ``4``: large constant MatMul/Gemm weights become 4-bit ``MatMulNBits``, and the W / R
+            weights of recurrent ops no ORT quantizer covers (GRU, RNN) int8 behind DequantizeLinear (`onnx_dense`).
         dense_budget: with ``data``: largest |ΔAUC| (tables + 4-bit weights vs the input graph); over
             it the most sensitive weights stay as they were (float, for the later int8 pass).
     """
@@ -277,9 +279,10 @@ class OnnxEmbeddingPass(Pass):
                                                 "rows to quantize", "none in the graph"))
         dense = None
         if config.dense_bits:
-            from .onnx_dense import int4_matmuls
+            from .onnx_dense import int4_matmuls, int8_recurrent_weights
 
             dense = int4_matmuls(proto, reference=Path(source.path), data=config.data, budget=config.dense_budget)
+            dense["recurrent_int8"] = int8_recurrent_weights(proto)
         onnx.checker.check_model(proto)
         out = out_dir / f"{source.part}.tables{config.bits}.onnx"
         out.write_bytes(proto.SerializeToString())

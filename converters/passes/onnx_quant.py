@@ -229,13 +229,16 @@ def score_head_nodes(proto) -> list[str]:
 
 
 def computed_scales(model_path: Path) -> bool:
-    """Whether a quantized lookup's scales are computed from smaller constants (log-coded row scales):
-    ORT's optimizer would fold them into a float initializer, so pre-processing must not optimise."""
+    """Whether the graph computes constants from smaller ones (log-coded row scales of a quantized
+    lookup, int8 weights behind a DequantizeLinear): ORT's optimizer would fold them into float
+    initializers, so pre-processing must not optimise."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     produced = {o for n in graph.node for o in n.output}
-    return any(n.op_type == "GatherBlockQuantized" and len(n.input) > 2 and n.input[2] in produced for n in graph.node)
+    constant = {i.name for i in graph.initializer}
+    return any(n.op_type == "GatherBlockQuantized" and len(n.input) > 2 and n.input[2] in produced or
+               n.op_type == "DequantizeLinear" and n.input[0] in constant for n in graph.node)
 
 
 def preprocess(model_path: Path, tmp: Path, optimize: bool = True) -> Path:

@@ -151,3 +151,30 @@ def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(t
     assert dense["rewritten"][0]["shape"] == [H, H]                           # the second layer, [out, in]
     assert abs(auc(labels, scores(fitted)) - auc(labels, p)) <= 0.01
     assert np.abs(scores(fitted) - p).mean() < 0.5 * np.abs(scores(plain) - p).mean()
+
+
+def test_gru_weights_are_stored_int8_behind_a_dequantize(tmp_path):
+    from edgerec.converters.passes.onnx_dense import int8_recurrent_weights
+
+    rng = np.random.default_rng(0)
+    hidden, dim, steps = 16, 8, 5
+    w = rng.normal(scale=0.3, size=(1, 3 * hidden, dim)).astype(np.float32)
+    r = rng.normal(scale=0.3, size=(1, 3 * hidden, hidden)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("GRU", ["x", "W", "R"], ["y", "state"], hidden_size=hidden)], "gru",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, "batch", dim])],
+                              [helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "batch", hidden])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.normal(size=(steps, 4, dim)).astype(np.float32)
+
+    def state(proto):
+        return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before, size = state(model), len(model.SerializeToString())
+    records = int8_recurrent_weights(model)
+    onnx.checker.check_model(model)
+    assert [r_["weight"] for r_ in records] == ["W", "R"]
+    assert not any(i.data_type == TensorProto.FLOAT and len(i.dims) == 3 for i in model.graph.initializer)
+    assert len(model.SerializeToString()) < 0.55 * size
+    assert np.abs(state(model) - before).max() < 0.02
