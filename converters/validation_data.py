@@ -8,8 +8,10 @@ rows of the groups it keeps; compressed members are read whole (numpy cannot map
 those rows in chunks (`ValidationData.chunks`), so its memory does not grow with them either.
 
 Why 2,000 groups: the standard error of the paired ΔAUC (artifact minus Keras on the same rows)
-shrinks as 1/sqrt(groups); at 2,000 groups it stays well under the default 0.002 accuracy budget
-(see docs/results.md for the MovieLens bootstrap).
+shrinks as 1/sqrt(groups). Measured on MovieLens (DIN, 610 groups, 61,610 rows; ONNX int8 QDQ vs
+fp32): ΔAUC -5.13e-4, bootstrap SE over groups 2.65e-4, so ~1.5e-4 at 2,000 groups (dynamic-range
+variant: 2.27e-4 -> 1.25e-4), under a tenth of the default 0.002 budget. MovieLens itself keeps
+all 610 groups under this default.
 
 Examples:
     >>> data = ValidationData.load("MODEL_DIR/validation.npz", max_groups=200)   # doctest: +SKIP
