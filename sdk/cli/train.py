@@ -6,12 +6,14 @@ Examples:
     edgerec train --model din --out runs/din_adv --adversarial pgd --eps 0.25
     edgerec train --model din --out runs/din_mw --strategy multiworker --workers 2
     edgerec train --model retrieval --encoder transformer --out runs/retrieval   # two-tower retrieval
+    edgerec train --data movielens:PATH --model context --content-encoder minilm --content-dim 32 --out runs/ctx
 """
 from __future__ import annotations
 
 import json
 
 from edgerec.runtime.contract import FAMILIES, RETRIEVAL
+from edgerec.sdk.models.config import CONTENT_ENCODERS
 from edgerec.sdk.training.catalogue import MAX_SCORED_ROWS
 
 MODELS = FAMILIES + (RETRIEVAL,)
@@ -20,6 +22,7 @@ MODELS = FAMILIES + (RETRIEVAL,)
 def configure(parser) -> None:
     from edgerec.sdk.training.adversarial import ATTACKS, NORMS
     from edgerec.sdk.training.distributed import STRATEGIES
+    from edgerec.sdk.training.job import DEFAULT_COLD_START_FRACTION
 
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' or 'movielens:PATH' (ml-latest-small CSV folder)")
@@ -40,6 +43,19 @@ def configure(parser) -> None:
     parser.add_argument("--negatives", type=int, default=4, help="sampled negatives per training positive")
     parser.add_argument("--max-seq-len", type=int, default=50, help="history length L")
     parser.add_argument("--embedding-dim", type=int, default=32, help="item embedding width")
+    parser.add_argument("--content-encoder", choices=CONTENT_ENCODERS, default=None,
+                        help="content families (context): the item-text encoder, 'small' (trained from scratch on "
+                             "the item corpus) or 'minilm' (pretrained all-MiniLM-L6-v2; its vectors are computed "
+                             "once per catalogue and cached) (default small)")
+    parser.add_argument("--content-dim", type=int, default=None,
+                        help="content vector width: the small encoder's width, or the PCA components the 384-dim "
+                             "MiniLM vectors are reduced to (384 = no reduction) (default 32)")
+    parser.add_argument("--content-dropout", type=float, default=None,
+                        help="share of training rows scored from content alone (candidate id -> OOV, cand_content "
+                             "= its content vector), for cold-start items (default 0.1)")
+    parser.add_argument("--cold-start-fraction", type=float, default=DEFAULT_COLD_START_FRACTION,
+                        help="content families: hold out the items first seen in this last share of the events and "
+                             "report their AUC as new items with and without content (0 keeps every item)")
     parser.add_argument("--model-config", default=None, metavar="JSON",
                         help='more ModelConfig (RetrievalConfig for --model retrieval) fields as a JSON object, '
                              'e.g. \'{"hidden_units": [64]}\'')
@@ -116,6 +132,13 @@ def job_from_args(args):
         raise SpecError(expected("--workers only with --strategy multiworker", args.strategy))
     options = data_options(args.data_option)
     fields = {"embedding_dim": args.embedding_dim, **_json_object(args.model_config, "--model-config")}
+    content = {"content_encoder": args.content_encoder, "content_dim": args.content_dim,
+               "content_dropout": args.content_dropout}
+    given = {k: v for k, v in content.items() if v is not None}
+    if given and args.model == RETRIEVAL:
+        raise SpecError(expected("--content-encoder/--content-dim/--content-dropout only with a ranking family",
+                                 args.model))
+    fields.update(given)
     if args.model == RETRIEVAL:
         from edgerec.sdk.models.retrieval import RetrievalConfig
 
@@ -133,7 +156,8 @@ def job_from_args(args):
         worker_timeout=args.worker_timeout)
     return TrainJob(out=args.out, family=args.model, data=args.data, data_options=options,
                     max_seq_len=args.max_seq_len, negatives=args.negatives, model=model, train=train,
-                    adversarial=adversarial, distributed=distributed)
+                    adversarial=adversarial, distributed=distributed,
+                    cold_start_fraction=args.cold_start_fraction)
 
 
 def run(args) -> int:

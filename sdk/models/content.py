@@ -1,7 +1,9 @@
 """BERT-style item content encoder: item text -> ``item_vector`` (part ``content_encoder``).
 
-Text is tokenised by the pure-Python `edgerec.runtime.text.Tokenizer` (its vocabulary is stored
-in ``spec.text``), so a device encodes a new item's text exactly as training did. The encoder is
+Text is tokenised by the pure-Python tokenizer ``spec.text`` names (`text_tokenizer`: the word
+vocabulary of this encoder, or the WordPiece vocabulary of the pretrained MiniLM encoder of
+`edgerec.sdk.models.minilm`), so a device encodes a new item's text exactly as training did. This
+small encoder is
 pre-trained on the item corpus by denoising bag-of-words prediction: 15 % of each title's words
 are replaced by ``[UNK]`` and the ``[CLS]`` vector must predict every word of the full text
 (genres and tags included). Its vectors, precomputed per item index, become a frozen item
@@ -13,14 +15,13 @@ import dataclasses
 
 import numpy as np
 
+from edgerec.runtime.contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (re-exported)
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec, TextSpec
-from edgerec.runtime.text import SPECIAL_TOKENS, UNK, Tokenizer, build_text_vocab
+from edgerec.runtime.text import SPECIAL_TOKENS, UNK, build_text_vocab
 
 from .config import ModelConfig
 
-ITEM_TOKENS = "item_tokens"
-ITEM_VECTOR = "item_vector"
 
 
 def attach_text_spec(spec: FeatureSpec, item_text, config: ModelConfig) -> FeatureSpec:
@@ -36,11 +37,33 @@ def attach_text_spec(spec: FeatureSpec, item_text, config: ModelConfig) -> Featu
     return dataclasses.replace(spec, text=TextSpec(vocab, config.text_max_tokens))
 
 
+def text_tokenizer(text: TextSpec):
+    """The tokenizer a `TextSpec` names (`edgerec.runtime.text.tokenizer_for`: the small
+    encoder's words for ``"basic"``, the BERT WordPiece vocabulary for ``"wordpiece"``), so
+    training tokenises exactly as a device does."""
+    from edgerec.runtime.text import tokenizer_for
+
+    return tokenizer_for(text)
+
+
 def tokenize_items(spec: FeatureSpec, item_text) -> np.ndarray:
     """``[item_vocab.size, max_tokens]`` int32 token ids of every item index."""
     if spec.text is None:
         raise SpecError(expected("a feature spec with a text spec", None))
-    return Tokenizer(spec.text.vocab, spec.text.max_tokens).encode_batch(list(item_text))
+    return text_tokenizer(spec.text).encode_batch(list(item_text))
+
+
+def encode_item_texts(encoder, spec: FeatureSpec, texts, batch_size: int = 256) -> np.ndarray:
+    """``[len(texts), Dc]`` float32 content vectors of new items' texts, tokenised as a device
+    does (`text_tokenizer` of ``spec.text``) and encoded by the content ``encoder``."""
+    if spec.text is None:
+        raise SpecError(expected("a feature spec with a text spec", None))
+    texts = list(texts)
+    width = int(encoder.output_shape[ITEM_VECTOR][-1])
+    if not texts:
+        return np.zeros((0, width), np.float32)
+    tokens = text_tokenizer(spec.text).encode_batch(texts)
+    return np.asarray(encoder.predict(tokens, batch_size=batch_size, verbose=0)[ITEM_VECTOR], np.float32)
 
 
 def build_content_encoder(spec: FeatureSpec, config: ModelConfig):

@@ -4,6 +4,13 @@ The fused model is flat (no nested models) so tfmot can prune it layer by layer 
 converters see one graph. The user encoder's outputs are named ``user_*``; the scorer takes
 them as inputs of the same names, so ``scorer(user_encoder(x)) == fused(x)`` by construction.
 
+The user encoder computes everything that does not depend on the candidate: besides the state
+(and mask), the attention families carry the key half of the target attention's first layer
+(``user_keys``) and the masked mean of the state (``user_pooled``). The scorer takes the user
+outputs with a batch of 1 against N candidates (or N rows each): it broadcasts them in the graph
+(`layers.BroadcastRows`, arithmetic broadcasting inside `layers.TargetAttention`), so serving
+feeds one user's state once instead of repeated N times.
+
 In the fused model history and candidate ids go through ONE item lookup (``AppendCandidate``
 -> ``item_embedding`` [-> frozen ``item_content`` + projection] -> ``SplitLast``). Two lookups
 of one table become two Gathers in TFLite; full-integer int8 then stores the table twice with
@@ -19,7 +26,9 @@ Families:
          ONNX ``LSTM`` node through its twin) whose final hidden state feeds the MLP.
     bst: item embeddings + positions -> transformer encoder block(s) -> target attention -> MLP.
     context: DIN over [item embedding, projected content vector] + an embedding per
-         ``spec.context`` field + ``dense`` features -> MLP.
+         ``spec.context`` field + ``dense`` features -> MLP. The candidate's content vector is
+         its frozen table row, or for an OOV candidate (a cold-start item) the fed
+         ``cand_content`` [B, Dc] (`edgerec.runtime.contract.CAND_CONTENT`).
 """
 from __future__ import annotations
 
@@ -28,15 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.runtime.contract import FAMILIES, USER_MASK, USER_STATE
+from edgerec.runtime.contract import CAND_CONTENT, FAMILIES, USER_MASK, USER_OUTPUT_PREFIX, USER_STATE
 from edgerec.runtime.errors import SpecError, expected
-from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, FeatureSpec
+from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, OOV_INDEX, FeatureSpec
 
 from .config import ModelConfig, ModelParts
 
 # Families whose user state is a recurrent layer's last state over the raw item embeddings (no
 # mask: left padding puts the latest item last), scored against the candidate without attention.
 RECURRENT_FAMILIES = ("gru", "lstm")
+# Candidate-independent outputs of the attention families' user encoder (see the module docstring).
+USER_KEYS = USER_OUTPUT_PREFIX + "keys"        # key half of the attention's first layer [B, L, U]
+USER_POOLED = USER_OUTPUT_PREFIX + "pooled"    # masked mean of the state [B, D]
 
 
 @dataclass
@@ -65,9 +77,22 @@ class _FamilyBuilder:
             table = np.asarray(content.table, dtype=np.float32)
             if table.ndim != 2 or table.shape[0] != spec.item_vocab.size:
                 raise SpecError(expected(f"a content table of shape [{spec.item_vocab.size}, dim]", table.shape))
+            if np.any(table[OOV_INDEX] != 0):
+                raise SpecError(expected("a content table whose OOV row is zeros (cand_content replaces it)",
+                                         "a non-zero OOV row"))
             self.content_lookup = layers.Embedding(table.shape[0], table.shape[1], trainable=False,
                                                    name="item_content")
             self.content_projection = layers.Dense(config.embedding_dim, name="content_projection")
+            # Cold start with builtin layers only: a frozen 0/1 lookup marks OOV candidates, whose
+            # (zero) table row is then topped up with the fed cand_content; known rows add zero.
+            self.content_width = int(table.shape[1])
+            self.cand_is_oov = layers.Embedding(table.shape[0], 1, trainable=False, name="cand_is_oov")
+            self.cand_content_gate = layers.Multiply(name="cand_content_gate")
+            self.cand_content_merge = layers.Add(name="cand_content_merge")
+            self.cand_content_row = layers.Reshape((1, self.content_width), name="cand_content_row")
+            self.cand_content_pad = layers.ZeroPadding1D((spec.max_seq_len, 0), name="cand_content_pad")
+            self.joint_content_merge = layers.Add(name="joint_content_merge")
+            self._cand_content_of = {}      # id(cand_item input) -> (that input, its cand_content input)
         self.uses_context = family == "context"
         self.context_embeddings = {
             f.name: layers.Embedding(f.size, config.context_dim, name=f"context_{f.name}")
@@ -79,11 +104,15 @@ class _FamilyBuilder:
                            else (R.ProjectedLSTM, config.lstm_units))
             self.sequence_encoder = cell(units, name=USER_STATE)
             self.cand_projection = layers.Dense(units, name="cand_projection")
+            self.broadcast_state = L.BroadcastRows(name="broadcast_" + USER_STATE)
         else:
             self.mask = L.SequenceMask(name=USER_MASK)
             self.state = layers.Activation("linear", name=USER_STATE)
             self.attention = L.TargetAttention(config.attention_units, name="target_attention")
             self.mean_pool = L.MaskedMeanPooling(name="mean_pool")
+            self.keys = layers.Activation("linear", name=USER_KEYS)
+            self.pooled = layers.Activation("linear", name=USER_POOLED)
+            self.broadcast_pooled = L.BroadcastRows(name="broadcast_" + USER_POOLED)
         if family == "bst":
             self.positions = L.PositionalEmbedding(spec.max_seq_len, name="positions")
             self.blocks = [L.TransformerEncoder(config.num_heads, config.ff_dim, config.dropout,
@@ -101,6 +130,9 @@ class _FamilyBuilder:
     def candidate_inputs(self) -> dict:
         Input = self.keras.Input
         inputs = {CAND_ITEM: Input(shape=(), dtype="int32", name=CAND_ITEM)}
+        if self.content is not None:
+            inputs[CAND_CONTENT] = Input(shape=(self.content_width,), dtype="float32", name=CAND_CONTENT)
+            self._cand_content_of[id(inputs[CAND_ITEM])] = (inputs[CAND_ITEM], inputs[CAND_CONTENT])
         for name in self.context_embeddings:
             inputs[name] = Input(shape=(), dtype="int32", name=name)
         if self.uses_dense:
@@ -110,19 +142,40 @@ class _FamilyBuilder:
     def history_input(self):
         return self.keras.Input(shape=(self.spec.max_seq_len,), dtype="int32", name=HIST_ITEMS)
 
-    def item_repr(self, ids):
-        """Item embedding, concatenated with the projected frozen content vector when used."""
+    def fed_content(self, cand):
+        """``cand_content`` where ``cand`` (a candidate-id input) is the OOV index, zeros elsewhere."""
+        _, fed = self._cand_content_of[id(cand)]
+        return self.cand_content_gate([self.cand_is_oov(cand), fed])
+
+    def item_repr(self, ids, content=None):
+        """Item embedding, concatenated with the projected frozen content vector when used.
+
+        For a candidate-id input (from `candidate_inputs`) the content vector of an OOV row is the
+        row's ``cand_content``; ``content`` is the content vector when already looked up.
+        """
         emb = self.item_embedding(ids)
         if self.content is None:
             return emb
-        projected = self.content_projection(self.content_lookup(ids))
-        return self.keras.layers.Concatenate(axis=-1)([emb, projected])
+        if content is None:
+            content = self.content_lookup(ids)
+            if id(ids) in self._cand_content_of:
+                content = self.cand_content_merge([content, self.fed_content(ids)])
+        return self.keras.layers.Concatenate(axis=-1)([emb, self.content_projection(content)])
 
     def shared_item_repr(self, hist, cand):
-        """``(history [B, L, E], candidate [B, E])`` representations from one lookup of both ids."""
+        """``(history [B, L, E], candidate [B, E])`` representations from one lookup of both ids.
+
+        The candidate's fed content enters the joint content lookup at the last position (a
+        zero-padded row), so the content projection also runs once over both.
+        """
         ids = self.append_candidate([hist, cand])
-        joint = self.item_embedding(ids) if self.recurrent else self.item_repr(ids)
-        return self.split_candidate(joint)
+        if self.recurrent:
+            return self.split_candidate(self.item_embedding(ids))
+        content = None
+        if self.content is not None:
+            fed = self.cand_content_pad(self.cand_content_row(self.fed_content(cand)))
+            content = self.joint_content_merge([self.content_lookup(ids), fed])
+        return self.split_candidate(self.item_repr(ids, content))
 
     # -- the two halves ----------------------------------------------------------------------
     def user(self, hist, sequence=None) -> dict:
@@ -135,20 +188,25 @@ class _FamilyBuilder:
             sequence = self.positions(sequence)
             for block in self.blocks:
                 sequence = block([sequence, mask])
-        return {USER_STATE: self.state(sequence), USER_MASK: mask}
+        state = self.state(sequence)
+        return {USER_STATE: state, USER_MASK: mask,
+                USER_KEYS: self.keys(self.attention(state, keys_only=True)),
+                USER_POOLED: self.pooled(self.mean_pool([state, mask]))}
 
-    def score(self, user: dict, candidate: dict, cand=None):
-        """Score tensor; ``cand`` is the candidate's item representation when precomputed."""
+    def score(self, user: dict, candidate: dict, cand=None, broadcast: bool = True):
+        """Score tensor; ``cand`` is the candidate's item representation when precomputed;
+        ``broadcast``: the user outputs may have a batch of 1 (the scorer; the fused model's
+        batches always agree)."""
         concat = self.keras.layers.Concatenate(axis=-1)
         multiply = self.keras.layers.Multiply()
         if self.recurrent:
             cand = self.item_embedding(candidate[CAND_ITEM]) if cand is None else cand
-            state = user[USER_STATE]
+            state = self.broadcast_state([user[USER_STATE], cand]) if broadcast else user[USER_STATE]
             features = [state, cand, multiply([state, self.cand_projection(cand)])]
         else:
             cand = self.item_repr(candidate[CAND_ITEM]) if cand is None else cand
-            attended = self.attention([cand, user[USER_STATE], user[USER_MASK]])
-            pooled = self.mean_pool([user[USER_STATE], user[USER_MASK]])
+            attended = self.attention([cand, user[USER_STATE], user[USER_MASK], user[USER_KEYS]])
+            pooled = self.broadcast_pooled([user[USER_POOLED], cand]) if broadcast else user[USER_POOLED]
             features = [cand, attended, multiply([cand, attended]), pooled]
         features += [layer(candidate[name]) for name, layer in self.context_embeddings.items()]
         if self.uses_dense:
@@ -206,10 +264,13 @@ def build_model(family: str, spec: FeatureSpec, config: ModelConfig | None = Non
     fused_cand = builder.candidate_inputs()
     hist_repr, cand_repr = builder.shared_item_repr(fused_hist, fused_cand[CAND_ITEM])
     fused = keras.Model({HIST_ITEMS: fused_hist, **fused_cand},
-                        builder.score(builder.user(fused_hist, hist_repr), fused_cand, cand_repr),
+                        builder.score(builder.user(fused_hist, hist_repr), fused_cand, cand_repr, broadcast=False),
                         name="fused")
     if builder.content is not None:
         builder.content_lookup.set_weights([np.asarray(content.table, dtype=np.float32)])
+        is_oov = np.zeros((spec.item_vocab.size, 1), np.float32)
+        is_oov[OOV_INDEX] = 1.0
+        builder.cand_is_oov.set_weights([is_oov])
     return ModelParts(family, spec, config, fused, user_encoder, scorer,
                       content_encoder=content.encoder if needs_content else None,
                       content_table=np.asarray(content.table, np.float32) if needs_content else None)

@@ -18,7 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerec.runtime.contract import BASELINE_FULL_CATALOGUE, FAMILIES, FULL_CATALOGUE, RETRIEVAL
+import numpy as np
+
+from edgerec.runtime.contract import BASELINE_FULL_CATALOGUE, CAND_CONTENT, FAMILIES, FULL_CATALOGUE, RETRIEVAL
 from edgerec.runtime.errors import MissingDependencyError, SpecError, expected
 
 from ..models.config import ModelConfig
@@ -34,6 +36,9 @@ TRAIN_FAMILIES = FAMILIES + (RETRIEVAL,)
 # What training imports; checked before any data is built, so a missing extra fails in a second.
 TRAIN_MODULES = ("tensorflow", "tf_keras")
 WORKER_MODULE = "edgerec.sdk.training.worker"
+# Share of the timeline whose new items a content model holds out and scores as cold-start items.
+DEFAULT_COLD_START_FRACTION = 0.1
+ITEM_MAP_FILE = "item_map.png"
 
 
 def require_train_extra() -> None:
@@ -58,6 +63,9 @@ class TrainJob:
         train: the `TrainConfig` (its ``seed`` also seeds the data; ``verbose`` the progress lines).
         adversarial: an `AdversarialConfig` for adversarial training, or None.
         distributed: a `DistributedConfig` for `tf.distribute` training, or None.
+        cold_start_fraction: for a family with item content, the items first seen in this last
+            share of the events are held out of training and scored as new items
+            (metrics.json ``"cold_start"``); 0 keeps every item.
     """
 
     out: str
@@ -70,6 +78,7 @@ class TrainJob:
     train: TrainConfig = field(default_factory=TrainConfig)
     adversarial: AdversarialConfig | None = None
     distributed: DistributedConfig | None = None
+    cold_start_fraction: float = DEFAULT_COLD_START_FRACTION
 
     def __post_init__(self):
         if not isinstance(self.out, (str, Path)) or not str(self.out):
@@ -89,6 +98,9 @@ class TrainJob:
             value = getattr(self, name)
             if not isinstance(value, kind) and not (value is None and name in ("adversarial", "distributed")):
                 raise SpecError(expected(f"{name} as a {kind.__name__}", type(value).__name__))
+        if isinstance(self.cold_start_fraction, bool) or not isinstance(self.cold_start_fraction, (int, float)) \
+                or not 0.0 <= self.cold_start_fraction < 0.5:
+            raise SpecError(expected("cold_start_fraction in [0, 0.5)", self.cold_start_fraction))
         if self.adversarial is not None and self.distributed is not None:
             raise SpecError(expected("adversarial or distributed training, not both (they do not combine)",
                                      self.distributed.strategy))
@@ -101,7 +113,8 @@ class TrainJob:
                 "max_seq_len": self.max_seq_len, "negatives": self.negatives, "model": self.model.to_dict(),
                 "train": self.train.to_dict(),
                 "adversarial": None if self.adversarial is None else self.adversarial.to_dict(),
-                "distributed": None if self.distributed is None else self.distributed.to_dict()}
+                "distributed": None if self.distributed is None else self.distributed.to_dict(),
+                "cold_start_fraction": self.cold_start_fraction}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainJob":
@@ -207,8 +220,10 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
         if not task_info(strategy).is_chief:
             train_config = dataclasses.replace(train_config, verbose=0)
     verbose = bool(train_config.verbose)
+    content = isinstance(job.model, ModelConfig) and job.model.uses_content(job.family)
     dataset = load_dataset(job.data, max_seq_len=job.max_seq_len, negatives=job.negatives, seed=train_config.seed,
-                           progress=verbose, **job.data_options)
+                           progress=verbose, cold_start_fraction=job.cold_start_fraction if content else 0.0,
+                           **job.data_options)
     if verbose:
         logger.info(f"data {dataset.name}: {len(dataset.train)} train / {len(dataset.valid)} valid / "
                     f"{len(dataset.test)} test rows, {dataset.spec.item_vocab.size - 2} items")
@@ -235,10 +250,58 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
         else:
             from .pipeline import train_model
 
-            parts, history, metrics = train_model(dataset, job.family, job.model, train_config)
+            parts, history, metrics, dataset = train_model(dataset, job.family, job.model, train_config,
+                                                           return_dataset=True)
+        if getattr(parts, "content_table", None) is not None and CAND_CONTENT not in dataset.train.inputs:
+            from ..data.builder import with_candidate_content
+
+            dataset = with_candidate_content(dataset, parts.content_table)
         out = save_model_dir(parts, dataset, job.out, metrics, train_config, history, data_source=job.data,
                              seed=train_config.seed)
+        if getattr(parts, "content_table", None) is not None:
+            write_content_reports(out, parts, dataset, metrics)
     return TrainOutcome(job.family, dataset.name, out, history, metrics, record)
+
+
+def write_content_reports(model_dir, parts, dataset, metrics: dict) -> None:
+    """What a content model adds to its model dir, each file written atomically:
+
+    * ``metrics.json`` ``"cold_start"`` (when measured) and ``"content"`` (encoder, vector width,
+      table bytes);
+    * ``item_map.png``: the catalogue's content vectors in 2-D (PCA), coloured by genre
+      (`edgerec.sdk.metrics.maps.draw_item_map`; skipped with a warning without matplotlib);
+    * for the MiniLM encoder, ``custom_objects_module`` = `edgerec.sdk.models.minilm` in
+      ``edgerec_model.json`` (it registers the encoder's GELU and every edgerec layer).
+    """
+    from edgerec.runtime.io import atomic_write_json
+    from edgerec.runtime.spec import NUM_RESERVED
+
+    from ..metrics.maps import draw_item_map, primary_genres
+    from .model_dir import MANIFEST
+
+    root = Path(model_dir)
+    table = np.asarray(parts.content_table, np.float32)
+    info = parts.meta.get("content") or {}
+    encoder = info.get("encoder", "small")
+    written = json.loads((root / "metrics.json").read_text("utf-8"))
+    written["content"] = {"encoder": encoder, "dims": int(table.shape[1]), "items": int(table.shape[0] - NUM_RESERVED),
+                          "table_bytes": int(table.nbytes)}
+    if metrics.get("cold_start") is not None:
+        written["cold_start"] = metrics["cold_start"]
+    atomic_write_json(root / "metrics.json", written)
+    genres = dataset.meta.get("item_genres")
+    if genres is not None and len(genres) == table.shape[0] and table.shape[0] - NUM_RESERVED >= 2:
+        try:
+            draw_item_map(table[NUM_RESERVED:], primary_genres(genres[NUM_RESERVED:]), root / ITEM_MAP_FILE,
+                          title=f"{dataset.name} item content vectors ({encoder}, {table.shape[1]} dims), by genre")
+        except MissingDependencyError as err:
+            logger.warning("no %s: %s", ITEM_MAP_FILE, err)
+    if encoder == "minilm":
+        from ..models.minilm import CUSTOM_OBJECTS_MODULE as MINILM_MODULE
+
+        manifest = json.loads((root / MANIFEST).read_text("utf-8"))
+        manifest["custom_objects_module"] = MINILM_MODULE
+        atomic_write_json(root / MANIFEST, manifest)
 
 
 def _launch_local_cluster(job: TrainJob) -> TrainOutcome:
