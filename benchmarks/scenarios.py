@@ -8,7 +8,10 @@ Scenarios (the record's ``scenario`` field):
   backend on pre-encoded arrays (goal ≤ 2× at batch 1). Batch 1 is the single-request case.
 * ``candidates_cold`` / ``candidates_warm`` / ``candidates_fused`` – 1 user × N candidates
   (``batch`` = N): ``score_candidates`` with the user-state cache cleared before every call, with
-  it warm, and the same N rows scored as N full fused requests.
+  it warm (the cached 1-row user state fed once to the scorer), and the same N rows scored as N
+  full fused requests. N = `RANKING_CANDIDATES` (200, what ``recommend`` ranks by default) is in
+  the default list: its warm/fused pair is the ranking-cost target (≥ 3× for GRU and BST, ≥ 1.5×
+  for DIN).
 * ``result_cache_hit`` / ``result_cache_miss`` – the same request repeated (hit) vs a fresh
   request every call (miss) with the result cache on.
 
@@ -31,6 +34,7 @@ from . import baselines, edgerec_paths
 from .harness import CaseSpec, Prepared
 
 FORMAT_BACKEND = {"tflite": "litert", "onnx": "onnxruntime"}
+RANKING_CANDIDATES = 200    # 1 user x M candidates from the item index, ranked by the scorer
 RAW_FOR = {"litert": ("raw_litert", "raw_litert_direct"), "onnxruntime": ("raw_onnxruntime",)}
 
 
@@ -79,7 +83,7 @@ def bundle_data(path: str) -> BundleData:
 
 
 def plan_cases(bundle: str | Path, batches: Sequence[int] = (1, 256), threads: Sequence[int] = (1,),
-               keras_dir: str | Path | None = None, keras: bool = True, candidates: Sequence[int] = (100, 1000),
+               keras_dir: str | Path | None = None, keras: bool = True, candidates: Sequence[int] = (RANKING_CANDIDATES, 1000),
                backends: Sequence[str] | None = None, all_variants: bool = True,
                keras_predict: bool = True) -> list[CaseSpec]:
     """Every configuration for ``bundle``; raw/edgerec pairs share a group (timed interleaved)."""

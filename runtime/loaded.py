@@ -7,9 +7,8 @@ bundle is closed or garbage-collected), and picks the artifacts the manifest sel
 backend. It counts in-flight calls so a hot swap can retire it only after they finish.
 
 `LoadedBundle.run` takes one user's 1-row state beside N candidate rows: a scorer that broadcasts
-it in its graph gets it once (found out at open by `scores.broadcast_matches` on a throwaway copy
-of the artifact, once per artifact and backend); a part that cannot (an older export) gets it
-repeated to N rows.
+it in its graph gets it once (`scores.scorer_shared_inputs`, probed at open), a part that cannot
+(an older export) gets it repeated to N rows.
 """
 from __future__ import annotations
 
@@ -30,17 +29,12 @@ from .errors import BackendUnavailableError, BundleError, MissingDependencyError
 from .io import strict_json_loads
 from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
-from .scores import broadcast_matches, probe_feeds, rows_of, spread_rows
+from .scores import rows_of, scorer_shared_inputs, spread_rows
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
 # feature specs embed vocabularies; the largest real ones are a few MB
 MAX_SPEC_BYTES = 256 << 20
-# backends a scorer's batch-1 state is probed on (a throwaway TensorRT engine would take minutes)
-PROBED_BACKENDS = ("litert", "onnxruntime")
-# (backend, artifact sha256) -> whether that scorer broadcasts a 1-row user state
-_BROADCAST_PROBES: dict = {}
-_MAX_PROBES = 256
 
 
 def choose_backend(manifest: Manifest, backend: str) -> str:
@@ -262,37 +256,14 @@ class LoadedBundle:
             self.parts[part] = loaded
             self.output_names[part] = check_signature(part, artifact, loaded)
         if {"user_encoder", "scorer"} <= set(self.parts):
-            self.shared_inputs["scorer"] = self._probe_scorer(chosen["scorer"], verified, options)
+            self.shared_inputs["scorer"] = scorer_shared_inputs(self, chosen["scorer"], verified[chosen["scorer"]],
+                                                                options)
         del verified
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
         self.request_inputs = frozenset(t.name for p in row_parts for t in self.parts[p].inputs)
         if self.spec is not None and "fused" in self.parts:
             self._encoded_fits = {"fused": encoded_fits(self.spec.input_signature("fused"), self.parts["fused"])}
-
-    def _probe_scorer(self, file: str, verified: dict, options: dict) -> frozenset:
-        """The scorer inputs fed as 1 row for all rows: the user-encoder outputs when this scorer
-        broadcasts them (probed on a throwaway backend, so a failed probe leaves the serving
-        sessions untouched), else none (they are repeated)."""
-        shared = frozenset(self.output_names["user_encoder"].values()) & {t.name for t in self.parts["scorer"].inputs}
-        artifact = self.manifest.artifact(file)
-        key = (self.backend_name, artifact.sha256)
-        if not shared or self.backend_name not in PROBED_BACKENDS:
-            return frozenset()
-        if key not in _BROADCAST_PROBES:
-            encoder = self.parts["user_encoder"]
-            state = self.run("user_encoder", {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype)
-                                              for t in encoder.inputs})
-            probe = create_backend(self.backend_name, self.dir / file, model_bytes=verified[file], **options)
-            try:
-                feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, self.id_limits)
-                accepted = broadcast_matches(probe.run_validated, feeds, shared, rows=2)
-            finally:
-                probe.close()
-            if len(_BROADCAST_PROBES) >= _MAX_PROBES:
-                _BROADCAST_PROBES.clear()
-            _BROADCAST_PROBES[key] = accepted
-        return shared if _BROADCAST_PROBES[key] else frozenset()
 
     # -- running -----------------------------------------------------------------------------
     def run(self, part: str, arrays: dict) -> dict:

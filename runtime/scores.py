@@ -8,8 +8,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import BundleError, expected
+from .errors import BundleError, EdgeRecError, expected
 from .spec import OOV_INDEX
+
+# backends a scorer's batch-1 state is probed on (a throwaway TensorRT engine would take minutes)
+PROBED_BACKENDS = ("litert", "onnxruntime")
+# (backend, artifact sha256) -> whether that scorer broadcasts a 1-row user state
+_BROADCAST_PROBES: dict = {}
+_MAX_PROBES = 256
 
 
 class Scores(NamedTuple):
@@ -85,8 +91,6 @@ def broadcast_matches(run, feeds: dict, shared_names, rows: int) -> bool:
     """Whether ``run`` on ``feeds`` with the ``shared_names`` inputs as 1 row gives the outputs of
     the same feeds with those inputs repeated: ``rows`` rows each, equal values (False when it
     fails to run)."""
-    from .errors import EdgeRecError
-
     try:
         repeated = run(spread_rows(feeds, rows))
         once = run(feeds)
@@ -106,3 +110,32 @@ def as_scores(scores: np.ndarray, n: int) -> np.ndarray:
     if scores.shape[0] != n:
         raise BundleError(expected(f"{n} scores from the model", scores.shape[0]))
     return scores
+
+
+def scorer_shared_inputs(bundle, file: str, model_bytes: bytes, options: dict) -> frozenset:
+    """The inputs of ``bundle``'s scorer (``file``) fed as 1 row for all rows: the user-encoder
+    outputs when this scorer broadcasts them, else none (they are repeated). Probed once per
+    artifact and backend on a throwaway backend loaded from ``model_bytes``, so a failed probe
+    leaves the serving sessions untouched; the user state comes from the bundle's user encoder
+    on an empty history."""
+    from .backends.registry import create_backend
+
+    scorer_inputs = {t.name for t in bundle.parts["scorer"].inputs}
+    shared = frozenset(bundle.output_names["user_encoder"].values()) & scorer_inputs
+    if not shared or bundle.backend_name not in PROBED_BACKENDS:
+        return frozenset()
+    key = (bundle.backend_name, bundle.manifest.artifact(file).sha256)
+    if key not in _BROADCAST_PROBES:
+        encoder = bundle.parts["user_encoder"]
+        state = bundle.run("user_encoder", {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype)
+                                            for t in encoder.inputs})
+        probe = create_backend(bundle.backend_name, bundle.dir / file, model_bytes=model_bytes, **options)
+        try:
+            feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, bundle.id_limits)
+            accepted = broadcast_matches(probe.run_validated, feeds, shared, rows=2)
+        finally:
+            probe.close()
+        if len(_BROADCAST_PROBES) >= _MAX_PROBES:
+            _BROADCAST_PROBES.clear()
+        _BROADCAST_PROBES[key] = accepted
+    return shared if _BROADCAST_PROBES[key] else frozenset()

@@ -85,7 +85,7 @@ def _write_bundle(directory: Path, parts, precision: str) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module", params=[("gru", "fp32"), ("context", "fp32"), ("bst", "int8")],
+@pytest.fixture(scope="module", params=[("context", "fp32"), ("din", "int8"), ("gru", "int8")],
                 ids=lambda p: "-".join(p))
 def split_bundle(request, tmp_path_factory):
     family, precision = request.param

@@ -13,6 +13,12 @@ pytest.importorskip("tf_keras")
 
 L_SEQ = 12
 N_ITEMS = 30
+CONTENT_DIM = 16
+# what each family's user encoder hands the scorer: everything that does not depend on the candidate
+USER_OUTPUTS = {"din": {"user_state", "user_mask", "user_keys", "user_pooled"},
+                "bst": {"user_state", "user_mask", "user_keys", "user_pooled"},
+                "context": {"user_state", "user_mask", "user_keys", "user_pooled"},
+                "gru": {"user_state"}, "lstm": {"user_state"}}
 
 
 def _spec() -> FeatureSpec:
@@ -33,7 +39,8 @@ def _arrays(spec: FeatureSpec, n: int = 24, seed: int = 0) -> dict:
             "cand_item": rng.integers(1, spec.item_vocab.size, n).astype(np.int32),
             "hour": rng.integers(0, 25, n).astype(np.int32),
             "device": rng.integers(0, 4, n).astype(np.int32),
-            "dense": rng.normal(size=(n, 1)).astype(np.float32)}
+            "dense": rng.normal(size=(n, 1)).astype(np.float32),
+            "cand_content": np.zeros((n, CONTENT_DIM), np.float32)}
 
 
 def _item_text(spec):
@@ -56,10 +63,10 @@ def _small_config(**kw):
     from edgerec.sdk.models import ModelConfig
 
     return ModelConfig(embedding_dim=16, hidden_units=(16,), attention_units=(8,), gru_units=8,
-                       ff_dim=16, content_dim=16, text_ff_dim=16, **kw)
+                       lstm_units=8, ff_dim=16, content_dim=CONTENT_DIM, text_ff_dim=16, **kw)
 
 
-@pytest.fixture(scope="module", params=["din", "gru", "bst", "context"])
+@pytest.fixture(scope="module", params=["din", "gru", "lstm", "bst", "context"])
 def parts(request, content):
     from edgerec.sdk.models import build_model
 
@@ -71,12 +78,31 @@ def test_fused_equals_scorer_of_user_encoder(parts):
     fused = parts.fused(parts.select_inputs(arrays), training=False).numpy()
     user = {k: v.numpy() for k, v in parts.user_encoder(parts.select_inputs(arrays, "user_encoder")).items()}
     assert sorted(user) == sorted(parts.user_encoder.output_names)
-    assert all(name.startswith("user_") for name in user)
+    assert set(user) == USER_OUTPUTS[parts.family]
     split = parts.scorer(parts.select_inputs({**arrays, **user}, "scorer"), training=False).numpy()
     assert fused.shape == (len(arrays["cand_item"]), 1)
     assert np.all((fused > 0) & (fused < 1))
     np.testing.assert_allclose(split, fused, rtol=0, atol=1e-6)
     assert np.std(fused) > 0          # the candidate changes the score
+
+
+def test_scorer_takes_one_user_state_for_many_candidates(parts):
+    """A 1-row user state against N candidates scores as the state repeated N times, and as the
+    fused model on N full rows of that user."""
+    arrays = _arrays(parts.spec, seed=5)
+    n = len(arrays["cand_item"])
+    for user_row in (1, 2, 7):              # short, empty-padded and full histories
+        row = {"hist_items": arrays["hist_items"][user_row:user_row + 1]}
+        user = {k: v.numpy() for k, v in parts.user_encoder(row).items()}
+        assert all(v.shape[0] == 1 for v in user.values())
+        once = parts.scorer(parts.select_inputs({**arrays, **user}, "scorer"), training=False).numpy()
+        repeated = {k: np.repeat(v, n, axis=0) for k, v in user.items()}
+        each = parts.scorer(parts.select_inputs({**arrays, **repeated}, "scorer"), training=False).numpy()
+        full_rows = {**arrays, "hist_items": np.repeat(row["hist_items"], n, axis=0)}
+        fused = parts.fused(parts.select_inputs(full_rows), training=False).numpy()
+        assert once.shape == (n, 1)
+        np.testing.assert_allclose(once, each, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(once, fused, rtol=0, atol=1e-6)
 
 
 def test_contract_names(parts):

@@ -54,17 +54,28 @@ def test_parts_convert_to_builtins_and_match(family):
              "scorer": parts.select_inputs({**row, **user}, "scorer")}
     if content is not None:
         feeds["content_encoder"] = {"item_tokens": np.array([[2, 4, 5, 3, 0, 0, 0, 0]], np.int32)}
-    # fused covers every op; the split parts' extra float inputs/outputs are checked once (din)
-    checked = ["fused", "content_encoder"] + (["user_encoder", "scorer"] if family == "din" else [])
+    # fused covers the shared ops; the split parts' extra inputs/outputs and the scorer's in-graph
+    # broadcast of the user state are checked once per kind (attention: din, recurrent: gru)
+    checked = ["fused", "content_encoder"] + (["user_encoder", "scorer"] if family in ("din", "gru") else [])
+    runners = {}
     for name, model in parts.parts().items():
         if name not in checked:
             continue
-        got = _tflite_runner(model)(**feeds[name])
+        runners[name] = _tflite_runner(model)
+        got = runners[name](**feeds[name])
         want = model(feeds[name], training=False)
         want = want if isinstance(want, dict) else {"score": want}
         assert sorted(got) == sorted(want), name
         for key in want:
             np.testing.assert_allclose(got[key], want[key].numpy(), atol=2e-5, err_msg=f"{family}/{name}/{key}")
+    if "scorer" in runners:              # one user's 1-row state against 6 candidates
+        many = {k: v[:6] for k, v in _arrays(spec).items()}
+        state_once = parts.select_inputs({**many, **user}, "scorer")
+        got = runners["scorer"](**state_once)["score"]
+        repeated = {**many, **{k: np.repeat(v, 6, axis=0) for k, v in user.items()}}
+        want = parts.scorer(parts.select_inputs(repeated, "scorer"), training=False).numpy()
+        assert got.shape == (6, 1)
+        np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"{family}/scorer with a 1-row state")
 
 
 def _item_tables(path, shape):
