@@ -82,7 +82,10 @@ def build_content_encoder(spec: FeatureSpec, config: ModelConfig):
         x = L.TransformerEncoder(config.text_heads, config.text_ff_dim, config.dropout,
                                  name=f"text_block_{block}")([x, mask])
     cls = L.ClsPooling(name="cls")(x)
-    vector = keras.layers.Dense(config.content_dim, activation="tanh", name=ITEM_VECTOR)(cls)
+    # a layer norm, not a tanh: pre-training drives the [CLS] projection large, and a tanh then
+    # saturates every item to nearly the same vector (a content table the ranking model cannot use)
+    vector = keras.layers.Dense(config.content_dim, name="cls_projection")(cls)
+    vector = keras.layers.LayerNormalization(name=ITEM_VECTOR)(vector)
     return keras.Model(tokens, {ITEM_VECTOR: vector}, name="content_encoder")
 
 

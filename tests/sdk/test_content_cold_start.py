@@ -128,6 +128,8 @@ def test_a_tiny_context_model_trains_with_content_dropout(tiny_synthetic_dataset
         TrainConfig(epochs=1, batch_size=256, verbose=0, max_train_rows=4000, full_catalogue_rows=0),
         return_dataset=True)
     assert parts.spec.text.content_dim == parts.content_table.shape[1] == 16
+    # the small encoder's vectors tell items apart (no saturated, near-constant table)
+    assert parts.content_table[2:].std(axis=0).mean() > 0.1
     assert dataset.meta["content_dropout_rows"] > 0.25 * len(dataset.train)
     assert parts.meta["content"]["dropout_rows"] == dataset.meta["content_dropout_rows"]
     assert np.isfinite(metrics["test"]["auc"])
