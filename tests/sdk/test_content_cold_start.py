@@ -137,3 +137,35 @@ def test_a_tiny_context_model_trains_with_content_dropout(tiny_synthetic_dataset
     arrays = _rows(dataset, [OOV_INDEX, OOV_INDEX], [parts.content_table[item], np.zeros(16)])
     with_content, without = parts.fused.predict(parts.select_inputs(arrays), verbose=0).reshape(-1)
     assert with_content != pytest.approx(without, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_cold_start_input_converts_to_tflite_builtins_and_onnx(model, tiny_synthetic_dataset):
+    """Fused and scorer with cand_content run on LiteRT (builtin ops only) and onnxruntime and
+    agree with Keras on known, OOV-with-content and OOV-without-content rows."""
+    pytest.importorskip("ai_edge_litert")
+    ort = pytest.importorskip("onnxruntime")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgerec.converters.keras_io import flat_serving_function
+    from edgerec.converters.tfenv import import_tf
+
+    tf, _ = import_tf()
+    parts, table = model
+    arrays = _rows(tiny_synthetic_dataset, [5, OOV_INDEX, OOV_INDEX, 9], [np.zeros(DC), table[5], np.zeros(DC), table[3]])
+    user = parts.user_encoder.predict(parts.select_inputs(arrays, "user_encoder"), verbose=0)
+    feeds = {"fused": parts.select_inputs(arrays), "scorer": parts.select_inputs({**arrays, **user}, "scorer")}
+    for name in ("fused", "scorer"):
+        keras_model = parts.parts()[name]
+        want = keras_model.predict(feeds[name], verbose=0).reshape(-1)
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        runner = Interpreter(model_content=converter.convert()).get_signature_runner()
+        np.testing.assert_allclose(runner(**feeds[name])["score"].reshape(-1), want, atol=2e-5, err_msg=name)
+        flat, specs = flat_serving_function(keras_model, name)
+        proto, _ = tf2onnx.convert.from_function(flat, input_signature=specs, opset=17)
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, {n: feeds[name][n] for n in names})[0].reshape(-1)
+        np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"{name} onnx")
