@@ -221,11 +221,20 @@ def _export(payload: dict) -> dict:
     from edgerec.converters.cascade import CascadeSettings
     from edgerec.converters.export import export_bundle
 
+    from .machine import current_rss_mb
+
     cfg = ScaleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
     settings = CascadeSettings(m=cfg.m, eval_users=cfg.eval_users, ranker_users=cfg.ranker_users, seed=cfg.seed)
     bundle = Path(payload["bundle"])
-    export_bundle(payload["ranker"], bundle, quantize=cfg.quantize, targets=cfg.targets, max_groups=cfg.max_groups,
-                  retrieval=payload["retrieval"], cascade=settings, seed=cfg.seed)
+    with open(bundle.parent / "export.log", "w", encoding="utf-8") as log:
+        def say(line: str) -> None:
+            # each step with this process's RSS: where an export's memory goes
+            log.write(f"{time.strftime('%H:%M:%S')} rss {current_rss_mb() or 0:.0f} MB  {line}\n")
+            log.flush()
+
+        export_bundle(payload["ranker"], bundle, quantize=cfg.quantize, targets=cfg.targets,
+                      max_groups=cfg.max_groups, retrieval=payload["retrieval"], cascade=settings, seed=cfg.seed,
+                      progress=say)
     manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
     index = manifest.get("index", {})
     files = [p for p in bundle.rglob("*") if p.is_file()]
