@@ -57,7 +57,8 @@ def plot_scale(report: dict, path: str | Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("catalogue items")
         ax.grid(True, alpha=0.3)
-    recalls = ", ".join(f"{entry['items']:.0e}: {entry.get('index_recall_at_200')}" for entry in sizes)
+    recalls = ", ".join(f"{entry['items']:.0e}: " + ("n/a" if entry.get("index_recall_at_200") is None
+                                                   else f"{entry['index_recall_at_200']:.3f}") for entry in sizes)
     fig.suptitle(f"edgerec cost vs catalogue size (index recall@200 {recalls})", fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
