@@ -111,7 +111,7 @@ def candidates(proto) -> dict[str, np.ndarray]:
 def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
     """Replace the MatMul/Gemm writing each output of ``weights`` by ``MatMulNBits`` (+ ``Add`` of a
     Gemm bias), in place; unused float weights are dropped. Returns one record per weight."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     records, nodes = [], []
@@ -129,6 +129,7 @@ def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
         out = node.output[0] + "_nobias" if bias else node.output[0]
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], base, base + "_scale"], [out], domain=MS_DOMAIN,
                                       K=int(k), N=int(n), bits=4, block_size=block))
+        graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))   # see onnx_embedding
         if bias:
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]]))
         records.append({"output": node.output[0], "shape": [int(k), int(n)], "block_size": block,

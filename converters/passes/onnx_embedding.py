@@ -234,6 +234,9 @@ def quantize_embedding_gathers(proto, config: OnnxEmbeddingConfig) -> list[dict]
         new_nodes.append(helper.make_node("GatherBlockQuantized", [base, ids] + list(extra),
                                           [step], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
                                           block_size=block, bits=config.bits))
+        # contrib ops have no ONNX shape inference: typing their output lets it reach the ops downstream
+        graph.value_info.append(helper.make_tensor_value_info(
+            step, TensorProto.FLOAT16 if scale_dtype == np.float16 else TensorProto.FLOAT, None))
         if scale_dtype == np.float16:
             new_nodes.append(helper.make_node("Cast", [step], [step + "_f32"], to=TensorProto.FLOAT))
             step += "_f32"
@@ -262,7 +265,7 @@ class OnnxEmbeddingPass(Pass):
     """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
 
     name = "onnx_embedding"
-    version = 2
+    version = 3
     Config = OnnxEmbeddingConfig
     path_fields = ("data",)
     accepts = ("onnx",)

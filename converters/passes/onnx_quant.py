@@ -117,7 +117,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 3
+    version = 4
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -129,11 +129,12 @@ class OrtQuantizePass(Pass):
         with tempfile.TemporaryDirectory(prefix="edgerec-ortq-") as tmp:
             model_in = Path(source.path).resolve()
             if config.preprocess:
-                model_in = preprocess(model_in, Path(tmp), optimize=not computed_scales(model_in))
+                model_in = preprocess(model_in, Path(tmp))
             model_in = named_nodes(model_in, Path(tmp))
-            head = score_head_nodes(onnx.load(str(model_in))) if config.float_head and config.mode != "tensorrt" else []
+            proto_in = onnx.load(str(model_in))
+            head = score_head_nodes(proto_in) if config.float_head and config.mode != "tensorrt" else []
             config = dataclasses.replace(config, nodes_to_exclude=tuple(dict.fromkeys(
-                tuple(config.nodes_to_exclude) + tuple(head))))
+                tuple(config.nodes_to_exclude) + tuple(head) + tuple(constant_nodes(proto_in)))))
             try:
                 _quantize(model_in, out, config, source)
                 mixed = fit_budget(model_in, out, config, source) if config.accuracy_budget is not None else None
@@ -228,22 +229,9 @@ def score_head_nodes(proto) -> list[str]:
     return found
 
 
-def computed_scales(model_path: Path) -> bool:
-    """Whether the graph computes constants from smaller ones (log-coded row scales of a quantized
-    lookup, int8 weights behind a DequantizeLinear): ORT's optimizer would fold them into float
-    initializers, so pre-processing must not optimise."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    produced = {o for n in graph.node for o in n.output}
-    constant = {i.name for i in graph.initializer}
-    return any(n.op_type == "GatherBlockQuantized" and len(n.input) > 2 and n.input[2] in produced or
-               n.op_type == "DequantizeLinear" and n.input[0] in constant for n in graph.node)
-
-
-def preprocess(model_path: Path, tmp: Path, optimize: bool = True) -> Path:
-    """``quant_pre_process`` run inside ``tmp`` (it drops temp files into the cwd on failure);
-    ``optimize=False`` skips its ORT graph optimisation (constant folding included)."""
+def preprocess(model_path: Path, tmp: Path) -> Path:
+    """``quant_pre_process`` run inside ``tmp`` (it drops temp files into the cwd on failure); constants
+    its optimiser folded out of smaller ones come back as computed (`restore_computed_constants`)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = tmp / "preprocessed.onnx"
@@ -251,14 +239,74 @@ def preprocess(model_path: Path, tmp: Path, optimize: bool = True) -> Path:
         previous = os.getcwd()
         os.chdir(tmp)
         try:
-            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True, skip_optimization=not optimize)
+            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
         except Exception as err:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
             logger.debug("quant_pre_process of %s failed (%s: %s); quantizing the graph as it is",
                          model_path.name, type(err).__name__, err)
             return model_path
         finally:
             os.chdir(previous)
-    return out if out.is_file() else model_path
+    if not out.is_file():
+        return model_path
+    restore_computed_constants(model_path, out)
+    return out
+
+
+def constant_nodes(proto) -> list[str]:
+    """Names of the nodes that compute constants (every input an initializer or such a node's output):
+    quantizing them would quantize the constants themselves (e.g. the per-row scales of a table)."""
+    constant = {i.name for i in proto.graph.initializer}
+    found = []
+    for node in proto.graph.node:                          # graph order is topological
+        if node.input and all(not i or i in constant for i in node.input):
+            constant.update(node.output)
+            if node.name:
+                found.append(node.name)
+    return found
+
+
+def restore_computed_constants(source: Path, processed: Path) -> list[str]:
+    """Undo ORT's folding of constants the source computes from smaller ones (log-coded row scales
+    of a quantized lookup, int8 weights behind a DequantizeLinear), in ``processed``: the folded
+    float initializer is replaced by the source's nodes and their initializers. Returns the names."""
+    import onnx
+
+    src, out = onnx.load(str(source)), onnx.load(str(processed))
+    producer = {o: n for n in src.graph.node for o in n.output}
+    src_inits = {i.name: i for i in src.graph.initializer}
+    folded = [i for i in out.graph.initializer if i.name in producer]
+    restored, nodes, inits = [], [], {}
+
+    def visit(name: str, chain: list, used: dict) -> bool:       # constant-only ancestry of ``name``
+        if name in src_inits:
+            used[name] = src_inits[name]
+            return True
+        node = producer.get(name)
+        if node is None or not all(visit(i, chain, used) for i in node.input if i):
+            return False
+        if all(node is not n for n in chain):
+            chain.append(node)
+        return True
+
+    for tensor in folded:
+        chain, used = [], {}
+        if visit(tensor.name, chain, used) and sum(len(t.SerializeToString()) for t in used.values()) < \
+                len(tensor.SerializeToString()):
+            restored.append(tensor.name)
+            nodes += [n for n in chain if all(n is not m for m in nodes)]
+            inits.update(used)
+    if not restored:
+        return []
+    keep = [i for i in out.graph.initializer if i.name not in restored]
+    present = {i.name for i in keep}
+    keep += [t for name, t in inits.items() if name not in present]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    rest = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes + rest)
+    processed.write_bytes(out.SerializeToString())
+    return restored
 
 
 def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
