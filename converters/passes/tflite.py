@@ -14,7 +14,9 @@ LOGISTIC kernel fixes its output scale at 1/256, so int8 scores would take at mo
 ``float_nodes`` chosen by the caller, and, with ``accuracy_budget``, the nodes
 `edgerec.converters.mixed_precision` keeps float until the paired ΔAUC on the labelled
 calibration rows fits the budget. ``embedding_bits`` rewrites every lookup of a constant table
-into row-wise int8/int4 EMBEDDING_LOOKUPs (`tflite_embedding`), one stored table per shared one.
+into row-wise int8/int4 EMBEDDING_LOOKUPs (`tflite_embedding`), one stored table per shared one;
+``dense_bits=4`` (dynamic-range only) stores the FULLY_CONNECTED weights in packed int4 (`tflite_dense`),
+keeping the most sensitive ones int8 while ``dense_budget`` is missed on the labelled rows of ``data``.
 
 Examples:
     >>> TFLitePass().run("m/fused.keras", TFLiteConfig(mode="int8", data="m/calibration.npz"), "out")  # doctest: +SKIP
