@@ -52,7 +52,7 @@ def configure(parser) -> None:
                              "MiniLM vectors are reduced to (384 = no reduction) (default 32)")
     parser.add_argument("--content-dropout", type=float, default=None,
                         help="share of training rows scored from content alone (candidate id -> OOV, cand_content "
-                             "= its content vector), for cold-start items (default 0.1)")
+                             "= its content vector), for cold-start items (default 0.05)")
     parser.add_argument("--cold-start-fraction", type=float, default=DEFAULT_COLD_START_FRACTION,
                         help="content families: hold out the items first seen in this last share of the events and "
                              "report their AUC as new items with and without content (0 keeps every item)")

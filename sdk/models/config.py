@@ -54,7 +54,7 @@ class ModelConfig:
     use_content: bool | None = None
     content_encoder: str = "small"
     content_dim: int = 32
-    content_dropout: float = 0.1
+    content_dropout: float = 0.05
     minilm_max_tokens: int = 32
     text_heads: int = 2
     text_ff_dim: int = 64
