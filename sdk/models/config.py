@@ -145,8 +145,10 @@ class ModelParts:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        # the spec names the cand_content width the ranking parts read (runtime input signature)
-        if self.content_table is not None and self.spec.text is not None:
+        # the spec names the cand_content width the ranking parts read (runtime input signature);
+        # a model saved before that input existed keeps its spec as it is
+        reads_content = CAND_CONTENT in (getattr(self.fused, "input_names", None) or ())
+        if self.content_table is not None and self.spec.text is not None and reads_content:
             width = int(self.content_table.shape[1])
             if self.spec.text.content_dim is None:
                 text = dataclasses.replace(self.spec.text, content_dim=width)

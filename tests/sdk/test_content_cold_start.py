@@ -169,3 +169,19 @@ def test_the_cold_start_input_converts_to_tflite_builtins_and_onnx(model, tiny_s
         names = [i.name for i in session.get_inputs()]
         got = session.run(None, {n: feeds[name][n] for n in names})[0].reshape(-1)
         np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"{name} onnx")
+
+
+def test_model_configs_written_before_the_content_fields_still_load():
+    import json
+
+    from edgerec.sdk.models import ModelConfig
+
+    new = {"content_encoder", "content_dropout", "minilm_max_tokens"}
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k not in new}
+    assert ModelConfig.from_dict(old) == ModelConfig()
+    assert ModelConfig.from_dict(json.loads(json.dumps(ModelConfig(content_encoder="minilm").to_dict()))) \
+        == ModelConfig(content_encoder="minilm")
+    with pytest.raises(SpecError, match="content_encoder among"):
+        ModelConfig(content_encoder="bert-large")
+    with pytest.raises(SpecError, match="content_dropout in"):
+        ModelConfig(content_dropout=1.0)
