@@ -74,3 +74,18 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert 0.0 <= entry["index_recall_at_200"] <= 1.0 and entry["recommend_p99_ms"] >= entry["recommend_p50_ms"] > 0
     assert entry["export_peak_rss_mb"] > entry["runtime_rss_mb"] > 0
     assert json.loads((tmp_path / "scale.json").read_text())["sizes"] == report["sizes"]
+
+
+def test_bench_command_needs_a_bundle_or_valid_sizes(tmp_path, capsys, monkeypatch):
+    from edgerec.benchmarks import scale
+    from edgerec.sdk.cli import main
+
+    assert main(["bench", "--out", str(tmp_path / "o")]) == 2
+    assert "a BUNDLE directory or --scale SIZES" in capsys.readouterr().err
+    assert main(["bench", "--scale", "1e4,abc", "--out", str(tmp_path / "o")]) == 2
+    assert "catalogue sizes" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path), "--scale", "1e4", "--out", str(tmp_path / "o")]) == 2
+    calls = []
+    monkeypatch.setattr(scale, "run_scale", lambda sizes, out, say=None: calls.append((sizes, out)) or {"sizes": []})
+    assert main(["bench", "--scale", "1e3,2e3", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert calls == [([1000, 2000], str(tmp_path / "o"))]
