@@ -208,14 +208,14 @@ class ColdStartItems:
                          new_model.version: table}
 
 
-def added_rows(raw_items: Sequence, codes: np.ndarray, table: Mapping | None) -> np.ndarray | None:
-    """Bool [B]: rows whose candidate is an added item (None when there is none)."""
+def mark_added(codes: np.ndarray, raw_items: Sequence, table: Mapping | None) -> np.ndarray:
+    """Encoded candidate ids with the rows of added items set to -1, so the Predictor neither
+    counts nor flags them as out of vocabulary (the arrays fed to the model keep the OOV index)."""
     if not table:
-        return None
-    oov = np.flatnonzero(codes == OOV_INDEX)
-    if oov.size == 0:
-        return None
-    mask = np.zeros(len(codes), dtype=bool)
-    for i in oov:
-        mask[i] = str(raw_items[i]) in table
-    return mask if mask.any() else None
+        return codes
+    rows = [i for i in np.flatnonzero(codes == OOV_INDEX) if str(raw_items[i]) in table]
+    if not rows:
+        return codes
+    marked = codes.copy()
+    marked[rows] = -1
+    return marked

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, result_keys, user_state_key
-from .cold_start import ColdStartItems, added_rows, item_vectors
+from .cold_start import ColdStartItems, item_vectors, mark_added
 from .contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (public here too)
 from .counters import FOLD_EVERY, CallCounters
 from .errors import BundleError, RequestError, expected
@@ -205,7 +205,7 @@ class Predictor:
         arrays = pre.encode_checked(requests, model.request_inputs, added)
         items = arrays[CAND_ITEM]
         if added:
-            items = self._mark_added(items, [r["item"] for r in requests], added)
+            items = mark_added(items, [r["item"] for r in requests], added)
         if not (use_cache and self.result_cache.enabled):
             return self._score_rows(model, arrays, requests, use_cache), items
         keys = result_keys(model.version, arrays)
@@ -220,17 +220,6 @@ class Predictor:
             for i, s in zip(todo, scores):
                 self.result_cache.put(keys[i], np.float32(s))
         return out, items
-
-    @staticmethod
-    def _mark_added(codes: np.ndarray, raw_items, added) -> np.ndarray:
-        """Encoded candidate ids with added items' rows set to -1, so they are not counted or
-        flagged as out of vocabulary (the arrays fed to the model keep the OOV index)."""
-        rows = added_rows(raw_items, codes, added)
-        if rows is None:
-            return codes
-        marked = codes.copy()
-        marked[rows] = -1
-        return marked
 
     def _flag_oov(self, scores: np.ndarray, items: np.ndarray, return_oov: bool):
         """Count rows whose candidate is out of vocabulary; `Scores` when the caller asked."""
@@ -265,7 +254,7 @@ class Predictor:
         self._count("candidate_rows", n)
         items = arrays[CAND_ITEM]
         if added:
-            items = self._mark_added(items, list(candidates), added)
+            items = mark_added(items, list(candidates), added)
         return self._flag_oov(scores, items, return_oov)
 
     def top_k(self, user_request: Mapping, candidates: Sequence[Any], k: int, context: Mapping | None = None,
@@ -292,12 +281,7 @@ class Predictor:
     # -- item content ---------------------------------------------------------------------------
     def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Content-encoder vectors float32 [N, D] for item texts, tokenised exactly as in training
-        (the spec's ``text.tokenizer``), through the bundle's ``content_encoder`` part.
-
-        Examples:
-            >>> predictor.item_vectors(["Toy Story (1995) Animation|Children"]).shape   # doctest: +SKIP
-            (1, 32)
-        """
+        (the spec's ``text.tokenizer``), through the bundle's ``content_encoder`` part."""
         return self._serve(item_vectors, texts)
 
     def add_items(self, items: Mapping[Any, str]) -> list[str]:

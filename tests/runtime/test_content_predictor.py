@@ -68,34 +68,38 @@ def test_item_vectors_match_the_keras_encoder(bundle, keras_vectors, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_added_item_is_scored_by_its_content_not_as_plain_oov(bundle, backend):
+    """Exact comparisons use batches of the same rows: a dynamic-range ONNX artifact quantizes its
+    activations per batch, so one row's score moves slightly with the other rows of its batch."""
     import edgerec.runtime as er
 
     user = {"user_id": "u1", "history": ["i3", "i7", "i9"]}
+    rows = [{**user, "item": item} for item in ("new-1", "never-added", "i5")]
     with er.load(bundle["bundle"], backend=backend) as predictor:
-        before = predictor.predict([{**user, "item": "new-1"}], return_oov=True)
+        before = predictor.predict(rows[:1], return_oov=True)
         assert before.oov.tolist() == [True]
         assert predictor.add_items({"new-1": NEW_TEXT}) == ["new-1"]
         assert predictor.added_items == {"new-1": NEW_TEXT} and predictor.stats()["added_items"] == 1
-        after = predictor.predict([{**user, "item": "new-1"}, {**user, "item": "never-added"}, {**user, "item": "i5"}],
-                                  return_oov=True)
-        assert after.oov.tolist() == [False, True, False]
-        assert abs(after.scores[0] - before.scores[0]) > 1e-4          # not the generic OOV score
-        np.testing.assert_allclose(after.scores[1], before.scores[0], atol=1e-6)
+        added = predictor.predict(rows[:1], return_oov=True)
+        assert added.oov.tolist() == [False]
+        assert abs(float(added.scores[0]) - float(before.scores[0])) > 1e-4      # not the generic OOV score
+        np.testing.assert_allclose(predictor.predict(rows[1:2]), before.scores, atol=1e-6)
         # exactly what feeding the item's vector with the OOV id gives
-        vector = predictor.item_vectors([NEW_TEXT])
         hist = np.zeros((1, S.SEQ), np.int32)
         hist[0, -3:] = [predictor.spec.item_vocab.lookup(i) for i in user["history"]]
         direct = predictor.predict_arrays({"hist_items": hist, "cand_item": np.array([1], np.int32),
-                                           "cand_content": vector})["score"]
-        np.testing.assert_allclose(after.scores[0], np.asarray(direct).reshape(-1)[0], atol=1e-6)
-        # candidates and top-k score it the same way
+                                           "cand_content": predictor.item_vectors([NEW_TEXT])})["score"]
+        np.testing.assert_allclose(added.scores[0], np.asarray(direct).reshape(-1)[0], atol=1e-6)
+        # a batch, candidates and top-k score it the same way
+        batch = predictor.predict(rows, return_oov=True)
+        assert batch.oov.tolist() == [False, True, False]
+        np.testing.assert_allclose(batch.scores[0], added.scores[0], atol=5e-3)
         scores, oov = predictor.score_candidates(user, ["new-1", "never-added", "i5"], return_oov=True)
-        np.testing.assert_allclose(scores, after.scores, atol=1e-6)
+        np.testing.assert_allclose(scores, batch.scores, atol=5e-3)
         assert oov.tolist() == [False, True, False]
-        top = predictor.top_k(user, ["never-added", "new-1", "i5"], k=3)
-        assert dict(top)["new-1"] == pytest.approx(float(after.scores[0]), abs=1e-6)
+        top = predictor.top_k(user, ["new-1", "never-added", "i5"], k=3)
+        assert dict(top)["new-1"] == pytest.approx(float(scores[0]), abs=1e-6)
         predictor.remove_items(["new-1"])
-        np.testing.assert_allclose(predictor.predict([{**user, "item": "new-1"}]), before.scores, atol=1e-6)
+        np.testing.assert_allclose(predictor.predict(rows[:1]), before.scores, atol=1e-6)
 
 
 def test_add_items_refuses_bad_input(bundle):

@@ -178,3 +178,13 @@ def test_added_items_are_checked_and_reencoded_per_bundle_version():
     with pytest.raises(BundleError, match="clear_items"):
         items.rebind(_wordpiece_bundle(version="v4", content=False))
     assert items.remove(["7", "nope"]) == ["7"] and items.vectors(knows_n) is None
+
+
+def test_added_rows_are_not_flagged_out_of_vocabulary():
+    from edgerec.runtime.cold_start import mark_added
+
+    codes = np.array([3, 1, 1, 1], np.int32)
+    marked = mark_added(codes, ["a", "new", 7, "other"], {"new": np.zeros(2), "7": np.zeros(2)})
+    assert marked.tolist() == [3, -1, -1, 1] and codes.tolist() == [3, 1, 1, 1]
+    assert mark_added(codes, ["a", "x", "y", "z"], None) is codes
+    assert mark_added(codes, ["a", "x", "y", "z"], {"new": np.zeros(2)}) is codes
