@@ -117,7 +117,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 4
+    version = 5
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -313,9 +313,11 @@ def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # contrib ops (GatherBlockQuantized, MatMulNBits) have no ONNX shape inference: their outputs are float
+    # the dynamic quantizer first splits every Gemm into "<name>_MatMul" + "<name>_Add": an excluded Gemm
+    # (a fused score head) must stay excluded under its new names
+    excluded = [n for name in config.nodes_to_exclude for n in (name, f"{name}_MatMul", f"{name}_Add")]
     quantize_dynamic(str(model_in), str(out), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=list(config.nodes_to_exclude),
-                     extra_options={"DefaultTensorType": _float_type()})
+                     nodes_to_exclude=excluded, extra_options={"DefaultTensorType": _float_type()})
 
 
 def _float_type() -> int:

@@ -219,6 +219,19 @@ def test_score_head_stays_float_in_static_qdq(tmp_path):
     assert results[True][0] >= 0.99 and results[True][1] == 0
 
 
+def test_score_head_stays_float_in_dynamic_quantization(tmp_path):
+    src, _ = _model(tmp_path / "m.onnx")
+    rows = _rows()
+    art = OrtQuantizePass().run(_onnx(src), OrtQuantizeConfig(mode="dynamic"), tmp_path / "q")
+    proto = onnx.load(art.path)
+    # pre-processing fuses the head into a Gemm, which the dynamic quantizer splits and renames: still float
+    assert art.details["float_head"][-1].endswith("MatMulAddFusion")
+    assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == 1          # the hidden layer only
+    sweep = {"ids": np.repeat(rows["ids"][:1], 1000, axis=0), "cand": np.arange(1, 1001, dtype=np.int32)[:, None]}
+    scores = _run(art.path, sweep).ravel()
+    assert len(np.unique(scores)) >= 990
+
+
 def test_a_sensitive_op_stays_float_until_the_budget_holds(tmp_path):
     src, _ = _model(tmp_path / "m.onnx", sensitive=True)
     calib = tmp_path / "rows.npz"
