@@ -83,9 +83,14 @@ def build_content_encoder(spec: FeatureSpec, config: ModelConfig):
                                  name=f"text_block_{block}")([x, mask])
     cls = L.ClsPooling(name="cls")(x)
     # a layer norm, not a tanh: pre-training drives the [CLS] projection large, and a tanh then
-    # saturates every item to nearly the same vector (a content table the ranking model cannot use)
+    # saturated every item to nearly the same vector. Even normalised, the vectors share one large
+    # common part, so a frozen per-dimension standardisation (identity while pre-training, set
+    # from the catalogue by `standardize_content_encoder`) makes the differences between items
+    # the table's scale.
     vector = keras.layers.Dense(config.content_dim, name="cls_projection")(cls)
-    vector = keras.layers.LayerNormalization(name=ITEM_VECTOR)(vector)
+    vector = keras.layers.LayerNormalization(name="cls_norm")(vector)
+    vector = keras.layers.Dense(config.content_dim, trainable=False, kernel_initializer="identity",
+                                name=ITEM_VECTOR)(vector)
     return keras.Model(tokens, {ITEM_VECTOR: vector}, name="content_encoder")
 
 
@@ -130,6 +135,19 @@ def pretrain_content_encoder(encoder, tokens: np.ndarray, config: ModelConfig, s
     hits = np.take_along_axis(target, top, axis=1).sum(axis=1)
     recall = float(np.mean(hits / np.minimum(target.sum(axis=1), 5).clip(min=1)))
     return {"loss": losses, "recall@5": recall}
+
+
+def standardize_content_encoder(encoder, tokens: np.ndarray) -> None:
+    """Set the encoder's final ``item_vector`` layer (a frozen Dense) so that the catalogue's
+    vectors have mean 0 and standard deviation 1 per dimension (in place)."""
+    layer = encoder.get_layer(ITEM_VECTOR)
+    items = tokens[NUM_RESERVED:]
+    layer.set_weights([np.eye(layer.units, dtype=np.float32), np.zeros(layer.units, np.float32)])
+    raw = np.asarray(encoder.predict(items, batch_size=1024, verbose=0)[ITEM_VECTOR], np.float64)
+    if raw.shape[0] < 2:
+        raise SpecError(expected("at least two items to standardise the content vectors on", raw.shape[0]))
+    mean, std = raw.mean(axis=0), np.maximum(raw.std(axis=0), 1e-6)
+    layer.set_weights([np.diag(1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)])
 
 
 def content_table(encoder, tokens: np.ndarray) -> np.ndarray:

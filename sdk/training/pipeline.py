@@ -23,6 +23,7 @@ def train_content_encoder(dataset, config: ModelConfig, seed: int = 0, verbose: 
     """
     from ..models import (ContentParts, attach_text_spec, build_content_encoder, content_table,
                           pretrain_content_encoder, tokenize_items)
+    from ..models.content import standardize_content_encoder
     from edgerec.converters.tfenv import import_tf
 
     _, keras = import_tf()
@@ -32,6 +33,7 @@ def train_content_encoder(dataset, config: ModelConfig, seed: int = 0, verbose: 
     tokens = tokenize_items(spec, dataset.item_text)
     encoder = build_content_encoder(spec, config)
     info = pretrain_content_encoder(encoder, tokens, config, seed=seed, verbose=verbose)
+    standardize_content_encoder(encoder, tokens)
     table = content_table(encoder, tokens)
     info["seconds"] = round(time.perf_counter() - start, 2)
     return spec, ContentParts(encoder, table), info
