@@ -16,6 +16,10 @@ the batch) are its negatives, as in TensorFlow Recommenders' ``Retrieval`` task:
 
 Early stopping watches the validation AUC of the cosine/dot score on the pointwise valid rows.
 
+`with_retrieved_negatives` goes the other way: it gives a RANKING model's training set hard
+negatives from a trained retriever's top-M, so that the ranker of a cascade learns to order the
+items the retriever hands it.
+
 Examples:
     >>> parts, history, metrics = train_retrieval_model(dataset, RetrievalConfig(encoder="gru"))
     >>> metrics["full_catalogue"]["hr@10"] > metrics["baseline_full_catalogue"]["hr@10"]   # doctest: +SKIP
