@@ -21,7 +21,7 @@ from edgerec.runtime.errors import expected
 from edgerec.runtime.io import atomic_write_json, atomic_write_text
 
 from .loadtest import load_test_markdown
-from .recommend import recommend_markdown
+from .recommend import full_catalogue_markdown, recommend_markdown
 from .stats import ratio
 from .tables import markdown_table
 
@@ -170,6 +170,8 @@ def render_markdown(report: dict) -> str:
         lines += load_test_markdown(report["load_test"])
     if report.get("recommend"):
         lines += recommend_markdown(report["recommend"]) + [""]
+    if report.get("full_catalogue"):
+        lines += full_catalogue_markdown(report["full_catalogue"]) + [""]
     results = report.get("results", [])
     ok = ok_records(results)
     if ok:

@@ -43,6 +43,9 @@ def configure(parser) -> None:
     parser.add_argument("--retrieval", default=None,
                         help="retrieval MODEL_DIR (edgerec train --model retrieval): adds its user tower and an item "
                              "index, for `edgerec recommend` over the whole catalogue")
+    parser.add_argument("--retrieval-weight", type=float, default=None, metavar="W",
+                        help="cascade score weight of the retrieval score in [0, 1] (recommend() orders the retrieved "
+                             "items by W*z(retrieval) + (1-W)*z(ranker)); default: fitted on validation events")
     parser.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
                         help="item index: exact int8 search, HNSW (pip install 'edgerec[index]'), or auto "
                              "(exact up to 50,000 items)")
@@ -72,7 +75,8 @@ def run(args) -> int:
         from edgerec.runtime.index import IndexConfig
 
         cascade = CascadeSettings(IndexConfig(kind=args.index, ef_search=args.ef_search), m=args.m,
-                                  eval_users=args.eval_users, ranker_users=min(100, args.eval_users))
+                                  eval_users=args.eval_users, ranker_users=min(100, args.eval_users),
+                                  retrieval_weight=args.retrieval_weight)
     result = export_bundle(args.model_dir, args.out, prune=args.prune, quantize=args.quantize, targets=args.targets,
                            data=args.data, budget=args.budget, archive=args.archive, cache_dir=args.cache_dir,
                            max_groups=args.max_groups, retrieval=args.retrieval, cascade=cascade,

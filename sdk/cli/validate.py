@@ -10,6 +10,7 @@ Examples:
   edgerec validate runs/din-bundle --keras runs/din-bundle.pruned      # a bundle exported with --prune
   edgerec validate runs/din-bundle --examples-only --backends onnxruntime
   edgerec validate my-bundle --keras my_model.keras --data rows.npz
+  edgerec validate runs/cascade --keras runs/din --heldout runs/din/heldout_users.npz   # cascade re-measured
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def configure(parser) -> None:
     parser.add_argument("--model-dir", dest="keras", help=argparse.SUPPRESS)   # older name of --keras
     parser.add_argument("--data", default=None, help=".npz of held-out rows replacing the model dir's validation rows")
     parser.add_argument("--max-groups", type=int, default=None, help="Keras comparison on the first N ranking groups")
+    parser.add_argument("--heldout", default=None, metavar="HELDOUT_NPZ",
+                        help="held-out users (a model dir's heldout_users.npz) for re-measuring a cascade bundle's "
+                             "full-catalogue metrics (default: the --keras MODEL_DIR's)")
     parser.add_argument("--examples-only", action="store_true",
                         help="check sha256 and the examples replay only (ok without --keras)")
     parser.add_argument("--backends", type=_csv, default=None,
@@ -40,7 +44,8 @@ def run(args) -> int:
     from edgerec.converters.revalidate import validate_bundle
 
     result = validate_bundle(args.bundle, keras=args.keras, data=args.data, max_groups=args.max_groups,
-                             examples_only=args.examples_only, backends=args.backends)
+                             examples_only=args.examples_only, backends=args.backends,
+                             heldout=args.heldout)
     for failure in result.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     for reason in result.not_verified:
