@@ -23,6 +23,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,15 +227,31 @@ def _export(payload: dict) -> dict:
     cfg = ScaleConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
     settings = CascadeSettings(m=cfg.m, eval_users=cfg.eval_users, ranker_users=cfg.ranker_users, seed=cfg.seed)
     bundle = Path(payload["bundle"])
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], current_rss_mb() or 0.0)
+
     with open(bundle.parent / "export.log", "w", encoding="utf-8") as log:
         def say(line: str) -> None:
-            # each step with this process's RSS: where an export's memory goes
-            log.write(f"{time.strftime('%H:%M:%S')} rss {current_rss_mb() or 0:.0f} MB  {line}\n")
+            # each step with the RSS now and the highest RSS since the previous step: where the
+            # export's memory goes
+            now = current_rss_mb() or 0.0
+            log.write(f"{time.strftime('%H:%M:%S')} rss {now:.0f} MB (peak since last line {max(peak[0], now):.0f})"
+                      f"  {line}\n")
             log.flush()
+            peak[0] = 0.0
 
-        export_bundle(payload["ranker"], bundle, quantize=cfg.quantize, targets=cfg.targets,
-                      max_groups=cfg.max_groups, retrieval=payload["retrieval"], cascade=settings, seed=cfg.seed,
-                      progress=say)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            export_bundle(payload["ranker"], bundle, quantize=cfg.quantize, targets=cfg.targets,
+                          max_groups=cfg.max_groups, retrieval=payload["retrieval"], cascade=settings,
+                          seed=cfg.seed, progress=say)
+        finally:
+            done.set()
+            say("export finished")
     manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
     index = manifest.get("index", {})
     files = [p for p in bundle.rglob("*") if p.is_file()]
