@@ -91,21 +91,40 @@ def candidates(proto) -> dict[str, np.ndarray]:
 
     inits = {t.name: t for t in proto.graph.initializer}
     head = _head_outputs(proto)
+    # a weight may reach its MatMul through a constant Reshape (multi-head kernels [D, heads, d])
+    reshaped = {n.output[0]: n for n in proto.graph.node if n.op_type == "Reshape" and n.input[0] in inits
+                and len(n.input) > 1 and n.input[1] in inits}
     found = {}
     for node in proto.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.output[0] in head:
             continue
-        tensor = inits.get(node.input[1])
-        if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+        weight = _constant_weight(node.input[1], inits, reshaped)
+        if weight is None:
             continue
         if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or
                                        _attr(node, "beta", 1.0) != 1.0):
             continue
-        weight = numpy_helper.to_array(tensor).astype(np.float32)
         weight_nk = weight if node.op_type == "Gemm" and _attr(node, "transB", 0) else weight.T
         if weight.size >= MIN_ELEMENTS and weight_nk.shape[1] >= MIN_BLOCK:
             found[node.output[0]] = weight_nk
     return found
+
+
+def _constant_weight(name: str, inits: dict, reshaped: dict) -> np.ndarray | None:
+    """The 2-D float value of ``name``: an initializer, or a Reshape of one to a constant 2-D shape."""
+    from onnx import TensorProto, numpy_helper
+
+    if name in reshaped:
+        node = reshaped[name]
+        tensor, shape = inits[node.input[0]], numpy_helper.to_array(inits[node.input[1]])
+        if tensor.data_type != TensorProto.FLOAT or len(shape) != 2 or np.any(shape <= 0):
+            return None
+        value = numpy_helper.to_array(tensor).astype(np.float32)
+        return value.reshape([int(d) for d in shape]) if value.size == int(np.prod(shape)) else None
+    tensor = inits.get(name)
+    if tensor is None or tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+        return None
+    return numpy_helper.to_array(tensor).astype(np.float32)
 
 
 def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
@@ -134,6 +153,10 @@ def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]]))
         records.append({"output": node.output[0], "shape": [int(k), int(n)], "block_size": block,
                         "bytes_float": int(weight.size * 4), "bytes_quantized": int(packed.size + scales.nbytes)})
+    used = {i for nd in nodes for i in nd.input} | {o.name for o in graph.output}
+    # the constant Reshapes that fed a rewritten weight are dead now
+    nodes = [nd for nd in nodes if nd.op_type != "Reshape" or nd.output[0] in used or
+             not all(i in {t.name for t in graph.initializer} for i in nd.input)]
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for nd in graph.node for i in nd.input}

@@ -178,3 +178,24 @@ def test_gru_weights_are_stored_int8_behind_a_dequantize(tmp_path):
     assert not any(i.data_type == TensorProto.FLOAT and len(i.dims) == 3 for i in model.graph.initializer)
     assert len(model.SerializeToString()) < 0.55 * size
     assert np.abs(state(model) - before).max() < 0.02
+
+
+def test_a_kernel_reshaped_from_3d_is_a_candidate_and_its_reshape_goes(tmp_path):
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(K, 2, H // 2)).astype(np.float32)        # a multi-head [D, heads, d] kernel
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["kernel", "shape"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Relu", ["h"], ["out"])], "mha",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", H])],
+        [numpy_helper.from_array(kernel, "kernel"), numpy_helper.from_array(np.array([K, H], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = rng.normal(size=(8, K)).astype(np.float32)
+    before = _run(model, x)
+    assert list(candidates(model)) == ["h"]
+    int4_matmuls(model)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["MatMulNBits", "Relu"]
+    assert not any(i.name == "kernel" for i in model.graph.initializer)
+    assert np.abs(_run(model, x) - before).max() < 0.3 * np.abs(before).max()
