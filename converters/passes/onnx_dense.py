@@ -101,8 +101,9 @@ def candidates(proto) -> dict[str, np.ndarray]:
         weight = _constant_weight(node.input[1], inits, reshaped)
         if weight is None:
             continue
+        has_bias = len(node.input) > 2 and bool(node.input[2])
         if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or
-                                       _attr(node, "beta", 1.0) != 1.0):
+                                       has_bias and _attr(node, "beta", 1.0) != 1.0):   # beta scales C only
             continue
         weight_nk = weight if node.op_type == "Gemm" and _attr(node, "transB", 0) else weight.T
         if weight.size >= MIN_ELEMENTS and weight_nk.shape[1] >= MIN_BLOCK:

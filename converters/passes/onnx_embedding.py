@@ -265,7 +265,7 @@ class OnnxEmbeddingPass(Pass):
     """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
 
     name = "onnx_embedding"
-    version = 4
+    version = 5
     Config = OnnxEmbeddingConfig
     path_fields = ("data",)
     accepts = ("onnx",)

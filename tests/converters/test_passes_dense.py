@@ -28,16 +28,19 @@ def _mlp(path, *, sensitive: bool = False, seed: int = 0):
     w2 = rng.normal(scale=0.3, size=(H, H)).astype(np.float32)
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
              numpy_helper.from_array(rng.normal(size=H).astype(np.float32) * 0.1, "b2"),
+             numpy_helper.from_array(rng.normal(scale=0.3, size=(H, H)).astype(np.float32), "w3"),
              numpy_helper.from_array(rng.normal(scale=0.5, size=(H, 1)).astype(np.float32), "head")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
-             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2a"]),
+             helper.make_node("Gemm", ["r2a", "w3"], ["h3"], beta=0.0, transB=1),     # no C: beta means nothing
+             helper.make_node("Relu", ["h3"], ["r2"]),
              helper.make_node("MatMul", ["r2", "head"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["score"])]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
                               [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.save(model, str(path))
-    return path, {"w1": w1, "w2": w2}
+    return path, {"w1": w1, "w2": w2, "w3": numpy_helper.to_array(inits[3])}
 
 
 def _run(path_or_proto, x):
@@ -70,20 +73,21 @@ def test_blocks_round_trip_within_half_a_step():
 def test_matmul_and_gemm_weights_become_4bit_and_the_head_stays(tmp_path):
     path, weights = _mlp(tmp_path / "m.onnx")
     proto = onnx.load(str(path))
-    assert sorted(candidates(proto)) == ["h1", "h2"]            # the head MatMul -> Sigmoid is not one
+    assert sorted(candidates(proto)) == ["h1", "h2", "h3"]      # the head MatMul -> Sigmoid is not one
     record = int4_matmuls(proto)
     onnx.checker.check_model(proto)
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 1 and "Gemm" not in ops
-    assert {r["output"] for r in record["rewritten"]} == {"h1", "h2"}
+    assert ops.count("MatMulNBits") == 3 and ops.count("MatMul") == 1 and "Gemm" not in ops
+    assert {r["output"] for r in record["rewritten"]} == {"h1", "h2", "h3"}
     x = np.random.default_rng(2).normal(size=(64, K)).astype(np.float32)
     # the reference: the same MLP with each weight replaced by its dequantized 4-bit blocks
     w1 = dequantize_blocks(*quantize_blocks(weights["w1"].T, weight_block(K)), K).T
     w2 = dequantize_blocks(*quantize_blocks(weights["w2"].T, weight_block(H)), H).T
+    w3 = dequantize_blocks(*quantize_blocks(weights["w3"], weight_block(H)), H)          # transB: [N, K] already
     ref = onnx.load(str(path))
     for init in ref.graph.initializer:
-        if init.name in ("w1", "w2"):
-            init.CopyFrom(numpy_helper.from_array(w1 if init.name == "w1" else w2, init.name))
+        if init.name in ("w1", "w2", "w3"):
+            init.CopyFrom(numpy_helper.from_array({"w1": w1, "w2": w2, "w3": w3}[init.name], init.name))
     assert np.abs(_run(proto, x) - _run(ref, x)).max() < 1e-5
     assert np.abs(_run(proto, x) - _run(path, x)).max() > 0        # it really is quantized
     assert len(proto.SerializeToString()) < 0.25 * path.stat().st_size
@@ -99,7 +103,8 @@ def test_a_sensitive_weight_stays_float_until_the_budget_holds(tmp_path):
     assert abs(auc(labels, _run(plain, x)) - auc(labels, _run(path, x))) > 0.003   # W1's scales are ruined
     proto = onnx.load(str(path))
     record = int4_matmuls(proto, reference=path, data=str(tmp_path / "rows.npz"), budget=0.003)
-    assert record["kept"] == ["h1"] and [r["output"] for r in record["rewritten"]] == ["h2"]
+    assert "h1" in record["kept"] and record["fallback"]["trials"][1]["kept_float"] == 1   # the ruined one first
+    assert record["fallback"]["kept_float"][0] == "h1"
     assert record["fallback"]["within_budget"] and record["fallback"]["base_error"] > 0.003
     assert abs(auc(labels, _run(proto, x)) - auc(labels, _run(path, x))) <= 0.003
 
