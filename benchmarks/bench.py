@@ -59,7 +59,7 @@ class BenchOptions:
     warmup_iters: int = 10
     batches: Sequence[int] = (1, 256)
     threads: Sequence[int] = (1,)
-    candidates: Sequence[int] = (100, 1000)
+    candidates: Sequence[int] = (200, 1000)
     backends: Sequence[str] | None = None
     isolate: bool = False
     profile: bool = True

@@ -50,6 +50,8 @@ SCORE = "score"
 USER_STATE = "user_state"
 USER_MASK = "user_mask"
 USER_OUTPUT_PREFIX = "user_"     # user-encoder outputs, fed to the scorer under the same names
+USER_KEYS = USER_OUTPUT_PREFIX + "keys"        # target attention's key half of its first layer [B, L, U]
+USER_POOLED = USER_OUTPUT_PREFIX + "pooled"    # masked mean of the user state [B, D]
 # Content families (context): item text -> ITEM_VECTOR through the CONTENT_ENCODER part, which
 # reads ITEM_TOKENS int32 [B, T]. The ranking parts also read CAND_CONTENT float32 [B, Dc]: for a
 # row whose CAND_ITEM is the OOV index (an item added after training, e.g. by

@@ -35,7 +35,7 @@ class DemoSettings:
     embedding_dim: int = 32
     budget_s: float = 1.0
     batches: tuple = (1, 256)
-    candidates: tuple = (100, 1000)
+    candidates: tuple = (200, 1000)
     keras_predict: bool = True
     validation_groups: int | None = 300
     prune_epochs: int = 2
@@ -55,7 +55,7 @@ class DemoSettings:
     @classmethod
     def tiny(cls) -> "DemoSettings":
         return cls(epochs=1, max_train_rows=4000, max_seq_len=20, embedding_dim=16, budget_s=0.1,
-                   batches=(1, 32), candidates=(100,), keras_predict=False, validation_groups=40,
+                   batches=(1, 32), candidates=(200,), keras_predict=False, validation_groups=40,
                    prune_epochs=1, latency_rounds=3, synthetic=SYNTHETIC_TINY, full_catalogue_rows=50_000)
 
 
