@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edgerec.runtime.contract import BACKEND_FOR_FORMAT
+from edgerec.runtime.contract import BACKEND_FOR_FORMAT, CONTENT_ENCODER
 from edgerec.runtime.errors import EdgeRecError, IntegrityError, expected
 
 logger = logging.getLogger(__name__)
@@ -229,9 +229,13 @@ def _compare_with_keras(directory: Path, manifest, keras: Path, data, max_groups
     others = sorted(a.file for a in in_scope if a.part not in job.keras_paths)
     if others:
         say(f"  {', '.join(others)}: not a part of {keras} (checked by the full-catalogue re-measurement)")
+    # the content encoder has no ranking rows to compare on: it is checked by cosine on item texts
     artifacts = [DeployableArtifact(str(directory / a.file), a.format, a.precision, a.part)
-                 for a in in_scope if a.part in job.keras_paths]
-    refs = {part: load_keras_model(path, job.custom_objects_module) for part, path in job.keras_paths.items()}
+                 for a in in_scope if a.part in job.keras_paths and a.part != CONTENT_ENCODER]
+    if any(a.part == CONTENT_ENCODER for a in in_scope):
+        _recheck_content(directory, manifest, keras, backends, result, say)
+    refs = {part: load_keras_model(path, job.custom_objects_module)
+            for part, path in job.keras_paths.items() if part != CONTENT_ENCODER}
     say(f"re-validating {len(artifacts)} artifact(s) against Keras on {job.validation.rows} rows")
     try:
         report = validate_artifacts(refs, artifacts, job.validation, job.specs, raise_on_failure=False)
@@ -243,3 +247,19 @@ def _compare_with_keras(directory: Path, manifest, keras: Path, data, max_groups
         say(f"  {res.file:<30} max |Δ| {res.metrics.get('max_abs_diff', float('nan')):.2e}  "
             f"ΔAUC {res.metrics.get('delta_auc', float('nan')):+.4f}  {'ok' if res.passed else 'FAIL'}")
     result.failures += report.failures
+
+
+def _recheck_content(directory: Path, manifest, keras: Path, backends, result: BundleValidation, say) -> None:
+    from .content_export import recheck_content
+
+    try:
+        checks = recheck_content(keras, directory, manifest, backends, say=say)
+    except EdgeRecError as err:
+        result.not_verified.append(f"the content encoder could not be re-validated: {err}")
+        return
+    for check in checks:
+        v = check["validation"]
+        say(f"  {check['file']:<30} cosine min {v.get('cosine_min', float('nan')):.5f}  "
+            f"{'FAIL' if check['failure'] else 'ok'}")
+        if check["failure"]:
+            result.failures.append(f"{check['file']}: {check['failure']}")

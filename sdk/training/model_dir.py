@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST = "edgerec_model.json"
 CUSTOM_OBJECTS_MODULE = "edgerec.sdk.models.layers"
 CALIBRATION_ROWS = 2000
+ITEM_TEXT_FILE = "item_text.json"     # a content model's catalogue texts, one per item index
 TEST_KEYS = ("auc", "gauc", "logloss", "recall@10", "ndcg@10", "coverage@10")
 # a retrieval model's scores are dot products, not probabilities: no logloss
 RETRIEVAL_TEST_KEYS = ("auc", "gauc", "recall@10", "ndcg@10", "coverage@10")
@@ -154,6 +155,11 @@ def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, hi
         data = _write_data(tmp, dataset, seed)
         _write_examples(tmp, parts.spec, dataset, lambda encoded: predict_scores(parts, encoded))
         atomic_write_json(tmp / "metrics.json", _metrics_json(parts.family, dataset, metrics))
+        content = {}
+        if "content_encoder" in part_files and getattr(dataset, "item_text", None):
+            # the catalogue's texts: export validates the encoder's artifacts on them (cosine)
+            atomic_write_json(tmp / ITEM_TEXT_FILE, list(dataset.item_text))
+            content = {"content_encoder": {"item_text": ITEM_TEXT_FILE}}
         atomic_write_json(tmp / MANIFEST, {
             "format_version": FORMAT_VERSION, "family": parts.family, "keras": "tf_keras",
             "parts": part_files, "custom_objects_module": CUSTOM_OBJECTS_MODULE,
@@ -161,7 +167,7 @@ def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, hi
             "config": {"model": parts.config.to_dict(),
                        "train": train_config.to_dict() if train_config is not None else None,
                        "history": history, "content": parts.meta.get("content")},
-            "data_source": data_source or dataset.name})
+            "data_source": data_source or dataset.name, **content})
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

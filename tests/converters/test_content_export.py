@@ -146,3 +146,19 @@ def test_recheck_against_the_model_dir_and_a_different_encoder(exported, tmp_pat
     S.build_encoder(S.feature_spec(), seed=1).save(other / "content_encoder.keras")
     failures = [c["failure"] for c in recheck_content(other, exported["bundle"], manifest)]
     assert len(failures) == 4 and all("cosine_min" in f for f in failures)
+
+
+def test_edgerec_validate_checks_the_content_encoder_by_cosine(exported, tmp_path):
+    from edgerec.converters.revalidate import validate_bundle
+
+    result = validate_bundle(exported["bundle"], keras=exported["model_dir"], max_groups=20)
+    assert result.status == "ok", (result.failures, result.not_verified)
+    compared = {r.file for r in result.keras.results}
+    assert compared and not any("content_encoder" in f for f in compared)
+
+    other = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], other)
+    S.build_encoder(S.feature_spec(), seed=1).save(other / "content_encoder.keras")
+    failed = validate_bundle(exported["bundle"], keras=other, max_groups=20, backends=("litert",))
+    assert failed.status == "failed"
+    assert any("content_encoder" in f and "cosine_min" in f for f in failed.failures), failed.failures

@@ -87,13 +87,15 @@ def test_model_dir_layout_and_load_round_trip(trained, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["edgerec_model.json", "fused.keras", "user_encoder.keras", "scorer.keras",
                             "content_encoder.keras", "feature_spec.json", "calibration.npz",
-                            "validation.npz", "heldout_users.npz", "examples.jsonl", "metrics.json"])
+                            "validation.npz", "heldout_users.npz", "examples.jsonl", "metrics.json", "item_text.json"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp dirs left
     manifest = json.loads((out / "edgerec_model.json").read_text())
     assert manifest["format_version"] == 1 and manifest["family"] == "context"
     assert manifest["keras"] == "tf_keras"
     assert manifest["custom_objects_module"] == "edgerec.sdk.models.layers"
     assert manifest["parts"]["content_encoder"] == "content_encoder.keras"
+    assert manifest["content_encoder"] == {"item_text": "item_text.json"}
+    assert json.loads((out / "item_text.json").read_text()) == list(dataset.item_text)
     assert manifest["data"] == {"calibration": "calibration.npz", "validation": "validation.npz",
                                 "heldout_users": "heldout_users.npz"}
     saved_metrics = json.loads((out / "metrics.json").read_text())
