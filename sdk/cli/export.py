@@ -38,7 +38,7 @@ def configure(parser) -> None:
     parser.add_argument("--data", default=None, help=".npz of held-out rows (inputs + labels [+ groups])")
     parser.add_argument("--budget", type=float, default=0.003, help="largest |ΔAUC| of a selectable variant")
     parser.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
-    parser.add_argument("--max-groups", type=int, default=None, help="validate on the first N ranking groups")
+    parser.add_argument("--max-groups", type=int, default=None, help="validate on the first N ranking groups (default 2000: paired ΔAUC standard error ~1.5e-4; 0 = all)")
     parser.add_argument("--cache-dir", default=None, help="pass cache (default $EDGEREC_CACHE or ~/.cache/edgerec)")
     parser.add_argument("--retrieval", default=None,
                         help="retrieval MODEL_DIR (edgerec train --model retrieval): adds its user tower and an item "

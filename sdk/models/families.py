@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.runtime.contract import CAND_CONTENT, FAMILIES, USER_MASK, USER_OUTPUT_PREFIX, USER_STATE
+from edgerec.runtime.contract import CAND_CONTENT, FAMILIES, USER_KEYS, USER_MASK, USER_POOLED, USER_STATE
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import CAND_ITEM, DENSE, HIST_ITEMS, OOV_INDEX, FeatureSpec
 
@@ -46,9 +46,6 @@ from .config import ModelConfig, ModelParts
 # Families whose user state is a recurrent layer's last state over the raw item embeddings (no
 # mask: left padding puts the latest item last), scored against the candidate without attention.
 RECURRENT_FAMILIES = ("gru", "lstm")
-# Candidate-independent outputs of the attention families' user encoder (see the module docstring).
-USER_KEYS = USER_OUTPUT_PREFIX + "keys"        # key half of the attention's first layer [B, L, U]
-USER_POOLED = USER_OUTPUT_PREFIX + "pooled"    # masked mean of the state [B, D]
 
 
 @dataclass

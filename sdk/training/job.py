@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgerec.runtime.contract import BASELINE_FULL_CATALOGUE, CAND_CONTENT, FAMILIES, FULL_CATALOGUE, RETRIEVAL
+from edgerec.runtime.contract import BASELINE_FULL_CATALOGUE, FAMILIES, FULL_CATALOGUE, RETRIEVAL
 from edgerec.runtime.errors import MissingDependencyError, SpecError, expected
 
 from ..models.config import ModelConfig
@@ -252,10 +252,6 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
 
             parts, history, metrics, dataset = train_model(dataset, job.family, job.model, train_config,
                                                            return_dataset=True)
-        if getattr(parts, "content_table", None) is not None and CAND_CONTENT not in dataset.train.inputs:
-            from ..data.builder import with_candidate_content
-
-            dataset = with_candidate_content(dataset, parts.content_table)
         out = save_model_dir(parts, dataset, job.out, metrics, train_config, history, data_source=job.data,
                              seed=train_config.seed)
         if getattr(parts, "content_table", None) is not None:
@@ -264,44 +260,23 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
 
 
 def write_content_reports(model_dir, parts, dataset, metrics: dict) -> None:
-    """What a content model adds to its model dir, each file written atomically:
-
-    * ``metrics.json`` ``"cold_start"`` (when measured) and ``"content"`` (encoder, vector width,
-      table bytes);
-    * ``item_map.png``: the catalogue's content vectors in 2-D (PCA), coloured by genre
-      (`edgerec.sdk.metrics.maps.draw_item_map`; skipped with a warning without matplotlib);
-    * for the MiniLM encoder, ``custom_objects_module`` = `edgerec.sdk.models.minilm` in
-      ``edgerec_model.json`` (it registers the encoder's GELU and every edgerec layer).
-    """
-    from edgerec.runtime.io import atomic_write_json
+    """``item_map.png`` of a content model: the catalogue's content vectors in 2-D (PCA), coloured
+    by genre (`edgerec.sdk.metrics.maps.draw_item_map`; skipped with a warning without matplotlib).
+    The ``cold_start`` and ``content`` metrics and the encoder's custom-objects module are
+    written by `save_model_dir`."""
     from edgerec.runtime.spec import NUM_RESERVED
 
     from ..metrics.maps import draw_item_map, primary_genres
-    from .model_dir import MANIFEST
 
-    root = Path(model_dir)
     table = np.asarray(parts.content_table, np.float32)
-    info = parts.meta.get("content") or {}
-    encoder = info.get("encoder", "small")
-    written = json.loads((root / "metrics.json").read_text("utf-8"))
-    written["content"] = {"encoder": encoder, "dims": int(table.shape[1]), "items": int(table.shape[0] - NUM_RESERVED),
-                          "table_bytes": int(table.nbytes)}
-    if metrics.get("cold_start") is not None:
-        written["cold_start"] = metrics["cold_start"]
-    atomic_write_json(root / "metrics.json", written)
+    encoder = (parts.meta.get("content") or {}).get("encoder", "small")
     genres = dataset.meta.get("item_genres")
     if genres is not None and len(genres) == table.shape[0] and table.shape[0] - NUM_RESERVED >= 2:
         try:
-            draw_item_map(table[NUM_RESERVED:], primary_genres(genres[NUM_RESERVED:]), root / ITEM_MAP_FILE,
+            draw_item_map(table[NUM_RESERVED:], primary_genres(genres[NUM_RESERVED:]), Path(model_dir) / ITEM_MAP_FILE,
                           title=f"{dataset.name} item content vectors ({encoder}, {table.shape[1]} dims), by genre")
         except MissingDependencyError as err:
             logger.warning("no %s: %s", ITEM_MAP_FILE, err)
-    if encoder == "minilm":
-        from ..models.minilm import CUSTOM_OBJECTS_MODULE as MINILM_MODULE
-
-        manifest = json.loads((root / MANIFEST).read_text("utf-8"))
-        manifest["custom_objects_module"] = MINILM_MODULE
-        atomic_write_json(root / MANIFEST, manifest)
 
 
 def _launch_local_cluster(job: TrainJob) -> TrainOutcome:

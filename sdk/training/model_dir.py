@@ -46,7 +46,7 @@ TEST_KEYS = ("auc", "gauc", "logloss", "recall@10", "ndcg@10", "coverage@10")
 RETRIEVAL_TEST_KEYS = ("auc", "gauc", "recall@10", "ndcg@10", "coverage@10")
 BASELINE_KEYS = ("auc", "recall@10", "ndcg@10")
 # metrics.json sections copied from the metrics when present
-OPTIONAL_SECTIONS = (FULL_CATALOGUE, BASELINE_FULL_CATALOGUE, "full_catalogue_users")
+OPTIONAL_SECTIONS = (FULL_CATALOGUE, BASELINE_FULL_CATALOGUE, "full_catalogue_users", "cold_start", "content")
 
 
 def _check_metrics(metrics: dict, test_keys=TEST_KEYS) -> None:
@@ -124,6 +124,34 @@ def _write_examples(tmp: Path, spec, dataset, expected_of) -> None:
     atomic_write_text(tmp / "examples.jsonl", "".join(json.dumps(e) + "\n" for e in examples))
 
 
+def _with_content(parts, dataset, metrics: dict):
+    """A content model's data files carry ``cand_content`` (the converters feed every input the
+    model declares) and its metrics the content table's description."""
+    table = getattr(parts, "content_table", None)
+    if table is None:
+        return dataset, metrics
+    from edgerec.runtime.contract import CAND_CONTENT
+    from edgerec.runtime.spec import NUM_RESERVED
+
+    from ..data.builder import with_candidate_content
+
+    if CAND_CONTENT in parts.fused.input_names and CAND_CONTENT not in dataset.train.inputs:
+        dataset = with_candidate_content(dataset, table)
+    info = parts.meta.get("content") or {}
+    content = {"encoder": info.get("encoder", "small"), "dims": int(table.shape[1]),
+               "items": int(table.shape[0] - NUM_RESERVED), "table_bytes": int(np.asarray(table, np.float32).nbytes)}
+    return dataset, {**metrics, "content": {**content, **(metrics.get("content") or {})}}
+
+
+def _custom_objects_module(parts) -> str:
+    """The module that registers every custom layer of ``parts`` (MiniLM's GELU too)."""
+    if ((parts.meta.get("content") or {}).get("encoder")) == "minilm":
+        from ..models.minilm import CUSTOM_OBJECTS_MODULE as MINILM_MODULE
+
+        return MINILM_MODULE
+    return CUSTOM_OBJECTS_MODULE
+
+
 def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, history: dict | None = None,
                    data_source: str | None = None, seed: int = 0) -> Path:
     """Write a complete MODEL_DIR for ``parts`` trained on ``dataset``; returns its path.
@@ -145,6 +173,7 @@ def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, hi
     from .fit import predict_scores
 
     _check_metrics(metrics)
+    dataset, metrics = _with_content(parts, dataset, metrics)
     out, tmp = _prepare_out(out_dir)
     try:
         part_files = {}
@@ -162,7 +191,7 @@ def save_model_dir(parts, dataset, out_dir, metrics: dict, train_config=None, hi
             content = {"content_encoder": {"item_text": ITEM_TEXT_FILE}}
         atomic_write_json(tmp / MANIFEST, {
             "format_version": FORMAT_VERSION, "family": parts.family, "keras": "tf_keras",
-            "parts": part_files, "custom_objects_module": CUSTOM_OBJECTS_MODULE,
+            "parts": part_files, "custom_objects_module": _custom_objects_module(parts),
             "feature_spec": "feature_spec.json", "data": data, "examples": "examples.jsonl",
             "config": {"model": parts.config.to_dict(),
                        "train": train_config.to_dict() if train_config is not None else None,

@@ -99,7 +99,10 @@ def test_model_dir_layout_and_load_round_trip(trained, tmp_path):
     assert manifest["data"] == {"calibration": "calibration.npz", "validation": "validation.npz",
                                 "heldout_users": "heldout_users.npz"}
     saved_metrics = json.loads((out / "metrics.json").read_text())
-    assert saved_metrics == {"model": "context", "data": dataset.name, **json.loads(json.dumps(metrics))}
+    table = parts.content_table
+    content = {"encoder": "small", "dims": table.shape[1], "items": table.shape[0] - 2, "table_bytes": table.nbytes}
+    assert saved_metrics == {"model": "context", "data": dataset.name, **json.loads(json.dumps(metrics)),
+                             "content": content}
     assert FeatureSpec.load(out / "feature_spec.json") == parts.spec
 
     with np.load(out / "calibration.npz", allow_pickle=False) as cal:
