@@ -148,6 +148,12 @@ def run_scale(sizes: Sequence[int], out, config: ScaleConfig | None = None,
     return report
 
 
+def scale_lines(report: dict, out) -> list[str]:
+    """The terminal summary of a sweep: one ``key=value`` line per size, then where it was written."""
+    lines = [" ".join(f"{key}={entry[key]}" for key in SIZE_KEYS) for entry in report["sizes"]]
+    return lines + [f"wrote {out}/scale.json and {out}/scale.png"]
+
+
 def measure_size(items: int, folder: Path, config: ScaleConfig, say) -> dict:
     """One size: train, export, serve; the `SIZE_KEYS` entry plus stage details. A model dir left
     by an earlier run of the same folder is reused (its stage is marked ``reused``): training is

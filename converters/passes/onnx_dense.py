@@ -35,6 +35,22 @@ MIN_BLOCK, MAX_BLOCK = 16, 128
 ZERO_POINT = 8
 
 
+
+def set_nodes(proto, nodes, microsoft_ops: bool = False) -> None:
+    """Make ``nodes`` the graph's nodes, drop the initializers no node reads any more and, when
+    ``microsoft_ops``, import the com.microsoft opset the contrib ops need."""
+    from onnx import helper
+
+    graph = proto.graph
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if microsoft_ops and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+
 def weight_block(k: int) -> int:
     """The block along K: the largest power of two <= ``k``, clipped to [16, 128]."""
     return int(min(MAX_BLOCK, max(MIN_BLOCK, 1 << (max(int(k), 1).bit_length() - 1))))
@@ -87,8 +103,6 @@ def _head_outputs(proto) -> set[str]:
 
 def candidates(proto) -> dict[str, np.ndarray]:
     """``{output name: weight [N, K]}`` of every MatMul/Gemm a 4-bit weight can serve (see the module doc)."""
-    from onnx import TensorProto, numpy_helper
-
     inits = {t.name: t for t in proto.graph.initializer}
     head = _head_outputs(proto)
     # a weight may reach its MatMul through a constant Reshape (multi-head kernels [D, heads, d])
@@ -158,14 +172,7 @@ def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
     # the constant Reshapes that fed a rewritten weight are dead now
     nodes = [nd for nd in nodes if nd.op_type != "Reshape" or nd.output[0] in used or
              not all(i in {t.name for t in graph.initializer} for i in nd.input)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for nd in graph.node for i in nd.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if records and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    set_nodes(proto, nodes, microsoft_ops=bool(records))
     return records
 
 
@@ -268,10 +275,5 @@ def int8_recurrent_weights(proto, op_types=RECURRENT_UNQUANTIZED) -> list[dict]:
                                     "bytes_float": int(weight.nbytes), "bytes_int8": int(q.size + scales.nbytes)})
                 node.input[position] = done[name]
         nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for nd in graph.node for i in nd.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    set_nodes(proto, nodes)
     return records

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import ConverterConfigError, expected
 from ..pipeline import ExportedArtifact, Pass
+from .onnx_dense import set_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -245,19 +246,12 @@ def quantize_embedding_gathers(proto, config: OnnxEmbeddingConfig) -> list[dict]
                 cname = f"edgerec_slice_{key}_{value}"
                 if cname not in consts:
                     consts[cname] = numpy_helper.from_array(np.array([value], np.int64), cname)
-            new_nodes.append(helper.make_node("Slice", [step, f"edgerec_slice_starts_0", f"edgerec_slice_ends_{dim}",
+            new_nodes.append(helper.make_node("Slice", [step, "edgerec_slice_starts_0", f"edgerec_slice_ends_{dim}",
                                                         "edgerec_slice_axes_-1"], [out]))
         else:
             new_nodes.append(helper.make_node("Identity", [step], [out]))
     graph.initializer.extend(consts.values())
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if records and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    set_nodes(proto, new_nodes, microsoft_ops=bool(records))
     return records
 
 

@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up calls per configuration")
     parser.add_argument("--batches", type=_int_list, default=[1, 256], help="batch sizes, e.g. 1,256")
     parser.add_argument("--threads", type=_int_list, default=[1], help="thread counts, e.g. 1,2")
-    parser.add_argument("--candidates", type=_int_list, default=[100, 1000], help="candidate counts N for 1 user × N")
+    parser.add_argument("--candidates", type=_int_list, default=[200, 1000], help="candidate counts N for 1 user × N")
     parser.add_argument("--backend", action="append", choices=["litert", "onnxruntime"],
                         help="restrict to a backend (repeatable)")
     parser.add_argument("--isolate", action="store_true", help="one subprocess per configuration group")
@@ -68,7 +68,16 @@ def run(args: argparse.Namespace) -> int:
     from edgerec.runtime.errors import expected
 
     if args.scale is not None:
-        return _run_scale(args)
+        from edgerec.benchmarks.scale import parse_sizes, run_scale, scale_lines
+
+        if args.bundle is not None:
+            print("edgerec bench: " + expected("a BUNDLE or --scale, not both", args.bundle), file=sys.stderr)
+            return 2
+        say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+        report = run_scale(parse_sizes(args.scale), args.out, say=say)
+        if not args.quiet:
+            print("\n".join(scale_lines(report, args.out)))
+        return 0
     if args.bundle is None:
         print("edgerec bench: " + expected("a BUNDLE directory or --scale SIZES", "neither"), file=sys.stderr)
         return 2
@@ -97,18 +106,3 @@ def run(args: argparse.Namespace) -> int:
     for failure in outcome.failures:
         print(f"edgerec bench: {failure}", file=sys.stderr)
     return 0 if outcome.passed else 1
-
-
-def _run_scale(args: argparse.Namespace) -> int:
-    from edgerec.benchmarks.scale import SIZE_KEYS, parse_sizes, run_scale
-
-    if args.bundle is not None:
-        print(f"edgerec bench: Expected a BUNDLE or --scale, not both, received: {args.bundle!r}", file=sys.stderr)
-        return 2
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    report = run_scale(parse_sizes(args.scale), args.out, say=say)
-    if not args.quiet:
-        for entry in report["sizes"]:
-            print(" ".join(f"{key}={entry[key]}" for key in SIZE_KEYS))
-        print(f"wrote {args.out}/scale.json and {args.out}/scale.png")
-    return 0
