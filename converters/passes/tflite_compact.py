@@ -8,21 +8,22 @@ that is noise; for an unrolled recurrent layer (50 steps × ~15 tensors) it was 
 
 `compact_flatbuffer` keeps everything the interpreter and edgerec use: signature definitions,
 the names and shape signatures of subgraph inputs/outputs and of every tensor a signature
-refers to, constant data, quantization parameters, variable tensors. It removes intermediate
-tensor names, points every data-less tensor at the shared empty buffer 0 (dropping the others)
-and drops intermediate shape signatures (the interpreter re-infers intermediate shapes when an
-input is resized; the shapes themselves stay, delegates read them). It then serializes with
-identical small vectors (shapes, op input lists, scales) and identical quantization tables
-written once and referenced by offset, as flatbuffers allow (``CreateSharedString`` does the
-same for strings). Outputs are bit-identical; `TFLitePass` checks that on its sanity rows.
+refers to, constant data, quantization parameters, variable tensors. It removes the names of
+intermediate and constant tensors (the interpreter addresses them by index), points every
+data-less tensor at the shared empty buffer 0 (dropping the others) and drops intermediate
+shape signatures (the interpreter re-infers intermediate shapes when an input is resized; the
+shapes themselves stay, delegates read them). It then serializes with identical vectors
+(shapes, op input lists, per-channel scales, the int64 zero points every per-channel weight
+must carry, equal constant buffers), identical quantization tables and identical builtin
+options written once and referenced by offset, as flatbuffers allow (``CreateSharedString``
+does the same for strings): the all-zero zero points of a model's 64-channel weights are then
+one vector instead of 512 bytes each. Outputs are bit-identical; `TFLitePass` checks that on its
+sanity rows.
 
 Examples:
     >>> small = compact_flatbuffer(open("m.tflite", "rb").read())  # doctest: +SKIP
 """
 from __future__ import annotations
-
-_SHARED_VECTOR_BYTES = 256     # vectors up to this size are deduplicated (shapes, op I/O lists, scales)
-
 
 def _has_data(buffer) -> bool:
     return buffer is not None and (buffer.data is not None and len(buffer.data) > 0 or bool(getattr(buffer, "offset", 0)))
@@ -44,13 +45,17 @@ def compact_flatbuffer(flat: bytes) -> bytes:
     referenced = {md.buffer for md in model.metadata or ()}
     for index, subgraph in enumerate(model.subgraphs):
         for position, tensor in enumerate(subgraph.tensors):
-            if _has_data(model.buffers[tensor.buffer]):
-                referenced.add(tensor.buffer)
-                continue
-            tensor.buffer = 0
-            if position not in keep[index] and not tensor.isVariable:
+            if position in keep[index] or tensor.isVariable:
+                pass
+            elif _has_data(model.buffers[tensor.buffer]):
+                tensor.name = None          # the interpreter finds constants by index, never by name
+            else:
                 tensor.name = None
                 tensor.shapeSignature = None
+            if _has_data(model.buffers[tensor.buffer]):
+                referenced.add(tensor.buffer)
+            else:
+                tensor.buffer = 0
     order = [0] + sorted(referenced - {0})
     new_index = {old: new for new, old in enumerate(order)}
     model.buffers = [model.buffers[old] for old in order]
@@ -59,41 +64,76 @@ def compact_flatbuffer(flat: bytes) -> bytes:
             tensor.buffer = new_index[tensor.buffer]
     for md in model.metadata or ():
         md.buffer = new_index[md.buffer]
-    _share_quantization(model)
+    _share_equal_tables(model)
     return serialize_model(model)
 
 
-def _share_quantization(model) -> None:
-    """Point tensors with equal quantization parameters at one object packed once."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    class SharedQuantization(schema.QuantizationParametersT):
-        def Pack(self, builder):
+def _packed_once(obj) -> None:
+    """Make ``obj`` (a flatbuffer object-API table) pack once per builder; later packs reuse the offset."""
+    base = type(obj)
+    shared = _SHARED_CLASSES.get(base)
+    if shared is None:
+        def pack(self, builder):
             cache = builder.edgerec_tables
             if id(self) not in cache:
-                cache[id(self)] = super().Pack(builder)
+                cache[id(self)] = base.Pack(self, builder)
             return cache[id(self)]
 
-    def key(q):
-        arrays = (q.scale, q.zeroPoint, q.min, q.max)
-        return tuple(None if a is None else (str(getattr(a, "dtype", "")), bytes(memoryview(a)) if hasattr(a, "dtype")
-                                             else tuple(a)) for a in arrays) + (q.quantizedDimension, q.detailsType)
+        shared = _SHARED_CLASSES[base] = type(f"Shared{base.__name__}", (base,), {"Pack": pack})
+    obj.__class__ = shared
 
+
+_SHARED_CLASSES: dict = {}
+
+
+_UNCOMPARED = object()
+
+
+def _value_key(value):
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if hasattr(value, "dtype"):
+        return str(value.dtype), getattr(value, "shape", ()), bytes(memoryview(value))
+    if isinstance(value, (list, tuple)):
+        keys = tuple(_value_key(v) for v in value)
+        return _UNCOMPARED if _UNCOMPARED in keys else keys
+    return _UNCOMPARED          # a nested table (e.g. quantization details): the object is not shared
+
+
+def _table_key(obj):
+    """A hashable key of ``obj``'s fields, or None when a field cannot be compared."""
+    fields = tuple(sorted((name, _value_key(value)) for name, value in vars(obj).items()))
+    if any(key is _UNCOMPARED for _, key in fields):
+        return None
+    return type(obj).__name__, fields
+
+
+def _share_tables(owners, attribute: str) -> None:
+    """Point the ``attribute`` tables of ``owners`` that are equal field by field at one object packed once."""
     shared = {}
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            q = tensor.quantization
-            if q is None or q.details is not None:
-                continue
-            k = key(q)
-            if k not in shared:
-                q.__class__ = SharedQuantization
-                shared[k] = q
-            tensor.quantization = shared[k]
+    for owner in owners:
+        obj = getattr(owner, attribute)
+        if obj is None:
+            continue
+        key = _table_key(obj)
+        if key is None:
+            continue
+        if key not in shared:
+            _packed_once(obj)
+            shared[key] = obj
+        setattr(owner, attribute, shared[key])
+
+
+def _share_equal_tables(model) -> None:
+    """Point tensors with equal quantization parameters (and operators with equal builtin options)
+    at one object packed once."""
+    tensors = [t for subgraph in model.subgraphs for t in subgraph.tensors]
+    _share_tables(tensors, "quantization")
+    _share_tables([op for subgraph in model.subgraphs for op in subgraph.operators], "builtinOptions")
 
 
 def serialize_model(model) -> bytes:
-    """A flatbuffer object model (``ModelT``) as ``.tflite`` bytes, small vectors and equal
+    """A flatbuffer object model (``ModelT``) as ``.tflite`` bytes, equal vectors and equal
     quantization tables written once."""
     import flatbuffers
     import numpy as np
@@ -104,7 +144,7 @@ def serialize_model(model) -> bytes:
             self.edgerec_vectors, self.edgerec_tables = {}, {}
 
         def CreateNumpyVector(self, x):  # noqa: N802 - flatbuffers' name
-            if not isinstance(x, np.ndarray) or x.nbytes > _SHARED_VECTOR_BYTES:
+            if not isinstance(x, np.ndarray):
                 return super().CreateNumpyVector(x)
             key = (x.dtype.str, x.shape, x.tobytes())
             if key not in self.edgerec_vectors:

@@ -204,3 +204,66 @@ def test_a_kernel_reshaped_from_3d_is_a_candidate_and_its_reshape_goes(tmp_path)
     assert [n.op_type for n in model.graph.node] == ["MatMulNBits", "Relu"]
     assert not any(i.name == "kernel" for i in model.graph.initializer)
     assert np.abs(_run(model, x) - before).max() < 0.3 * np.abs(before).max()
+
+
+def _converted_positions_model(tmp_path, positions, name):
+    """A dynamic-range TFLite file of ``score = sigmoid(tanh(flatten(x + positions) @ W) @ v)``: the
+    position table is a float ADD operand (no hybrid kernel reads it), W an int8 FULLY_CONNECTED weight."""
+    from edgerec.converters.tfenv import import_tf
+
+    tf, _ = import_tf()
+    rng = np.random.default_rng(4)
+    steps, width = positions.shape[1:]
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.positions = tf.Variable(positions)
+            self.w = tf.Variable(rng.normal(scale=0.05, size=(steps * width, 16)).astype(np.float32))
+            self.v = tf.Variable(rng.normal(scale=0.5, size=(16, 1)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, steps, width], tf.float32, name="x")])
+        def serve(self, x):
+            hidden = tf.tanh(tf.matmul(tf.reshape(x + self.positions, [-1, steps * width]), self.w))
+            return {"score": tf.sigmoid(tf.matmul(hidden, self.v))}
+
+    module = Model()
+    tf.saved_model.save(module, str(tmp_path / name), signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / name), ["serving_default"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
+@pytest.mark.slow
+def test_a_float_constant_other_ops_read_is_stored_in_4_bits_behind_a_dequantize(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgerec.converters.passes.rowwise import symmetric_columns
+    from edgerec.converters.passes.tflite_compact import compact_flatbuffer
+    from edgerec.converters.passes.tflite_dense import int4_candidates, int4_fully_connected
+
+    positions = np.random.default_rng(5).normal(scale=0.5, size=(1, 50, 32)).astype(np.float32)
+    flat = _converted_positions_model(tmp_path, positions, "float")
+    found = int4_candidates(flat)
+    assert len(found) == 2                                  # the int8 FC weight first, then the position table
+    small, records = int4_fully_connected(flat, found[1:])
+    assert records[0]["shape"] == [1, 50, 32] and records[0]["kernel"] == "DEQUANTIZE at load"
+    saved = len(compact_flatbuffer(flat)) - len(compact_flatbuffer(small))
+    assert saved > 0.8 * (4 - 0.5) * positions.size        # 4 bytes -> half a byte per value, plus its scales
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(small))
+    codes = [model.operatorCodes[op.opcodeIndex].builtinCode for op in model.subgraphs[0].operators]
+    assert codes[0] == schema.BuiltinOperator.DEQUANTIZE
+    assert model.subgraphs[0].tensors[int(model.subgraphs[0].operators[0].inputs[0])].type == schema.TensorType.INT4
+    # the reference: the same model converted with the position table replaced by its 4-bit values
+    q, scale = symmetric_columns(positions, 4, axis=1)
+    reference = _converted_positions_model(tmp_path, (q * scale.reshape(1, -1, 1)).astype(np.float32), "int4")
+    x = np.random.default_rng(6).normal(size=(64, 50, 32)).astype(np.float32)
+
+    def run(data):
+        return Interpreter(model_content=data).get_signature_runner("serving_default")(x=x)["score"].ravel()
+
+    assert np.abs(run(small) - run(reference)).max() < 1e-5
+    assert 0 < np.abs(run(small) - run(flat)).mean() < 0.02     # quantized, and close to the float table
+    assert int4_candidates(small) == found[:1]             # the table is no float constant any more
