@@ -70,7 +70,8 @@ class TFLiteConfig:
         accuracy_budget: ``int8`` only — largest |ΔAUC| vs the Keras model on the labelled rows of
             ``data``; over it, the most sensitive nodes are kept float until it fits.
         evaluation_rows: rows of ``data`` the accuracy fallback measures ΔAUC on.
-        dense_bits: ``dynamic`` only — ``4``: FULLY_CONNECTED weights in packed int4 (`tflite_dense`).
+        dense_bits: ``dynamic`` only — ``4``: FULLY_CONNECTED weights in packed int4 and other float
+            constants of >= 1,024 values packed int4 behind a load-time DEQUANTIZE (`tflite_dense`).
         dense_budget: with ``dense_bits`` and labelled ``data``: largest |ΔAUC| vs the dynamic-range
             file; over it the most sensitive weights stay int8.
     """
@@ -136,7 +137,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 8
+    version = 9
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -251,7 +252,7 @@ class _Builder:
             else:
                 flat, self.details["dense_int4"] = fit_int4_weights(flat, rows, labels, reference,
                                                                     self.config.dense_budget)
-        self.details["dense_kernel"] = "FULLY_CONNECTED hybrid, packed int4 weights (RAM ≈ file)"
+        self.details["dense_kernel"] = "FULLY_CONNECTED hybrid, packed int4 weights (RAM ≈ file); other large float constants packed int4 behind a load-time DEQUANTIZE (float in RAM)"
         return flat
 
     def fallback_skipped(self) -> str | None:
