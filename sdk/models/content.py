@@ -1,6 +1,6 @@
 """BERT-style item content encoder: item text -> ``item_vector`` (part ``content_encoder``).
 
-Text is tokenised by the pure-Python tokenizer ``spec.text`` names (`text_tokenizer`: the word
+Text is tokenised by the pure-Python tokenizer ``spec.text`` names (`runtime.text.tokenizer_for`: the word
 vocabulary of this encoder, or the WordPiece vocabulary of the pretrained MiniLM encoder of
 `edgerec.sdk.models.minilm`), so a device encodes a new item's text exactly as training did. This
 small encoder is
@@ -18,7 +18,7 @@ import numpy as np
 from edgerec.runtime.contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (re-exported)
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec, TextSpec
-from edgerec.runtime.text import SPECIAL_TOKENS, UNK, build_text_vocab
+from edgerec.runtime.text import SPECIAL_TOKENS, UNK, build_text_vocab, tokenizer_for
 
 from .config import ModelConfig
 
@@ -37,32 +37,23 @@ def attach_text_spec(spec: FeatureSpec, item_text, config: ModelConfig) -> Featu
     return dataclasses.replace(spec, text=TextSpec(vocab, config.text_max_tokens))
 
 
-def text_tokenizer(text: TextSpec):
-    """The tokenizer a `TextSpec` names (`edgerec.runtime.text.tokenizer_for`: the small
-    encoder's words for ``"basic"``, the BERT WordPiece vocabulary for ``"wordpiece"``), so
-    training tokenises exactly as a device does."""
-    from edgerec.runtime.text import tokenizer_for
-
-    return tokenizer_for(text)
-
-
 def tokenize_items(spec: FeatureSpec, item_text) -> np.ndarray:
     """``[item_vocab.size, max_tokens]`` int32 token ids of every item index."""
     if spec.text is None:
         raise SpecError(expected("a feature spec with a text spec", None))
-    return text_tokenizer(spec.text).encode_batch(list(item_text))
+    return tokenizer_for(spec.text).encode_batch(list(item_text))
 
 
 def encode_item_texts(encoder, spec: FeatureSpec, texts, batch_size: int = 256) -> np.ndarray:
     """``[len(texts), Dc]`` float32 content vectors of new items' texts, tokenised as a device
-    does (`text_tokenizer` of ``spec.text``) and encoded by the content ``encoder``."""
+    does (`runtime.text.tokenizer_for` of ``spec.text``) and encoded by the content ``encoder``."""
     if spec.text is None:
         raise SpecError(expected("a feature spec with a text spec", None))
     texts = list(texts)
     width = int(encoder.output_shape[ITEM_VECTOR][-1])
     if not texts:
         return np.zeros((0, width), np.float32)
-    tokens = text_tokenizer(spec.text).encode_batch(texts)
+    tokens = tokenizer_for(spec.text).encode_batch(texts)
     return np.asarray(encoder.predict(tokens, batch_size=batch_size, verbose=0)[ITEM_VECTOR], np.float32)
 
 

