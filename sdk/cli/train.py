@@ -6,6 +6,7 @@ Examples:
     edgerec train --model din --out runs/din_adv --adversarial pgd --eps 0.25
     edgerec train --model din --out runs/din_mw --strategy multiworker --workers 2
     edgerec train --model retrieval --encoder transformer --out runs/retrieval   # two-tower retrieval
+    edgerec train --model din --hard-negatives-from runs/retrieval --out runs/din_cascade   # a cascade's ranker
     edgerec train --data movielens:PATH --model context --content-encoder minilm --content-dim 32 --out runs/ctx
 """
 from __future__ import annotations
@@ -56,6 +57,9 @@ def configure(parser) -> None:
     parser.add_argument("--cold-start-fraction", type=float, default=DEFAULT_COLD_START_FRACTION,
                         help="content families: hold out the items first seen in this last share of the events and "
                              "report their AUC as new items with and without content (0 keeps every item)")
+    parser.add_argument("--hard-negatives-from", default=None, metavar="RETRIEVAL_DIR",
+                        help="draw half of a ranking model's training negatives from this retriever's top 200 "
+                             "(a retrieval MODEL_DIR trained on the same data)")
     parser.add_argument("--model-config", default=None, metavar="JSON",
                         help='more ModelConfig (RetrievalConfig for --model retrieval) fields as a JSON object, '
                              'e.g. \'{"hidden_units": [64]}\'')
@@ -157,7 +161,7 @@ def job_from_args(args):
     return TrainJob(out=args.out, family=args.model, data=args.data, data_options=options,
                     max_seq_len=args.max_seq_len, negatives=args.negatives, model=model, train=train,
                     adversarial=adversarial, distributed=distributed,
-                    cold_start_fraction=args.cold_start_fraction)
+                    cold_start_fraction=args.cold_start_fraction, hard_negatives_from=args.hard_negatives_from)
 
 
 def run(args) -> int:

@@ -66,6 +66,10 @@ class TrainJob:
         cold_start_fraction: for a family with item content, the items first seen in this last
             share of the events are held out of training and scored as new items
             (metrics.json ``"cold_start"``); 0 keeps every item.
+        hard_negatives_from: a retrieval MODEL_DIR trained on the same data: half of each ranking
+            model's training negatives are drawn from that retriever's top 200 for the row's user
+            (`edgerec.sdk.training.retrieval.with_retrieved_negatives`), so the ranker learns to
+            order what a cascade will hand it; None keeps uniform negatives.
     """
 
     out: str
@@ -79,6 +83,7 @@ class TrainJob:
     adversarial: AdversarialConfig | None = None
     distributed: DistributedConfig | None = None
     cold_start_fraction: float = DEFAULT_COLD_START_FRACTION
+    hard_negatives_from: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.out, (str, Path)) or not str(self.out):
@@ -104,6 +109,13 @@ class TrainJob:
         if self.adversarial is not None and self.distributed is not None:
             raise SpecError(expected("adversarial or distributed training, not both (they do not combine)",
                                      self.distributed.strategy))
+        if self.hard_negatives_from is not None:
+            if not isinstance(self.hard_negatives_from, (str, Path)) or not str(self.hard_negatives_from):
+                raise SpecError(expected("hard_negatives_from as a retrieval MODEL_DIR path", self.hard_negatives_from))
+            if self.family == RETRIEVAL:
+                raise SpecError(expected("hard negatives for a ranking family (a retriever trains on in-batch "
+                                         "negatives)", self.family))
+            object.__setattr__(self, "hard_negatives_from", str(self.hard_negatives_from))
         if self.family == RETRIEVAL and (self.adversarial is not None or self.distributed is not None):
             raise SpecError(expected("plain training for the retrieval family (no adversarial or distributed mode)",
                                      "adversarial" if self.adversarial is not None else self.distributed.strategy))
@@ -114,7 +126,7 @@ class TrainJob:
                 "train": self.train.to_dict(),
                 "adversarial": None if self.adversarial is None else self.adversarial.to_dict(),
                 "distributed": None if self.distributed is None else self.distributed.to_dict(),
-                "cold_start_fraction": self.cold_start_fraction}
+                "cold_start_fraction": self.cold_start_fraction, "hard_negatives_from": self.hard_negatives_from}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainJob":
@@ -227,11 +239,14 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
     if verbose:
         logger.info(f"data {dataset.name}: {len(dataset.train)} train / {len(dataset.valid)} valid / "
                     f"{len(dataset.test)} test rows, {dataset.spec.item_vocab.size - 2} items")
+    if job.hard_negatives_from is not None:
+        dataset = with_hard_negatives(dataset, job.hard_negatives_from, seed=train_config.seed)
     record = None
     if strategy is not None:
         from .distributed import train_model_distributed, worker_record, write_model_dir
 
         parts, history, metrics = train_model_distributed(dataset, job.family, job.model, train_config, strategy)
+        history = _with_data_facts(history, dataset)
         out = write_model_dir(strategy, parts, dataset, job.out, metrics, train_config, history,
                               data_source=job.data, seed=train_config.seed)
         record = worker_record(strategy, parts, history, out)
@@ -252,11 +267,43 @@ def train_and_save(job: TrainJob) -> TrainOutcome:
 
             parts, history, metrics, dataset = train_model(dataset, job.family, job.model, train_config,
                                                            return_dataset=True)
+        history = _with_data_facts(history, dataset)
         out = save_model_dir(parts, dataset, job.out, metrics, train_config, history, data_source=job.data,
                              seed=train_config.seed)
         if getattr(parts, "content_table", None) is not None:
             write_content_reports(out, parts, dataset, metrics)
     return TrainOutcome(job.family, dataset.name, out, history, metrics, record)
+
+
+def _with_data_facts(history: dict, dataset) -> dict:
+    """The history a MODEL_DIR records, with how the training negatives were drawn when they were hard."""
+    hard = dataset.meta.get("hard_negatives")
+    return history if hard is None else {**history, "hard_negatives": hard}
+
+
+def with_hard_negatives(dataset, retrieval_dir: str, seed: int = 0):
+    """``dataset`` with half its training negatives drawn from the retriever in ``retrieval_dir``.
+
+    Raises:
+        SpecError: the folder is not a retrieval MODEL_DIR, or its item vocabulary is not this
+            dataset's (a retriever trained on other data would rank other items).
+    """
+    from .model_dir import load_model_dir
+    from .retrieval import HARD_NEGATIVE_M, with_retrieved_negatives
+
+    retriever = load_model_dir(retrieval_dir)
+    if getattr(retriever, "family", None) != RETRIEVAL or not hasattr(retriever, "item_vectors"):
+        raise SpecError(expected("--hard-negatives-from a retrieval MODEL_DIR (edgerec train --model retrieval)",
+                                 f"{retrieval_dir}: family {getattr(retriever, 'family', None)!r}"))
+    items = int(np.asarray(retriever.item_vectors).shape[0])
+    if items != dataset.spec.item_vocab.size:
+        raise SpecError(expected(f"a retriever over this dataset's {dataset.spec.item_vocab.size} item ids",
+                                 f"{retrieval_dir}: {items} item vectors"))
+    hard = with_retrieved_negatives(dataset, retriever.user_vectors, retriever.item_vectors, m=HARD_NEGATIVE_M,
+                                    seed=seed)
+    hard.meta["hard_negatives"]["retrieval"] = str(retrieval_dir)
+    logger.info("hard negatives from %s: %s", retrieval_dir, hard.meta["hard_negatives"])
+    return hard
 
 
 def write_content_reports(model_dir, parts, dataset, metrics: dict) -> None:

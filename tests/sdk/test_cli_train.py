@@ -90,3 +90,36 @@ def test_train_job_round_trips_through_json_and_checks_its_fields():
             TrainJob(out="x", **bad)
     with pytest.raises(SpecError, match="train-job keys"):
         TrainJob.from_dict({"out": "x", "gpus": 1})
+
+
+@pytest.mark.slow
+def test_hard_negatives_from_a_retriever_reach_the_ranker_and_its_model_dir(tmp_path, capsys):
+    from edgerec.sdk.cli import main
+
+    retriever, ranker = tmp_path / "retrieval", tmp_path / "din"
+    small = [a for a in SMALL if a != "--quiet"] + ["--quiet", "--epochs", "1"]
+    assert main(["train", "--model", "retrieval", "--encoder", "pooling", "--out", str(retriever), *small]) == 0
+    assert main(["train", "--model", "din", "--hard-negatives-from", str(retriever), "--out", str(ranker),
+                 *small]) == 0
+    capsys.readouterr()
+    history = json.loads((ranker / "edgerec_model.json").read_text())["config"]["history"]
+    hard = history["hard_negatives"]
+    assert hard["retrieval"] == str(retriever) and hard["m"] == 200 and hard["hard"] > 0
+    assert hard["per_positive"] >= 1
+
+    # a ranking model dir is not a retriever: refused before training, nothing written
+    code = main(["train", "--model", "din", "--hard-negatives-from", str(ranker), "--out", str(tmp_path / "x"),
+                 *small])
+    assert code == 2
+    assert "Expected --hard-negatives-from a retrieval MODEL_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_hard_negatives_are_refused_for_the_retrieval_family(tmp_path):
+    from edgerec.runtime.errors import SpecError
+    from edgerec.sdk.training.job import TrainJob
+
+    with pytest.raises(SpecError, match="hard negatives for a ranking family"):
+        TrainJob(out=str(tmp_path / "r"), family="retrieval", hard_negatives_from=str(tmp_path))
+    job = TrainJob(out=str(tmp_path / "d"), family="din", hard_negatives_from=tmp_path)
+    assert TrainJob.from_dict(job.to_dict()) == job
