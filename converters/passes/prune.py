@@ -10,6 +10,12 @@ yields 0 % on short runs), scaled per layer by how often the layer is called per
 embedding advances its step counter once per call). After ``strip_pruning`` the achieved
 sparsity is counted per layer (zeros / weights) and must match the target within ``tolerance``.
 
+``pair_blocks`` prunes Dense kernels and Embedding tables in blocks of two neighbours along the
+axis a packed 4-bit format stores in one byte (a Dense kernel's input axis: TFLite
+FULLY_CONNECTED and ONNX MatMulNBits pack along it; an Embedding's row): every pruned byte of the
+4-bit file is then 0x00 instead of half a byte beside a kept value, which is what gzip shrinks
+(the element-wise pruned MovieLens DIN table packed at 4 bits: 5.5 bits of entropy per byte).
+
 Examples:
     >>> PrunePass().run("m/fused.keras", PruneConfig(sparsity=0.5, data="m/calibration.npz"), "out")  # doctest: +SKIP
 """
@@ -42,6 +48,8 @@ class PruneConfig:
         tolerance: allowed |achieved − target| of the prunable weights, in fraction (0.01 = 1 point).
         custom_objects_module: module registering custom layers, imported before loading.
         seed: seed for the fine-tuning shuffle.
+        pair_blocks: prune Dense kernels ``(2, 1)`` and Embedding tables ``(1, 2)`` in pairs of
+            neighbours packed into one byte at 4 bits (weights with a dimension < 2 stay element-wise).
     """
 
     sparsity: float = 0.5
@@ -55,6 +63,7 @@ class PruneConfig:
     tolerance: float = 0.01
     custom_objects_module: str | None = None
     seed: int = 0
+    pair_blocks: bool = True
 
     def __post_init__(self):
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
@@ -82,9 +91,24 @@ def schedule_steps(rows: int, config: PruneConfig) -> tuple[int, int, int]:
     return total, end, frequency
 
 
+def pair_block(layer, enabled: bool = True) -> tuple[int, int]:
+    """The tfmot ``block_size`` of ``layer``: two neighbours that share a byte at 4 bits, ``(1, 1)`` otherwise.
+
+    Only a Dense kernel (pairs along the input axis) or an Embedding table (pairs along the row)
+    whose every dimension is at least 2 gets a pair block (tfmot squeezes the weight first).
+    """
+    kind = type(layer).__name__
+    weight = getattr(layer, "kernel", None) if kind == "Dense" else \
+        getattr(layer, "embeddings", None) if kind == "Embedding" else None
+    shape = tuple(getattr(weight, "shape", ()))
+    if not enabled or len(shape) != 2 or min(shape) < 2:
+        return (1, 1)
+    return (2, 1) if kind == "Dense" else (1, 2)
+
+
 class PrunePass(Pass):
     name = "prune"
-    version = 1
+    version = 2
     Config = PruneConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -107,7 +131,7 @@ class PrunePass(Pass):
         total, end, frequency = schedule_steps(len(labels), config)
 
         sparsity = tfmot.sparsity.keras
-        skipped, wrapped = [], {}
+        skipped, wrapped, blocks = [], {}, {}
 
         def clone(layer):
             if isinstance(layer, tf_keras.Model):
@@ -128,9 +152,12 @@ class PrunePass(Pass):
             calls = max(1, len(getattr(layer, "_inbound_nodes", [])))  # shared layers step once per call
             schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=float(config.sparsity),
                                                 begin_step=0, end_step=end * calls, frequency=frequency * calls)
+            block = pair_block(layer, config.pair_blocks)
             wrapped[layer.name] = calls
+            if block != (1, 1):
+                blocks[layer.name] = list(block)
             # Wrap the loaded layer itself (as tfmot does): built, weights kept, MHA internals intact.
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, block_size=block)
 
         try:
             pruned = tf_keras.models.clone_model(model, clone_function=clone)
@@ -155,7 +182,8 @@ class PrunePass(Pass):
         stripped.save(str(out))
         details = {"target_sparsity": float(config.sparsity), "achieved_sparsity": achieved,
                    "model_sparsity": report["model_sparsity"], "layers": report["layers"],
-                   "skipped_layers": skipped, "steps": total, "end_step": end, "frequency": frequency,
+                   "skipped_layers": skipped, "blocks": blocks, "steps": total, "end_step": end,
+                   "frequency": frequency,
                    "fine_tune_rows": int(len(labels))}
         return ExportedArtifact(path=str(out), format="keras", precision="fp32", part=source.part, details=details)
 
