@@ -85,13 +85,45 @@ class NegativeSampler:
             events, candidates, labels = events[perm], candidates[perm], labels[perm]
         return events, candidates, labels
 
+    def known_seen(self, user: int) -> np.ndarray:
+        """The known item indices (>= 2) the user interacted with, sorted and distinct."""
+        base = int(user) * self.vocab_size
+        lo, hi = np.searchsorted(self.interacted, (base + NUM_RESERVED, base + self.vocab_size))
+        return self.interacted[lo:hi] - base
+
     def ranking(self, positives: np.ndarray, negatives: int):
-        """Per positive event: the positive first, then up to ``negatives`` distinct unseen items."""
-        events, candidates, labels = [], [], []
-        for e in np.asarray(positives).tolist():
-            pool = self.unseen_pool(self.event_user[e])
-            chosen = self.rng.choice(pool, size=min(negatives, pool.size), replace=False)
-            events.append(np.full(1 + chosen.size, e))
-            candidates.append(np.concatenate(([self.event_item[e]], chosen)).astype(np.int32))
-            labels.append(np.concatenate(([1.0], np.zeros(chosen.size))).astype(np.float32))
-        return tuple(np.concatenate(a) for a in (events, candidates, labels))
+        """Per positive event: the positive first, then up to ``negatives`` distinct unseen items.
+
+        The negatives are ``rng.choice(unseen_pool(user), k, replace=False)``; that draw consumes
+        the generator by the pool's size alone, so the pool is never built: the picked ranks among
+        the unseen items are mapped to item indices through the user's few seen items
+        (`unseen_at`), which keeps this O(events per user) instead of O(catalogue) per user.
+        """
+        positives = np.asarray(positives)
+        num_known = self.vocab_size - NUM_RESERVED
+        sizes = np.empty(positives.size, np.int64)
+        chosen_parts = []
+        for row, e in enumerate(positives.tolist()):
+            seen = self.known_seen(self.event_user[e])
+            pool_size = num_known - seen.size
+            ranks = self.rng.choice(pool_size, size=min(negatives, pool_size), replace=False)
+            chosen_parts.append(np.concatenate(([self.event_item[e]], unseen_at(seen, ranks))).astype(np.int32))
+            sizes[row] = chosen_parts[-1].size
+        events = np.repeat(positives, sizes)
+        candidates = np.concatenate(chosen_parts) if chosen_parts else np.zeros(0, np.int32)
+        labels = np.zeros(candidates.size, np.float32)
+        labels[np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)] = 1.0
+        return events, candidates, labels
+
+
+def unseen_at(seen: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Item index of each 0-based rank among the known items NOT in ``seen`` (sorted distinct
+    indices >= 2): ``unseen_pool(user)[ranks]`` without building the pool.
+
+    Examples:
+        >>> unseen_at(np.array([2, 3, 5]), np.array([0, 1, 2])).tolist()
+        [4, 6, 7]
+    """
+    ranks = np.asarray(ranks, np.int64)
+    gaps = np.asarray(seen, np.int64) - NUM_RESERVED - np.arange(len(seen))   # unseen items before each seen one
+    return NUM_RESERVED + ranks + np.searchsorted(gaps, ranks, side="right")

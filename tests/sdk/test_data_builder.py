@@ -231,3 +231,21 @@ def test_sampler_finds_the_last_unseen_item_of_a_near_exhausted_user():
     _, candidates, labels = sampler.ranking(np.array([0, items0.size]), negatives=5)
     assert candidates[:2].tolist() == [2, 57] and labels[:2].tolist() == [1.0, 0.0]   # fewer when the pool is small
     assert 2 not in candidates[3:].tolist() and len(set(candidates[3:].tolist())) == 5
+
+
+def test_ranking_negatives_are_the_pool_draw_without_building_the_pool():
+    from edgerec.sdk.data.negatives import NegativeSampler, unseen_at
+    rng = np.random.default_rng(3)
+    vocab, counts = 3000, np.array([5, 40, 1500, 7])
+    event_item = np.concatenate([rng.choice(np.arange(1, vocab), c, replace=False) for c in counts])
+    event_user = np.repeat(np.arange(counts.size), counts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    sampler = NegativeSampler(event_user, event_item, starts, counts, vocab, np.random.default_rng(9), list("abcd"))
+    events, candidates, labels = sampler.ranking(starts + counts - 1, negatives=100)
+    reference = np.random.default_rng(9)
+    for user, start in enumerate(starts.tolist()):
+        pool = sampler.unseen_pool(user)
+        assert np.array_equal(unseen_at(sampler.known_seen(user), np.arange(pool.size)), pool)
+        mine = candidates[events == start + counts[user] - 1]
+        assert np.array_equal(mine[1:], reference.choice(pool, size=min(100, pool.size), replace=False))
+        assert labels[events == start + counts[user] - 1].tolist() == [1.0] + [0.0] * (mine.size - 1)
