@@ -8,7 +8,10 @@
    retrieves overlapping those of the Keras vector by at least `CascadeSettings.min_overlap`;
    the most compressed passing variant is selected per backend (an fp32 failure stops the export);
 3. builds the item index from R's ``item_vectors.npy`` (`edgerec.runtime.index`: row-quantized
-   int8 exact search, or HNSW for large catalogues);
+   int8 exact search, or HNSW for large catalogues) and, for HNSW, tunes its search width
+   (`tune_index`): ``ef_search`` doubles until recall@M against exact search over the fp32
+   vectors reaches `IndexConfig.target_recall` on the Keras tower's vectors of the held-out users,
+   else the exact index replaces the graph; the curve is recorded in the index's ``search_tuning``;
 4. adds artifacts and index files to the bundle (sha256 in the manifest, index files with role
    ``item_index``), then measures THROUGH the bundle (`cascade_metrics`) the index's recall@M vs
    exact search over the fp32 vectors, fits the cascade score's retrieval weight on validation
@@ -25,7 +28,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,7 +40,7 @@ from edgerec.runtime.errors import expected
 from edgerec.runtime.index import IndexConfig, ItemIndex
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
 
-from .cascade_metrics import load_heldout, measure_cascade
+from .cascade_metrics import exact_top, load_heldout, measure_cascade
 from .errors import ConverterConfigError
 from .flows import ENGINE_SOURCE, convert_parts
 from .select import LatencyConfig, measure_latencies
@@ -61,6 +64,8 @@ class CascadeSettings:
         eval_users: held-out users (a seeded sample) for tower validation, index recall and the
             retrieval / cascade / popularity metrics.
         ranker_users: users for the ranker-alone metric, which scores EVERY item per user.
+        ranker_rows: the most user x item rows that metric scores (fewer users at large catalogues:
+            at 10^6 items the default scores 2 users).
         min_overlap: the top-M overlap a compressed user tower must keep with the Keras tower.
         seed: seeds the user samples.
         retrieval_weight: the cascade score's retrieval weight in [0, 1] (`runtime.recommend.CascadeScore`);
@@ -71,12 +76,13 @@ class CascadeSettings:
     m: int = 200
     eval_users: int = 500
     ranker_users: int = 100
+    ranker_rows: int = 2_000_000
     min_overlap: float = 0.9
     seed: int = 0
     retrieval_weight: float | None = None
 
     def __post_init__(self):
-        for name in ("m", "eval_users", "ranker_users"):
+        for name in ("m", "eval_users", "ranker_users", "ranker_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConverterConfigError(expected(f"{name} as an int >= 1", value))
@@ -156,10 +162,13 @@ def add_retrieval(bundle, retrieval_dir, *, targets: Sequence[str] = ("tflite", 
         produced = convert_parts({USER_TOWER: str(source.tower)}, wanted, quantize, calibration, PassRunner(cache_dir),
                                  work / "stage", custom_objects_module=source.custom_objects_module, say=say)
         say(f"building the item index over {len(vectors) - NUM_RESERVED} items")
-        index = ItemIndex.build(vectors, ["", ""] + list(spec.item_vocab.tokens), settings.index)
+        ids = ["", ""] + list(spec.item_vocab.tokens)
+        index = ItemIndex.build(vectors, ids, settings.index)
+        reference = _vector(keras_tower_outputs(tower, users["inputs"]))
+        index = tune_index(index, vectors, ids, reference, users["seen"], settings, say)
         # the TensorRT-ready QDQ graph only feeds engine builds; no tower engine is built
         artifacts = [a for a in produced.artifacts if Path(a.path).name != ENGINE_SOURCE.file(USER_TOWER)]
-        checks = validate_towers(tower, artifacts, users["inputs"], index, settings, say)
+        checks = validate_towers(tower, artifacts, users["inputs"], index, settings, say, reference=reference)
         passing = [c["artifact"] for c in checks if not c["failures"]]
         feeds = {n: users["inputs"][n][:256] for n in tower.input_names}
         latencies = measure_latencies(passing, {USER_TOWER: feeds}, LatencyConfig(batch_sizes=(1,)))
@@ -181,18 +190,73 @@ def add_retrieval(bundle, retrieval_dir, *, targets: Sequence[str] = ("tflite", 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def validate_towers(tower, artifacts, inputs: dict, index: ItemIndex, settings: CascadeSettings, say) -> list[dict]:
-    """Each tower artifact against the Keras tower: ``{"artifact", "backend", "metrics", "failures"}``."""
-    from edgerec.runtime.contract import BACKEND_FOR_FORMAT
+def keras_tower_outputs(tower, inputs: dict) -> dict:
+    """The Keras user tower's outputs on the held-out user arrays it takes."""
+    from .validate import keras_outputs
 
-    from .validate import backend_outputs, keras_outputs
+    return keras_outputs(tower, _tower_feeds(tower, inputs))
 
+
+def _tower_feeds(tower, inputs: dict) -> dict:
     names = list(tower.input_names)
     feeds = {n: inputs[n] for n in names if n in inputs}
     missing = [n for n in names if n not in feeds]
     if missing:
         raise ValidationError(expected(f"held-out user arrays for the user tower inputs {names}", f"missing {missing}"))
-    reference = _vector(keras_outputs(tower, feeds))
+    return feeds
+
+
+def tune_index(index: ItemIndex, vectors: np.ndarray, ids, queries: np.ndarray, seen, settings: CascadeSettings,
+               say) -> ItemIndex:
+    """An HNSW ``index`` searching with the smallest ``ef_search`` whose recall@M against exact
+    search over the fp32 ``vectors`` reaches ``settings.index.target_recall`` on ``queries``
+    (user vectors, each user's ``seen`` rows excluded on both sides), tried by doubling from M up to
+    ``max_ef_search``; when none does and ``exact_fallback`` is set, an exact index over the same
+    vectors instead. The index's ``meta["search_tuning"]`` records the target, the users and every
+    setting tried with its recall (an exact index is returned untouched: it is the reference)."""
+    config, m = settings.index, settings.m
+    if index.kind != "hnsw" or config.target_recall is None:
+        return index
+    exact = np.asarray(vectors, np.float32)
+    truth = [exact_top(exact, q, m, s) for q, s in zip(queries, seen)]
+    tried, ef = [], max(m, 1)
+    while True:
+        ef = min(ef, config.max_ef_search)
+        index.set_ef_search(ef)
+        found = [index.search(q, m, exclude=s)[0] for q, s in zip(queries, seen)]
+        recall = float(np.mean([len(np.intersect1d(f, t)) / max(len(t), 1) for f, t in zip(found, truth)]))
+        tried.append({"ef_search": ef, f"recall@{m}": round(recall, 4)})
+        say(f"  HNSW ef_search {ef}: recall@{m} {recall:.4f} vs exact ({len(truth)} users)")
+        if recall >= config.target_recall or ef >= config.max_ef_search:
+            break
+        ef *= 2
+    met = tried[-1][f"recall@{m}"] >= config.target_recall
+    record = {"target": float(config.target_recall), "m": int(m), "users": len(truth), "tried": tried,
+              "reference": "exact dot product over the fp32 item vectors, seen items excluded; Keras tower vectors",
+              "met": bool(met)}
+    if met or not config.exact_fallback:
+        record["chosen"] = {"kind": "hnsw", "ef_search": int(index.ef_search)}
+        index.meta["search_tuning"] = record
+        return index
+    say(f"  no ef_search up to {config.max_ef_search} reaches recall {config.target_recall:g}: exact index instead")
+    exact_index = ItemIndex.build(vectors, ids, replace(config, kind="exact"))
+    record["chosen"] = {"kind": "exact", "reason": f"HNSW recall@{m} {tried[-1][f'recall@{m}']:.4f} < target "
+                                                   f"{config.target_recall:g} at ef_search {tried[-1]['ef_search']}"}
+    exact_index.meta["search_tuning"] = record
+    return exact_index
+
+
+def validate_towers(tower, artifacts, inputs: dict, index: ItemIndex, settings: CascadeSettings, say,
+                    reference: np.ndarray | None = None) -> list[dict]:
+    """Each tower artifact against the Keras tower (``reference``: its user vectors, computed when
+    None): ``{"artifact", "backend", "metrics", "failures"}``."""
+    from edgerec.runtime.contract import BACKEND_FOR_FORMAT
+
+    from .validate import backend_outputs
+
+    feeds = _tower_feeds(tower, inputs)
+    if reference is None:
+        reference = _vector(keras_tower_outputs(tower, inputs))
     truth = [index.search(u, settings.m)[0] for u in reference]
     checks = []
     for art in artifacts:

@@ -6,7 +6,9 @@ backend the runtime picks, the stored index), on R's held-out users:
 * ``index``: recall@M of the served index (quantized rows or HNSW) against exact search over the
   fp32 item vectors, seen items excluded on both sides;
 * ``full_catalogue.retrieval``: the index's top-100 (seen items excluded);
-* ``full_catalogue.ranker``: the ranker scoring EVERY item for ``ranker_users`` users;
+* ``full_catalogue.ranker``: the ranker scoring EVERY item for ``ranker_users`` users, fewer when
+  users x items would pass the ``ranker_rows`` budget (`ranker_user_budget`; the block records
+  its ``users`` and ``row_budget``);
 * ``full_catalogue.cascade``: M retrieved items ordered by the bundle's `CascadeScore` (what
   `Predictor.recommend` returns), top 100 of them; the retrieval weight is fitted on validation
   events (`previous_event_users`), never on the held-out items, and recorded with its
@@ -94,15 +96,16 @@ def measure_cascade(bundle, vectors: np.ndarray, users: dict, heldout_path, sett
         say(f"  retrieval weight {fusion.retrieval_weight:.2f} ({fusion.ranker_transform} ranker scores)")
         stages = retrieve_and_rank(model, retriever, users, max(m, TOP), m, need_ranker=True)
         exact = np.asarray(vectors, np.float32)
-        truth = [_exact_top(exact, vector, m, seen) for vector, seen in zip(stages["vectors"], users["seen"])]
+        truth = [exact_top(exact, vector, m, seen) for vector, seen in zip(stages["vectors"], users["seen"])]
         served = [rows[:m] for rows in stages["rows"]]
         recall = float(np.mean([len(np.intersect1d(s, t)) / max(len(t), 1) for s, t in zip(served, truth)]))
         say(f"  index recall@{m} vs exact: {recall:.4f} ({len(served)} users)")
         positives = users["positives"]
         blocks = {RETRIEVAL: _block(full_catalogue_metrics(retrieval_tops(stages), positives, topk=True), len(positives)),
                   CASCADE: cascade_block(stages, positives, fusion)}
-        ranked = load_heldout(heldout_path, settings.ranker_users, settings.seed + 1)
-        blocks[RANKER] = _block(_ranker_all(model, ranked, index.num_items), len(ranked["positives"]))
+        ranked = load_heldout(heldout_path, ranker_user_budget(settings, index.num_items), settings.seed + 1)
+        blocks[RANKER] = {**_block(_ranker_all(model, ranked, index.num_items), len(ranked["positives"])),
+                          "row_budget": int(settings.ranker_rows)}
         blocks[POPULARITY] = popularity_block(users, index.num_items)
         blocks[CASCADE_RANKER_ORDER] = cascade_block(stages, positives, CascadeScore())
         for name, block in blocks.items():
@@ -116,9 +119,17 @@ def measure_cascade(bundle, vectors: np.ndarray, users: dict, heldout_path, sett
                         USER_TOWER: index.meta.get(USER_TOWER, {}), CASCADE_SCORE: record})
         if "ann" in index.meta:
             summary["ann"] = dict(index.meta["ann"])
+        if "search_tuning" in index.meta:
+            summary["search_tuning"] = index.meta["search_tuning"]
         return {INDEX: summary, FULL_CATALOGUE: blocks}
     finally:
         model.close()
+
+
+def ranker_user_budget(settings, num_items: int) -> int:
+    """Users the ranker-alone block scores EVERY item for: ``settings.ranker_users``, fewer when
+    users x items would pass ``settings.ranker_rows`` (at least one)."""
+    return int(max(1, min(settings.ranker_users, settings.ranker_rows // max(num_items, 1))))
 
 
 def retrieve_and_rank(model, retriever, users: dict, depth: int, m: int, need_ranker: bool = True) -> dict:
@@ -272,7 +283,9 @@ def _paired(metrics: dict, reference: dict) -> dict:
     return out
 
 
-def _exact_top(vectors: np.ndarray, vector: np.ndarray, m: int, seen) -> np.ndarray:
+def exact_top(vectors: np.ndarray, vector: np.ndarray, m: int, seen) -> np.ndarray:
+    """The ``m`` rows of ``vectors`` with the highest dot product with ``vector``, best first;
+    padding/OOV and the ``seen`` rows left out."""
     scores = vectors @ vector
     scores[:NUM_RESERVED] = -np.inf
     scores[np.asarray(seen, np.int64)] = -np.inf

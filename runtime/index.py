@@ -47,6 +47,10 @@ ANN_DTYPES = ("i8", "f16", "f32")
 EXACT_MAX_ITEMS = 50_000
 CONNECTIVITY = 16
 DEFAULT_EF_SEARCH = 256
+# an export raises ef_search (doubling) until the HNSW recall@M against exact search reaches the
+# target, up to MAX_EF_SEARCH; a graph that cannot reach it is replaced by the exact index
+DEFAULT_TARGET_RECALL = 0.95
+MAX_EF_SEARCH = 8192
 # graph-build candidate width (usearch's own default). A cheaper 40 built 2e5 clustered unit
 # vectors in half the time at recall@200 0.991 (ef_search 256), but held only 0.949 at 10^6 items
 DEFAULT_EXPANSION_ADD = 128
@@ -70,6 +74,12 @@ class IndexConfig:
         ann_dtype: how the HNSW graph stores vectors (``i8``, ``f16``, ``f32``).
         exact_max_items: the catalogue size up to which ``auto`` means exact.
         build_threads: threads used to build the graph (0: all cores).
+        target_recall: the recall@M against exact search an export tunes ``ef_search`` for
+            (`edgerec.converters.cascade.tune_index`); None keeps ``ef_search`` as given.
+        max_ef_search: the widest ``ef_search`` tuning tries.
+        exact_fallback: when no tried ``ef_search`` reaches ``target_recall``, serve the exact
+            index instead (slower per request, never below the target); False keeps the graph at
+            the widest setting tried and records that the target was missed.
 
     Examples:
         >>> IndexConfig(kind="auto").resolved_kind(10_000)
@@ -83,18 +93,27 @@ class IndexConfig:
     ann_dtype: str = "f16"
     exact_max_items: int = EXACT_MAX_ITEMS
     build_threads: int = 0
+    target_recall: float | None = DEFAULT_TARGET_RECALL
+    max_ef_search: int = MAX_EF_SEARCH
+    exact_fallback: bool = True
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise SpecError(expected(f"index kind among {KINDS}", self.kind))
         if self.ann_dtype not in ANN_DTYPES:
             raise SpecError(expected(f"ann_dtype among {ANN_DTYPES}", self.ann_dtype))
-        for name in ("ef_search", "connectivity", "expansion_add", "exact_max_items"):
+        for name in ("ef_search", "connectivity", "expansion_add", "exact_max_items", "max_ef_search"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(expected(f"{name} as an int >= 1", value))
         if isinstance(self.build_threads, bool) or not isinstance(self.build_threads, int) or self.build_threads < 0:
             raise SpecError(expected("build_threads as an int >= 0", self.build_threads))
+        target = self.target_recall
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0.0 < target <= 1.0):
+            raise SpecError(expected("target_recall as None or a number in (0, 1]", target))
+        if not isinstance(self.exact_fallback, bool):
+            raise SpecError(expected("exact_fallback as a bool", self.exact_fallback))
 
     def resolved_kind(self, num_items: int) -> str:
         if self.kind != "auto":
@@ -142,6 +161,17 @@ class ItemIndex:
         if codes is not None and codes.size <= CHUNK_CELLS:
             self._table = dequantize_rows(codes, scales)
         self.ef_search = int(meta.get("ann", {}).get("ef_search", DEFAULT_EF_SEARCH))
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Search the HNSW graph with this candidate-list width from now on; it is saved in
+        `META_FILE`, so a loaded bundle searches with it too."""
+        if self.kind != "hnsw":
+            raise SpecError(expected("an hnsw index to set ef_search on", self.kind))
+        if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)) or ef_search < 1:
+            raise SpecError(expected("ef_search as an int >= 1", ef_search))
+        self.ef_search = int(ef_search)
+        self.meta["ann"]["ef_search"] = self.ef_search
+        self._ann.expansion_search = self.ef_search
 
     @property
     def recommendable(self) -> int:

@@ -100,10 +100,10 @@ def test_manifest_records_index_and_full_catalogue_sections(cascade):
     assert index["kind"] == "exact" and index["num_items"] == S.VOCAB and index["m"] == 20
     assert 0.9 <= index["recall@20"] <= 1.0 and index["recall_users"] == 30
     assert set(data["full_catalogue"]) == {"retrieval", "ranker", "cascade", "popularity", "cascade_ranker_order"}
-    for block in data["full_catalogue"].values():
-        assert set(block) == {"hr@10", "ndcg@10", "recall@100", "users"}
+    for name, block in data["full_catalogue"].items():
+        assert set(block) == {"hr@10", "ndcg@10", "recall@100", "users"} | ({"row_budget"} if name == "ranker" else set())
         assert all(0.0 <= block[k] <= 1.0 for k in ("hr@10", "ndcg@10", "recall@100"))
-    assert data["full_catalogue"]["ranker"]["users"] == 5
+    assert data["full_catalogue"]["ranker"]["users"] == 5 and data["full_catalogue"]["ranker"]["row_budget"] == 2_000_000
     fusion = index["cascade_score"]
     assert 0.0 <= fusion["retrieval_weight"] <= 1.0 and fusion["ranker_transform"] == "logit"   # a sigmoid ranker
     assert fusion["fitted_on"]["users"] <= 30 and len(fusion["validation"]) == 21
@@ -179,3 +179,68 @@ def test_validate_compares_the_ranker_with_keras_and_remeasures_the_full_catalog
             assert set(row["paired_delta_vs_fp32"]["cascade"]) >= {"hr@10", "hr@10_se"}
     chosen = next(r for r in rows if r["selected"])
     assert all(abs(d) <= 0.005 for d in chosen["delta_vs_manifest"]["cascade"].values())
+
+
+def _gaussian_index(kind: str, n: int = 6000, dim: int = 16):
+    from edgerec.runtime.index import IndexConfig, ItemIndex
+    vectors = np.random.default_rng(1).normal(size=(n, dim)).astype(np.float32)
+    vectors[:2] = 0
+    ids = ["", ""] + [f"i{i}" for i in range(n - 2)]
+    return vectors, ids, ItemIndex.build(vectors, ids, IndexConfig(kind=kind))
+
+
+def _tune(index, vectors, ids, m: int, **config):
+    from edgerec.converters.cascade import CascadeSettings, tune_index
+    from edgerec.runtime.index import IndexConfig
+    rng = np.random.default_rng(2)
+    queries = rng.normal(size=(30, vectors.shape[1])).astype(np.float32)
+    seen = [rng.integers(2, len(vectors), 5) for _ in queries]
+    settings = CascadeSettings(index=IndexConfig(kind="hnsw", **config), m=m)
+    return tune_index(index, vectors, ids, queries, seen, settings, lambda line: None), queries, seen
+
+
+def _recall(index, vectors, queries, seen, m):
+    from edgerec.converters.cascade_metrics import exact_top
+    found = [index.search(q, m, exclude=s)[0] for q, s in zip(queries, seen)]
+    truth = [exact_top(vectors, q, m, s) for q, s in zip(queries, seen)]
+    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def test_tuning_widens_the_hnsw_search_until_the_recall_target_and_records_it():
+    from edgerec.runtime.index import ann_available
+    if not ann_available():
+        pytest.skip("usearch (the index extra) is not installed")
+    vectors, ids, index = _gaussian_index("hnsw")
+    tuned, queries, seen = _tune(index, vectors, ids, 20, target_recall=0.97)
+    record = tuned.meta["search_tuning"]
+    assert tuned.kind == "hnsw" and record["met"] and record["chosen"] == {"kind": "hnsw", "ef_search": tuned.ef_search}
+    assert [t["ef_search"] for t in record["tried"]] == [20 * 2 ** k for k in range(len(record["tried"]))]
+    assert record["tried"][-1]["recall@20"] >= 0.97 and tuned.meta["ann"]["ef_search"] == tuned.ef_search
+    assert _recall(tuned, vectors, queries, seen, 20) == pytest.approx(record["tried"][-1]["recall@20"], abs=1e-4)
+
+
+def test_an_unreachable_recall_target_falls_back_to_the_exact_index_or_is_recorded_as_missed():
+    from edgerec.runtime.index import ann_available
+    if not ann_available():
+        pytest.skip("usearch (the index extra) is not installed")
+    vectors, ids, index = _gaussian_index("hnsw")
+    # one try at ef_search = m = 100 on 16-d Gaussian vectors: below a perfect recall
+    kept, queries, seen = _tune(index, vectors, ids, 100, target_recall=1.0, max_ef_search=100, exact_fallback=False)
+    record = kept.meta["search_tuning"]
+    assert kept.kind == "hnsw" and not record["met"] and record["tried"][-1]["recall@100"] < 1.0
+    _, _, index = _gaussian_index("hnsw")
+    exact, _, _ = _tune(index, vectors, ids, 100, target_recall=1.0, max_ef_search=100)
+    assert exact.kind == "exact" and exact.meta["search_tuning"]["chosen"]["kind"] == "exact"
+    assert _recall(exact, vectors, queries, seen, 100) > record["tried"][-1]["recall@100"]
+    _, _, plain = _gaussian_index("exact", n=500)
+    untouched, _, _ = _tune(plain, vectors[:500], ids[:500], 20)
+    assert untouched is plain and "search_tuning" not in plain.meta
+
+
+def test_the_ranker_alone_metric_scores_fewer_users_at_a_large_catalogue():
+    from edgerec.converters.cascade import CascadeSettings
+    from edgerec.converters.cascade_metrics import ranker_user_budget
+    settings = CascadeSettings(ranker_users=100, ranker_rows=2_000_000)
+    assert ranker_user_budget(settings, 10_000) == 100
+    assert ranker_user_budget(settings, 1_000_000) == 2
+    assert ranker_user_budget(settings, 5_000_000) == 1

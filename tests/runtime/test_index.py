@@ -142,3 +142,24 @@ def test_loading_the_ann_library_leaves_onnxruntime_importable():
     code = "from edgerec.runtime.index import ann_available; assert ann_available(); import onnxruntime; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_the_search_width_set_at_export_is_saved_and_used_after_loading(tmp_path):
+    _need_usearch()
+    vectors = _clustered(3000, unit=True)
+    index = ItemIndex.build(vectors, _ids(3000), IndexConfig(kind="hnsw", ef_search=64))
+    index.set_ef_search(700)
+    assert index.meta["ann"]["ef_search"] == 700
+    names = index.save(tmp_path)
+    files = {name: (tmp_path / name).read_bytes() for name in names[1:]}
+    loaded = ItemIndex.from_bytes(json.loads((tmp_path / META_FILE).read_text()), files)
+    assert loaded.ef_search == 700 and loaded._ann.expansion_search == 700
+    query = vectors[10]
+    assert np.array_equal(loaded.search(query, 50)[0], index.search(query, 50)[0])
+    exact = ItemIndex.build(vectors, _ids(3000), IndexConfig(kind="exact"))
+    with pytest.raises(SpecError, match="hnsw"):
+        exact.set_ef_search(100)
+    with pytest.raises(SpecError, match="ef_search"):
+        index.set_ef_search(0)
+    with pytest.raises(SpecError, match="target_recall"):
+        IndexConfig(target_recall=1.5)
