@@ -52,6 +52,10 @@ class ScaleConfig:
             few events per item cover the whole catalogue, whose size is what is measured.
         max_seq_len / embedding_dim: the models' history length and item embedding width.
         train_rows: rows each model trains on (one epoch): the cost of a size, not its quality.
+        negatives: sampled negatives per training event in the built dataset. Training reads only
+            ``train_rows`` of its rows, and at 10^6 items x 3 x 10^6 events each extra negative is
+            ~0.6 GB of training rows held by both training stages; the export's validation rows
+            (the test split: 100 negatives per held-out user) do not depend on it.
         max_groups: validation ranking groups the export compares artifacts on.
         eval_users: held-out users of the cascade checks (tower validation, index recall).
         ranker_users: users whose every item the ranker scores for the ranker-alone metric.
@@ -68,6 +72,7 @@ class ScaleConfig:
     max_seq_len: int = 50
     embedding_dim: int = 32
     train_rows: int = 20_000
+    negatives: int = 1
     max_groups: int = 500
     eval_users: int = 200
     ranker_users: int = 2
@@ -80,8 +85,8 @@ class ScaleConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("events_per_user", "max_seq_len", "embedding_dim", "train_rows", "max_groups", "eval_users",
-                     "ranker_users", "requests", "k", "m"):
+        for name in ("events_per_user", "max_seq_len", "embedding_dim", "train_rows", "negatives", "max_groups",
+                     "eval_users", "ranker_users", "requests", "k", "m"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(expected(f"{name} as an int >= 1", value))
@@ -217,6 +222,7 @@ def _train(payload: dict) -> dict:
     model = {"embedding_dim": cfg.embedding_dim}
     job = TrainJob.from_dict({"out": payload["out"], "family": payload["family"], "data": "synthetic",
                               "data_options": payload["data"], "max_seq_len": cfg.max_seq_len,
+                              "negatives": cfg.negatives,
                               "model": model, "train": {"epochs": 1, "patience": 0, "seed": cfg.seed, "verbose": 0,
                                                         "max_train_rows": cfg.train_rows,
                                                         "full_catalogue_rows": 0}})
