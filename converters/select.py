@@ -7,8 +7,12 @@ all of them alike; the median per candidate and batch size is kept.
 
 Rules (each rejection keeps its reason):
 * an artifact that failed validation is rejected;
-* a compressed variant (fp16/dynamic/int8) whose |ΔAUC| exceeds the budget (default 0.003),
+* a compressed variant (fp16/dynamic/int8/int4) whose |ΔAUC| exceeds the budget (default 0.003),
   or that has no ΔAUC because the data had no labels, is rejected;
+* a compressed fused variant whose scores over the validator's candidate sweep (1,000 candidates
+  of one user) are less than `MIN_DISTINCT_SCORES` (99 %) distinct or tie inside the top 10 is
+  rejected with the measured figures (`resolution_problem`), and so are the split parts of the same
+  variant (``scorer_<variant>``, ``user_encoder_<variant>``): their scores come from the same graph;
 * then the objective decides (`OBJECTIVES`):
   ``latency`` — a compressed variant slower than fp32 at the selection batch size by more than
   ``slower_margin`` (5 %) is rejected; the fastest at that batch size is selected;
@@ -42,7 +46,7 @@ import numpy as np
 
 from edgerec.runtime.errors import expected
 
-from .specs import DEFAULT_BUDGET
+from .specs import DEFAULT_BUDGET, MIN_DISTINCT_SCORES
 from .validate import BACKEND_FOR_FORMAT, DeployableArtifact, ValidationError, ValidationReport, as_deployable
 
 COMPRESSED = ("fp16", "dynamic", "int8", "int4")
@@ -205,6 +209,7 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
             continue
         groups.setdefault((backend, res.part), []).append(res)
     composed = _composition_deltas(report)
+    coarse = _coarse_variants(report)
     for (backend, part), members in groups.items():
         fp32 = next((r for r in members if r.precision == "fp32" and r.passed), None)
         rows = []
@@ -230,7 +235,7 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
                 # no probability of its own: judged by user_encoder -> scorer against the Keras fused model
                 row["delta_auc"], row["delta_auc_source"] = composed[res.file], "composition"
             reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin, row["delta_auc"], objective,
-                                balanced_margin)
+                                balanced_margin) or coarse.get((backend, _variant_of(res.file, part)), "")
             if reason:
                 row["status"], row["reason"] = "rejected", reason
                 selection.rejected.append({"file": res.file, "backend": backend, "reason": reason})
@@ -275,6 +280,46 @@ def _composition_deltas(report: ValidationReport) -> dict[str, float]:
     return found
 
 
+def resolution_problem(resolution: Mapping | None, minimum: float = MIN_DISTINCT_SCORES) -> str:
+    """Why a compressed variant's score resolution (``metrics["score_resolution"]``) is too coarse, or "".
+
+    Examples:
+        >>> resolution_problem({"candidates": 1000, "distinct_fraction": 0.906, "top10_tied": 6})
+        'score resolution: 906 distinct scores among 1000 candidates (90.6% < 99%), 6 of the top 10 tied'
+    """
+    if not resolution or not resolution.get("candidates"):
+        return ""
+    count = int(resolution["candidates"])
+    distinct = float(resolution.get("distinct_fraction", 1.0))
+    tied_key = next((k for k in resolution if k.startswith("top") and k.endswith("_tied")), None)
+    tied = int(resolution.get(tied_key) or 0) if tied_key else 0
+    problems = []
+    if distinct < minimum:
+        problems.append(f"{round(distinct * count)} distinct scores among {count} candidates "
+                        f"({distinct:.1%} < {minimum:.0%})")
+    if tied:
+        problems.append(f"{tied} of the top {tied_key[3:-5]} tied")
+    return "score resolution: " + ", ".join(problems) if problems else ""
+
+
+def _variant_of(file: str, part: str) -> str:
+    """``fused_qdq_int8.onnx`` -> ``qdq_int8.onnx``: the variant a part's file belongs to."""
+    return file[len(part) + 1:] if file.startswith(part + "_") else file
+
+
+def _coarse_variants(report: ValidationReport) -> dict[tuple, str]:
+    """``{(backend, variant): reason}`` for the compressed split parts whose fused variant is too coarse."""
+    found = {}
+    for res in report.results:
+        if res.part != "fused" or res.precision not in COMPRESSED:
+            continue
+        problem = resolution_problem(res.metrics.get("score_resolution"))
+        if problem:
+            found[(BACKEND_FOR_FORMAT[res.format], _variant_of(res.file, "fused"))] = f"its fused variant {res.file}: " \
+                f"{problem}"
+    return found
+
+
 def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objective="latency",
                balanced_margin=BALANCED_MARGIN) -> str:
     if not res.passed:
@@ -290,6 +335,9 @@ def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objectiv
     if abs(delta) > budget:
         auc = res.metrics.get("auc")
         return f"|ΔAUC| {abs(delta):.4f} exceeds the budget {budget:g}" + (f" (AUC {auc:.4f})" if auc else "")
+    coarse = resolution_problem(res.metrics.get("score_resolution")) if res.part == "fused" else ""
+    if coarse:
+        return coarse
     if fp32 is None or objective == "size":
         return ""
     checked = [batch] if objective == "latency" else sorted(lat)

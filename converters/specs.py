@@ -27,6 +27,10 @@ from edgerec.runtime.spec import FeatureSpec
 
 DEFAULT_BUDGET = 0.003            # selection: |ΔAUC| allowed for a compressed variant
 RECALL_K = 10
+# selection: a compressed fused variant needs this share of distinct scores among the validator's
+# candidate sweep and no tie inside the top RECALL_K (a quantized sigmoid or quantized activations
+# before the head collapse candidates onto the same score: the app would break ties arbitrarily)
+MIN_DISTINCT_SCORES = 0.99
 
 
 @dataclass(frozen=True)

@@ -149,3 +149,35 @@ def test_candidates_table_lists_every_row_with_its_reason():
     assert "ms@1" in text[0] and "ms@256" in text[0] and len(text) == 4
     assert text[2].startswith("a.tflite") and "2.0" in text[2] and text[2].endswith("selected")
     assert text[3].endswith("rejected: no engine") and " - " in text[3]
+
+
+def test_coarse_scores_are_refused_with_the_measured_resolution_and_so_are_their_split_parts():
+    """A compressed variant whose 1,000 sweep scores collapse (quantized activations before the head) is
+    rejected with its figures, whatever the objective; fp32 never is; the same variant's scorer goes too."""
+    from edgerec.converters.select import resolution_problem
+
+    fine = {"candidates": 1000, "distinct_fraction": 1.0, "top10_tied": 0}
+    results = [_res("fused_fp32.onnx", "fp32", "onnx"), _res("fused_qdq_t4.onnx", "int4", "onnx", delta=0.001),
+               _res("fused_dynamic_t4.onnx", "int4", "onnx", delta=0.001),
+               _res("fused_int8.onnx", "int8", "onnx", delta=0.001)]
+    resolutions = [dict(fine, distinct_fraction=0.97), {"candidates": 1000, "distinct_fraction": 0.886, "top10_tied": 3},
+                   fine, dict(fine, top10_tied=2)]
+    for res, resolution in zip(results, resolutions):
+        res.metrics["score_resolution"] = resolution
+    scorers = [_res(f, p, "onnx", delta=0.001) for f, p in (("scorer_fp32.onnx", "fp32"), ("scorer_qdq_t4.onnx", "int4"),
+                                                            ("scorer_dynamic_t4.onnx", "int4"))]
+    for res in scorers:
+        res.part = "scorer"
+    lat = {r.file: {1: 0.1, 256: 1.0} for r in results + scorers}
+    sizes = {"fused_fp32.onnx": 1000, "fused_qdq_t4.onnx": 100, "fused_dynamic_t4.onnx": 150, "fused_int8.onnx": 90,
+             "scorer_fp32.onnx": 1000, "scorer_qdq_t4.onnx": 100, "scorer_dynamic_t4.onnx": 150}
+    sel = select_variants(ValidationReport(results=results + scorers), lat, sizes=sizes, objective="size")
+    assert sel.selected == {"onnxruntime": {"fused": "fused_dynamic_t4.onnx", "scorer": "scorer_dynamic_t4.onnx"}}
+    reasons = {r["file"]: r["reason"] for r in sel.rejected}
+    assert set(reasons) == {"fused_qdq_t4.onnx", "fused_int8.onnx", "scorer_qdq_t4.onnx"}
+    assert reasons["fused_qdq_t4.onnx"] == ("score resolution: 886 distinct scores among 1000 candidates "
+                                            "(88.6% < 99%), 3 of the top 10 tied")
+    assert reasons["fused_int8.onnx"] == "score resolution: 2 of the top 10 tied"
+    assert reasons["scorer_qdq_t4.onnx"] == "its fused variant fused_qdq_t4.onnx: " + reasons["fused_qdq_t4.onnx"]
+    assert sel.row("fused_fp32.onnx")["distinct_fraction"] == 0.97          # fp32 is reported, never refused
+    assert resolution_problem(fine) == "" and resolution_problem(None) == ""
