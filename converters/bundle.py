@@ -10,6 +10,9 @@ either the old bundle or the complete new one, never neither. Everything is JSON
     BUNDLE/examples.jsonl       ~32 raw requests + `expected` (Keras fused probability);
                                 BYOM: {"inputs": {name: rows}, "expected": {output: rows}}
     BUNDLE/<artifact files>     selected artifacts and every other one that passed validation
+    BUNDLE/shared-<sha256>.bin  large constants several artifacts hold (the item table of every
+                                part and variant), stored once (`shared_tables`, manifest
+                                ``shared_tables``); the artifacts name them
 
 Examples:
     >>> manifest = write_bundle("out/bundle", artifacts=staged, report=report, selection=selection,
@@ -35,6 +38,7 @@ from edgerec.runtime.io import atomic_write_text, replace_folder, sha256_file, w
 from edgerec.runtime.manifest import Artifact, Manifest, TensorSpec, file_entry, load_manifest, write_manifest
 
 from .select import Selection
+from .shared_tables import MIN_SHARED_BYTES, share_tables
 from .validate import BACKEND_FOR_FORMAT, ValidationReport, as_deployable
 
 EXAMPLES_NAME = "examples.jsonl"
@@ -119,7 +123,8 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
                  examples: Sequence[dict], feature_spec_path: str | os.PathLike | None = None,
                  model_info: Mapping | None = None, lineage: Mapping | None = None,
                  extra_files: Mapping[str, str | os.PathLike] | None = None, overwrite: bool = True,
-                 archive: str | os.PathLike | None = None, unverified: Mapping[str, str] | None = None) -> Manifest:
+                 archive: str | os.PathLike | None = None, unverified: Mapping[str, str] | None = None,
+                 share_min_bytes: int | None = MIN_SHARED_BYTES) -> Manifest:
     """Write the bundle directory atomically and return its manifest.
 
     Args:
@@ -135,6 +140,8 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
         archive: also write a single-file ``.tar.gz`` of the bundle at this path.
         unverified: ``{file: reason}`` of artifacts whose backend cannot run here (not in ``report``):
             kept when selected, with their recorded signature and ``validation: {verified: false, reason}``.
+        share_min_bytes: constants of at least this many bytes held by two or more artifacts are
+            stored once (`shared_tables.share_tables`); None keeps every artifact whole.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -158,6 +165,9 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
         records = []
         for art in keep:
             shutil.copyfile(art.path, tmp / art.file)
+        shared = {} if share_min_bytes is None else share_tables(tmp, [(a.file, a.format) for a in keep],
+                                                                  share_min_bytes)
+        for art in keep:
             if art.file in unverified:
                 inputs, outputs = list(art.inputs), list(art.outputs)
                 validation = {"verified": False, "reason": unverified[art.file]}
@@ -172,7 +182,7 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
                 sha256=sha256_file(tmp / art.file), size_bytes=(tmp / art.file).stat().st_size,
                 inputs=inputs, outputs=outputs, validation=_json_safe(validation),
                 lineage=_json_safe(art.lineage), details=_json_safe(art.details)))
-        files = []
+        files = [file_entry(tmp, table["file"], "shared_table") for table in shared.get("tables", ())]
         spec_name = None
         if feature_spec_path is not None:
             shutil.copyfile(feature_spec_path, tmp / FEATURE_SPEC_NAME)
@@ -192,7 +202,7 @@ def write_bundle(out: str | os.PathLike, *, artifacts: Sequence, report: Validat
             lineage=_json_safe({**dict(lineage or {}), "tools": tool_versions(),
                                 "validation": {"rows": report.rows, "reference": report.reference,
                                                "compositions": report.compositions}}),
-            candidates=_json_safe(selection.table),
+            candidates=_json_safe(selection.table), shared_tables=shared,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         write_manifest(tmp, manifest)
         load_manifest(tmp, verify=True)  # what we wrote must read back and verify

@@ -1,7 +1,8 @@
 """One verified, loaded bundle version: its manifest, feature spec and a backend per part.
 
 `LoadedBundle.open` verifies every sha256 (and, given trusted keys, the manifest's signature)
-and hands backends the very bytes it hashed, never a second read by path. It accepts a
+and hands backends the very bytes it hashed, never a second read by path, with the verified
+bytes of the shared tables those artifacts read (`shared_tables.SharedTables`). It accepts a
 .tar/.tar.gz archive (extracted within `archives.ArchiveLimits`; the temp folder goes when the
 bundle is closed or garbage-collected), and picks the artifacts the manifest selected for the
 backend. It counts in-flight calls so a hot swap can retire it only after they finish.
@@ -30,6 +31,7 @@ from .io import strict_json_loads
 from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
 from .scores import rows_of, scorer_shared_inputs, spread_rows
+from .shared_tables import SharedTables
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
 RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
@@ -236,8 +238,14 @@ class LoadedBundle:
         self.backend_name = choose_backend(self.manifest, backend)
         chosen = selected_files(self.manifest, self.backend_name)
         spec_file = self.manifest.feature_spec
+        blobs = SharedTables.files_for(self.manifest, chosen.values())
         verified = verify_files(path, self.manifest,
-                                keep=[*chosen.values(), *([spec_file] if spec_file is not None else [])])
+                                keep=[*chosen.values(), *blobs, *([spec_file] if spec_file is not None else [])])
+        tables = SharedTables.from_manifest(self.manifest, verified)
+        # The sessions keep what they need of the tables (ONNX Runtime: one OrtValue per table,
+        # shared by every session); a session cache key needs no more than the artifact's sha256,
+        # which covers the sha256 of each blob it names.
+        load_options = dict(options) if tables is None else {**options, "shared_tables": tables}
         if spec_file is not None:
             self.spec = spec_from_bytes(verified[spec_file], spec_file)
             self.preprocessor = Preprocessor(self.spec)
@@ -245,7 +253,7 @@ class LoadedBundle:
         for part, file in chosen.items():
             artifact = self.manifest.artifact(file)
             make = lambda f=file: create_backend(self.backend_name, path / f, model_bytes=verified[f],  # noqa: E731
-                                                 **options)
+                                                 **load_options)
             if self._sessions is not None:
                 key = SessionCache.key(self.backend_name, artifact.sha256, options)
                 loaded = self._sessions.acquire(key, make)
@@ -257,8 +265,8 @@ class LoadedBundle:
             self.output_names[part] = check_signature(part, artifact, loaded)
         if {"user_encoder", "scorer"} <= set(self.parts):
             self.shared_inputs["scorer"] = scorer_shared_inputs(self, chosen["scorer"], verified[chosen["scorer"]],
-                                                                options)
-        del verified
+                                                                load_options)
+        del verified, tables, load_options
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
         self.request_inputs = frozenset(t.name for p in row_parts for t in self.parts[p].inputs)

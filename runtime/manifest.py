@@ -6,6 +6,7 @@ A bundle is a directory::
     BUNDLE/feature_spec.json  optional (absent for bring-your-own models)
     BUNDLE/*.tflite|*.onnx    artifacts
     BUNDLE/examples.jsonl     raw requests with the trained model's `expected` output
+    BUNDLE/shared-<sha256>.bin  constants several artifacts read, stored once (`shared_tables`)
     BUNDLE/manifest.sig       optional Ed25519 signature of manifest.json (`signing`)
 
 Every file is listed with its sha256 and size; `load_manifest(verify=True)` refuses a bundle
@@ -27,6 +28,7 @@ from .contract import FORMATS, PARTS, PRECISIONS  # noqa: F401  (re-exported)
 from .errors import BundleError, IntegrityError, expected
 from .io import atomic_write_json, sha256_file, strict_json_loads
 from .manifest_schema import manifest_problems
+from .shared_tables import check_record
 
 MANIFEST_SCHEMA_VERSION = 1
 # manifest.json is read whole before parsing: real ones are tens of KB.
@@ -95,10 +97,11 @@ class Manifest:
     schema_version: int = MANIFEST_SCHEMA_VERSION
     index: dict = field(default_factory=dict)            # cascade bundles: the item index
     full_catalogue: dict = field(default_factory=dict)   # cascade bundles: full-catalogue quality
+    shared_tables: dict = field(default_factory=dict)    # constants stored once: who reads which blob
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        for key in ("index", "full_catalogue"):     # sections only cascade bundles have
+        for key in ("index", "full_catalogue", "shared_tables"):     # sections only some bundles have
             if not data[key]:
                 del data[key]
         return data
@@ -120,6 +123,8 @@ class Manifest:
         if spec is not None and spec not in {f["file"] for f in data.get("files", [])}:
             raise BundleError(expected(f"the feature spec {spec!r} listed with its sha256 in the manifest's files",
                                        "not listed"))
+        shared = dict(data.get("shared_tables", {}))
+        check_record(shared, data.get("files", []), {a["file"] for a in data["artifacts"]})
         return cls(
             artifacts=[Artifact.from_dict(a) for a in data["artifacts"]],
             selected=dict(data.get("selected", {})), rejected=list(data.get("rejected", [])),
@@ -128,6 +133,7 @@ class Manifest:
             candidates=list(data.get("candidates", [])), created=str(data.get("created", "")),
             bundle_version=int(data.get("bundle_version", 1)), schema_version=version,
             index=dict(data.get("index", {})), full_catalogue=dict(data.get("full_catalogue", {})),
+            shared_tables=shared,
         )
 
     def artifact(self, file: str) -> Artifact:

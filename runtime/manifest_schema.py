@@ -63,6 +63,17 @@ MANIFEST_SCHEMA: dict = {
         "full_catalogue": {"description": "retrieval / ranker / cascade / popularity blocks of hr@10, "
                                           "ndcg@10 and recall@100 measured through the bundle's artifacts",
                            "type": "object", "additionalProperties": {"type": "object"}},
+        "shared_tables": {"description": "constants several artifacts read, each stored once as a file of "
+                                         "`files` named shared-<sha256>.bin: ONNX initializers as external data, "
+                                         "TFLite buffers past the flatbuffer (a trailer names each blob's offset)",
+                          "type": "object", "required": ["tables"], "additionalProperties": False,
+                          "properties": {
+                              "min_bytes": {"type": "integer", "minimum": 1},
+                              "bytes_saved": {"type": "integer"},
+                              "ram": {"description": "backend -> what sharing does to runtime memory",
+                                      "type": "object", "additionalProperties": {"type": "string", "maxLength": 512}},
+                              "tables": {"type": "array", "maxItems": MAX_FILES,
+                                         "items": {"$ref": "#/$defs/shared_table"}}}},
     },
     "$defs": {
         "name": _NAME,
@@ -92,6 +103,21 @@ MANIFEST_SCHEMA: dict = {
                 "lineage": {"type": "array"},
                 "details": {"type": "object"},
             }},
+        "shared_table": {
+            "type": "object", "required": ["file", "sha256", "size_bytes", "uses"], "additionalProperties": False,
+            "properties": {
+                "file": {"type": "string", "pattern": "^shared-[0-9a-f]{64}\\.bin$"},
+                "sha256": {"$ref": "#/$defs/sha256"},
+                "size_bytes": {"$ref": "#/$defs/size"},
+                "uses": {"type": "array", "minItems": 1, "maxItems": 10 * MAX_FILES, "items": {
+                    "type": "object", "required": ["artifact", "tensor"], "additionalProperties": False,
+                    "properties": {
+                        "artifact": {"$ref": "#/$defs/name"},
+                        "tensor": {"description": "ONNX initializer name, or 'buffer N' of a TFLite flatbuffer",
+                                   "type": "string", "minLength": 1, "maxLength": 1024},
+                        "onnx_type": {"type": "integer", "minimum": 0, "maximum": 64},
+                        "shape": {"type": "array", "maxItems": 16,
+                                  "items": {"type": "integer", "minimum": 0, "maximum": 1 << 40}}}}}}},
         "file": {
             "type": "object", "required": ["file", "sha256", "size_bytes"], "additionalProperties": False,
             "properties": {"file": {"$ref": "#/$defs/name"}, "sha256": {"$ref": "#/$defs/sha256"},
@@ -175,6 +201,8 @@ def _check(value: Any, schema: Any, path: str, problems: list, limit: int) -> No
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             problems.append(f"{where}: expected at most {schema['maxItems']} items, received: {len(value)}")
             return
+        if len(value) < schema.get("minItems", 0):
+            problems.append(f"{where}: expected at least {schema['minItems']} items, received: {len(value)}")
         if "items" in schema:
             for i, item in enumerate(value):
                 _check(item, schema["items"], f"{path}[{i}]", problems, limit)

@@ -3,8 +3,8 @@
 A bundle holds every variant the exporter built (all formats, precisions and parts, a few MB)
 while an app serving one backend loads only what the manifest selected for it (a few hundred
 KB). `pack_bundle` copies those artifacts plus the bundle's other listed files (feature spec,
-examples.jsonl, vocabularies), checks each copied file's sha256 against the source manifest, and
-writes a manifest listing only them. The result is an ordinary verified bundle: `rt.load`,
+examples.jsonl, vocabularies) and the shared tables those artifacts read, checks each copied
+file's sha256 against the source manifest, and writes a manifest listing only them. The result is an ordinary verified bundle: `rt.load`,
 `edgerec check` and `edgerec info` work on it.
 
 Examples:
@@ -28,6 +28,7 @@ from .describe import backend_files
 from .errors import BundleError, IntegrityError, expected
 from .io import replace_folder, sha256_file, write_archive
 from .loaded import selected_files
+from .shared_tables import SharedTables
 from .manifest import (ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, bundle_directory, confined_path, file_entry,
                        load_manifest, read_manifest, read_verified, verify_files, write_manifest)
 
@@ -96,7 +97,10 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     source_version = hashlib.sha256(manifest_bytes).hexdigest()[:16]
     chosen = selected_files(manifest, backend)
     towers = _index_towers(source, manifest, backend)
-    keep = backend_files(manifest, backend) + towers
+    served = list(dict.fromkeys([*chosen.values(), *towers]))
+    blobs = set(SharedTables.files_for(manifest, served))
+    unread = {t["file"] for t in manifest.shared_tables.get("tables", ())} - blobs
+    keep = [name for name in backend_files(manifest, backend) + towers if name not in unread]
     listed = {entry["file"]: entry for entry in manifest.all_files()}
     tmp.mkdir(parents=True)
     for name in keep:
@@ -108,7 +112,7 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
             raise IntegrityError(expected(f"{name} with sha256 {listed[name]['sha256']}", digest))
     artifacts = [dataclasses.replace(manifest.artifact(name), sha256=sha256_file(tmp / name),
                                      size_bytes=(tmp / name).stat().st_size)
-                 for name in dict.fromkeys([*chosen.values(), *towers])]
+                 for name in served]
     kept = {a.file for a in artifacts}
     files = [file_entry(tmp, entry["file"], entry.get("role", "")) for entry in manifest.files
              if isinstance(entry, dict) and entry.get("file") in keep and entry["file"] not in kept]
@@ -119,10 +123,23 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     # needs to know what it runs, not what was measured against it.
     packed = dataclasses.replace(
         manifest, artifacts=artifacts, selected={backend: dict(chosen)}, files=files, lineage=lineage,
-        rejected=[r for r in manifest.rejected if isinstance(r, dict) and r.get("file") in kept], candidates=[])
+        rejected=[r for r in manifest.rejected if isinstance(r, dict) and r.get("file") in kept], candidates=[],
+        shared_tables=_shared_record(manifest.shared_tables, kept))
     write_manifest(tmp, packed)
     load_manifest(tmp, verify=True)       # what we wrote must read back and verify
     return packed
+
+
+def _shared_record(record: dict, kept: set) -> dict:
+    """The ``shared_tables`` record of the packed bundle: the tables its artifacts read, their uses."""
+    tables = []
+    for table in record.get("tables", ()):
+        uses = [use for use in table["uses"] if use["artifact"] in kept]
+        if uses:
+            tables.append({**table, "uses": uses})
+    if not tables:
+        return {}
+    return {**{k: v for k, v in record.items() if k not in ("tables", "bytes_saved")}, "tables": tables}
 
 
 def _index_towers(source: Path, manifest: Manifest, backend: str) -> list[str]:

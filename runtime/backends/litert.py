@@ -6,10 +6,13 @@ previous call only sets tensors and invokes.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec
+from ..shared_tables import TRAILER_MAGIC, assemble_tflite, resolve, tflite_layout
 from .base import Backend, dims
 
 
@@ -34,7 +37,11 @@ class LiteRTBackend(Backend):
         model_path: the .tflite file.
         num_threads: interpreter threads (None = LiteRT default).
         signature: signature key; default the only one (or ``serving_default``).
-        model_bytes: the model, already read (and verified); ``model_path`` is then only a name.
+        model_bytes: the model, already read (and verified); ``model_path`` then names it, and
+            the folder of the bundle's shared tables a stripped model reads (`shared_tables`).
+        shared_tables: a bundle's verified shared tables (`runtime.shared_tables.SharedTables`):
+            a stripped model's blobs come from here (else from beside ``model_path``, checked
+            against their sha256) and are spliced into this interpreter's own model bytes.
     """
 
     name = "litert"
@@ -45,12 +52,12 @@ class LiteRTBackend(Backend):
     strided_inputs = True     # copies a non-contiguous feed itself (tests/runtime/test_hot_path.py)
 
     def __init__(self, model_path, num_threads: int | None = None, signature: str | None = None,
-                 model_bytes: bytes | None = None):
+                 model_bytes: bytes | None = None, shared_tables=None):
         super().__init__(model_path)
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
         interpreter_class = load_interpreter_class()
-        source = {"model_path": self.model_path} if model_bytes is None else {"model_content": bytes(model_bytes)}
+        source = self._model_source(model_bytes, shared_tables)
         try:
             self._interpreter = interpreter_class(**source, num_threads=num_threads)
             self._setup(interpreter_class, num_threads, signature)
@@ -59,6 +66,22 @@ class LiteRTBackend(Backend):
         except Exception as err:  # noqa: BLE001 - a corrupt model fails anywhere in set-up, untyped
             raise BundleError(expected(f"a loadable .tflite model at {self.model_path}",
                                        f"{type(err).__name__}: {str(err)[:300]}")) from None
+
+    def _model_source(self, model_bytes, tables) -> dict:
+        """Interpreter arguments: the path, or the bytes with any shared tables spliced in."""
+        if model_bytes is None:
+            if not _ends_with_trailer(self.model_path):
+                return {"model_path": self.model_path}
+            try:
+                model_bytes = Path(self.model_path).read_bytes()
+            except OSError as err:
+                raise BundleError(expected(f"a readable .tflite model at {self.model_path}", str(err))) from None
+        data = bytes(model_bytes)
+        layout = tflite_layout(data)
+        if layout is None:
+            return {"model_content": data}
+        blobs = resolve([name for name, _, _ in layout["blobs"]], tables, Path(self.model_path).parent)
+        return {"model_content": assemble_tflite(data, layout, blobs)}
 
     def _setup(self, interpreter_class, num_threads, signature) -> None:
         signatures = self._interpreter.get_signature_list()
@@ -133,3 +156,16 @@ class LiteRTBackend(Backend):
     def _close_impl(self):
         self._runner = None
         self._interpreter = None
+
+
+def _ends_with_trailer(path) -> bool:
+    """Whether the file at ``path`` ends with a shared-table trailer (read: its last 8 bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            if handle.tell() < len(TRAILER_MAGIC):
+                return False
+            handle.seek(-len(TRAILER_MAGIC), 2)
+            return handle.read() == TRAILER_MAGIC
+    except OSError:
+        return False     # the interpreter names what is wrong with the path

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec
+from ..shared_tables import onnx_blob_names, resolve
 from .base import Backend, dims
 from .providers import TRT, check_active, plan_providers, tensorrt_options
 
@@ -55,7 +57,12 @@ class OrtBackend(Backend):
         trt_fp16, trt_int8: TensorRT precision flags.
         trt_profile: {"min", "opt", "max"} batch sizes for the dynamic batch/candidate dimension.
         io_binding: run through IO binding (outputs bound to host memory).
-        model_bytes: the model, already read (and verified); ``model_path`` is then only a name.
+        model_bytes: the model, already read (and verified); ``model_path`` then names it, and
+            the folder of the bundle's shared tables its external data names (`shared_tables`).
+        shared_tables: a bundle's verified shared tables (`runtime.shared_tables.SharedTables`):
+            the blobs ``model_bytes`` names come from here (else from beside ``model_path``,
+            checked against their sha256), and tables numpy can hold are one OrtValue shared by
+            every session.
     """
 
     name = "onnxruntime"
@@ -67,9 +74,10 @@ class OrtBackend(Backend):
     def __init__(self, model_path, num_threads: int | None = None, providers="auto",
                  graph_optimization_level: str = "all", optimized_model_path=None, cache_dir=None,
                  trt_fp16: bool = False, trt_int8: bool = False, trt_profile: dict | None = None,
-                 io_binding: bool = False, model_bytes: bytes | None = None):
+                 io_binding: bool = False, model_bytes: bytes | None = None, shared_tables=None):
         super().__init__(model_path)
-        self._model = self.model_path if model_bytes is None else bytes(model_bytes)
+        self._model = _with_shared_tables(self.model_path) if model_bytes is None else bytes(model_bytes)
+        self._tables = shared_tables
         ort = import_ort()
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise BackendUnavailableError(expected("num_threads as a positive int or None", num_threads))
@@ -89,6 +97,7 @@ class OrtBackend(Backend):
         if optimized_model_path is not None:
             options.optimized_model_filepath = str(optimized_model_path)
         options.log_severity_level = session_log_severity()
+        self._shared = self._attach_shared(ort, options)
         available = ort.get_available_providers()
         trt_opts = None
         if TRT in available and (providers == "auto" or providers is None or TRT in _names(providers)):
@@ -104,6 +113,8 @@ class OrtBackend(Backend):
                 raise BackendUnavailableError(expected(f"providers {plan.names} usable", text)) from None
             raise BundleError(expected(f"a loadable .onnx model at {self.model_path}", text)) from None
         self._model = None     # the session holds what it needs
+        # add_initializer memory must outlive the session; in-memory files were copied
+        self._shared, self._tables = tuple(value for _, value in self._shared[1]), None
         active = self._session.get_providers()
         notes = check_active(plan, active)
         self.inputs = [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in self._session.get_inputs()]
@@ -122,11 +133,26 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = session_log_severity()
+        self._attach_shared(ort, options)
         try:
             probe = ort.InferenceSession(self._model, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise BundleError(expected(f"a loadable .onnx model at {self.model_path}", str(err)[:300])) from None
         return [TensorSpec(i.name, _dtype(i.type), dims(i.shape)) for i in probe.get_inputs()]
+
+    def _attach_shared(self, ort, options) -> tuple:
+        """Give ``options`` the shared tables a model loaded from bytes names as external data
+        (ORT resolves them itself when it reads the model by path): (blob bytes, initializers)."""
+        names = onnx_blob_names(self._model) if isinstance(self._model, bytes) else []
+        if not names:
+            return {}, []
+        blobs = resolve(names, self._tables, Path(self.model_path).parent)
+        options.add_external_initializers_from_files_in_memory(list(blobs), list(blobs.values()),
+                                                               [len(b) for b in blobs.values()])
+        initializers = self._tables.ort_initializers(Path(self.model_path).name, ort) if self._tables else []
+        for name, value in initializers:
+            options.add_initializer(name, value)
+        return blobs, initializers
 
     def _direct_run(self, active):
         """``InferenceSession._sess.run`` (the C++ session) when skipping the Python wrapper of
@@ -158,6 +184,19 @@ class OrtBackend(Backend):
     def _close_impl(self):
         self._fast_run = None
         self._session = None
+        self._shared = ()
+
+
+def _with_shared_tables(path):
+    """The model's bytes when it names shared tables (so they are checked against their sha256
+    before ORT sees them, as from verified bytes), else ``path`` (ORT reads it, and any external
+    data of its own, itself)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return path          # the session names what is wrong with the path
+    return data if onnx_blob_names(data) else path
 
 
 def _names(providers) -> list[str]:

@@ -207,3 +207,31 @@ def test_the_cli_reports_a_malformed_manifest_without_a_traceback(tmp_path, caps
     assert cli.main(["info", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "BundleError" in err and "Traceback" not in err
+
+
+def test_a_shared_tables_record_conforms_and_malformed_ones_are_refused(tmp_path, bundle):
+    import shutil
+
+    share_bundle = pytest.importorskip("edgerec.converters.shared_tables").share_bundle
+    folder = Path(shutil.copytree(bundle, tmp_path / "shared"))
+    share_bundle(folder, min_bytes=256)
+    good = json.loads((folder / MANIFEST_NAME).read_text())
+    validator = strict_validator()
+    assert good["shared_tables"]["tables"]
+    assert manifest_problems(good) == [] and not list(validator.iter_errors(good))
+
+    def edit(fn):
+        data = copy.deepcopy(good)
+        fn(data["shared_tables"])
+        return data
+
+    bad = [("table name not a sha", edit(lambda r: r["tables"][0].update(file="../evil.bin"))),
+           ("no uses", edit(lambda r: r["tables"][0].update(uses=[]))),
+           ("use without tensor", edit(lambda r: r["tables"][0]["uses"][0].pop("tensor"))),
+           ("unknown key", edit(lambda r: r.update(shared=True))),
+           ("tables missing", edit(lambda r: r.pop("tables"))),
+           ("float shape", edit(lambda r: r["tables"][0]["uses"][0].update(shape=[1.5])))]
+    for name, data in bad:
+        assert list(validator.iter_errors(data)) and manifest_problems(data), name
+        with pytest.raises(BundleError):
+            Manifest.from_dict(data)

@@ -1,0 +1,149 @@
+"""write_bundle stores a constant that several artifacts hold once (converters.shared_tables): each
+bundled artifact answers exactly as the file it was copied from, on a model edgerec built and on a
+bring-your-own one, and the bundle shrinks by the copies it no longer holds."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("tf2onnx")
+
+
+def _sibling(name: str, alias: str):
+    spec = importlib.util.spec_from_file_location(alias, Path(__file__).with_name(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+S = _sibling("test_validate_support.py", "validate_support_s")
+BACKEND = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+def _rows(backend, n: int = 16, seed: int = 3) -> dict:
+    """Random feeds for a backend's inputs (ids 0-2: inside every test table)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in backend.inputs:
+        shape = [n if d is None else d for d in spec.shape]
+        if spec.dtype.startswith("int"):
+            feeds[spec.name] = rng.integers(0, 3, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+def _same_outputs(source: Path, bundled: Path, fmt: str, model_bytes: bytes | None = None) -> None:
+    from edgerec.runtime.backends.registry import create_backend
+
+    with create_backend(BACKEND[fmt], source) as want, \
+            create_backend(BACKEND[fmt], bundled, model_bytes=model_bytes) as got:
+        feeds = _rows(want)
+        expected, received = want.run(feeds), got.run(feeds)
+        assert expected.keys() == received.keys()
+        for name in expected:
+            np.testing.assert_array_equal(received[name], expected[name], err_msg=f"{bundled.name} {name}")
+
+
+@pytest.fixture(scope="module")
+def staged(model_dir, tmp_path_factory):
+    from edgerec.converters.bundle import examples_with_expected, read_raw_examples
+    from edgerec.converters.keras_io import load_keras_model
+    from edgerec.converters.select import select_variants
+    from edgerec.converters.validate import ValidationData, validate_artifacts
+    from edgerec.runtime.spec import FeatureSpec
+
+    root = tmp_path_factory.mktemp("shared_bundle")
+    model = load_keras_model(model_dir / "din.keras")
+    mdir = S.write_model_dir(root / "model", model)
+    data = ValidationData.load(mdir / "validation.npz")
+    cands = [S.tflite(mdir / "fused.keras", "fp32", root / "a"), S.tflite(mdir / "fused.keras", "dynamic", root / "b"),
+             S.onnx_fp32(model, root / "fused.fp32.onnx")]
+    report = validate_artifacts({"fused": model}, cands, data)
+    selection = select_variants(report, {Path(c.path).name: {1: 1.0 + i, 256: 10.0 + i} for i, c in enumerate(cands)})
+    spec = FeatureSpec.load(mdir / "feature_spec.json")
+    examples = examples_with_expected(read_raw_examples(mdir / "examples.jsonl"), model, spec)
+    return {"root": root, "cands": cands, "report": report, "selection": selection, "examples": examples,
+            "spec_path": mdir / "feature_spec.json"}
+
+
+def _write(staged, out: Path, share_min_bytes):
+    from edgerec.converters.bundle import write_bundle
+
+    return write_bundle(out, artifacts=staged["cands"], report=staged["report"], selection=staged["selection"],
+                        examples=staged["examples"], feature_spec_path=staged["spec_path"],
+                        model_info={"family": "din"}, share_min_bytes=share_min_bytes)
+
+
+def test_write_bundle_shares_the_table_and_every_artifact_answers_as_its_source(staged):
+    from edgerec.runtime.manifest import load_manifest, read_verified
+
+    whole = _write(staged, staged["root"] / "whole", None)
+    assert whole.shared_tables == {} and not list((staged["root"] / "whole").glob("shared-*"))
+    out = staged["root"] / "shared"
+    manifest = _write(staged, out, 1024)
+    assert load_manifest(out, verify=True).to_dict() == manifest.to_dict()
+    tables = manifest.shared_tables["tables"]
+    assert tables and all(len(t["uses"]) >= 2 for t in tables)
+    users = {u["artifact"] for t in tables for u in t["uses"]}
+    assert {"fused.fp32.tflite", "fused.fp32.onnx"} <= users       # the fp32 table, across formats
+    sources = {Path(c.path).name: (Path(c.path), c.format) for c in staged["cands"]}
+    for art in manifest.artifacts:
+        source, fmt = sources[art.file]
+        _same_outputs(source, out / art.file, fmt)                                        # by path
+        _same_outputs(source, out / art.file, fmt, read_verified(out, manifest, art.file))  # verified bytes
+    sizes = {a.file: a.size_bytes for a in whole.artifacts}
+    blobs = sum(t["size_bytes"] for t in tables)
+    saved = sum(sizes.values()) - sum(a.size_bytes for a in manifest.artifacts) - blobs
+    assert saved == manifest.shared_tables["bytes_saved"] > 0
+    copies = sum((len(t["uses"]) - 1) * t["size_bytes"] for t in tables)
+    # each stripped constant leaves a reference (external-data entry, trailer line) of < 400 bytes
+    assert copies - 400 * sum(len(t["uses"]) for t in tables) <= saved <= copies
+
+
+def test_a_bring_your_own_model_shares_its_table_across_formats(tmp_path):
+    """A DIN written without edgerec's builders (one table read by two Gathers), in TFLite and ONNX:
+    the 512 KB fp32 table is stored once for both, at the default threshold."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from edgerec.converters.shared_tables import MIN_SHARED_BYTES, share_tables
+
+    build_byom = _sibling("byom_models.py", "byom_models_s").build_byom
+    model = build_byom("din", vocab=4000, seq_len=10, dim=32)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "fused.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    signature = [tf.TensorSpec([None, *i.shape[1:]], i.dtype, name=i.name) for i in model.inputs]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)
+    (whole / "fused.onnx").write_bytes(proto.SerializeToString())
+    folder = Path(shutil.copytree(whole, tmp_path / "bundle"))
+    record = share_tables(folder, [("fused.tflite", "tflite"), ("fused.onnx", "onnx")])
+    assert record["min_bytes"] == MIN_SHARED_BYTES
+    table, = [t for t in record["tables"] if t["size_bytes"] == 4000 * 32 * 4]
+    assert sorted(u["artifact"] for u in table["uses"]) == ["fused.onnx", "fused.tflite"]
+    onnx_use = next(u for u in table["uses"] if u["artifact"] == "fused.onnx")
+    assert onnx_use["onnx_type"] == 1 and onnx_use["shape"] == [4000, 32]
+    for fmt in ("tflite", "onnx"):
+        _same_outputs(whole / f"fused.{fmt}", folder / f"fused.{fmt}", fmt)
+        _same_outputs(whole / f"fused.{fmt}", folder / f"fused.{fmt}", fmt, (folder / f"fused.{fmt}").read_bytes())
+    before = sum(p.stat().st_size for p in whole.iterdir())
+    after = sum(p.stat().st_size for p in folder.iterdir())
+    assert before - after == record["bytes_saved"] >= table["size_bytes"] - 2048
+
+
+def test_nothing_repeated_leaves_the_artifacts_whole(tmp_path):
+    from edgerec.converters.shared_tables import share_tables
+    from edgerec.runtime.errors import BundleError
+
+    onnx_path = tmp_path / "fused.onnx"
+    onnx_path.write_bytes(b"")       # never read: no tflite/onnx artifact listed twice means no work
+    assert share_tables(tmp_path, [("engine.plan", "tensorrt")]) == {}
+    with pytest.raises(BundleError, match="min_bytes"):
+        share_tables(tmp_path, [], min_bytes=0)
