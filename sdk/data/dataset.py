@@ -11,6 +11,10 @@ import numpy as np
 
 from edgerec.runtime.spec import FeatureSpec
 
+# the dense features every built dataset has (raw request ``dense`` keys, log1p values)
+DENSE_GAP = "log_seconds_since_prev"
+DENSE_HIST = "log_history_len"
+
 
 @dataclass
 class Split:
