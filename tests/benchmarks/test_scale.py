@@ -73,6 +73,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert entry["bundle_bytes"] > entry["index_bytes"] > 0
     assert 0.0 <= entry["index_recall_at_200"] <= 1.0 and entry["recommend_p99_ms"] >= entry["recommend_p50_ms"] > 0
     assert entry["export_peak_rss_mb"] > entry["runtime_rss_mb"] > 0
+    assert entry["recommend_cpu_p50_ms"] > 0 and len(entry["serve_load_average"]) == 2
     assert json.loads((tmp_path / "scale.json").read_text())["sizes"] == report["sizes"]
 
 
