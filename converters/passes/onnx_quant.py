@@ -14,12 +14,10 @@ the last MatMul/Gemm (bias Add, Sigmoid, reshapes) is excluded, so scores are no
 1/256 grid of a quantized sigmoid. Row-wise embedding tables (`OnnxEmbeddingPass`, run before this
 pass) are left as they are; an artifact with 4-bit tables has precision ``int4``.
 
-Accuracy-aware mixed precision (``accuracy_budget``): when the quantized graph's |ΔAUC| against
-the float input graph on the calibration rows (labels needed) exceeds the budget, every
-quantizable node is dequantized alone, ranked by how much that brings the scores back (mean
-|Δp|), and the most sensitive nodes are kept float one by one until the budget holds (or
-``max_fallback`` nodes). ``details["mixed_precision"]`` records the float nodes, the ΔAUC after
-each step and the size cost.
+Accuracy-aware mixed precision (``accuracy_budget``, `onnx_fallback.fit_budget`): when the
+quantized graph's |ΔAUC| against the float input graph on the calibration rows (labels needed)
+exceeds the budget, the most sensitive nodes are kept float one by one until the budget holds.
+``details["mixed_precision"]`` records the float nodes, the ΔAUC after each step and the size cost.
 
 ``quant_pre_process`` (shape inference + optimisation) runs first inside a temp dir with
 ``skip_symbolic_shape=True`` (symbolic inference fails on these graphs and litters the cwd).
@@ -38,6 +36,7 @@ from ..errors import ConversionError, ConverterConfigError, expected
 from ..pipeline import ExportedArtifact, Pass
 from .data import batches, load_rows
 from .onnx import graph_specs
+from .onnx_fallback import SENSITIVE_OPS, fit_budget, graph_scores, scoring_rows  # noqa: F401 - public here too
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +46,6 @@ TRT_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # walked from a graph output back to the last MatMul/Gemm: the ops of a float score head
 HEAD_OPS = ("Sigmoid", "Softmax", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Add",
             "MatMul", "Gemm")
-# nodes whose quantization the fallback may undo, one at a time
-SENSITIVE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Softmax", "Where", "Concat", "Relu",
-                 "Sigmoid", "Tanh", "ReduceMean", "ReduceSum", "LayerNormalization", "Einsum", "Transpose",
-                 "Reshape", "Gather", "Tile", "Expand", "Max", "Min")
 _CWD_LOCK = threading.Lock()
 
 
@@ -137,7 +132,8 @@ class OrtQuantizePass(Pass):
                 tuple(config.nodes_to_exclude) + tuple(head) + tuple(constant_nodes(proto_in)))))
             try:
                 _quantize(model_in, out, config, source)
-                mixed = fit_budget(model_in, out, config, source) if config.accuracy_budget is not None else None
+                mixed = fit_budget(model_in, out, config, source, _quantize) \
+                    if config.accuracy_budget is not None else None
             except ConverterConfigError:
                 raise
             except Exception as err:  # noqa: BLE001 - ORT quantizer raises many types
@@ -378,103 +374,3 @@ def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Export
                             extra_options=extra)
         finally:
             os.chdir(previous)
-
-
-# -- accuracy-aware mixed precision -----------------------------------------------------------
-def scoring_rows(data: str, model_path: Path, limit: int) -> tuple[dict, object]:
-    """``(inputs, labels)``: up to ``limit`` rows spread evenly over ``data`` (ranking files are grouped by
-    user: the first rows would be a few users only), cast to the graph's input dtypes."""
-    import numpy as np
-    import onnx
-    from onnx import helper
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    dtypes = {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-              for v in proto.graph.input if v.name not in inits}
-    rows = load_rows(data, list(dtypes), need_labels=True)
-    count = len(rows["labels"])
-    pick = np.unique(np.linspace(0, count - 1, num=min(count, limit)).astype(int))
-    return {n: rows[n][pick].astype(dtypes[n]) for n in dtypes}, rows["labels"][pick]
-
-
-def graph_scores(model_path: Path, inputs: dict, batch: int = 1024):
-    """The first output of the graph at ``model_path`` on ``inputs``, flat, via ORT's CPU provider."""
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    count = len(next(iter(inputs.values())))
-    parts = [session.run(None, {n: a[s:s + batch] for n, a in inputs.items()})[0].reshape(-1)
-             for s in range(0, count, batch)]
-    return np.concatenate(parts).astype(np.float64)
-
-
-def fit_budget(model_in: Path, out: Path, config: OrtQuantizeConfig, source: ExportedArtifact) -> dict:
-    """Keep the most accuracy-costly nodes float until |ΔAUC| vs the float graph fits the budget.
-
-    ΔAUC counts what the embedding tables already cost when the source records it
-    (``details["table_delta_auc"]``). Rewrites ``out`` in place; returns the record kept in
-    ``details["mixed_precision"]``.
-    """
-    import numpy as np
-
-    from edgerec.runtime.metrics import auc
-
-    inputs, labels = scoring_rows(config.data, model_in, max(config.fit_rows, config.sensitivity_rows))
-    reference = graph_scores(model_in, inputs)
-    if reference.shape != labels.shape:          # not a score per row (a user encoder): no ΔAUC to fit
-        return {"budget": float(config.accuracy_budget), "skipped": "the first output is not one score per row"}
-    offset = float(source.details.get("table_delta_auc") or 0.0)
-    base_auc = auc(labels, reference) - offset           # the AUC of the graph before any table quantization
-
-    every = max(1, len(labels) // config.sensitivity_rows)
-    sample = {n: a[::every] for n, a in inputs.items()}
-
-    def measure(path: Path) -> tuple[float, float]:
-        scores = graph_scores(path, inputs)
-        return auc(labels, scores) - base_auc, float(np.mean(np.abs(scores - reference)))
-
-    def sensitivity_of(path: Path) -> float:
-        return float(np.mean(np.abs(graph_scores(path, sample) - reference[::every])))
-
-    delta, _ = measure(out)
-    error = sensitivity_of(out)
-    quantized_size = out.stat().st_size
-    record = {"budget": float(config.accuracy_budget), "rows": int(len(labels)), "delta_auc_quantized": delta,
-              "mean_abs_dp_quantized": error, "float_nodes": [], "steps": [], "size_bytes_quantized": quantized_size}
-    if abs(delta) <= config.accuracy_budget:
-        record.update(fits=True, delta_auc=delta, size_cost_bytes=0)
-        return record
-    import onnx
-
-    excluded = set(config.nodes_to_exclude)
-    nodes = [n for n in onnx.load(str(model_in)).graph.node
-             if n.op_type in SENSITIVE_OPS and n.name and n.name not in excluded][: config.max_candidates]
-    trial = out.with_name(out.stem + ".trial.onnx")
-    sensitivity = []
-    for node in nodes:                                  # dequantize one node at a time
-        _quantize(model_in, trial, dataclasses.replace(config, nodes_to_exclude=tuple(excluded | {node.name})), source)
-        sensitivity.append((sensitivity_of(trial), node.name, node.op_type))
-    sensitivity.sort()
-    record["sensitivity"] = [{"node": name, "op": op, "mean_abs_dp": err} for err, name, op in sensitivity[:16]]
-    kept: list[str] = []
-    for err, name, op in sensitivity[: config.max_fallback]:
-        if err >= error:                                 # keeping it float does not help
-            break
-        kept.append(name)
-        _quantize(model_in, trial, dataclasses.replace(config, nodes_to_exclude=tuple(excluded | set(kept))), source)
-        delta, now = measure(trial)[0], sensitivity_of(trial)
-        record["steps"].append({"node": name, "op": op, "delta_auc": delta, "mean_abs_dp": now,
-                                "size_bytes": trial.stat().st_size})
-        os.replace(trial, out)
-        if abs(delta) <= config.accuracy_budget:
-            break
-    trial.unlink(missing_ok=True)
-    record.update(fits=abs(delta) <= config.accuracy_budget, delta_auc=delta, float_nodes=kept,
-                  size_cost_bytes=out.stat().st_size - quantized_size)
-    logger.info("mixed precision: %d node(s) kept float (%s), ΔAUC %+.4f, +%d bytes", len(kept), ", ".join(kept),
-                delta, record["size_cost_bytes"])
-    return record
