@@ -107,6 +107,16 @@ def assemble_tflite(data: bytes, layout: dict, blobs: Mapping[str, bytes]) -> by
     return b"".join(parts)
 
 
+def whole_tflite(data: bytes, tables: "SharedTables | None" = None, directory: str | Path | None = None) -> bytes:
+    """``data`` itself for a whole .tflite; for a stripped one, the flatbuffer with its blobs
+    spliced in (from ``tables``, else read from ``directory`` and checked). What an interpreter
+    built outside `LiteRTBackend` (a raw-LiteRT baseline) must be given as ``model_content``."""
+    layout = tflite_layout(data)
+    if layout is None:
+        return data
+    return assemble_tflite(data, layout, resolve([name for name, _, _ in layout["blobs"]], tables, directory))
+
+
 # -- ONNX ----------------------------------------------------------------------------------
 def onnx_blob_names(data: bytes) -> list[str]:
     """Blob files an ONNX model's external data names (found in its bytes; no onnx package)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec
-from ..shared_tables import TRAILER_MAGIC, assemble_tflite, resolve, tflite_layout
+from ..shared_tables import TRAILER_MAGIC, whole_tflite
 from .base import Backend, dims
 
 
@@ -76,12 +76,7 @@ class LiteRTBackend(Backend):
                 model_bytes = Path(self.model_path).read_bytes()
             except OSError as err:
                 raise BundleError(expected(f"a readable .tflite model at {self.model_path}", str(err))) from None
-        data = bytes(model_bytes)
-        layout = tflite_layout(data)
-        if layout is None:
-            return {"model_content": data}
-        blobs = resolve([name for name, _, _ in layout["blobs"]], tables, Path(self.model_path).parent)
-        return {"model_content": assemble_tflite(data, layout, blobs)}
+        return {"model_content": whole_tflite(bytes(model_bytes), tables, Path(self.model_path).parent)}
 
     def _setup(self, interpreter_class, num_threads, signature) -> None:
         signatures = self._interpreter.get_signature_list()

@@ -14,7 +14,7 @@ from edgerec.runtime.backends.registry import create_backend
 from edgerec.runtime.errors import BundleError, IntegrityError
 from edgerec.runtime.loaded import LoadedBundle
 from edgerec.runtime.manifest import MANIFEST_NAME, load_manifest, read_manifest
-from edgerec.runtime.shared_tables import SharedTables, read_blob, tflite_layout
+from edgerec.runtime.shared_tables import SharedTables, read_blob, tflite_layout, whole_tflite
 
 from .conftest import make_requests
 
@@ -113,6 +113,20 @@ def test_a_stripped_tflite_names_its_blobs_in_a_trailer(pair):
     for name, offset, size in layout["blobs"]:
         assert offset >= layout["head_bytes"] and offset % 64 == 0
         assert len(read_blob(shared, name)) == size
+
+
+def test_whole_tflite_gives_a_raw_interpreter_the_spliced_model(pair):
+    from ai_edge_litert.interpreter import Interpreter
+
+    whole, shared = pair
+    original = (whole / "user_encoder.tflite").read_bytes()
+    assert whole_tflite(original) is original
+    rows = {"hist_items": np.array([[4, 2, 3, 0, 0]], np.int32)}
+    outputs = []
+    for content in (original, whole_tflite((shared / "user_encoder.tflite").read_bytes(), None, shared)):
+        runner = Interpreter(model_content=content).get_signature_runner()
+        outputs.append(runner(**rows)["user_state"])
+    np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
 def test_onnx_sessions_share_one_value_per_table(pair):
