@@ -199,6 +199,15 @@ class SharedTables:
         return out
 
 
+def artifact_size(manifest, file: str) -> int:
+    """Bytes of artifact ``file`` with the shared tables it reads: its size as one file, the figure
+    to compare variants by (``size_bytes`` of a stripped artifact counts only what it stores)."""
+    art = manifest.artifact(file)
+    record = getattr(manifest, "shared_tables", None) or {}
+    return art.size_bytes + sum(t["size_bytes"] for t in record.get("tables", ())
+                                if any(use.get("artifact") == file for use in t.get("uses", ())))
+
+
 def resolve(names, tables: SharedTables | None, directory: str | Path | None) -> dict[str, bytes]:
     """``{blob: bytes}`` for ``names``: from ``tables`` where it has them, else read and checked."""
     if tables is None:

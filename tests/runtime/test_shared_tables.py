@@ -14,7 +14,7 @@ from edgerec.runtime.backends.registry import create_backend
 from edgerec.runtime.errors import BundleError, IntegrityError
 from edgerec.runtime.loaded import LoadedBundle
 from edgerec.runtime.manifest import MANIFEST_NAME, load_manifest, read_manifest
-from edgerec.runtime.shared_tables import SharedTables, read_blob, tflite_layout, whole_tflite
+from edgerec.runtime.shared_tables import SharedTables, artifact_size, read_blob, tflite_layout, whole_tflite
 
 from .conftest import make_requests
 
@@ -90,6 +90,9 @@ def test_bundle_bytes_drop_by_the_copies_no_longer_stored(pair):
     blobs = sum(t["size_bytes"] for t in record["tables"])
     drop = artifact_bytes(whole) - artifact_bytes(shared) - blobs
     assert drop == record["bytes_saved"]
+    before, after = load_manifest(whole), load_manifest(shared)
+    for art in after.artifacts:     # as one file each, an artifact is about its old size again
+        assert 0 <= artifact_size(after, art.file) - before.artifact(art.file).size_bytes <= 1024, art.file
     # each stripped constant leaves a reference behind (external-data entry, trailer line)
     uses = sum(len(t["uses"]) for t in record["tables"])
     assert copies - 200 * uses <= drop <= copies
