@@ -37,7 +37,7 @@ import numpy as np
 from edgerec.runtime.contract import (FULL_CATALOGUE, HELDOUT_USERS_FILE, INDEX, ITEM_VECTORS_FILE, RETRIEVAL,
                                       TOLERANCES, USER_TOWER, USER_VECTOR)
 from edgerec.runtime.errors import expected
-from edgerec.runtime.index import IndexConfig, ItemIndex
+from edgerec.runtime.index import IndexConfig, ItemIndex, recall_at
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
 
 from .cascade_metrics import exact_top, load_heldout, measure_cascade
@@ -224,7 +224,7 @@ def tune_index(index: ItemIndex, vectors: np.ndarray, ids, queries: np.ndarray, 
         ef = min(ef, config.max_ef_search)
         index.set_ef_search(ef)
         found = [index.search(q, m, exclude=s)[0] for q, s in zip(queries, seen)]
-        recall = float(np.mean([len(np.intersect1d(f, t)) / max(len(t), 1) for f, t in zip(found, truth)]))
+        recall = recall_at(found, truth)
         tried.append({"ef_search": ef, f"recall@{m}": round(recall, 4)})
         say(f"  HNSW ef_search {ef}: recall@{m} {recall:.4f} vs exact ({len(truth)} users)")
         if recall >= config.target_recall or ef >= config.max_ef_search:
