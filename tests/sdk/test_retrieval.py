@@ -127,6 +127,20 @@ def test_in_batch_softmax_learns_and_beats_popularity_over_the_full_catalogue(tr
 
 
 @pytest.mark.slow
+def test_evaluation_scores_each_test_user_once_and_samples_users_beyond_its_budget(trained, tiny_synthetic_dataset):
+    from edgerec.sdk.training.retrieval import evaluate_retrieval, split_user_vectors
+    parts, _, metrics = trained
+    test = tiny_synthetic_dataset.test
+    assert np.allclose(split_user_vectors(parts, test), parts.user_vectors(test.inputs), atol=1e-5)
+    items = parts.item_vectors.shape[0]
+    budgeted = evaluate_retrieval(parts, tiny_synthetic_dataset, max_scored_cells=40 * items)
+    assert budgeted["test"] == pytest.approx(metrics["test"])
+    users = budgeted["full_catalogue_users"]
+    assert users["evaluated"] == 40 and users["held_out"] == 300 and users["sampled"] and users["seed"] == 0
+    assert "full_catalogue" not in evaluate_retrieval(parts, tiny_synthetic_dataset, max_scored_cells=0)
+
+
+@pytest.mark.slow
 def test_retrieval_model_dir_contract_and_round_trip(trained, tiny_synthetic_dataset, tmp_path):
     from edgerec.runtime.preprocess import Preprocessor
     from edgerec.sdk.metrics.full_catalogue import HeldOutUsers
