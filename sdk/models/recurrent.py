@@ -14,7 +14,11 @@ bias), and each unrolled step does only ``h·U`` with no constant added right af
 right after a MatMul is fused into a per-step int32 bias with per-channel scales) plus the gate
 arithmetic: 12 builtin ops per step for either cell.
 
-A ``tf.while_loop`` version would be far smaller, but TF 2.21's int8 calibration segfaults on it.
+At inference `ProjectedGRU` runs a long sequence as a ``tf.while_loop`` over chunks of unrolled
+steps (`run_steps`): TFLite stores one chunk as a WHILE body, which cuts the flatbuffer structure of
+a 50-step recurrence five-fold with the same outputs. Dynamic-range, full-int8 and the 4-bit passes
+convert it; LiteRT runs it at the unrolled speed at batch 256, and each loop iteration adds a few µs
+at batch 1 (measured with TF 2.21 / ai-edge-litert 2.3). Training stays unrolled.
 The weights have the shapes and order of the Keras layers' (GRU: ``kernel [E, 3H]``,
 ``recurrent_kernel [H, 3H]``, ``bias [2, 3H]``; LSTM: ``kernel [E, 4H]``, ``recurrent_kernel [H, 4H]``,
 ``bias [4H]``), so ``set_weights(keras_layer.get_weights())`` moves a trained layer over unchanged,
@@ -42,9 +46,80 @@ def _sequence_shape(input_shape) -> tf.TensorShape:
     return shape
 
 
+# Sequences at least this long run at inference as a TFLite WHILE loop of at most LOOP_ITERATIONS
+# iterations, each unrolled over a chunk of steps (see `run_steps`).
+MIN_LOOP_STEPS = 16
+LOOP_ITERATIONS = 5
+
+
+def loop_plan(steps: int) -> tuple[int, int, int]:
+    """``(unrolled, iterations, chunk)``: how `run_steps` splits ``steps`` at inference.
+
+    The first ``unrolled`` steps stay unrolled, then a ``tf.while_loop`` runs ``iterations`` times
+    over ``chunk`` unrolled steps each (``unrolled + iterations * chunk == steps``). Short sequences
+    (< ``MIN_LOOP_STEPS``) are fully unrolled: ``(steps, 0, 0)``.
+
+    Examples:
+        >>> loop_plan(50)
+        (0, 5, 10)
+        >>> loop_plan(23)
+        (3, 4, 5)
+        >>> loop_plan(8)
+        (8, 0, 0)
+    """
+    if steps < MIN_LOOP_STEPS:
+        return steps, 0, 0
+    chunk = -(-steps // LOOP_ITERATIONS)
+    iterations = steps // chunk
+    return steps - iterations * chunk, iterations, chunk
+
+
+def run_steps(step, sequences, zero_state, training=None):
+    """The last state of ``state = step(state, *xs_t)`` over axis 1 of the ``[B, L, ·]`` ``sequences``.
+
+    ``step(None, ...)`` is the first step from the zero state; ``zero_state()`` builds that state as a
+    tensor for a loop that starts at step 0, so ``step(zero_state(), ...)`` must equal
+    ``step(None, ...)`` (it does when ``h·U`` of a zero ``h`` is 0). Build it from the batch size,
+    ``tf.zeros([tf.shape(x)[0], units])``: TF 2.21's int8 calibrator segfaults on a loop started from
+    ``tf.zeros_like`` of a slice.
+
+    In training (``training=True``) every step is unrolled. At inference the steps after the first ``loop_plan(L)[0]`` run in a
+    ``tf.while_loop`` over chunks of unrolled steps: TFLite stores the chunk once as a WHILE
+    body, so a 50-step recurrence costs 10 steps of operators in the file instead of 50 (each
+    unrolled step is ~13 operators and ~14 tensors of flatbuffer structure, ~50 bytes each, that no
+    weight quantization removes). Chunks keep the loop to a few iterations (each costs a few µs in
+    LiteRT at batch 1), and the body reads its chunk with one GATHER from the batch-major sequence:
+    a transpose to time-major made the batch-256 call twice as slow.
+    """
+    steps = sequences[0].shape[1]
+    unrolled, iterations, chunk = loop_plan(steps)
+    if training is True or not iterations:
+        unrolled = steps
+    state = None
+    if unrolled:
+        heads = sequences if unrolled == steps else [s[:, :unrolled] for s in sequences]
+        for xs in zip(*(tf.unstack(s, num=unrolled, axis=1) for s in heads)):
+            state = step(state, *xs)
+    if unrolled == steps:
+        return state
+    chunks = [tf.reshape(s[:, unrolled:] if unrolled else s, [-1, iterations, chunk, s.shape[-1]]) for s in sequences]
+    if state is None:
+        state = zero_state()
+
+    def body(index, state):
+        for xs in zip(*(tf.unstack(tf.gather(c, index, axis=1), num=chunk, axis=1) for c in chunks)):
+            state = step(state, *xs)
+        return index + 1, state
+
+    _, state = tf.while_loop(lambda index, _: index < iterations, body, (tf.constant(0), state),
+                             maximum_iterations=iterations)
+    return state
+
+
 @_register
 class ProjectedGRU(tf_keras.layers.Layer):
-    """Unrolled GRU over a ``[B, L, E]`` sequence returning the last state ``[B, units]``.
+    """GRU over a ``[B, L, E]`` sequence returning the last state ``[B, units]``, unrolled (at
+    inference a long sequence is a loop over unrolled chunks, `run_steps`).
 
     Same gates as ``tf_keras.layers.GRU(units, reset_after=True)`` with its default
     activations (``tanh`` / ``sigmoid``) and a zero initial state.
@@ -95,30 +170,31 @@ class ProjectedGRU(tf_keras.layers.Layer):
         """The two matrices (tfmot ``PrunableLayer`` protocol); biases stay dense."""
         return [self.kernel, self.recurrent_kernel]
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         units = self.units
         input_bias, recurrent_bias = self.bias[0], self.bias[1]
         # z and r add both biases outside any product: fold the recurrent ones into the input
         # projection; only the candidate's recurrent bias stays inside (r * (h·U_h + b_h)).
         folded = input_bias + tf.concat([recurrent_bias[:2 * units], tf.zeros_like(recurrent_bias[2 * units:])], 0)
         projected = tf.matmul(inputs, self.kernel) + folded                 # [B, L, 3H]: one op for all steps
-        gates_in = tf.unstack(projected[..., :2 * units], axis=1)
-        candidate_in = tf.unstack(projected[..., 2 * units:], axis=1)
         kernel_zr, kernel_h = self.recurrent_kernel[:, :2 * units], self.recurrent_kernel[:, 2 * units:]
         bias_h = recurrent_bias[2 * units:]
-        state = None
-        for x_zr, x_h in zip(gates_in, candidate_in):
+
+        def step(state, x_zr, x_h):
             if state is None:                                                # h0 = 0, so h·U = 0
                 update, reset = tf.split(tf.sigmoid(x_zr), 2, axis=-1)
                 candidate = tf.tanh(x_h + reset * bias_h)
-            else:
-                update, reset = tf.split(tf.sigmoid(x_zr + tf.matmul(state, kernel_zr)), 2, axis=-1)
-                # r * (h·U_h + b_h) as r*(h·U_h) + r*b_h: an Add right after the MatMul would be fused
-                # into a per-step int32 bias with per-channel scales (~1 KB of int8 metadata a step)
-                candidate = tf.tanh(x_h + reset * bias_h + reset * tf.matmul(state, kernel_h))
+                return candidate - update * candidate
+            update, reset = tf.split(tf.sigmoid(x_zr + tf.matmul(state, kernel_zr)), 2, axis=-1)
+            # r * (h·U_h + b_h) as r*(h·U_h) + r*b_h: an Add right after the MatMul would be fused
+            # into a per-step int32 bias with per-channel scales (~1 KB of int8 metadata a step)
+            candidate = tf.tanh(x_h + reset * bias_h + reset * tf.matmul(state, kernel_h))
             # u*h + (1-u)*c written as c + u*(h - c): one op fewer per step
-            state = candidate - update * candidate if state is None else candidate + update * (state - candidate)
-        return state
+            return candidate + update * (state - candidate)
+
+        candidate_in = projected[..., 2 * units:]
+        return run_steps(step, (projected[..., :2 * units], candidate_in),
+                         lambda: tf.zeros([tf.shape(inputs)[0], units], inputs.dtype), training)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:1].concatenate([self.units])

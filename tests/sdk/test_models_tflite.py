@@ -132,3 +132,72 @@ def test_fused_full_int8_stores_the_item_table_once(tmp_path, family, seq, items
     got = runner(**feed)["score"]
     want = parts.fused(feed, training=False).numpy()
     assert np.max(np.abs(got - want)) <= 0.02
+
+
+def test_loop_plan_covers_every_step_in_a_few_iterations():
+    from edgerec.sdk.models.recurrent import LOOP_ITERATIONS, MIN_LOOP_STEPS, loop_plan
+
+    for steps in range(1, 130):
+        unrolled, iterations, chunk = loop_plan(steps)
+        assert unrolled + iterations * chunk == steps
+        if steps < MIN_LOOP_STEPS:
+            assert (iterations, chunk) == (0, 0)
+        else:
+            assert 2 <= iterations <= LOOP_ITERATIONS and unrolled < chunk
+
+
+def _subgraph_ops(flat: bytes) -> list[list[int]]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
+    return [[max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+             for op in subgraph.operators] for subgraph in model.subgraphs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [23, 50])
+def test_a_long_gru_is_a_while_loop_of_unrolled_chunks_with_the_same_outputs(steps, monkeypatch):
+    """At inference a long `ProjectedGRU` runs as a WHILE over chunks of unrolled steps (the first
+    ``steps mod chunk`` unrolled before it): Keras' GRU outputs, in Keras and in LiteRT, with the
+    operators of those steps and one chunk instead of all steps; training stays unrolled."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from edgerec.converters.tfenv import import_tf
+    from edgerec.sdk.models import recurrent as R
+
+    tf, keras = import_tf()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, steps, 8)).astype(np.float32)
+    reference = keras.layers.GRU(16, reset_after=True)
+    reference(x)
+    reference.set_weights([rng.normal(scale=0.4, size=w.shape).astype(np.float32) for w in reference.get_weights()])
+    inputs = keras.Input((steps, 8))
+    model = keras.Model(inputs, keras.layers.Dense(1)(R.ProjectedGRU(16, name="gru")(inputs)))
+    model.get_layer("gru").set_weights(reference.get_weights())
+    gru = model.get_layer("gru")
+    np.testing.assert_allclose(gru(x, training=False).numpy(), reference(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(gru(x, training=True).numpy(), gru(x, training=False).numpy(), atol=1e-6)
+    want = model(x, training=False).numpy()
+
+    def convert():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()
+
+    looped = convert()
+    unrolled_steps, iterations, chunk = R.loop_plan(steps)
+    assert iterations >= 2 and chunk < steps
+    monkeypatch.setattr(R, "MIN_LOOP_STEPS", 10 ** 6)          # the fully unrolled form, for comparison
+    unrolled = convert()
+    while_op = schema.BuiltinOperator.WHILE
+    loop_ops, flat_ops = _subgraph_ops(looped), _subgraph_ops(unrolled)
+    assert [ops.count(while_op) for ops in loop_ops][0] == 1 and len(loop_ops) == 3      # main, cond, body
+    assert len(flat_ops) == 1 and while_op not in flat_ops[0]
+    share = (unrolled_steps + chunk) / steps + 0.1       # the operators of those steps only (+ loop plumbing)
+    assert sum(map(len, loop_ops)) < share * len(flat_ops[0]), (list(map(len, loop_ops)), len(flat_ops[0]))
+    assert len(looped) < len(unrolled)
+    for flat in (looped, unrolled):
+        runner = Interpreter(model_content=flat).get_signature_runner()
+        got = next(iter(runner(**{next(iter(runner.get_input_details())): x}).values()))
+        np.testing.assert_allclose(got, want, atol=2e-5)
