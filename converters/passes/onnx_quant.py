@@ -64,8 +64,8 @@ class OrtQuantizeConfig:
         preprocess: run ``quant_pre_process`` first.
         compact: short internal tensor names, no node names or value_info in the result
             (`compact_onnx_names`; ``nodes_to_exclude`` still names the input graph's nodes).
-        float_head: keep the chain from each output back to the last MatMul/Gemm float
-            (dynamic and static_qdq; the tensorrt mode quantizes MatMul/Gemm inputs only).
+        float_head: keep the chain from each output back to the last MatMul/Gemm float (every mode:
+            TensorRT runs a float MatMul, and int8 inputs to the logit's MatMul tie the scores).
         accuracy_budget: largest |ΔAUC| vs the float graph on the calibration rows before the
             sensitivity fallback keeps nodes float (None: no fallback; needs ``labels`` in ``data``).
         sensitivity_rows: calibration rows (evenly spread) each one-node trial is scored on (mean |Δp|).
@@ -112,7 +112,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 5
+    version = 6
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -127,7 +127,7 @@ class OrtQuantizePass(Pass):
                 model_in = preprocess(model_in, Path(tmp))
             model_in = named_nodes(model_in, Path(tmp))
             proto_in = onnx.load(str(model_in))
-            head = score_head_nodes(proto_in) if config.float_head and config.mode != "tensorrt" else []
+            head = score_head_nodes(proto_in) if config.float_head else []
             config = dataclasses.replace(config, nodes_to_exclude=tuple(dict.fromkeys(
                 tuple(config.nodes_to_exclude) + tuple(head) + tuple(constant_nodes(proto_in)))))
             try:

@@ -94,6 +94,25 @@ def test_quantization_modes(din_onnx, rows_npz, rows_for, mode, method):
     rows = rows_for(64, seed=5)
     diff = np.abs(ort_predict(quant.path, rows)["score"] - ort_predict(art.path, rows)["score"])
     assert np.max(diff) <= TOLERANCE[mode]
+    assert quant.details["float_head"] and not _head_reads_quantized(quant.path), mode   # float scores
+
+
+def _head_reads_quantized(path) -> bool:
+    """Whether the score's head is quantized: a Q/DQ between the logit's MatMul/Gemm and the output, or
+    int8 weights (behind a DequantizeLinear) in that MatMul/Gemm (its input activations may be int8)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    node, chain = producer.get(graph.output[0].name), []
+    while node is not None and node.op_type not in ("MatMul", "Gemm"):
+        chain.append(node.op_type)
+        node = producer.get(node.input[0])
+    assert node is not None, "no MatMul/Gemm behind the score"
+    weight = producer.get(node.input[1])
+    return bool({"QuantizeLinear", "DequantizeLinear"} & set(chain)) or \
+        (node.input[1] not in inits and weight is not None and weight.op_type == "DequantizeLinear")
 
 
 @pytest.mark.slow
