@@ -208,6 +208,53 @@ class ColdStartItems:
                          new_model.version: table}
 
 
+class ItemContentMethods:
+    """`Predictor`'s item-content API (``item_vectors`` and the cold-start items); the Predictor
+    provides ``_serve`` (run on the pinned bundle), ``_cold`` (a `ColdStartItems`) and
+    ``result_cache``."""
+
+    def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Content-encoder vectors float32 [N, D] for item texts, tokenised exactly as in training
+        (the spec's ``text.tokenizer``), through the bundle's ``content_encoder`` part."""
+        return self._serve(item_vectors, texts)
+
+    def add_items(self, items: Mapping[Any, str]) -> list[str]:
+        """Register items that appeared after training (raw id -> text): each text is encoded on
+        the device by the bundle's content encoder, and `predict` / `score_candidates` / `top_k`
+        then score these ids through their content vector (fed as ``cand_content``) instead of
+        as the generic out-of-vocabulary item; ``return_oov`` does not flag them. Adding an id
+        again replaces its text. On `swap` the texts are re-encoded by the new bundle (see
+        `edgerec.runtime.cold_start`). Returns the ids, as str.
+
+        Raises:
+            RequestError: an empty or non-dict argument, an id the vocabulary knows, a text that is
+                not a non-blank str, or a bundle without a content encoder / ``cand_content`` input.
+
+        Examples:
+            >>> predictor.add_items({"m-new": "Space Cowboys (2000) Action|Adventure"})   # doctest: +SKIP
+            ['m-new']
+        """
+        with self._cold.lock:           # a swap re-encodes under the same lock: nothing is lost
+            return self._serve(self._cold.add, items)
+
+    @property
+    def added_items(self) -> dict[str, str]:
+        """raw id -> text of the items registered with `add_items`."""
+        return self._cold.texts
+
+    def remove_items(self, ids) -> list[str]:
+        """Forget added items (raw ids; unknown ones are ignored); returns the ids removed."""
+        removed = self._cold.remove(ids)
+        if removed:
+            self.result_cache.clear()
+        return removed
+
+    def clear_items(self) -> None:
+        """Forget every added item."""
+        self._cold.clear()
+        self.result_cache.clear()
+
+
 def mark_added(codes: np.ndarray, raw_items: Sequence, table: Mapping | None) -> np.ndarray:
     """Encoded candidate ids with the rows of added items set to -1, so the Predictor neither
     counts nor flags them as out of vocabulary (the arrays fed to the model keep the OOV index)."""

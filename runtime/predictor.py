@@ -19,13 +19,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .cache import CacheConfig, LRUCache, SESSIONS, result_keys, user_state_key
-from .cold_start import ColdStartItems, item_vectors, mark_added
+from .cold_start import ColdStartItems, ItemContentMethods, mark_added
 from .contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (public here too)
 from .counters import FOLD_EVERY, CallCounters
-from .errors import BundleError, RequestError, expected
-from .examples import replay_loaded
+from .errors import RequestError, expected
+from .hot_swap import swap_bundle
 from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
-from .scores import Scores, as_scores, count_oov, score_in_chunks
+from .scores import Scores, as_scores, count_oov, has_state_row, score_in_chunks
 from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
 
 _clock = time.perf_counter
@@ -39,7 +39,7 @@ def load(bundle_path, backend: str = "auto", warmup: bool = True, cache=None, **
     return Predictor(bundle_path, backend=backend, warmup=warmup, cache=cache, **backend_options)
 
 
-class Predictor:
+class Predictor(ItemContentMethods):
     """Scores raw requests with the bundle's selected artifacts for one backend.
 
     Args:
@@ -278,51 +278,12 @@ class Predictor:
         from .recommend import recommend
         return self._serve(recommend, self, user_request, k, m, exclude_seen, filter, use_cache)
 
-    # -- item content ---------------------------------------------------------------------------
-    def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        """Content-encoder vectors float32 [N, D] for item texts, tokenised exactly as in training
-        (the spec's ``text.tokenizer``), through the bundle's ``content_encoder`` part."""
-        return self._serve(item_vectors, texts)
-
-    def add_items(self, items: Mapping[Any, str]) -> list[str]:
-        """Register items that appeared after training (raw id -> text): each text is encoded on
-        the device by the bundle's content encoder, and `predict` / `score_candidates` / `top_k`
-        then score these ids through their content vector (fed as ``cand_content``) instead of
-        as the generic out-of-vocabulary item; ``return_oov`` does not flag them. Adding an id
-        again replaces its text. On `swap` the texts are re-encoded by the new bundle (see
-        `edgerec.runtime.cold_start`). Returns the ids, as str.
-
-        Raises:
-            RequestError: an empty or non-dict argument, an id the vocabulary knows, a text that is
-                not a non-blank str, or a bundle without a content encoder / ``cand_content`` input.
-
-        Examples:
-            >>> predictor.add_items({"m-new": "Space Cowboys (2000) Action|Adventure"})   # doctest: +SKIP
-            ['m-new']
-        """
-        with self._cold.lock:           # a swap re-encodes under the same lock: nothing is lost
-            return self._serve(self._cold.add, items)
-
-    @property
-    def added_items(self) -> dict[str, str]:
-        """raw id -> text of the items registered with `add_items`."""
-        return self._cold.texts
-
-    def remove_items(self, ids) -> list[str]:
-        """Forget added items (raw ids; unknown ones are ignored); returns the ids removed."""
-        removed = self._cold.remove(ids)
-        if removed:
-            self.result_cache.clear()
-        return removed
-
-    def clear_items(self) -> None:
-        """Forget every added item."""
-        self._cold.clear()
-        self.result_cache.clear()
-
     # -- tensors ----------------------------------------------------------------------------------
     def predict_arrays(self, feeds: Mapping[str, np.ndarray], part: str | None = None) -> dict[str, np.ndarray]:
-        """Run one part on already-encoded tensors (no preprocessing); default part: fused, else scorer."""
+        """Run one part on already-encoded tensors (no preprocessing); default part: fused, else scorer.
+
+        A scorer that broadcasts the user state (``LoadedBundle.shared_inputs``) also takes the
+        user-encoder outputs as 1 row beside N candidate rows: one user's state is fed once."""
         # `_serve` with `_enter`/`_leave` written out: this is the latency-critical path (the
         # benchmark's `tensor` scenario; each saved call is ~1 % of a batch-1 LiteRT call). Keep it in step.
         model = self._model
@@ -338,7 +299,11 @@ class Predictor:
                 part = model.default_part
             elif part not in model.parts:
                 raise RequestError(expected(f"a part among {sorted(model.parts)}", part))
-            result = model.run_tensors(part, feeds)
+            shared = model.shared_inputs.get(part)
+            if shared and has_state_row(feeds, shared):
+                result = _run_state_row(model, part, feeds, shared)
+            else:
+                result = model.run_tensors(part, feeds)
         except BaseException:
             self._leave(model, start, True)
             raise
@@ -394,44 +359,7 @@ class Predictor:
             check_examples: False skips the replay (e.g. for a bundle without examples).
             tolerance: a bound on worst and mean |Δ| chosen by the caller instead of the declared one.
         """
-        if self._closed:
-            raise RequestError(expected("an open Predictor", "closed"))
-        try:
-            new = self._open(new_bundle)
-        except BaseException:
-            self._count("failed_swaps", 1)
-            raise
-        try:
-            if check_examples:
-                failed = [r for r in replay_loaded(new, tolerance=tolerance) if not r.passed]
-                if failed:
-                    raise BundleError(expected("every served artifact to reproduce examples.jsonl within its "
-                                               "replay tolerance", "; ".join(r.describe() for r in failed)))
-        except BaseException:
-            new.close()
-            self._count("failed_swaps", 1)
-            raise
-        with self._cold.lock:       # added items are re-encoded by the new bundle before it serves
-            try:
-                table, dropped = self._cold.rebind(new)
-            except BaseException:
-                new.close()
-                self._count("failed_swaps", 1)
-                raise
-            with self._swap_lock:
-                closed = self._closed
-                if not closed:
-                    old, self._model = self._model, new
-                    self._cold.commit(old, new, table, dropped)
-                    self.user_cache.clear()
-                    self.result_cache.clear()
-        if closed:                  # close() ran while the new bundle was being checked
-            new.close()
-            self._count("failed_swaps", 1)
-            raise RequestError(expected("an open Predictor", "closed during the swap"))
-        old.retire()
-        self._count("swaps", 1)
-        return new.version
+        return swap_bundle(self, new_bundle, check_examples, tolerance)
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -463,3 +391,10 @@ class Predictor:
     def __repr__(self):
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
 
+
+def _run_state_row(model: LoadedBundle, part: str, feeds: Mapping, shared: frozenset) -> dict:
+    """`LoadedBundle.run_tensors` for ``shared`` inputs of 1 row beside N-row ones: its checks (ids
+    in the tables, finite floats, the signature), then `LoadedBundle.run`, which feeds them once."""
+    if model.spec is not None:
+        check_tensor_ranges(model.spec, feeds, model.id_limits)
+    return model.run(part, model.parts[part].check_feeds(feeds, shared=shared))

@@ -34,6 +34,7 @@ Examples:
 """
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable, Collection
@@ -120,8 +121,11 @@ class CascadeScore:
 
 def _standardise(values) -> np.ndarray:
     x = np.asarray(values, np.float64)
-    spread = x.std() if x.size else 0.0
-    return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x)
+    if not x.size:
+        return x
+    centred = x - x.mean()
+    spread = math.sqrt(float(np.dot(centred, centred)) / x.size)        # x.std(), one pass fewer
+    return centred / spread if spread > 0 else np.zeros_like(x)
 
 
 class Recommendations(NamedTuple):
@@ -141,11 +145,13 @@ def has_index(manifest) -> bool:
 
 
 class Retriever:
-    """The retrieval half of one loaded bundle: its item index and user tower backend."""
+    """The retrieval half of one loaded bundle: its item index, user tower backend and the
+    recorded `CascadeScore`."""
 
-    def __init__(self, index: ItemIndex, tower, output: str):
+    def __init__(self, index: ItemIndex, tower, output: str, fusion: CascadeScore | None = None):
         self.index, self.tower, self._output = index, tower, output
         self.input_names = frozenset(t.name for t in tower.inputs)
+        self.fusion = CascadeScore() if fusion is None else fusion
 
     @classmethod
     def open(cls, model, backend_options: Mapping) -> "Retriever":
@@ -156,6 +162,7 @@ class Retriever:
         if not has_index(model.manifest):
             raise RequestError(expected("a cascade bundle with an item index (edgerec export --retrieval)",
                                         "a bundle without one"))
+        fusion = CascadeScore.of(model.manifest)
         index = ItemIndex.load(model.dir, model.manifest)
         towers = index.meta.get("user_tower") or {}
         file = towers.get(model.backend_name)
@@ -167,8 +174,9 @@ class Retriever:
         outputs = [t.name for t in tower.outputs]
         output = USER_VECTOR if USER_VECTOR in outputs else outputs[0]
         if len(outputs) != 1 and USER_VECTOR not in outputs:
+            tower.close()
             raise BundleError(expected(f"a user tower with one output or one named {USER_VECTOR!r}", outputs))
-        return cls(index, tower, output)
+        return cls(index, tower, output, fusion)
 
     def vectors(self, feeds: Mapping) -> np.ndarray:
         """float32 [B, D] user vectors of encoded user-side inputs (the tower's declared names)."""
@@ -176,16 +184,33 @@ class Retriever:
         return out.reshape(len(out), -1)
 
     def feeds(self, pre, request: Mapping) -> dict:
-        feeds = {HIST_ITEMS: pre.encode_history([request["history"]])}
-        feeds.update(pre.encode_context([request.get("context")], self.input_names))
-        if DENSE in self.input_names:
-            feeds[DENSE] = pre.encode_dense([request.get("dense")])
-        elif request.get("dense") is not None and pre.spec.dense:
-            pre.encode_dense([request["dense"]])          # still validated
+        """The tower's inputs for one raw request (every user-side field validated)."""
+        return self.feeds_of(UserRow.encode(pre, request))
+
+    def feeds_of(self, user: "UserRow") -> dict:
+        """The tower's inputs from one encoded user row."""
+        feeds = {HIST_ITEMS: user.hist, **user.context}
+        if user.dense is not None:
+            feeds[DENSE] = user.dense
         return {name: feeds[name] for name in self.input_names if name in feeds}
 
     def close(self) -> None:
         self.tower.close()
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One request's user-side inputs, encoded once for the user tower and the ranker: history
+    [1, L], every context field [1] and dense features [1, F] (None without dense fields)."""
+
+    hist: np.ndarray
+    context: dict
+    dense: np.ndarray | None
+
+    @classmethod
+    def encode(cls, pre, request: Mapping) -> "UserRow":
+        dense = pre.encode_dense([request.get("dense")]) if pre.spec.dense else None
+        return cls(pre.encode_history([request["history"]]), pre.encode_context([request.get("context")]), dense)
 
 
 _RETRIEVERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -224,8 +249,10 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
     request = pre.check_request(user_request, need_item=False)
     retriever = retriever_for(model, predictor._options)
     index = retriever.index
-    vector = _cached_vector(predictor, model, retriever, pre, request, use_cache)
-    exclude = pre.encode_items(list(request["history"])) if exclude_seen and len(request["history"]) else None
+    user = UserRow.encode(pre, request)
+    vector = _cached_vector(predictor, model, retriever, retriever.feeds_of(user), use_cache)
+    history = request["history"]
+    exclude = pre.encode_items(history) if exclude_seen and len(history) else None
     if filter is None:
         rows, retrieved = index.search(vector, m, exclude=exclude)
     elif callable(filter):
@@ -241,33 +268,32 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
                                     type(filter).__name__))
     if rows.size == 0:
         return Recommendations([], np.zeros(0, np.float32))
-    fusion = CascadeScore.of(model.manifest)
-    ranked = _rank(predictor, model, pre, request, rows, use_cache) if fusion.needs_ranker else None
+    fusion = retriever.fusion
+    ranked = _rank(predictor, model, request, user, rows, use_cache) if fusion.needs_ranker else None
     scores = fusion.combine(ranked, retrieved)
+    # best first, ties in retrieval order (lexsort is stable on the index order)
     order = np.lexsort((np.arange(rows.size), -scores))[:k]
     return Recommendations(index.ids[rows[order]].tolist(), scores[order])
 
 
-def _rank(predictor, model, pre, request, rows: np.ndarray, use_cache: bool) -> np.ndarray:
+def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache: bool) -> np.ndarray:
     """Ranker scores of index rows for one user: `Predictor.score_candidates`'s path fed the row
     indices directly (raw ids would only be looked up again)."""
     n = rows.size
     arrays = {CAND_ITEM: rows.astype(np.int32)}
-    for name, column in pre.encode_context([request.get("context")]).items():
+    for name, column in user.context.items():
         arrays[name] = np.repeat(column, n)
-    if pre.spec.dense:
-        arrays[DENSE] = np.repeat(pre.encode_dense([request.get("dense")]), n, axis=0)
-    hist = pre.encode_history([request["history"]])
+    if user.dense is not None:
+        arrays[DENSE] = np.repeat(user.dense, n, axis=0)
     if "scorer" in model.parts and "user_encoder" in model.parts:
-        part, shared = "scorer", predictor._user_state(model, request.get("user_id"), hist, use_cache)
+        part, shared = "scorer", predictor._user_state(model, request.get("user_id"), user.hist, use_cache)
     else:
-        part, shared = "fused", {HIST_ITEMS: hist}
+        part, shared = "fused", {HIST_ITEMS: user.hist}
     return score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, RANK_CHUNK_ROWS)
 
 
-def _cached_vector(predictor, model, retriever: Retriever, pre, request, use_cache: bool) -> np.ndarray:
+def _cached_vector(predictor, model, retriever: Retriever, feeds: dict, use_cache: bool) -> np.ndarray:
     cache = predictor.user_cache
-    feeds = retriever.feeds(pre, request)
     if not (use_cache and cache.enabled):
         return retriever.vectors(feeds)[0]
     key = ("user_tower",) + result_keys(model.version, feeds)[0]

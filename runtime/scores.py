@@ -64,6 +64,14 @@ def rows_of(value) -> int | None:
     return shape[0] if shape else None
 
 
+def has_state_row(feeds, shared) -> bool:
+    """Whether ``feeds`` (a dict of arrays) holds a 1-row array of a ``shared`` input beside an
+    array of more rows (one user's state for N candidates)."""
+    if not isinstance(feeds, dict) or not any(rows_of(feeds.get(name)) == 1 for name in shared):
+        return False
+    return any((rows_of(value) or 0) > 1 for value in feeds.values())
+
+
 def spread_rows(feeds: dict, n: int, keep=frozenset()) -> dict:
     """``feeds`` with every 1-row array not in ``keep`` repeated to ``n`` rows (C-contiguous)."""
     return {name: np.repeat(value, n, axis=0) if name not in keep and rows_of(value) == 1 else value

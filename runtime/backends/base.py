@@ -112,8 +112,11 @@ class Backend:
         plan = self._plan if self._plan is not None and self._plan[0] is self.inputs else self._make_plan()
         return plan[2] and feeds_match(plan[1], feeds)
 
-    def check_feeds(self, feeds) -> dict[str, np.ndarray]:
-        """Validate names, dtypes, ranks, static dims and a shared batch size; collect every problem."""
+    def check_feeds(self, feeds, shared=frozenset()) -> dict[str, np.ndarray]:
+        """Validate names, dtypes, ranks, static dims and a shared batch size; collect every problem.
+
+        ``shared``: inputs that may also come as 1 row beside N-row others (one user's state for N
+        candidates, where the model broadcasts it: `edgerec.runtime.scores.scorer_shared_inputs`)."""
         if not isinstance(feeds, Mapping):
             raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
         declared = {spec.name: spec for spec in self.inputs}
@@ -156,8 +159,10 @@ class Backend:
             if value.ndim and (spec.shape[0] is None or spec.shape[0] == -1):
                 batch[name] = value.shape[0]
             checked[name] = np.ascontiguousarray(value)
-        if len(set(batch.values())) > 1:
-            problems.append(expected("one batch size across inputs", batch))
+        sizes = {rows for name, rows in batch.items() if not (rows == 1 and name in shared)}
+        if len(sizes) > 1:
+            problems.append(expected("one batch size across inputs" + (
+                f" (1 row allowed for {sorted(shared)})" if shared else ""), batch))
         if problems:
             raise RequestError("; ".join(problems))
         return checked

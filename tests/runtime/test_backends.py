@@ -87,6 +87,21 @@ def test_bad_feeds_raise_request_error(backend, mutate, fragment):
     assert fragment in str(info.value)
 
 
+def test_check_feeds_lets_shared_inputs_come_as_one_row(backend):
+    """A 1-row input among N-row ones passes only when it is named shared (one user's state that
+    the model broadcasts); the other inputs must still agree, and a shared input of another row
+    count is refused."""
+    feeds = _feeds(batch=5)
+    one_row = {**feeds, "hist_items": feeds["hist_items"][:1]}
+    with pytest.raises(RequestError, match="one batch size"):
+        backend.check_feeds(one_row)
+    checked = backend.check_feeds(one_row, shared=frozenset({"hist_items"}))
+    assert checked["hist_items"].shape == (1, 4) and checked["cand_item"].shape == (5,)
+    for bad in ({**feeds, "hist_items": feeds["hist_items"][:2]}, {**feeds, "cand_item": feeds["cand_item"][:3]}):
+        with pytest.raises(RequestError, match=r"one batch size across inputs \(1 row allowed for \['hist_items'\]\)"):
+            backend.check_feeds(bad, shared=frozenset({"hist_items"}))
+
+
 def test_bad_feeds_collects_all_problems(backend):
     with pytest.raises(RequestError) as info:
         backend.run({"hist_items": np.zeros((2, 4), np.int64), "zzz": np.zeros(2)})

@@ -166,3 +166,48 @@ def test_an_older_scorer_gets_the_state_repeated(bundle, backend):
         np.testing.assert_allclose(once, full, rtol=0, atol=1e-6)
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predict_arrays_takes_a_one_row_state(split_bundle, backend):
+    """Caller tensors get the broadcast too: the user-encoder outputs as 1 row beside N candidates
+    score as the state repeated, still under the tensor path's checks."""
+    from edgerec.runtime.errors import RequestError
+    from edgerec.runtime.predictor import Predictor
+
+    _, path, _ = split_bundle
+    request = _request()
+    with Predictor(path, backend=backend) as predictor:
+        pre = predictor._model.preprocessor
+        state = predictor.predict_arrays({"hist_items": pre.encode_history([request["history"]])}, part="user_encoder")
+        feeds = pre.encode_candidates([str(i) for i in range(10, 10 + N_CANDIDATES)], request["context"],
+                                      request["dense"])
+        feeds = {t.name: feeds[t.name] for t in predictor.input_specs("scorer") if t.name not in state}
+        once = predictor.predict_arrays({**feeds, **state}, part="scorer")["score"]
+        repeated = predictor.predict_arrays({**feeds, **{k: np.repeat(v, N_CANDIDATES, 0) for k, v in state.items()}},
+                                            part="scorer")["score"]
+        assert once.shape == (N_CANDIDATES, 1)
+        np.testing.assert_allclose(once, repeated, rtol=0, atol=1e-6)
+        unknown_ids = np.full(N_CANDIDATES, pre.spec.item_vocab.size, np.int32)
+        with pytest.raises(RequestError, match="ids in"):
+            predictor.predict_arrays({**feeds, **state, "cand_item": unknown_ids}, part="scorer")
+        name = sorted(state)[0]
+        with pytest.raises(RequestError, match="finite"):
+            predictor.predict_arrays({**feeds, **state, name: np.full_like(state[name], np.nan)}, part="scorer")
+        two_rows = {k: np.repeat(v, 2, 0) for k, v in state.items()}
+        with pytest.raises(RequestError, match="one batch size"):
+            predictor.predict_arrays({**feeds, **two_rows}, part="scorer")
+
+
+def test_predict_arrays_refuses_a_one_row_state_the_scorer_cannot_broadcast(bundle):
+    from edgerec.runtime.errors import RequestError
+    from edgerec.runtime.predictor import Predictor
+
+    with Predictor(bundle, backend="onnxruntime") as predictor:
+        pre = predictor._model.preprocessor
+        request = make_requests(1, seed=2)[0]
+        state = predictor.predict_arrays({"hist_items": pre.encode_history([request["history"]])}, part="user_encoder")
+        feeds = pre.encode_candidates([str(i) for i in range(10, 13)], request["context"], request["dense"])
+        feeds = {t.name: feeds[t.name] for t in predictor.input_specs("scorer") if t.name not in state}
+        with pytest.raises(RequestError, match="one batch size"):
+            predictor.predict_arrays({**feeds, **state}, part="scorer")
