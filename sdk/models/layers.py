@@ -214,16 +214,22 @@ class TargetAttention(tf_keras.layers.Layer):
         query, keys, mask = inputs[:3]
         key_half = inputs[3] if len(inputs) == 4 else self.key_half(keys)
         w_query, _, w_product = self._blocks()
-        query_half = tf.matmul(query, w_query)[:, None, :]                 # [N, 1, U]
+        length = keys.shape[1] if keys.shape[1] is not None else tf.shape(keys)[1]
         product = query[:, None, :] * keys                                   # [N, L, D]
-        features = self.hidden[0].activation(key_half + query_half + tf.matmul(product, w_product))
+        # The full-size term first: each add then broadcasts one operand along one axis (a
+        # [1, L, U] + [N, 1, U] sum would take the backends' slow general broadcast).
+        hidden = tf.matmul(product, w_product) + key_half + tf.matmul(query, w_query)[:, None, :]
+        # [N * L, U] rows: each further Dense is one matrix product with its bias and activation
+        features = tf.reshape(self.hidden[0].activation(hidden), [-1, self.hidden_units[0]])
         for layer in self.hidden[1:]:
             features = layer(features)
-        logits = tf.squeeze(self.logit(features), axis=-1)
+        # The logit's bias is added to every position alike, which the softmax over positions
+        # cancels (the mask penalty is the logits' spread, also unchanged): it is left out.
+        logits = tf.reshape(tf.matmul(features, self.logit.kernel), [-1, length])
         spread = tf.reduce_max(logits, axis=-1, keepdims=True) - tf.reduce_min(logits, axis=-1, keepdims=True)
         penalty = tf.stop_gradient(spread) + MASK_MARGIN
         weights = tf.nn.softmax(logits - (1.0 - mask) * penalty, axis=-1) * mask
-        return tf.reduce_sum(weights[:, :, None] * keys, axis=1)
+        return _rows_times(weights, keys)
 
     def compute_output_shape(self, input_shape):
         if not _is_shape_list(input_shape):
@@ -233,6 +239,15 @@ class TargetAttention(tf_keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden_units": list(self.hidden_units),
                 "activation": self.activation}
+
+
+def _rows_times(weights, values):
+    """``sum_l weights[n, l] * values[b, l, :]`` as ``[N, D]`` for values of a batch B = 1 or N:
+    the N rows are grouped as ``[B, N / B, L]``, so one user's values (B = 1) take one matrix
+    product for all N rows instead of an elementwise product the size of N histories."""
+    batch = tf.shape(values)[0]
+    grouped = tf.reshape(weights, tf.stack([batch, -1, tf.shape(weights)[-1]]))
+    return tf.reshape(tf.matmul(grouped, values), [-1, values.shape[-1]])
 
 
 @_register

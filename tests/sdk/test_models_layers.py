@@ -98,6 +98,23 @@ def test_target_attention_split_first_layer_is_the_concatenated_one(L):
     np.testing.assert_allclose(att([query, keys, mask, half]).numpy(), out, rtol=0, atol=1e-6)
 
 
+def test_target_attention_logit_bias_cancels_in_the_softmax(L):
+    """The logit's bias shifts every position's logit alike: the attention leaves it out and its
+    value changes nothing (trained models keep their scores)."""
+    att = L.TargetAttention(hidden_units=(6, 3))
+    rng = np.random.default_rng(6)
+    query = rng.normal(size=(3, 4)).astype(np.float32)
+    keys = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], np.float32)
+    att([query, keys, mask])
+    att.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in att.get_weights()])
+    out = att([query, keys, mask]).numpy()
+    kernel, bias = att.logit.get_weights()
+    att.logit.set_weights([kernel, bias + 7.5])
+    np.testing.assert_allclose(att([query, keys, mask]).numpy(), out, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out, _concatenated_attention(att, query, keys, mask), rtol=1e-5, atol=1e-5)
+
+
 def test_target_attention_broadcasts_one_history_to_many_queries(L):
     att = L.TargetAttention(hidden_units=(6,))
     rng = np.random.default_rng(5)
