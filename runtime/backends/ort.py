@@ -146,6 +146,10 @@ class OrtBackend(Backend):
         names = onnx_blob_names(self._model) if isinstance(self._model, bytes) else []
         if not names:
             return {}, []
+        if not hasattr(options, "add_external_initializers_from_files_in_memory"):
+            raise BackendUnavailableError(expected(
+                "onnxruntime with SessionOptions.add_external_initializers_from_files_in_memory to load "
+                f"{Path(self.model_path).name}'s shared tables from verified bytes", ort.__version__))
         blobs = resolve(names, self._tables, Path(self.model_path).parent)
         options.add_external_initializers_from_files_in_memory(list(blobs), list(blobs.values()),
                                                                [len(b) for b in blobs.values()])

@@ -227,3 +227,29 @@ def test_an_archive_of_a_shared_bundle_loads(pair, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_an_artifact_added_to_a_shared_bundle_is_stripped_to_the_blobs_it_repeats(pair, tmp_path):
+    import dataclasses
+
+    from edgerec.runtime.io import sha256_file
+    from edgerec.runtime.manifest import write_manifest
+
+    whole, shared = pair
+    folder = Path(shutil.copytree(shared, tmp_path / "b"))
+    before = load_manifest(folder).shared_tables
+    assert shared_tables.share_bundle(folder, min_bytes=MIN_BYTES)["tables"] == before["tables"]   # idempotent
+    added = folder / "user_encoder_copy.onnx"
+    shutil.copyfile(whole / "user_encoder.onnx", added)
+    manifest = load_manifest(folder)
+    manifest.artifacts.append(dataclasses.replace(manifest.artifact("user_encoder.onnx"), file=added.name,
+                                                  precision="dynamic", sha256=sha256_file(added),
+                                                  size_bytes=added.stat().st_size))
+    write_manifest(folder, manifest)
+    record = shared_tables.share_bundle(folder, min_bytes=MIN_BYTES)
+    assert {t["file"] for t in record["tables"]} == {t["file"] for t in before["tables"]}      # no new blob
+    assert any(u["artifact"] == added.name for t in record["tables"] for u in t["uses"])
+    assert added.stat().st_size < (whole / "user_encoder.onnx").stat().st_size
+    rows = {"hist_items": np.array([[1, 2, 3, 0, 0]], np.int32)}
+    with create_backend("onnxruntime", whole / "user_encoder.onnx") as want, create_backend("onnxruntime", added) as got:
+        np.testing.assert_array_equal(got.run(rows)["user_state"], want.run(rows)["user_state"])
