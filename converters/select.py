@@ -1,9 +1,7 @@
 """Variant selection: per backend and part, the validated artifact within budget that best meets an objective.
 
-Latency is measured on this machine through `edgerec.runtime.backends` (the code apps run):
-every candidate of a (backend, part) group is loaded once, then the candidates are run in
-interleaved rounds (A, B, C, A, B, C, …) at each batch size so drift on a shared machine hits
-all of them alike; the median per candidate and batch size is kept.
+Latency comes from `edgerec.converters.latency` (measured here in interleaved rounds through
+`edgerec.runtime.backends`, or read from the target device's ``edgerec bench`` results).
 
 Rules (each rejection keeps its reason):
 * an artifact that failed validation is rejected;
@@ -21,8 +19,9 @@ Rules (each rejection keeps its reason):
   than ``balanced_margin`` (10 %, i.e. 1.10x) at ANY timed batch size (1 and 256 by default) is
   rejected; the smallest of the rest is selected (ties: the fastest).
 
-Latency normally comes from this machine; `bench_latencies` reads ``edgerec bench`` results
-measured on the target device instead (``--latency-from BENCH.json``).
+Latency normally comes from this machine (`latency.measure_latencies`); `latency.bench_latencies`
+reads ``edgerec bench`` results measured on the target device instead (``--latency-from BENCH.json``).
+Both are importable from here too.
 
 An artifact whose backend cannot run on the exporting machine (a TensorRT engine built without the
 GPU runtime) can be neither validated nor timed: `select_unverified` adds it to the table marked
@@ -37,107 +36,19 @@ Examples:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from edgerec.runtime.errors import expected
 
+from .latency import LatencyConfig, bench_latencies, latency_feeds, measure_latencies  # noqa: F401 - public here
 from .specs import DEFAULT_BUDGET, MIN_DISTINCT_SCORES
-from .validate import BACKEND_FOR_FORMAT, DeployableArtifact, ValidationError, ValidationReport, as_deployable
+from .validate import BACKEND_FOR_FORMAT, ValidationError, ValidationReport, as_deployable
 
 COMPRESSED = ("fp16", "dynamic", "int8", "int4")
 OBJECTIVES = ("latency", "size", "balanced")
 BALANCED_MARGIN = 0.10
-
-
-@dataclass(frozen=True)
-class LatencyConfig:
-    """How latency is measured.
-
-    Args:
-        batch_sizes: batch sizes timed (the first is the "online" one, the last the scoring one).
-        rounds: interleaved rounds; the median over rounds is reported.
-        min_time_s: each timed sample repeats the call until at least this long (sub-ms calls).
-        warmup: untimed calls per candidate and batch size before the rounds.
-        num_threads: backend threads (1 = the phone-like setting).
-    """
-
-    batch_sizes: tuple[int, ...] = (1, 256)
-    rounds: int = 7
-    min_time_s: float = 0.01
-    warmup: int = 3
-    num_threads: int = 1
-
-    def __post_init__(self):
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            raise ValidationError(expected("batch_sizes as positive ints", self.batch_sizes))
-        if self.rounds < 1 or self.warmup < 0 or self.min_time_s < 0:
-            raise ValidationError(expected("rounds >= 1, warmup >= 0, min_time_s >= 0",
-                                           (self.rounds, self.warmup, self.min_time_s)))
-
-
-def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """Feeds of ``batch`` rows for the declared inputs, taken from real rows (tiled if short).
-
-    Inputs absent from ``arrays`` (none for edgerec parts when user outputs are given) get zeros.
-    """
-    feeds = {}
-    for spec in declared:
-        if spec.name in arrays and len(arrays[spec.name]):
-            source = np.asarray(arrays[spec.name])
-            rows = np.resize(np.arange(len(source)), batch)
-            feeds[spec.name] = np.ascontiguousarray(source[rows], dtype=spec.dtype)
-        else:
-            shape = [batch] + [d if d is not None else 1 for d in spec.shape[1:]]
-            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-    return feeds
-
-
-def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[str, np.ndarray]],
-                      config: LatencyConfig = LatencyConfig(), progress=None) -> dict[str, dict[int, float]]:
-    """Median milliseconds per call, ``{file: {batch: ms}}``, interleaved within each (backend, part)."""
-    from edgerec.runtime.backends import create_backend
-
-    groups: dict[tuple, list[DeployableArtifact]] = {}
-    for art in (as_deployable(a) for a in artifacts):
-        groups.setdefault((BACKEND_FOR_FORMAT[art.format], art.part), []).append(art)
-    result: dict[str, dict[int, float]] = {}
-    for (backend_name, part), members in groups.items():
-        if progress:
-            progress(f"timing {len(members)} {part} artifact(s) on {backend_name}")
-        loaded = [create_backend(backend_name, c.path, num_threads=config.num_threads) for c in members]
-        try:
-            arrays = arrays_by_part.get(part, {})
-            feeds = {(i, b): latency_feeds(be.inputs, arrays, b)
-                     for i, be in enumerate(loaded) for b in config.batch_sizes}
-            samples = {(i, b): [] for i in range(len(loaded)) for b in config.batch_sizes}
-            for (i, b), feed in feeds.items():
-                for _ in range(config.warmup):
-                    loaded[i].run(feed)
-            for _ in range(config.rounds):
-                for b in config.batch_sizes:
-                    for i, be in enumerate(loaded):
-                        samples[(i, b)].append(_time_call(be, feeds[(i, b)], config.min_time_s))
-            for i, art in enumerate(members):
-                result[art.file] = {b: float(np.median(samples[(i, b)])) for b in config.batch_sizes}
-        finally:
-            for be in loaded:
-                be.close()
-    return result
-
-
-def _time_call(backend, feed, min_time_s: float) -> float:
-    calls, start = 0, time.perf_counter()
-    while True:
-        backend.run(feed)
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time_s:
-            return elapsed * 1000.0 / calls
 
 
 @dataclass(frozen=True)
@@ -348,48 +259,6 @@ def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objectiv
             return (f"slower than fp32 at batch {b}: {lat[b]:.4f} ms vs {base:.4f} ms "
                     f"({lat[b] / base:.2f}x > {1.0 + limit:.2f}x)")
     return ""
-
-
-def bench_latencies(bench_json, artifacts: Sequence, batch_sizes: Sequence[int] | None = None) -> dict:
-    """``{file: {batch: p50 ms}}`` from an ``edgerec bench`` result (measured on the target device).
-
-    Rows are matched to artifacts by file name (bench's ``variant``): the ``tensor`` scenario through
-    edgerec's backend (``edgerec_<backend>``; a raw backend row when that is missing), fewest threads.
-    Every ``fused`` artifact must be covered at every batch size in ``batch_sizes`` (default: the
-    batch sizes the bench measured for all of them); split parts, which bench does not time, are
-    absent from the result (time them here).
-
-    Raises:
-        ValidationError: the file is not a bench result, or it misses candidates (run
-            ``edgerec bench BUNDLE`` on the target: it times every fused artifact).
-    """
-    import json
-
-    path = Path(bench_json)
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        records = [r for r in data["results"] if isinstance(r, dict)]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValidationError(expected("an `edgerec bench` bench.json with a results list", f"{path}: {err}")) from None
-    found: dict[str, dict[int, tuple]] = {}
-    for rec in records:
-        if rec.get("scenario") != "tensor" or rec.get("error") or rec.get("p50_ms") is None:
-            continue
-        file, backend = str(rec.get("variant")), str(rec.get("backend", ""))
-        rank = (0 if backend.startswith("edgerec_") else 1, int(rec.get("threads") or 1))
-        slot = found.setdefault(file, {})
-        batch = int(rec["batch"])
-        if batch not in slot or rank < slot[batch][0]:
-            slot[batch] = (rank, float(rec["p50_ms"]))
-    fused = [a for a in (as_deployable(x) for x in artifacts) if a.part == "fused"]
-    wanted = set(batch_sizes) if batch_sizes else (set.intersection(*(set(found.get(a.file, {})) for a in fused))
-                                                   if fused else set())
-    missing = sorted(f"{a.file} (batch {sorted(wanted - set(found.get(a.file, {}))) or 'any'})" for a in fused
-                     if a.file not in found or not wanted or wanted - set(found[a.file]))
-    if missing:
-        raise ValidationError(expected(f"{path} to time every fused candidate (run `edgerec bench BUNDLE` on the "
-                                       "target on a bundle exported with the same variants)", f"missing {missing}"))
-    return {a.file: {b: found[a.file][b][1] for b in sorted(wanted)} for a in fused}
 
 
 def select_unverified(selection: Selection, artifacts: Sequence, reasons: Mapping[str, str],
