@@ -118,7 +118,11 @@ def _litert_interpreter(model_path, threads):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise MissingDependencyError("ai_edge_litert", "litert", "the raw LiteRT baseline") from None
-    return Interpreter(model_path=str(model_path), num_threads=threads)
+    from edgerec.runtime.shared_tables import whole_tflite
+
+    path = Path(model_path)
+    # a bundle's stripped .tflite gets its shared tables spliced back in (a no-op on a whole file)
+    return Interpreter(model_content=whole_tflite(path.read_bytes(), None, path.parent), num_threads=threads)
 
 
 def raw_litert(model_path: str | Path, feeds: Mapping[str, np.ndarray], threads: int) -> Prepared:

@@ -22,6 +22,7 @@ from .errors import EdgeRecError
 from .examples import ExampleSet
 from .loaded import load_spec, selected_files
 from .manifest import Manifest, bundle_directory, read_manifest, verify_files
+from .shared_tables import SharedTables, artifact_size
 from .spec import FeatureSpec
 
 # Validation figures shown per artifact, in this order.
@@ -32,7 +33,11 @@ def backend_files(manifest: Manifest, backend: str) -> list[str]:
     """Every file an app serving ``backend`` needs: its selected artifacts and the bundle's other
     listed files (feature spec, examples.jsonl, vocabularies, ...)."""
     artifacts = list(dict.fromkeys(selected_files(manifest, backend).values()))
-    return artifacts + [f["file"] for f in manifest.files if isinstance(f, dict) and f.get("file") not in artifacts]
+    tables = SharedTables.files_for(manifest, artifacts)
+    every_table = set(SharedTables.files_for(manifest, [a.file for a in manifest.artifacts]))
+    others = [f["file"] for f in manifest.files if isinstance(f, dict) and f.get("file") not in artifacts
+              and f.get("file") not in every_table]
+    return artifacts + tables + others
 
 
 def describe_bundle(bundle_path) -> dict:
@@ -94,8 +99,9 @@ def describe_bundle(bundle_path) -> dict:
 def _artifact(manifest: Manifest, file: str) -> dict:
     art = manifest.artifact(file)
     figures = {k: art.validation[k] for k in FIGURES if isinstance(art.validation.get(k), (int, float))}
-    return {"file": art.file, "format": art.format, "precision": art.precision, "size_bytes": art.size_bytes,
-            "validation": figures}
+    # the artifact's bytes with the shared tables it reads: what it costs as one file
+    return {"file": art.file, "format": art.format, "precision": art.precision,
+            "size_bytes": artifact_size(manifest, file), "validation": figures}
 
 
 def _inputs(manifest: Manifest, selected: dict) -> dict:

@@ -100,7 +100,8 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     served = list(dict.fromkeys([*chosen.values(), *towers]))
     blobs = set(SharedTables.files_for(manifest, served))
     unread = {t["file"] for t in manifest.shared_tables.get("tables", ())} - blobs
-    keep = [name for name in backend_files(manifest, backend) + towers if name not in unread]
+    keep = list(dict.fromkeys([name for name in backend_files(manifest, backend) + towers if name not in unread]
+                              + sorted(blobs)))
     listed = {entry["file"]: entry for entry in manifest.all_files()}
     tmp.mkdir(parents=True)
     for name in keep:

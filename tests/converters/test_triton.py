@@ -324,3 +324,22 @@ def test_tf2onnx_parts_repository_and_ensemble_semantics(tmp_path):
     np.testing.assert_allclose(tensors["score"], expected_score, atol=1e-6)
     keras_score = parts["fused"](feeds)["score"].numpy()
     np.testing.assert_allclose(expected_score, keras_score, atol=1e-5)
+
+
+def test_a_shared_table_bundle_gives_models_onnx_runtime_loads(bundle, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from edgerec.converters.shared_tables import share_bundle
+
+    record = share_bundle(bundle, min_bytes=64)              # the 20 x 4 table is read by all three parts
+    assert record["tables"] and {u["artifact"] for t in record["tables"] for u in t["uses"]} >= {"scorer_fp32.onnx"}
+    root = tmp_path / "repo"
+    write_triton_repository(bundle, root)
+    feeds = {"hist_items": np.array([[2, 3, 4, 0, 0]], np.int32), "cand_item": np.array([5], np.int32),
+             "hour": np.array([1], np.int32)}
+    whole = ort.InferenceSession(str(root / "fused" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert whole.run(["score"], feeds)[0].shape == (1, 1)
+    for name in ("user_encoder", "scorer"):
+        folder = root / name / "1"
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("shared-")), name
+        ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert check_triton_repository(root, bundle) == []
