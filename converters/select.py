@@ -11,6 +11,8 @@ Rules (each rejection keeps its reason):
   of one user) are less than `MIN_DISTINCT_SCORES` (99 %) distinct or tie inside the top 10 is
   rejected with the measured figures (`resolution_problem`), and so are the split parts of the same
   variant (``scorer_<variant>``, ``user_encoder_<variant>``): their scores come from the same graph;
+  one with no sweep where others of its (backend, part) group have one is rejected too (the sweep
+  failed to run on it: its resolution is unknown);
 * then the objective decides (`OBJECTIVES`):
   ``latency`` — a compressed variant slower than fp32 at the selection batch size by more than
   ``slower_margin`` (5 %) is rejected; the fastest at that batch size is selected;
@@ -123,6 +125,7 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
     coarse = _coarse_variants(report)
     for (backend, part), members in groups.items():
         fp32 = next((r for r in members if r.precision == "fp32" and r.passed), None)
+        swept = any(r.metrics.get("score_resolution") for r in members)   # the rows allow a candidate sweep
         rows = []
         for res in members:
             lat = dict(latencies.get(res.file, {}))
@@ -146,7 +149,7 @@ def select_variants(report: ValidationReport, latencies: Mapping[str, Mapping[in
                 # no probability of its own: judged by user_encoder -> scorer against the Keras fused model
                 row["delta_auc"], row["delta_auc_source"] = composed[res.file], "composition"
             reason = _rejection(res, lat, batch, fp32, latencies, budget, slower_margin, row["delta_auc"], objective,
-                                balanced_margin) or coarse.get((backend, _variant_of(res.file, part)), "")
+                                balanced_margin, swept) or coarse.get((backend, _variant_of(res.file, part)), "")
             if reason:
                 row["status"], row["reason"] = "rejected", reason
                 selection.rejected.append({"file": res.file, "backend": backend, "reason": reason})
@@ -226,13 +229,13 @@ def _coarse_variants(report: ValidationReport) -> dict[tuple, str]:
             continue
         problem = resolution_problem(res.metrics.get("score_resolution"))
         if problem:
-            found[(BACKEND_FOR_FORMAT[res.format], _variant_of(res.file, "fused"))] = f"its fused variant {res.file}: " \
-                f"{problem}"
+            key = (BACKEND_FOR_FORMAT[res.format], _variant_of(res.file, "fused"))
+            found[key] = f"its fused variant {res.file}: {problem}"
     return found
 
 
 def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objective="latency",
-               balanced_margin=BALANCED_MARGIN) -> str:
+               balanced_margin=BALANCED_MARGIN, swept=False) -> str:
     if not res.passed:
         return "failed validation: " + "; ".join(res.failures)
     if not lat or batch not in lat:
@@ -249,6 +252,9 @@ def _rejection(res, lat, batch, fp32, latencies, budget, margin, delta, objectiv
     coarse = resolution_problem(res.metrics.get("score_resolution")) if res.part == "fused" else ""
     if coarse:
         return coarse
+    if res.part == "fused" and swept and not res.metrics.get("score_resolution"):
+        return ("no score resolution measured: the candidate sweep did not run on this artifact "
+                "(others of its backend had one)")
     if fp32 is None or objective == "size":
         return ""
     checked = [batch] if objective == "latency" else sorted(lat)

@@ -160,12 +160,12 @@ def test_coarse_scores_are_refused_with_the_measured_resolution_and_so_are_their
     results = [_res("fused_fp32.onnx", "fp32", "onnx"), _res("fused_qdq_t4.onnx", "int4", "onnx", delta=0.001),
                _res("fused_dynamic_t4.onnx", "int4", "onnx", delta=0.001),
                _res("fused_int8.onnx", "int8", "onnx", delta=0.001)]
-    resolutions = [dict(fine, distinct_fraction=0.97), {"candidates": 1000, "distinct_fraction": 0.886, "top10_tied": 3},
-                   fine, dict(fine, top10_tied=2)]
+    resolutions = [dict(fine, distinct_fraction=0.97),
+                   {"candidates": 1000, "distinct_fraction": 0.886, "top10_tied": 3}, fine, dict(fine, top10_tied=2)]
     for res, resolution in zip(results, resolutions):
         res.metrics["score_resolution"] = resolution
-    scorers = [_res(f, p, "onnx", delta=0.001) for f, p in (("scorer_fp32.onnx", "fp32"), ("scorer_qdq_t4.onnx", "int4"),
-                                                            ("scorer_dynamic_t4.onnx", "int4"))]
+    scorers = [_res(f, p, "onnx", delta=0.001) for f, p in
+               (("scorer_fp32.onnx", "fp32"), ("scorer_qdq_t4.onnx", "int4"), ("scorer_dynamic_t4.onnx", "int4"))]
     for res in scorers:
         res.part = "scorer"
     lat = {r.file: {1: 0.1, 256: 1.0} for r in results + scorers}
@@ -181,3 +181,20 @@ def test_coarse_scores_are_refused_with_the_measured_resolution_and_so_are_their
     assert reasons["scorer_qdq_t4.onnx"] == "its fused variant fused_qdq_t4.onnx: " + reasons["fused_qdq_t4.onnx"]
     assert sel.row("fused_fp32.onnx")["distinct_fraction"] == 0.97          # fp32 is reported, never refused
     assert resolution_problem(fine) == "" and resolution_problem(None) == ""
+
+
+def test_a_compressed_variant_whose_sweep_did_not_run_is_refused_when_others_were_swept():
+    fine = {"candidates": 1000, "distinct_fraction": 1.0, "top10_tied": 0}
+    results = [_res("fused_fp32.onnx", "fp32", "onnx"), _res("fused_dynamic.onnx", "dynamic", "onnx", delta=0.001),
+               _res("fused_dynamic_t4.onnx", "int4", "onnx", delta=0.001)]
+    results[0].metrics["score_resolution"] = results[2].metrics["score_resolution"] = fine
+    lat = {r.file: {1: 0.1, 256: 1.0} for r in results}
+    sel = select_variants(ValidationReport(results=results), lat, objective="size",
+                          sizes={"fused_fp32.onnx": 1000, "fused_dynamic.onnx": 100, "fused_dynamic_t4.onnx": 150})
+    assert sel.selected["onnxruntime"]["fused"] == "fused_dynamic_t4.onnx"
+    assert sel.row("fused_dynamic.onnx")["reason"].startswith("no score resolution measured")
+    for res in results:                               # rows without groups: nothing swept, nothing refused for it
+        res.metrics.pop("score_resolution", None)
+    assert select_variants(ValidationReport(results=results), lat, objective="size", sizes={
+        "fused_fp32.onnx": 1000, "fused_dynamic.onnx": 100, "fused_dynamic_t4.onnx": 150}).selected == {
+        "onnxruntime": {"fused": "fused_dynamic.onnx"}}
