@@ -1,5 +1,6 @@
 """Row-wise int4/int8 embedding tables in ONNX: every Gather of a constant 2-D float table becomes
-ONNX Runtime's ``com.microsoft.GatherBlockQuantized``, and a table read by several Gathers is stored once.
+ONNX Runtime's ``com.microsoft.GatherBlockQuantized`` (a narrow one an int8 Gather + DequantizeLinear),
+and a table read by several Gathers is stored once.
 
 Kernel facts (onnxruntime 1.32, CPU provider, measured): ``GatherBlockQuantized`` takes ``int4`` /
 ``uint4`` data (two values per byte, low nibble first) with ``bits=4``, or ``uint8`` data with
@@ -19,7 +20,13 @@ Scale formats (``scale_type``):
 * ``float16`` / ``float32``: asymmetric rows (per-row min/max, integer zero point), scales stored
   as such: 18.5 / 20.5 bytes per 32-wide int4 row.
 
-Either way every element is within half a step of its row. The kernel dequantizes the looked-up
+Either way every element is within half a step of its row.
+
+Narrow tables (a per-item bias ``[V, 1]``, a few context columns) would cost more as padded blocks
+than as plain bytes — a ``[V, 1]`` int4 row padded to 16 columns is 9 bytes, twice its fp32 value —
+so a table whose int8 row is no larger than its block row is stored int8 with one symmetric scale per
+column (`narrow_table`): ``Gather`` of the int8 table, then ``DequantizeLinear`` of the looked-up rows
+(1 byte per value in the file and in RAM, within half a step of its column). The kernel dequantizes the looked-up
 rows only: the table stays packed in memory at run time (file size ≈ resident size of the table).
 
 ``dense_bits=4`` also writes every large constant MatMul/Gemm weight as ``com.microsoft.MatMulNBits``
@@ -168,6 +175,35 @@ def _log8_table(graph, name: str, array: np.ndarray, bits: int) -> tuple[list, l
     return inputs, nodes, int(q.size * bits // 8 + codes.size + 8)
 
 
+def is_narrow(dim: int, bits: int) -> bool:
+    """Whether a ``dim``-wide table, padded to a block, is smaller as int8 columns than as ``bits``-bit
+    block rows with a one-byte scale code (a table as wide as a block keeps its per-row scales)."""
+    return dim < MIN_BLOCK and dim * 8 < block_size(dim) * bits + 8
+
+
+def quantize_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per column of ``table [V, D]``: ``(q int8 [V, D], scales fp32 [D])``,
+    ``table ≈ q * scales``, every value within half a step of its column."""
+    table = np.asarray(table, dtype=np.float32)
+    scales = (np.abs(table).max(axis=0) / 127.0).astype(np.float32)
+    scales = np.where(scales > 0, scales, np.float32(1.0)).astype(np.float32)
+    return np.clip(np.round(table / scales), -127, 127).astype(np.int8), scales
+
+
+def narrow_table(graph, name: str, array: np.ndarray) -> tuple[str, list, int]:
+    """Store ``array [V, D]`` as int8 columns (see the module doc): ``(data name, DequantizeLinear
+    inputs after the looked-up rows, stored bytes)``. One column takes a scalar scale (per tensor)."""
+    from onnx import numpy_helper
+
+    q, scales = quantize_columns(array)
+    base = f"{name}_c8"
+    scale = scales.reshape(()) if scales.size == 1 else scales
+    graph.initializer.extend([numpy_helper.from_array(q, base),
+                              numpy_helper.from_array(scale, base + "_scale"),
+                              numpy_helper.from_array(np.zeros(scale.shape, np.int8), base + "_zero_point")])
+    return base, [base + "_scale", base + "_zero_point"], int(q.nbytes + scales.nbytes + scales.size)
+
+
 def _merge_identical_tables(graph, candidates: dict) -> dict[str, str]:
     """Point every Gather at the first of identical float tables; returns ``{dropped: kept}``."""
     seen: dict[str, str] = {}
@@ -210,6 +246,21 @@ def quantize_embedding_gathers(proto, config: OnnxEmbeddingConfig) -> list[dict]
             continue
         rows, dim = array.shape
         block = block_size(dim)
+        narrow = is_narrow(dim, config.bits)
+        if narrow:
+            if name not in done:
+                base, extra, stored = narrow_table(graph, name, array)
+                done[name] = (base, extra)
+                records.append({"table": name, "rows": int(rows), "dim": int(dim), "block_size": None, "bits": 8,
+                                "scale_type": "int8_per_column", "gathers": 0, "bytes_float": int(array.nbytes),
+                                "bytes_quantized": stored})
+            base, extra = done[name]
+            next(r for r in records if r["table"] == name)["gathers"] += 1
+            step = f"{node.output[0]}_c8"
+            new_nodes.append(helper.make_node("Gather", [base, node.input[1]], [step], axis=0))
+            new_nodes.append(helper.make_node("DequantizeLinear", [step] + list(extra), [node.output[0]],
+                                              **({"axis": -1} if dim > 1 else {})))
+            continue
         if name not in done:
             base = f"{name}_q{config.bits}"
             if config.scale_type == "log8":
@@ -259,7 +310,7 @@ class OnnxEmbeddingPass(Pass):
     """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
 
     name = "onnx_embedding"
-    version = 5
+    version = 6
     Config = OnnxEmbeddingConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -285,8 +336,8 @@ class OnnxEmbeddingPass(Pass):
         out.write_bytes(proto.SerializeToString())
         inputs, outputs = graph_specs(proto)
         for r in records:
-            logger.info("table %s [%d x %d]: %d Gather(s) -> one uint%d table (%.1f%% of its fp32 bytes)",
-                        r["table"], r["rows"], r["dim"], r["gathers"], config.bits,
+            logger.info("table %s [%d x %d]: %d Gather(s) -> one %d-bit table (%.1f%% of its fp32 bytes)",
+                        r["table"], r["rows"], r["dim"], r["gathers"], r["bits"],
                         100.0 * r["bytes_quantized"] / r["bytes_float"])
         details = {**self.carried_details(source), **{k: v for k, v in source.details.items() if k == "opset"},
                    "embedding_bits": config.bits, "embedding_tables": records,

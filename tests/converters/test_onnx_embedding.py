@@ -291,3 +291,69 @@ def test_a_graph_without_a_score_per_row_skips_the_budget_but_still_quantizes(tm
     q = OrtQuantizePass().run(art, OrtQuantizeConfig(mode="dynamic", data=str(calib), accuracy_budget=0.003),
                               tmp_path / "q")
     assert "skipped" in q.details["mixed_precision"]
+
+
+def _narrow_model(path, width: int, seed: int = 0):
+    """ids [B] -> table row · w + sum(narrow row) -> sigmoid, ``narrow`` a ``[VOCAB, width]`` table
+    (a per-item bias when ``width`` is 1)."""
+    rng = np.random.default_rng(seed)
+    narrow = rng.normal(scale=0.7, size=(VOCAB, width)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.normal(scale=0.5, size=(VOCAB, DIM)).astype(np.float32), "table"),
+             numpy_helper.from_array(narrow, "narrow"),
+             numpy_helper.from_array(rng.normal(size=(DIM, 1)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+             helper.make_node("Gather", ["narrow", "ids"], ["narrow_rows"], axis=0, name="narrow_lookup"),
+             helper.make_node("MatMul", ["rows", "w"], ["logit"]),
+             helper.make_node("ReduceSum", ["narrow_rows", "axis1"], ["bias"], keepdims=1),
+             helper.make_node("Add", ["logit", "bias"], ["logit_b"]),
+             helper.make_node("Sigmoid", ["logit_b"], ["score"])]
+    graph = helper.make_graph(nodes, "narrow", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch"])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1]),
+                               helper.make_tensor_value_info("narrow_rows", TensorProto.FLOAT, ["batch", width])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path, narrow
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_a_narrow_table_is_stored_as_int8_columns_not_padded_blocks(tmp_path, width):
+    from edgerec.converters.passes.onnx_embedding import is_narrow
+
+    assert is_narrow(1, 4) and is_narrow(8, 4) and not is_narrow(9, 4) and not is_narrow(DIM, 4)
+    assert is_narrow(15, 8) and not is_narrow(16, 8)
+    src, narrow = _narrow_model(tmp_path / "m.onnx", width)
+    art = OnnxEmbeddingPass().run(_onnx(src), OnnxEmbeddingConfig(bits=4), tmp_path / "o")
+    proto = onnx.load(art.path)
+    stored = {i.name: i for i in proto.graph.initializer}
+    assert stored["narrow_c8"].data_type == TensorProto.INT8 and list(stored["narrow_c8"].dims) == [VOCAB, width]
+    assert not any(VOCAB in i.dims and i.data_type in (TensorProto.FLOAT, TensorProto.INT4) and len(i.dims) == 2
+                   and i.dims[1] < DIM for i in proto.graph.initializer)   # no padded 16-column block copy
+    assert sum(n.op_type == "GatherBlockQuantized" for n in proto.graph.node) == 1       # the wide table only
+    record = next(r for r in art.details["embedding_tables"] if r["table"] == "narrow")
+    assert record["scale_type"] == "int8_per_column" and record["bits"] == 8
+    assert record["bytes_quantized"] <= VOCAB * width + 8 * width
+    ids = np.arange(VOCAB, dtype=np.int32)
+    session = ort.InferenceSession(art.path, providers=["CPUExecutionProvider"])
+    rows = session.run(["narrow_rows"], {"ids": ids})[0]
+    half_step = np.abs(narrow).max(axis=0) / 127 / 2
+    assert rows.shape == (VOCAB, width) and np.all(np.abs(rows - narrow) <= half_step * (1 + 1e-5))
+    assert np.abs(rows - narrow).max() > 0
+    # the bytes a [V, width] int4 block table would take: 16 padded columns + a scale code per row
+    blocks = VOCAB * (block_size(width) * 4 // 8 + 1)
+    size = (tmp_path / "o").joinpath(art.path.split("/")[-1]).stat().st_size
+    wide = VOCAB * (block_size(DIM) // 2 + 1)                    # the 4-bit wide table
+    assert size < wide + VOCAB * width + 2048                    # + 1 byte per narrow value + graph
+    assert record["bytes_quantized"] < blocks
+    calib = tmp_path / "rows.npz"
+    np.savez(calib, ids=np.random.default_rng(2).integers(1, VOCAB, 800).astype(np.int32))
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(["score"], {"ids": ids})[0]
+    for mode in ("dynamic", "static_qdq"):            # the quantize pass leaves the int8 lookup as it is
+        q = OrtQuantizePass().run(art, OrtQuantizeConfig(mode=mode, data=str(calib)), tmp_path / mode)
+        got = ort.InferenceSession(q.path, providers=["CPUExecutionProvider"]).run(["score"], {"ids": ids})[0]
+        assert np.abs(got - want).mean() < 0.02, mode
+        assert any(i.data_type == TensorProto.INT8 and list(i.dims) == [VOCAB, width]
+                   for i in onnx.load(q.path).graph.initializer), mode
