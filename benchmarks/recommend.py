@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,7 +44,11 @@ def _requests(bundle: Path, count: int) -> list[dict]:
 def recommend_rows(bundle, backends: Sequence[str], k: int = 10, m: int = 200, calls: int = 300,
                    requests: Sequence[dict] | None = None) -> list[dict]:
     """One row per backend: ``{"scenario": "recommend", "backend", "threads": 1, "k", "m", "calls",
-    "p50_ms", "p99_ms", "mean_ms"}`` (or ``"error"``)."""
+    "p50_ms", "p99_ms", "mean_ms", "cpu_p50_ms", "cpu_p99_ms", "load_1m"}`` (or ``"error"``).
+
+    ``cpu_*`` is the process's CPU time per call (every thread: numpy's BLAS workers too); on a
+    shared machine the wall times also hold the time the call waited for a core, which
+    ``load_1m`` (the 1-minute load average at the end) puts in context."""
     import edgerec.runtime as rt
     from edgerec.runtime.errors import EdgeRecError
 
@@ -56,29 +61,43 @@ def recommend_rows(bundle, backends: Sequence[str], k: int = 10, m: int = 200, c
             with rt.load(bundle, backend=backend, num_threads=1, cache=False) as predictor:
                 for request in requests[:5]:
                     predictor.recommend(request, k=k, m=m)
-                times = []
+                times, cpu = [], []
                 for i in range(calls):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     predictor.recommend(requests[i % len(requests)], k=k, m=m)
+                    cpu.append(time.process_time() - start_cpu)
                     times.append(time.perf_counter() - start)
         except EdgeRecError as err:
             rows.append({**row, "error": f"{type(err).__name__}: {err}"})
             continue
-        ms = np.asarray(times) * 1e3
+        ms, cpu_ms = np.asarray(times) * 1e3, np.asarray(cpu) * 1e3
         rows.append({**row, "calls": calls, "p50_ms": float(np.percentile(ms, 50)),
-                     "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())})
+                     "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+                     "cpu_p50_ms": float(np.percentile(cpu_ms, 50)), "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+                     "load_1m": _load()})
     return rows
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def recommend_markdown(rows: Sequence[dict]) -> list[str]:
     """The bench.md table of `recommend_rows`."""
     out = ["", "## recommend (user tower + index + ranker, 1 thread)", "",
-           "| backend | k | m | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+           "| backend | k | m | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms | load (1 min) |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['backend']} | {r['k']} | {r['m']} | error: {r['error'][:80]} | |")
-        else:
-            out.append(f"| {r['backend']} | {r['k']} | {r['m']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+            out.append(f"| {r['backend']} | {r['k']} | {r['m']} | error: {r['error'][:80]} | | | | |")
+            continue
+        cpu = [f"{r[key]:.2f}" if r.get(key) is not None else "" for key in ("cpu_p50_ms", "cpu_p99_ms")]
+        load = "" if r.get("load_1m") is None else f"{r['load_1m']:.2f}"
+        out.append(f"| {r['backend']} | {r['k']} | {r['m']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                   f"{cpu[0]} | {cpu[1]} | {load} |")
     return out
 
 

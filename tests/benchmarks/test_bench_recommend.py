@@ -23,7 +23,9 @@ def test_a_cascade_bundle_gets_recommend_rows(tmp_path):
     assert [r["backend"] for r in rows] == ["onnxruntime"]
     assert rows[0]["threads"] == 1 and rows[0]["k"] == 10 and rows[0]["m"] == 200
     assert 0 < rows[0]["p50_ms"] <= rows[0]["p99_ms"]
-    assert "## recommend" in (tmp_path / "out" / "bench.md").read_text()
+    assert 0 < rows[0]["cpu_p50_ms"] <= rows[0]["cpu_p99_ms"]
+    text = (tmp_path / "out" / "bench.md").read_text()
+    assert "## recommend" in text and "| CPU p50 ms |" in text
 
 
 def test_a_ranker_bundle_has_no_recommend_rows(tmp_path):
