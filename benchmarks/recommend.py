@@ -42,13 +42,14 @@ def _requests(bundle: Path, count: int) -> list[dict]:
 
 
 def recommend_rows(bundle, backends: Sequence[str], k: int = 10, m: int = 200, calls: int = 300,
-                   requests: Sequence[dict] | None = None) -> list[dict]:
+                   requests: Sequence[dict] | None = None, stage_calls: int = 100) -> list[dict]:
     """One row per backend: ``{"scenario": "recommend", "backend", "threads": 1, "k", "m", "calls",
     "p50_ms", "p99_ms", "mean_ms", "cpu_p50_ms", "cpu_p99_ms", "load_1m"}`` (or ``"error"``).
 
     ``cpu_*`` is the process's CPU time per call (every thread: numpy's BLAS workers too); on a
     shared machine the wall times also hold the time the call waited for a core, which
-    ``load_1m`` (the 1-minute load average at the end) puts in context."""
+    ``load_1m`` (the 1-minute load average at the end) puts in context. ``stages``: the same
+    calls' cost per stage (`recommend_stages`, ``stage_calls`` more calls)."""
     import edgerec.runtime as rt
     from edgerec.runtime.errors import EdgeRecError
 
@@ -74,8 +75,29 @@ def recommend_rows(bundle, backends: Sequence[str], k: int = 10, m: int = 200, c
         rows.append({**row, "calls": calls, "p50_ms": float(np.percentile(ms, 50)),
                      "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
                      "cpu_p50_ms": float(np.percentile(cpu_ms, 50)), "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
-                     "load_1m": _load()})
+                     "load_1m": _load(), "stages": recommend_stages(bundle, backend, k, m, stage_calls, requests)})
     return rows
+
+
+def recommend_stages(bundle, backend: str = "onnxruntime", k: int = 10, m: int = 200, calls: int = 100,
+                     requests: Sequence[dict] | None = None) -> dict:
+    """``{stage: {"wall_p50_ms", "cpu_p50_ms", "wall_mean_ms", "cpu_mean_ms"}}`` of ``calls``
+    `recommend` calls at 1 thread, user-state caches off (stages: `runtime.recommend.StageClock`)."""
+    import edgerec.runtime as rt
+    from edgerec.runtime.recommend import StageClock, recommend
+
+    requests = list(requests) if requests is not None else _requests(Path(bundle), 64)
+    clock = StageClock()
+    with rt.load(bundle, backend=backend, num_threads=1, cache=False) as predictor:
+        model = predictor._model
+        for i in range(5 + calls):
+            if i == 5:
+                clock = StageClock()                # the warm-up calls are not booked
+            recommend(model, predictor, requests[i % len(requests)], k, m, True, None, False, clock)
+    return {stage: {"wall_p50_ms": float(np.median(clock.wall[stage])) * 1e3,
+                    "cpu_p50_ms": float(np.median(clock.cpu[stage])) * 1e3,
+                    "wall_mean_ms": float(np.mean(clock.wall[stage])) * 1e3,
+                    "cpu_mean_ms": float(np.mean(clock.cpu[stage])) * 1e3} for stage in clock.wall}
 
 
 def _load() -> float | None:
@@ -98,6 +120,12 @@ def recommend_markdown(rows: Sequence[dict]) -> list[str]:
         load = "" if r.get("load_1m") is None else f"{r['load_1m']:.2f}"
         out.append(f"| {r['backend']} | {r['k']} | {r['m']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                    f"{cpu[0]} | {cpu[1]} | {load} |")
+    for r in rows:
+        if r.get("stages"):
+            out += ["", f"per stage ({r['backend']}):", "", "| stage | wall p50 ms | CPU p50 ms | wall mean ms |",
+                    "|---|---|---|---|"]
+            out += [f"| {name} | {t['wall_p50_ms']:.3f} | {t['cpu_p50_ms']:.3f} | {t['wall_mean_ms']:.3f} |"
+                    for name, t in r["stages"].items()]
     return out
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -236,13 +237,44 @@ def _count(value: Any, name: str) -> int:
     return int(value)
 
 
+class StageClock:
+    """Wall and process-CPU seconds per stage of `recommend` calls (a profiling aid: pass one as
+    ``stages``). Stages: ``encode`` (request checks and encoding), ``user_tower``, ``index``,
+    ``user_state`` (the ranker's user encoder or cache), ``scorer``, ``combine`` (cascade score
+    and top k), ``result``."""
+
+    def __init__(self):
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self._last = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._last = (time.perf_counter(), time.process_time())
+
+    def mark(self, stage: str) -> None:
+        """Book the time since the previous mark (or `start`) to ``stage``."""
+        now = (time.perf_counter(), time.process_time())
+        self.wall.setdefault(stage, []).append(now[0] - self._last[0])
+        self.cpu.setdefault(stage, []).append(now[1] - self._last[1])
+        self._last = now
+
+
+def _unclocked(stage: str) -> None:
+    return None
+
+
 def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: int = DEFAULT_M,
-              exclude_seen: bool = True, filter=None, use_cache: bool = True) -> Recommendations:
+              exclude_seen: bool = True, filter=None, use_cache: bool = True,
+              stages: StageClock | None = None) -> Recommendations:
     """`Predictor.recommend` on the pinned bundle ``model`` (see the module docstring).
 
     ``m`` is raised to ``k`` when smaller; fewer than ``k`` items come back when fewer can be
-    recommended (a small catalogue, seen items, a narrow filter).
+    recommended (a small catalogue, seen items, a narrow filter). ``stages``: a `StageClock`
+    that books the call's time per stage.
     """
+    mark = _unclocked if stages is None else stages.mark
+    if stages is not None:
+        stages.start()
     k, m = _count(k, "k"), _count(m, "m")
     m = max(m, k)
     pre = predictor._preprocessor(model)
@@ -250,9 +282,11 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
     retriever = retriever_for(model, predictor._options)
     index = retriever.index
     user = UserRow.encode(pre, request)
-    vector = _cached_vector(predictor, model, retriever, retriever.feeds_of(user), use_cache)
     history = request["history"]
     exclude = pre.encode_items(history) if exclude_seen and len(history) else None
+    mark("encode")
+    vector = _cached_vector(predictor, model, retriever, retriever.feeds_of(user), use_cache)
+    mark("user_tower")
     if filter is None:
         rows, retrieved = index.search(vector, m, exclude=exclude)
     elif callable(filter):
@@ -266,17 +300,22 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
     else:
         raise RequestError(expected("filter as None, a callable on item ids, or a set/list of allowed ids",
                                     type(filter).__name__))
+    mark("index")
     if rows.size == 0:
         return Recommendations([], np.zeros(0, np.float32))
     fusion = retriever.fusion
-    ranked = _rank(predictor, model, request, user, rows, use_cache) if fusion.needs_ranker else None
+    ranked = _rank(predictor, model, request, user, rows, use_cache, mark) if fusion.needs_ranker else None
     scores = fusion.combine(ranked, retrieved)
     # best first, ties in retrieval order (lexsort is stable on the index order)
     order = np.lexsort((np.arange(rows.size), -scores))[:k]
-    return Recommendations(index.ids[rows[order]].tolist(), scores[order])
+    mark("combine")
+    found = Recommendations(index.ids[rows[order]].tolist(), scores[order])
+    mark("result")
+    return found
 
 
-def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache: bool) -> np.ndarray:
+def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache: bool,
+          mark=_unclocked) -> np.ndarray:
     """Ranker scores of index rows for one user: `Predictor.score_candidates`'s path fed the row
     indices directly (raw ids would only be looked up again)."""
     n = rows.size
@@ -289,7 +328,10 @@ def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache:
         part, shared = "scorer", predictor._user_state(model, request.get("user_id"), user.hist, use_cache)
     else:
         part, shared = "fused", {HIST_ITEMS: user.hist}
-    return score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, RANK_CHUNK_ROWS)
+    mark("user_state")
+    scores = score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, RANK_CHUNK_ROWS)
+    mark("scorer")
+    return scores
 
 
 def _cached_vector(predictor, model, retriever: Retriever, feeds: dict, use_cache: bool) -> np.ndarray:

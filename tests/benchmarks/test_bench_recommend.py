@@ -24,8 +24,11 @@ def test_a_cascade_bundle_gets_recommend_rows(tmp_path):
     assert rows[0]["threads"] == 1 and rows[0]["k"] == 10 and rows[0]["m"] == 200
     assert 0 < rows[0]["p50_ms"] <= rows[0]["p99_ms"]
     assert 0 < rows[0]["cpu_p50_ms"] <= rows[0]["cpu_p99_ms"]
+    stages = rows[0]["stages"]
+    assert list(stages) == ["encode", "user_tower", "index", "user_state", "scorer", "combine", "result"]
+    assert all(t["wall_p50_ms"] >= 0 and t["cpu_mean_ms"] >= 0 for t in stages.values())
     text = (tmp_path / "out" / "bench.md").read_text()
-    assert "## recommend" in text and "| CPU p50 ms |" in text
+    assert "## recommend" in text and "| CPU p50 ms |" in text and "| scorer |" in text
 
 
 def test_a_ranker_bundle_has_no_recommend_rows(tmp_path):

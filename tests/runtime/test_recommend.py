@@ -149,3 +149,18 @@ def test_a_packed_cascade_bundle_still_recommends(cascade_bundle, tmp_path):
     with rt.load(packed, backend="onnxruntime") as model:
         got = model.recommend(request, k=5, m=20)
     assert got.items == want.items and got.scores == pytest.approx(want.scores)
+
+
+def test_a_stage_clock_books_every_stage_without_changing_the_answer(cascade_bundle):
+    from edgerec.runtime.recommend import StageClock, recommend
+
+    request = {"user_id": "u1", "history": ["101", "105"]}
+    clock = StageClock()
+    with rt.load(cascade_bundle) as predictor:
+        plain = predictor.recommend(request, k=3, m=8)
+        for _ in range(2):
+            timed = recommend(predictor._model, predictor, request, 3, 8, stages=clock)
+    assert timed.items == plain.items
+    np.testing.assert_array_equal(timed.scores, plain.scores)
+    assert list(clock.wall) == ["encode", "user_tower", "index", "user_state", "scorer", "combine", "result"]
+    assert all(len(v) == 2 and min(v) >= 0 for v in (*clock.wall.values(), *clock.cpu.values()))
