@@ -20,6 +20,10 @@ instead of the fp32 scale plus int64 zero point LiteRT's per-axis quantization w
 kernel's own per-row scales (``quantized_dimension 0``) cost 12 bytes per row; a 32-wide int4 row
 would then weigh 28 bytes instead of 17.
 
+A one-column table (a per-item bias) has nothing to share a row scale with: its scale code would
+cost more than its 4-bit value, so it is stored int8 with one symmetric scale for the table (the
+kernel's per-tensor scale: 1 byte per row, no scale lookup), every value within half of that step.
+
 Tables read by several GATHERs (a history and a candidate lookup of one Keras layer, split parts
 sharing weights) become one stored table: GATHERs group by their source tensor and, across tensors,
 by equal values once each source is matched to its float original (``float_tables``: the Keras
@@ -229,8 +233,12 @@ class _Rewriter:
 
     def write_table(self, subgraph, table: _Table) -> tuple:
         T = self.schema.TensorType
-        q, codes, base, step = quantize_rows(table.values, self.bits)
         rows, width = table.values.shape
+        if width == 1:
+            q, scale = column_int8(table.values)
+            table.tensors = (self.add_tensor(subgraph, [rows, 1], T.INT8, q, scale=scale), None, None)
+            return table.tensors
+        q, codes, base, step = quantize_rows(table.values, self.bits)
         if self.bits == 4:
             qt = self.add_tensor(subgraph, [rows, width], T.INT4, pack_int4(q), scale=1.0)
         else:
@@ -254,6 +262,8 @@ class _Rewriter:
         ops.append(self.new_op(B.RESHAPE, [ids, shape_1d], [flat_ids]))
         values = self.add_tensor(subgraph, [n, width], T.FLOAT32, signature=[-1, width])
         ops.append(self.new_op(B.EMBEDDING_LOOKUP, [flat_ids, qt], [values]))
+        if ct is None:                  # one scale for the table: the kernel applies it
+            return ops + self.reshaped(subgraph, values, ids, width, out)
         logs = self.add_tensor(subgraph, [n, 1], T.FLOAT32, signature=[-1, 1])
         ops.append(self.new_op(B.EMBEDDING_LOOKUP, [flat_ids, ct], [logs]))
         shifted = self.add_tensor(subgraph, [n, 1], T.FLOAT32, signature=[-1, 1])
@@ -264,6 +274,14 @@ class _Rewriter:
         rows = self.add_tensor(subgraph, [n, width], T.FLOAT32, signature=[-1, width])
         ops.append(self.new_op(B.MUL, [values, scales], [rows], self.schema.BuiltinOptions.MulOptions,
                                self.schema.MulOptionsT()))
+        return ops + self.reshaped(subgraph, rows, ids, width, out)
+
+    def reshaped(self, subgraph, rows: int, ids: int, width: int, out: int) -> list:
+        """The ops reshaping looked-up ``rows [N, width]`` to ``ids.shape + [width]`` into ``out``
+        (re-quantized when ``out`` is an int8 tensor of a full-integer graph)."""
+        T, B = self.schema.TensorType, self.op
+        out_tensor = subgraph.tensors[out]
+        ops = []
         # the output shape is ids.shape + [width], read at run time: the batch is resizable
         rank = len(subgraph.tensors[ids].shape)
         ids_shape = self.add_tensor(subgraph, [rank], T.INT32)
@@ -284,10 +302,18 @@ class _Rewriter:
 
     def describe(self, subgraph, table: _Table) -> dict:
         rows, width = table.values.shape
-        stored = sum(len(self.model.buffers[subgraph.tensors[t].buffer].data) for t in table.tensors)
+        stored = sum(len(self.model.buffers[subgraph.tensors[t].buffer].data) for t in table.tensors if t is not None)
         sources = {int(g.inputs[0]) for g in table.gathers}
-        return {"shape": [rows, width], "lookups": len(table.gathers), "bits": self.bits, "stored_bytes": stored,
+        return {"shape": [rows, width], "lookups": len(table.gathers), "bits": 8 if width == 1 else self.bits,
+                "stored_bytes": stored,
                 "fp32_bytes": rows * width * 4, "copies_before": len(sources)}
+
+
+def column_int8(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Symmetric int8 of a one-column table with one scale: ``(q int8, scale)``, ``values ≈ q * scale``."""
+    values = np.asarray(values, np.float32)
+    scale = float(np.abs(values).max()) / 127.0 or 1.0
+    return np.clip(np.round(values / scale), -127, 127).astype(np.int8), scale
 
 
 def _options(options, **values):

@@ -143,3 +143,58 @@ def test_float_head_gives_distinct_scores(tmp_path, cache_dir):
     assert len(np.unique(top)) == 11                            # no tie in (or at the edge of) the top 10
     _, quantized = scores(embedding_bits=4, float_head=False)
     assert len(np.unique(quantized)) <= 256                     # the int8 LOGISTIC's 1/256 grid
+
+
+def _bias_model(k):
+    """The shared model plus a per-item bias (a one-column table) added to the candidate's logit."""
+    hist = k.Input((SEQ,), dtype="int32", name="hist_items")
+    cand = k.Input((), dtype="int32", name="cand_item")
+    emb = k.layers.Embedding(VOCAB, WIDTH, name="items",
+                             embeddings_initializer=k.initializers.RandomNormal(stddev=0.3, seed=2))
+    bias = k.layers.Embedding(VOCAB, 1, name="item_bias",
+                              embeddings_initializer=k.initializers.RandomNormal(stddev=0.5, seed=3))
+    x = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(emb(hist)), emb(cand)])
+    logit = k.layers.Add()([k.layers.Dense(1, name="logit")(k.layers.Dense(16, activation="relu")(x)), bias(cand)])
+    return k.Model({"hist_items": hist, "cand_item": cand}, k.layers.Activation("sigmoid", name="score")(logit))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dynamic", "int8"])
+def test_a_one_column_table_is_int8_with_one_scale(tmp_path, cache_dir, mode):
+    from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
+
+    path, model = _save(tmp_path, "bias", _bias_model)
+    rows = _rows(256, seed=4)
+    np.savez(tmp_path / "rows.npz", **rows)
+    art = PassRunner(cache_dir).run(TFLitePass(), path, TFLiteConfig(
+        mode=mode, embedding_bits=4, data=str(tmp_path / "rows.npz") if mode == "int8" else None))
+    tables = {tuple(t["shape"]): t for t in art.details["embedding"]["tables"]}
+    assert set(tables) == {(VOCAB, WIDTH), (VOCAB, 1)}
+    assert tables[(VOCAB, 1)]["bits"] == 8 and tables[(VOCAB, 1)]["stored_bytes"] == VOCAB   # no scale codes
+    assert tables[(VOCAB, WIDTH)]["stored_bytes"] == VOCAB * (WIDTH // 2 + 1) + 4           # int4 + codes + base
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(open(art.path, "rb").read()))
+    stored = [t for t in flat.subgraphs[0].tensors if [int(d) for d in t.shape] == [VOCAB, 1]
+              and flat.buffers[t.buffer].data is not None and len(flat.buffers[t.buffer].data)]
+    assert [t.type for t in stored] == [schema.TensorType.INT8] * 2                      # the bias + the codes
+    bias = model.get_layer("item_bias").get_weights()[0]
+    scale = np.abs(bias).max() / 127
+    assert sum(list(t.quantization.scale) == [pytest.approx(scale)] for t in stored) == 1
+    names = ["cand_item", "hist_items"]
+    want = np.asarray(model({n: rows[n] for n in names})).reshape(-1)
+    got = _run(art.path, rows, names)["score"].reshape(-1)
+    assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.05   # 4-bit items, int8 layers
+    if mode == "dynamic":               # the bias rows alone: within half of the table's one step
+        ids = np.arange(VOCAB // SEQ * SEQ, dtype=np.int32).reshape(-1, SEQ)
+        lookup, _ = _save(tmp_path, "bias_lookup", lambda k: _bias_lookup(k, bias))
+        art = PassRunner(cache_dir).run(TFLitePass(), lookup, TFLiteConfig(mode="dynamic", embedding_bits=4))
+        got = next(iter(_run(art.path, {"hist_items": ids}, ["hist_items"]).values()))
+        assert np.all(np.abs(got - bias[ids]) <= 0.5 * scale * (1 + 1e-4)) and np.abs(got - bias[ids]).max() > 0
+
+
+def _bias_lookup(k, bias):
+    ids = k.Input((SEQ,), dtype="int32", name="hist_items")
+    emb = k.layers.Embedding(VOCAB, 1, name="item_bias", embeddings_initializer=k.initializers.Constant(bias))
+    return k.Model(ids, k.layers.Activation("linear", name="user_state")(emb(ids)))
