@@ -317,15 +317,15 @@ class ItemIndex:
         if rows.size == 0:
             return np.zeros(0, np.float32)
         if self._table is not None:
-            return self._table[rows] @ query
+            return _matvec(self._table[rows], query)
         if self._codes is not None:
-            return (self._codes[rows].astype(np.float32) @ query) * self._scales[rows]
+            return _matvec(self._codes[rows].astype(np.float32), query) * self._scales[rows]
         vectors = np.stack(self._ann.get(rows.astype(np.uint64), dtype=np.float32))
         if self.meta["ann"]["augmented"]:
             vectors = vectors[:, :self.dim] * np.float32(self.meta["ann"]["max_norm"])
         else:
             vectors = vectors * self._norms[rows, None]
-        return (vectors @ query).astype(np.float32)
+        return _matvec(vectors, query).astype(np.float32)
 
     def scores(self, user_vector) -> np.ndarray:
         """float32 [num_items] scores of every row (exact index only; rows 0/1 -inf)."""
@@ -333,13 +333,13 @@ class ItemIndex:
             raise RequestError(expected("an exact index for whole-catalogue scores", self.kind))
         query = np.asarray(user_vector, np.float32).reshape(-1)
         if self._table is not None:
-            out = self._table @ query
+            out = _matvec(self._table, query)
         else:
             out = np.empty(self.num_items, np.float32)
             step = max(1, CHUNK_CELLS // max(self.dim, 1))
             for begin in range(0, self.num_items, step):
                 end = min(self.num_items, begin + step)
-                out[begin:end] = (self._codes[begin:end].astype(np.float32) @ query) * self._scales[begin:end]
+                out[begin:end] = _matvec(self._codes[begin:end].astype(np.float32), query) * self._scales[begin:end]
         out[:NUM_RESERVED] = -np.inf
         return out
 
@@ -378,6 +378,13 @@ class ItemIndex:
         scale = float(np.linalg.norm(query)) * (ann_meta["max_norm"] if ann_meta["augmented"] else 1.0)
         norms = 1.0 if ann_meta["augmented"] else self._norms[keys]
         return _best(keys, ((1.0 - distances) * scale * norms).astype(np.float32), want)
+
+
+def _matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on the calling thread (numpy's own loop): the BLAS gemv behind ``@``
+    splits a catalogue-sized product across threads, and on a loaded machine the call then waits
+    for a second core (9.7k x 64 rows: 9.3 ms wall / 1.9 ms CPU, vs 0.1 ms here)."""
+    return np.einsum("ij,j->i", matrix, vector)
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
