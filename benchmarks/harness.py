@@ -8,6 +8,8 @@ A configuration is declared as a JSON-able `CaseSpec`; a *builder* (import strin
 * ``first_ms`` – the first call (lazy allocations, graph tracing),
 * warm-up calls (untimed), then steady-state calls timed with `time.perf_counter_ns` until the
   time budget or the iteration count ends, whichever comes first,
+* ``cpu_p50_ms`` / ``cpu_mean_ms`` – the same calls' process CPU time (all threads): on a shared
+  machine wall time includes the wait for a core, CPU time does not,
 * ``peak_rss_mb`` – the benchmark process's peak RSS after the case (with ``isolate=True`` each
   group runs in its own subprocess, so the figure belongs to that group alone). It includes the
   harness, the raw baseline and, once they have run, TensorFlow's Keras baselines: the memory an
@@ -185,12 +187,13 @@ class Harness:
             if not prepared:
                 return list(records.values())
             try:
+                cpu: dict[str, list[int]] = {}
                 if len(prepared) == 1:
                     (key, ready), = prepared.items()
-                    timings = {key: timed_calls(ready.call, limits, clock)}
+                    timings = {key: timed_calls(ready.call, limits, clock, cpu=cpu.setdefault(key, []))}
                 else:
                     timings = interleaved_calls({k: p.call for k, p in prepared.items()}, limits,
-                                                self.config.chunk, clock)
+                                                self.config.chunk, clock, cpu=cpu)
             except Exception as err:
                 for key in prepared:
                     records[key]["error"] = f"{type(err).__name__}: {err}"
@@ -198,6 +201,9 @@ class Harness:
             for key, durations in timings.items():
                 record = records[key]
                 record.update(summarize(durations, record["batch"]).to_dict())
+                if cpu.get(key):
+                    spent = summarize(cpu[key], record["batch"])
+                    record.update(cpu_p50_ms=spent.p50_ms, cpu_mean_ms=spent.mean_ms)
                 record["interleaved"] = len(timings) > 1
         finally:
             for ready in prepared.values():

@@ -30,7 +30,7 @@ OVERHEAD_GOALS = {"tensor": 1.10, "raw_request": 2.0}
 KERAS_BACKENDS = ("keras_tf_function", "keras_eager", "keras_predict")
 TABLE_COLUMNS = (("scenario", "scenario"), ("backend", "backend"), ("variant", "variant"), ("batch", "batch"),
                  ("threads", "thr"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-                 ("p999_ms", "p99.9 ms"), ("mean_ms", "mean ms"), ("rows_per_s", "rows/s"), ("load_ms", "load ms"),
+                 ("p999_ms", "p99.9 ms"), ("mean_ms", "mean ms"), ("cpu_p50_ms", "CPU p50 ms"), ("rows_per_s", "rows/s"), ("load_ms", "load ms"),
                  ("first_ms", "first ms"), ("peak_rss_mb", "bench-process peak RSS MB"), ("size_bytes", "size KB"),
                  ("delta_auc", "ΔAUC"), ("iterations", "iters"))
 
@@ -90,7 +90,9 @@ def comparisons(records: Sequence[dict]) -> dict:
                            "cold_p50_ms": cold["p50_ms"] if cold else None,
                            "fused_rows_p50_ms": fused["p50_ms"] if fused else None,
                            "fused_over_warm": ratio(fused["p50_ms"], rec["p50_ms"]) if fused else None,
-                           "cold_over_warm": ratio(cold["p50_ms"], rec["p50_ms"]) if cold else None})
+                           "cold_over_warm": ratio(cold["p50_ms"], rec["p50_ms"]) if cold else None,
+                           "fused_over_warm_cpu": ratio(fused.get("cpu_p50_ms"), rec.get("cpu_p50_ms"))
+                           if fused else None})
     result_cache = []
     for rec in ok:
         if rec["scenario"] != "result_cache_hit":
@@ -159,6 +161,7 @@ def render_markdown(report: dict) -> str:
                                                       ("cold_p50_ms", "user cache cold ms"),
                                                       ("fused_rows_p50_ms", "N full rows ms"),
                                                       ("fused_over_warm", "full rows / warm ×"),
+                                                      ("fused_over_warm_cpu", "same, CPU time ×"),
                                                       ("cold_over_warm", "cold / warm ×"))), ""]
     if comp.get("result_cache"):
         lines += ["## Result cache", "",

@@ -112,14 +112,22 @@ class LoopLimits:
             raise ValueError(expected("min_iters <= max_iters", (self.min_iters, self.max_iters)))
 
 
-def timed_calls(fn: Callable[[], object], limits: LoopLimits, clock: Clock = time.perf_counter_ns) -> list[int]:
-    """Call ``fn`` repeatedly and return each call's duration in ns (budget or count, first wins)."""
+def timed_calls(fn: Callable[[], object], limits: LoopLimits, clock: Clock = time.perf_counter_ns,
+                cpu: list | None = None, cpu_clock: Clock = time.process_time_ns) -> list[int]:
+    """Call ``fn`` repeatedly and return each call's duration in ns (budget or count, first wins).
+
+    ``cpu``, when given, receives each call's process CPU time in ns (every thread of the process):
+    on a shared machine wall time includes waiting for a core, CPU time does not.
+    """
     deadline = clock() + int(limits.budget_s * NS_PER_S)
     durations: list[int] = []
     while len(durations) < limits.max_iters:
+        cpu_start = cpu_clock() if cpu is not None else 0
         start = clock()
         fn()
         end = clock()
+        if cpu is not None:
+            cpu.append(cpu_clock() - cpu_start)
         durations.append(end - start)
         if end >= deadline and len(durations) >= limits.min_iters:
             break
@@ -127,12 +135,14 @@ def timed_calls(fn: Callable[[], object], limits: LoopLimits, clock: Clock = tim
 
 
 def interleaved_calls(fns: Mapping[str, Callable[[], object]], limits: LoopLimits, chunk: int = 8,
-                      clock: Clock = time.perf_counter_ns) -> dict[str, list[int]]:
+                      clock: Clock = time.perf_counter_ns, cpu: dict | None = None,
+                      cpu_clock: Clock = time.process_time_ns) -> dict[str, list[int]]:
     """Time several callables A/B style: rounds of ``chunk`` calls each, rotating who goes first.
 
     Sub-millisecond timings drift by up to 2× between runs (CPU frequency, neighbours), so a
     comparison is only fair when both sides share the same moments. The budget is
-    ``limits.budget_s`` per callable; each side stops at ``max_iters``.
+    ``limits.budget_s`` per callable; each side stops at ``max_iters``. ``cpu``, when given, is
+    filled with ``{name: [process CPU ns per call]}``.
     """
     if not fns:
         raise ValueError(expected("at least one callable to time", 0))
@@ -146,10 +156,14 @@ def interleaved_calls(fns: Mapping[str, Callable[[], object]], limits: LoopLimit
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for name in order:
             fn, bucket = fns[name], durations[name]
+            cpu_bucket = cpu.setdefault(name, []) if cpu is not None else None
             for _ in range(min(chunk, limits.max_iters - len(bucket))):
+                cpu_start = cpu_clock() if cpu_bucket is not None else 0
                 start = clock()
                 fn()
                 end = clock()
+                if cpu_bucket is not None:
+                    cpu_bucket.append(cpu_clock() - cpu_start)
                 bucket.append(end - start)
         round_index += 1
         if all(len(b) >= limits.max_iters for b in durations.values()):

@@ -126,3 +126,25 @@ def test_ratio():
     assert ratio(3.0, 2.0) == 1.5
     assert ratio(None, 2.0) is None and ratio(1.0, 0) is None
     assert math.isclose(ratio(1, 3), 1 / 3)
+
+
+def test_cpu_time_is_collected_per_call_beside_wall_time():
+    wall, cpu_clock = FakeClock(), FakeClock()
+
+    def call():                      # 3 ms on the wall, 1 ms of it on a core (the rest waiting)
+        wall.now += 3_000_000
+        cpu_clock.now += 1_000_000
+
+    cpu = []
+    durations = timed_calls(call, LoopLimits(budget_s=10.0, max_iters=4, min_iters=1), wall, cpu=cpu,
+                            cpu_clock=cpu_clock)
+    assert durations == [3_000_000] * 4 and cpu == [1_000_000] * 4
+
+    def slow():
+        wall.now += 2_000_000
+        cpu_clock.now += 2_000_000
+
+    spent = {}
+    out = interleaved_calls({"a": call, "b": slow}, LoopLimits(budget_s=100.0, max_iters=3, min_iters=1), chunk=2,
+                            clock=wall, cpu=spent, cpu_clock=cpu_clock)
+    assert out["a"] == [3_000_000] * 3 and spent["a"] == [1_000_000] * 3 and spent["b"] == [2_000_000] * 3
