@@ -193,12 +193,14 @@ def measure_memory(data, options: BenchOptions) -> list[dict]:
 
 
 def _bundle_info(data) -> dict:
+    from edgerec.runtime.shared_tables import artifact_size
+
     manifest = data.manifest
     status = {row.get("file"): row.get("status") for row in manifest.candidates if isinstance(row, dict)}
     return {"path": str(data.path), "model": manifest.model, "selected": manifest.selected,
             "budget": (manifest.lineage.get("options") or {}).get("budget"),
             "artifacts": [{"file": a.file, "format": a.format, "precision": a.precision, "part": a.part,
-                           "size_bytes": a.size_bytes, "status": status.get(a.file),
+                           "size_bytes": artifact_size(manifest, a.file), "status": status.get(a.file),
                            **{k: a.validation.get(k) for k in ("auc", "delta_auc", "max_abs_diff")}}
                           for a in manifest.artifacts]}
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from edgerec.runtime.errors import BundleError, expected
 from edgerec.runtime.manifest import Manifest, confined_path, load_manifest
+from edgerec.runtime.shared_tables import artifact_size
 
 from . import baselines, edgerec_paths
 from .harness import CaseSpec, Prepared
@@ -148,17 +149,17 @@ def build_case(spec: CaseSpec) -> Prepared:
         art = data.manifest.artifact(params["artifact"])
         feeds = data.rows(spec.batch, [t.name for t in art.inputs])
         ready = baselines.RAW_BASELINES[spec.backend](confined_path(data.path, art.file), feeds, spec.threads)
-        return _with_artifact(ready, art)
+        return _with_artifact(ready, art, data.manifest)
     if spec.backend.startswith("edgerec_"):
         backend = spec.backend[len("edgerec_"):]
         if spec.scenario == "tensor":
             art = data.manifest.artifact(params["artifact"])
             ready = edgerec_paths.tensor_path(data, art, backend, spec.batch, spec.threads)
-            return _with_artifact(ready, art)
+            return _with_artifact(ready, art, data.manifest)
         if spec.scenario == "raw_request":
             art = data.manifest.artifact(params["artifact"])
             ready = edgerec_paths.request_path(data, art, backend, spec.batch, spec.threads)
-            return _with_artifact(ready, art)
+            return _with_artifact(ready, art, data.manifest)
         if spec.scenario.startswith("candidates_"):
             mode = spec.scenario[len("candidates_"):]
             return edgerec_paths.candidates_path(data, backend, spec.batch, spec.threads, mode)
@@ -167,8 +168,9 @@ def build_case(spec: CaseSpec) -> Prepared:
     raise BundleError(expected("a known (scenario, backend) pair", (spec.scenario, spec.backend)))
 
 
-def _with_artifact(ready: Prepared, art) -> Prepared:
-    ready.size_bytes = art.size_bytes
+def _with_artifact(ready: Prepared, art, manifest: Manifest) -> Prepared:
+    # with the shared tables it reads: what the variant costs as one file, comparable across variants
+    ready.size_bytes = artifact_size(manifest, art.file)
     ready.delta_auc = art.validation.get("delta_auc")
     ready.extra.setdefault("precision", art.precision)
     ready.extra.setdefault("format", art.format)
