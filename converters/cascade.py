@@ -321,6 +321,8 @@ def write_cascade(bundle: Path, checks: list[dict], index: ItemIndex, rejected: 
     from edgerec.runtime.io import sha256_file
     from edgerec.runtime.manifest import Artifact, file_entry, load_manifest, write_manifest
 
+    from .shared_tables import share_bundle
+
     manifest = load_manifest(bundle, verify=False)
     names = {a.file for a in manifest.artifacts} | {f["file"] for f in manifest.files}
     for check in checks:
@@ -339,6 +341,8 @@ def write_cascade(bundle: Path, checks: list[dict], index: ItemIndex, rejected: 
         manifest.files.append(file_entry(bundle, name, "item_index"))
     manifest.rejected.extend(rejected)
     write_manifest(bundle, manifest)
+    # the towers' item tables (one per precision) are stored once like the ranker's
+    share_bundle(bundle)
 
 
 def finish_manifest(bundle: Path, sections: dict) -> None:

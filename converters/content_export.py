@@ -245,6 +245,7 @@ def write_content(bundle: Path, checks: list[dict], selected: dict, rejected: li
     from edgerec.runtime.manifest import Artifact, load_manifest, write_manifest
 
     from .bundle import artifact_signature
+    from .shared_tables import share_bundle
 
     manifest = load_manifest(bundle, verify=False)
     names = {a.file for a in manifest.artifacts} | {f["file"] for f in manifest.files}
@@ -274,6 +275,8 @@ def write_content(bundle: Path, checks: list[dict], selected: dict, rejected: li
                 steps.append(_json_safe(dict(step)))
     write_manifest(bundle, manifest)
     load_manifest(bundle, verify=True)
+    # the encoder's tables, where its variants repeat them, stored once like the ranker's
+    share_bundle(bundle)
 
 
 def _json_safe(value):
