@@ -20,9 +20,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from edgerec.runtime.contract import USER_KEYS, USER_MASK, USER_POOLED, USER_STATE
 from edgerec.runtime.errors import expected
 
 from .validate import BACKEND_FOR_FORMAT, DeployableArtifact, ValidationError, as_deployable
+
+
+USER_OUTPUTS = frozenset({USER_STATE, USER_MASK, USER_KEYS, USER_POOLED})
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,18 @@ class LatencyConfig:
                                            (self.rounds, self.warmup, self.min_time_s)))
 
 
-def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int, one_row=frozenset()) -> dict[str, np.ndarray]:
     """Feeds of ``batch`` rows for the declared inputs, taken from real rows (tiled if short).
 
-    Inputs absent from ``arrays`` (none for edgerec parts when user outputs are given) get zeros.
+    Inputs absent from ``arrays`` (none for edgerec parts when user outputs are given) get zeros;
+    inputs in ``one_row`` get 1 row (one user's state, as the runtime feeds a scorer that
+    broadcasts it: `edgerec.runtime.scores.scorer_shared_inputs`).
     """
     feeds = {}
     for spec in declared:
-        if spec.name in arrays and len(arrays[spec.name]):
+        if spec.name in one_row and spec.name in arrays and len(arrays[spec.name]):
+            feeds[spec.name] = np.ascontiguousarray(np.asarray(arrays[spec.name])[:1], dtype=spec.dtype)
+        elif spec.name in arrays and len(arrays[spec.name]):
             source = np.asarray(arrays[spec.name])
             rows = np.resize(np.arange(len(source)), batch)
             feeds[spec.name] = np.ascontiguousarray(source[rows], dtype=spec.dtype)
@@ -83,12 +91,11 @@ def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[
         loaded = [create_backend(backend_name, c.path, num_threads=config.num_threads) for c in members]
         try:
             arrays = arrays_by_part.get(part, {})
-            feeds = {(i, b): latency_feeds(be.inputs, arrays, b)
-                     for i, be in enumerate(loaded) for b in config.batch_sizes}
+            feeds = {(i, b): _serving_feeds(be, part, arrays, b) for i, be in enumerate(loaded) for b in config.batch_sizes}
             samples = {(i, b): [] for i in range(len(loaded)) for b in config.batch_sizes}
             for (i, b), feed in feeds.items():
                 for _ in range(config.warmup):
-                    loaded[i].run(feed)
+                    _call(loaded[i], feed)
             for _ in range(config.rounds):
                 for b in config.batch_sizes:
                     for i, be in enumerate(loaded):
@@ -101,10 +108,33 @@ def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[
     return result
 
 
+def _serving_feeds(backend, part: str, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """A scorer is timed as it serves: one user's state (the user-encoder outputs) as 1 row beside
+    ``batch`` candidates where it broadcasts that state, else repeated (an older export)."""
+    repeated = latency_feeds(backend.inputs, arrays, batch)
+    state = {t.name for t in backend.inputs} & USER_OUTPUTS
+    if part != "scorer" or batch == 1 or not state:
+        return repeated
+    once = latency_feeds(backend.inputs, arrays, batch, one_row=state)
+    try:
+        backend.run_validated(once)
+    except Exception:  # noqa: BLE001 - a scorer that cannot broadcast the state
+        return repeated
+    return once
+
+
+def _call(backend, feed: dict) -> None:
+    """``backend.run``; feeds with a 1-row state (probed by `_serving_feeds`) skip its one-batch check."""
+    if len({len(v) for v in feed.values()}) > 1:
+        backend.run_validated(feed)
+    else:
+        backend.run(feed)
+
+
 def _time_call(backend, feed, min_time_s: float) -> float:
     calls, start = 0, time.perf_counter()
     while True:
-        backend.run(feed)
+        _call(backend, feed)
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time_s:

@@ -137,7 +137,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 9
+    version = 10
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")

@@ -198,3 +198,29 @@ def test_a_compressed_variant_whose_sweep_did_not_run_is_refused_when_others_wer
     assert select_variants(ValidationReport(results=results), lat, objective="size", sizes={
         "fused_fp32.onnx": 1000, "fused_dynamic.onnx": 100, "fused_dynamic_t4.onnx": 150}).selected == {
         "onnxruntime": {"fused": "fused_dynamic.onnx"}}
+
+
+def test_a_scorer_is_timed_with_one_users_state_where_it_broadcasts_it():
+    import numpy as np
+
+    from edgerec.converters.latency import _serving_feeds
+
+    class Scorer:
+        inputs = [TensorSpec("cand_item", "int32", [None]), TensorSpec("user_state", "float32", [None, 4])]
+
+        def __init__(self, broadcasts):
+            self.broadcasts, self.probed = broadcasts, []
+
+        def run_validated(self, feeds):
+            self.probed.append({k: v.shape for k, v in feeds.items()})
+            if not self.broadcasts:
+                raise ValueError("Expected one batch size, received: {16, 1}")
+
+    arrays = {"cand_item": np.arange(2, 12, dtype=np.int32), "user_state": np.ones((10, 4), np.float32)}
+    served = _serving_feeds(Scorer(True), "scorer", arrays, 16)
+    assert served["cand_item"].shape == (16,) and served["user_state"].shape == (1, 4)
+    older = Scorer(False)
+    repeated = _serving_feeds(older, "scorer", arrays, 16)
+    assert repeated["user_state"].shape == (16, 4) and older.probed == [{"cand_item": (16,), "user_state": (1, 4)}]
+    for part, batch in (("fused", 16), ("scorer", 1)):
+        assert _serving_feeds(Scorer(True), part, arrays, batch)["user_state"].shape == (batch, 4)
