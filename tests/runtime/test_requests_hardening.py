@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgerec.runtime as er
+import edgerec.runtime.hot_swap as hot_swap_module
 import edgerec.runtime.predictor as predictor_module
 from edgerec.runtime.cache import SESSIONS, request_key, result_keys
 from edgerec.runtime.errors import RequestError
@@ -212,7 +213,7 @@ def test_close_during_a_swap_releases_the_new_bundle(tmp_path, monkeypatch):
         assert closed.wait(30)
         return []                            # nothing failed: the swap goes on to switch
 
-    monkeypatch.setattr(predictor_module, "replay_loaded", slow_replay)
+    monkeypatch.setattr(hot_swap_module, "replay_loaded", slow_replay)
     before = SESSIONS.stats()["references"]
     predictor = er.load(old, backend="onnxruntime")
     outcome = {}
