@@ -23,29 +23,17 @@ S = _support()
 
 @pytest.fixture(scope="module")
 def built(model_dir, tmp_path_factory):
-    from edgerec.converters.bundle import examples_with_expected, read_raw_examples, write_bundle
-    from edgerec.converters.keras_io import load_keras_model
-    from edgerec.converters.select import select_variants
-    from edgerec.converters.validate import ValidationData, validate_artifacts
-    from edgerec.runtime.spec import FeatureSpec
+    from edgerec.converters.bundle import write_bundle
 
-    root = tmp_path_factory.mktemp("bundle")
-    model = load_keras_model(model_dir / "din.keras")
-    mdir = S.write_model_dir(root / "model", model)
-    data = ValidationData.load(mdir / "validation.npz")
-    cands = [S.tflite(mdir / "fused.keras", "fp32", root / "a"), S.tflite(mdir / "fused.keras", "dynamic", root / "b"),
-             S.onnx_fp32(model, root / "fused.fp32.onnx")]
-    report = validate_artifacts({"fused": model}, cands, data)
-    lat = {Path(c.path).name: {1: 1.0 + i, 256: 10.0 + i} for i, c in enumerate(cands)}
-    selection = select_variants(report, lat)
-    spec = FeatureSpec.load(mdir / "feature_spec.json")
-    examples = examples_with_expected(read_raw_examples(mdir / "examples.jsonl"), model, spec)
+    staged = S.staged_din_bundle_inputs(model_dir, tmp_path_factory.mktemp("bundle"))
+    root = staged["root"]
     out = root / "out" / "BUNDLE"
-    manifest = write_bundle(out, artifacts=cands, report=report, selection=selection, examples=examples,
-                            feature_spec_path=mdir / "feature_spec.json", model_info={"family": "din"},
-                            lineage={"passes": ["tflite", "onnx_export"]}, archive=root / "out" / "b.tar.gz")
-    return {"out": out, "manifest": manifest, "model": model, "spec": spec, "root": root, "cands": cands,
-            "report": report, "selection": selection, "examples": examples}
+    manifest = write_bundle(out, artifacts=staged["cands"], report=staged["report"], selection=staged["selection"],
+                            examples=staged["examples"], feature_spec_path=staged["spec_path"],
+                            model_info={"family": "din"}, lineage={"passes": ["tflite", "onnx_export"]},
+                            archive=root / "out" / "b.tar.gz")
+    return {"out": out, "manifest": manifest, **{k: staged[k] for k in ("model", "spec", "root", "cands", "report",
+                                                                         "selection", "examples")}}
 
 
 def test_manifest_round_trip_and_contents(built):

@@ -53,24 +53,7 @@ def _same_outputs(source: Path, bundled: Path, fmt: str, model_bytes: bytes | No
 
 @pytest.fixture(scope="module")
 def staged(model_dir, tmp_path_factory):
-    from edgerec.converters.bundle import examples_with_expected, read_raw_examples
-    from edgerec.converters.keras_io import load_keras_model
-    from edgerec.converters.select import select_variants
-    from edgerec.converters.validate import ValidationData, validate_artifacts
-    from edgerec.runtime.spec import FeatureSpec
-
-    root = tmp_path_factory.mktemp("shared_bundle")
-    model = load_keras_model(model_dir / "din.keras")
-    mdir = S.write_model_dir(root / "model", model)
-    data = ValidationData.load(mdir / "validation.npz")
-    cands = [S.tflite(mdir / "fused.keras", "fp32", root / "a"), S.tflite(mdir / "fused.keras", "dynamic", root / "b"),
-             S.onnx_fp32(model, root / "fused.fp32.onnx")]
-    report = validate_artifacts({"fused": model}, cands, data)
-    selection = select_variants(report, {Path(c.path).name: {1: 1.0 + i, 256: 10.0 + i} for i, c in enumerate(cands)})
-    spec = FeatureSpec.load(mdir / "feature_spec.json")
-    examples = examples_with_expected(read_raw_examples(mdir / "examples.jsonl"), model, spec)
-    return {"root": root, "cands": cands, "report": report, "selection": selection, "examples": examples,
-            "spec_path": mdir / "feature_spec.json"}
+    return S.staged_din_bundle_inputs(model_dir, tmp_path_factory.mktemp("shared_bundle"))
 
 
 def _write(staged, out: Path, share_min_bytes):

@@ -148,3 +148,25 @@ def write_model_dir(folder: Path, fused, user=None, scorer=None, n_val=400, grou
             "examples": "examples.jsonl", "config": {"tiny": True}, "data_source": "synthetic-test"}
     (folder / "edgerec_model.json").write_text(json.dumps(meta))
     return folder
+
+
+def staged_din_bundle_inputs(model_dir: Path, root: Path) -> dict:
+    """What `write_bundle` takes for the test DIN (``model_dir/din.keras``): TFLite fp32 + dynamic and
+    ONNX fp32 candidates, their validation report and selection, the examples and the feature spec."""
+    from edgerec.converters.bundle import examples_with_expected, read_raw_examples
+    from edgerec.converters.keras_io import load_keras_model
+    from edgerec.converters.select import select_variants
+    from edgerec.converters.validate import ValidationData, validate_artifacts
+    from edgerec.runtime.spec import FeatureSpec
+
+    model = load_keras_model(model_dir / "din.keras")
+    mdir = write_model_dir(root / "model", model)
+    data = ValidationData.load(mdir / "validation.npz")
+    cands = [tflite(mdir / "fused.keras", "fp32", root / "a"), tflite(mdir / "fused.keras", "dynamic", root / "b"),
+             onnx_fp32(model, root / "fused.fp32.onnx")]
+    report = validate_artifacts({"fused": model}, cands, data)
+    selection = select_variants(report, {Path(c.path).name: {1: 1.0 + i, 256: 10.0 + i} for i, c in enumerate(cands)})
+    spec = FeatureSpec.load(mdir / "feature_spec.json")
+    examples = examples_with_expected(read_raw_examples(mdir / "examples.jsonl"), model, spec)
+    return {"root": root, "model": model, "spec": spec, "cands": cands, "report": report, "selection": selection,
+            "examples": examples, "spec_path": mdir / "feature_spec.json"}

@@ -144,6 +144,18 @@ def test_onnx_sessions_share_one_value_per_table(pair):
     assert fused & scorer, "the fused model and the scorer read one OrtValue for a table they share"
 
 
+def assert_same_scores(reference, candidate, backend: str) -> None:
+    """Both bundles (folders or archives) score the same 8 requests identically on ``backend``."""
+    a, b = (LoadedBundle.open(reference, backend, share_sessions=False),
+            LoadedBundle.open(candidate, backend, share_sessions=False))
+    try:
+        arrays = a.preprocessor.encode_requests(make_requests(8))
+        np.testing.assert_array_equal(b.score_rows(arrays), a.score_rows(arrays))
+    finally:
+        a.close()
+        b.close()
+
+
 def _tamper(folder: Path) -> str:
     table = load_manifest(folder).shared_tables["tables"][0]
     path = folder / table["file"]
@@ -205,13 +217,7 @@ def test_pack_keeps_only_the_blobs_its_artifacts_read(pair, tmp_path, backend):
         assert {u["artifact"] for u in table["uses"]} <= kept
     blobs = {f["file"] for f in manifest.files if f.get("role") == "shared_table"}
     assert blobs == {t["file"] for t in manifest.shared_tables["tables"]} == {p.name for p in out.glob("shared-*")}
-    a, b = LoadedBundle.open(whole, backend, share_sessions=False), LoadedBundle.open(out, backend, share_sessions=False)
-    try:
-        arrays = a.preprocessor.encode_requests(make_requests(8))
-        np.testing.assert_array_equal(b.score_rows(arrays), a.score_rows(arrays))
-    finally:
-        a.close()
-        b.close()
+    assert_same_scores(whole, out, backend)
 
 
 def test_an_archive_of_a_shared_bundle_loads(pair, tmp_path):
@@ -219,14 +225,7 @@ def test_an_archive_of_a_shared_bundle_loads(pair, tmp_path):
 
     whole, shared = pair
     archive = write_archive(shared, tmp_path / "b.tar.gz")
-    a, b = LoadedBundle.open(whole, "litert", share_sessions=False), LoadedBundle.open(archive, "litert",
-                                                                                       share_sessions=False)
-    try:
-        arrays = a.preprocessor.encode_requests(make_requests(8))
-        np.testing.assert_array_equal(b.score_rows(arrays), a.score_rows(arrays))
-    finally:
-        a.close()
-        b.close()
+    assert_same_scores(whole, archive, "litert")
 
 
 def test_an_artifact_added_to_a_shared_bundle_is_stripped_to_the_blobs_it_repeats(pair, tmp_path):
