@@ -163,10 +163,12 @@ def run_demo(data: str, out: Path, settings: DemoSettings | None = None, seed: i
     steps("validate + select (done by the exporter; re-read from the manifest)")
     from edgerec.runtime.manifest import load_manifest
 
+    from edgerec.runtime.shared_tables import artifact_size
+
     manifest = load_manifest(bundle_dir, verify=True)
     for art in manifest.artifacts:
         v = art.validation
-        print(f"  {art.file:<34} {art.precision:<8} {art.size_bytes / 1024:9.1f} KB  "
+        print(f"  {art.file:<34} {art.precision:<8} {artifact_size(manifest, art.file) / 1024:9.1f} KB  "
               f"ΔAUC {_figure(v.get('delta_auc'), '+.4f'):>7}  max|Δp| {_figure(v.get('max_abs_diff'), '.2e')}")
     for rejected in manifest.rejected:
         print(f"  rejected {rejected.get('file')}: {rejected.get('reason')}")
@@ -212,12 +214,16 @@ def _stage_name(title: str) -> str:
 
 
 def artifact_table(manifest) -> str:
+    """The bundle's artifacts, each sized as one file (with the shared tables it reads)."""
+    from edgerec.runtime.shared_tables import artifact_size
+
     header = f"{'artifact':<34} {'format':<7} {'precision':<9} {'part':<13} {'size KB':>9} {'ΔAUC':>8} {'selected':>9}"
     chosen = {f for parts in manifest.selected.values() for f in parts.values()}
     rows = [header, "-" * len(header)]
-    for art in sorted(manifest.artifacts, key=lambda a: (a.part, a.format, a.size_bytes)):
+    for art in sorted(manifest.artifacts, key=lambda a: (a.part, a.format, artifact_size(manifest, a.file))):
         delta = _figure(art.validation.get("delta_auc"), "+.4f")
-        rows.append(f"{art.file:<34} {art.format:<7} {art.precision:<9} {art.part:<13} {art.size_bytes / 1024:>9.1f} "
+        size = artifact_size(manifest, art.file)
+        rows.append(f"{art.file:<34} {art.format:<7} {art.precision:<9} {art.part:<13} {size / 1024:>9.1f} "
                     f"{delta:>8} {'yes' if art.file in chosen else '':>9}")
     return "\n".join(rows)
 

@@ -90,3 +90,18 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     replayed = [line for line in printed.splitlines() if " examples, " in line]
     assert replayed and all(line.endswith(": OK") for line in replayed), replayed
     assert "\r" not in captured.out and "\r" not in captured.err      # plain lines when not on a terminal
+
+
+def test_the_demo_artifact_table_sizes_each_artifact_with_the_shared_tables_it_reads():
+    from edgerec.runtime.manifest import Artifact, Manifest
+    from edgerec.sdk.demo import artifact_table
+
+    arts = [Artifact("fused_fp32.onnx", "onnx", "fp32", "fused", "0" * 64, 10 * 1024, [], []),
+            Artifact("fused_dynamic.onnx", "onnx", "dynamic", "fused", "1" * 64, 20 * 1024, [], [])]
+    manifest = Manifest(arts, selected={"onnxruntime": {"fused": "fused_fp32.onnx"}})
+    manifest.shared_tables = {"tables": [{"file": "shared-" + "2" * 64 + ".bin", "sha256": "2" * 64,
+                                          "size_bytes": 300 * 1024,
+                                          "uses": [{"artifact": "fused_fp32.onnx", "tensor": "emb"}]}]}
+    rows = {line.split()[0]: line.split() for line in artifact_table(manifest).splitlines()[2:]}
+    assert rows["fused_fp32.onnx"][4] == "310.0" and rows["fused_dynamic.onnx"][4] == "20.0"
+    assert list(rows) == ["fused_dynamic.onnx", "fused_fp32.onnx"]        # ordered by whole-file size
