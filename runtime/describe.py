@@ -30,11 +30,11 @@ FIGURES = ("delta_auc", "auc", "max_abs_diff", "mean_abs_diff", "recall_overlap@
 
 
 def backend_files(manifest: Manifest, backend: str) -> list[str]:
-    """Every file an app serving ``backend`` needs: its selected artifacts and the bundle's other
-    listed files (feature spec, examples.jsonl, vocabularies, ...)."""
+    """Every file an app serving ``backend`` needs: its selected artifacts, the shared tables they
+    read, and the bundle's other listed files (feature spec, examples.jsonl, vocabularies, ...)."""
     artifacts = list(dict.fromkeys(selected_files(manifest, backend).values()))
     tables = SharedTables.files_for(manifest, artifacts)
-    every_table = set(SharedTables.files_for(manifest, [a.file for a in manifest.artifacts]))
+    every_table = {t["file"] for t in manifest.shared_tables.get("tables", ())}
     others = [f["file"] for f in manifest.files if isinstance(f, dict) and f.get("file") not in artifacts
               and f.get("file") not in every_table]
     return artifacts + tables + others

@@ -4,8 +4,8 @@ A bundle holds every variant the exporter built (all formats, precisions and par
 while an app serving one backend loads only what the manifest selected for it (a few hundred
 KB). `pack_bundle` copies those artifacts plus the bundle's other listed files (feature spec,
 examples.jsonl, vocabularies) and the shared tables those artifacts read, checks each copied
-file's sha256 against the source manifest, and writes a manifest listing only them. The result is an ordinary verified bundle: `rt.load`,
-`edgerec check` and `edgerec info` work on it.
+file's sha256 against the source manifest, and writes a manifest listing only them. The result is
+an ordinary verified bundle: `rt.load`, `edgerec check` and `edgerec info` work on it.
 
 Examples:
     >>> pack_bundle("demo-out/bundle", "litert", "app-bundle")                # doctest: +SKIP
@@ -98,10 +98,8 @@ def _copy(source: Path, manifest: Manifest, manifest_bytes: bytes, backend: str,
     chosen = selected_files(manifest, backend)
     towers = _index_towers(source, manifest, backend)
     served = list(dict.fromkeys([*chosen.values(), *towers]))
-    blobs = set(SharedTables.files_for(manifest, served))
-    unread = {t["file"] for t in manifest.shared_tables.get("tables", ())} - blobs
-    keep = list(dict.fromkeys([name for name in backend_files(manifest, backend) + towers if name not in unread]
-                              + sorted(blobs)))
+    # backend_files names the selected artifacts' shared tables; the towers may read others
+    keep = list(dict.fromkeys(backend_files(manifest, backend) + towers + SharedTables.files_for(manifest, served)))
     listed = {entry["file"]: entry for entry in manifest.all_files()}
     tmp.mkdir(parents=True)
     for name in keep:
