@@ -34,7 +34,7 @@ from typing import Sequence
 
 from edgerec.runtime.errors import BundleError, expected
 from edgerec.runtime.io import atomic_write_bytes
-from edgerec.runtime.shared_tables import (ALIGNMENT, RAM_NOTE, blob_name, pack_tflite_trailer)
+from edgerec.runtime.shared_tables import ALIGNMENT, RAM_NOTE, blob_name, pack_tflite_trailer, tflite_layout
 
 logger = logging.getLogger(__name__)
 
@@ -169,10 +169,14 @@ def _tflite_constants(path: Path, min_bytes: int):
     from tensorflow.lite.tools import flatbuffer_utils
 
     flat = path.read_bytes()
+    if tflite_layout(flat) is not None:
+        # Already stripped: the flatbuffer object API drops buffer offsets on reading, so writing
+        # this file again would lose the blobs it reads. Its remaining constants stay in it.
+        return None, []
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
     constants = []
     for index, buffer in enumerate(model.buffers):
-        if buffer.data is None or len(buffer.data) < min_bytes or buffer.offset:
+        if buffer.data is None or len(buffer.data) < min_bytes:
             continue
         data = bytes(buffer.data)
         constants.append((hashlib.sha256(data).hexdigest(), {"tensor": f"buffer {index}", "data": data}))

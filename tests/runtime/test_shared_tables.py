@@ -252,3 +252,52 @@ def test_an_artifact_added_to_a_shared_bundle_is_stripped_to_the_blobs_it_repeat
     rows = {"hist_items": np.array([[1, 2, 3, 0, 0]], np.int32)}
     with create_backend("onnxruntime", whole / "user_encoder.onnx") as want, create_backend("onnxruntime", added) as got:
         np.testing.assert_array_equal(got.run(rows)["user_state"], want.run(rows)["user_state"])
+
+
+def _two_table_tflite(path: Path, tables: dict) -> Path:
+    """A .tflite whose output sums a lookup in each of ``tables`` (name -> float32 [V, D])."""
+    from .conftest import _tf
+
+    tf, _ = _tf()
+
+    class Lookups(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = {name: tf.constant(value) for name, value in tables.items()}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids")])
+        def serve(self, ids):
+            rows = [tf.gather(table, ids) for _, table in sorted(self.tables.items())]
+            return {"out": tf.add_n(rows) if len(rows) > 1 else rows[0]}
+
+    module = Lookups()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_sharing_again_leaves_a_stripped_tflite_whole_and_working(tmp_path):
+    """A second `share_tables` (artifacts added to a shared bundle) must not rewrite a .tflite that
+    already reads blobs: re-serialising it would drop them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((64, 16)).astype(np.float32) for _ in range(2))
+    both = _two_table_tflite(tmp_path / "both.tflite", {"a": a, "b": b})
+    _two_table_tflite(tmp_path / "only_a.tflite", {"a": a})
+    original = both.read_bytes()
+    record = shared_tables.share_tables(tmp_path, [("both.tflite", "tflite"), ("only_a.tflite", "tflite")],
+                                        min_bytes=1024)
+    assert len(record["tables"]) == 1 and len(tflite_layout(both.read_bytes())["blobs"]) == 1
+    stripped = both.read_bytes()
+    _two_table_tflite(tmp_path / "only_b.tflite", {"b": b})          # b now repeats in a stripped file
+    again = shared_tables.share_tables(tmp_path, [("both.tflite", "tflite"), ("only_a.tflite", "tflite"),
+                                                  ("only_b.tflite", "tflite")], min_bytes=1024, existing=record)
+    assert both.read_bytes() == stripped and again["tables"] == record["tables"]
+    ids = np.array([0, 5, 63], np.int32)
+
+    def run(content):
+        return Interpreter(model_content=content).get_signature_runner()(ids=ids)["out"]
+
+    np.testing.assert_array_equal(run(whole_tflite(both.read_bytes(), None, tmp_path)), run(original))
+    np.testing.assert_allclose(run(original), a[ids] + b[ids], rtol=1e-6)
