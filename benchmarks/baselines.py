@@ -118,10 +118,12 @@ def _litert_interpreter(model_path, threads):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise MissingDependencyError("ai_edge_litert", "litert", "the raw LiteRT baseline") from None
-    from edgerec.runtime.shared_tables import whole_tflite
+    from edgerec.runtime.shared_tables import ends_with_trailer, whole_tflite
 
     path = Path(model_path)
-    # a bundle's stripped .tflite gets its shared tables spliced back in (a no-op on a whole file)
+    if not ends_with_trailer(path):
+        return Interpreter(model_path=str(path), num_threads=threads)
+    # a bundle's stripped .tflite: its shared tables spliced back in, as LiteRTBackend does
     return Interpreter(model_content=whole_tflite(path.read_bytes(), None, path.parent), num_threads=threads)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from edgerec.runtime.errors import expected
 from edgerec.runtime.io import atomic_copy, atomic_write_text
 from edgerec.runtime.manifest import Artifact, Manifest, load_manifest
-from edgerec.runtime.shared_tables import onnx_blob_names
+from edgerec.runtime.shared_tables import SharedTables
 
 from .errors import ConverterConfigError
 from .passes.tensorrt import is_tensorrt_ready
@@ -249,7 +249,7 @@ def write_triton_repository(bundle_dir, out_dir, *, config: TritonConfig | None 
                 art = chosen[part]
                 atomic_copy(bundle_dir / art.file, tmp / name / "1" / MODEL_FILE)
                 # a stripped model reads its shared tables as external data beside it
-                for blob in onnx_blob_names((bundle_dir / art.file).read_bytes()):
+                for blob in SharedTables.files_for(manifest, [art.file]):
                     atomic_copy(bundle_dir / blob, tmp / name / "1" / blob)
                 models[name] = {"part": part, "artifact": art.file, "sha256": art.sha256}
         _replace_dir(tmp, out_dir)

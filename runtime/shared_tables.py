@@ -95,6 +95,19 @@ def tflite_layout(data: bytes | memoryview) -> dict | None:
     return {"head_bytes": head, "blobs": blobs}
 
 
+def ends_with_trailer(path) -> bool:
+    """Whether the file at ``path`` ends with a shared-table trailer (read: its last 8 bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            if handle.tell() < len(TRAILER_MAGIC):
+                return False
+            handle.seek(-len(TRAILER_MAGIC), 2)
+            return handle.read() == TRAILER_MAGIC
+    except OSError:
+        return False     # the interpreter names what is wrong with the path
+
+
 def assemble_tflite(data: bytes, layout: dict, blobs: Mapping[str, bytes]) -> bytes:
     """The whole flatbuffer: ``data``'s head with each blob at its offset (zero padding between)."""
     parts, at = [memoryview(data)[:layout["head_bytes"]]], layout["head_bytes"]
@@ -202,10 +215,9 @@ class SharedTables:
 def artifact_size(manifest, file: str) -> int:
     """Bytes of artifact ``file`` with the shared tables it reads: its size as one file, the figure
     to compare variants by (``size_bytes`` of a stripped artifact counts only what it stores)."""
-    art = manifest.artifact(file)
-    record = getattr(manifest, "shared_tables", None) or {}
-    return art.size_bytes + sum(t["size_bytes"] for t in record.get("tables", ())
-                                if any(use.get("artifact") == file for use in t.get("uses", ())))
+    read = set(SharedTables.files_for(manifest, [file]))
+    tables = manifest.shared_tables.get("tables", ())
+    return manifest.artifact(file).size_bytes + sum(t["size_bytes"] for t in tables if t["file"] in read)
 
 
 def resolve(names, tables: SharedTables | None, directory: str | Path | None) -> dict[str, bytes]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, MissingDependencyError, expected
 from ..manifest import TensorSpec
-from ..shared_tables import TRAILER_MAGIC, whole_tflite
+from ..shared_tables import ends_with_trailer, whole_tflite
 from .base import Backend, dims
 
 
@@ -70,7 +70,7 @@ class LiteRTBackend(Backend):
     def _model_source(self, model_bytes, tables) -> dict:
         """Interpreter arguments: the path, or the bytes with any shared tables spliced in."""
         if model_bytes is None:
-            if not _ends_with_trailer(self.model_path):
+            if not ends_with_trailer(self.model_path):
                 return {"model_path": self.model_path}
             try:
                 model_bytes = Path(self.model_path).read_bytes()
@@ -151,16 +151,3 @@ class LiteRTBackend(Backend):
     def _close_impl(self):
         self._runner = None
         self._interpreter = None
-
-
-def _ends_with_trailer(path) -> bool:
-    """Whether the file at ``path`` ends with a shared-table trailer (read: its last 8 bytes)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            if handle.tell() < len(TRAILER_MAGIC):
-                return False
-            handle.seek(-len(TRAILER_MAGIC), 2)
-            return handle.read() == TRAILER_MAGIC
-    except OSError:
-        return False     # the interpreter names what is wrong with the path
