@@ -274,8 +274,8 @@ def write_content(bundle: Path, checks: list[dict], selected: dict, rejected: li
                 known.add(step.get("id"))
                 steps.append(_json_safe(dict(step)))
     write_manifest(bundle, manifest)
-    load_manifest(bundle, verify=True)
     # the encoder's tables, where its variants repeat them, stored once like the ranker's
+    # (share_bundle verifies every file before and after)
     share_bundle(bundle)
 
 
