@@ -196,7 +196,7 @@ def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = Non
     from edgerec.runtime.metrics import auc
 
     from ..mixed_precision import fallback_until_within
-    from .onnx_quant import graph_scores, scoring_rows
+    from .onnx_fallback import graph_scores, scoring_rows
 
     inputs, labels = scoring_rows(data, Path(reference), rows)
     base_scores = graph_scores(Path(reference), inputs)

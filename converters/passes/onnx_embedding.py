@@ -181,21 +181,14 @@ def is_narrow(dim: int, bits: int) -> bool:
     return dim < MIN_BLOCK and dim * 8 < block_size(dim) * bits + 8
 
 
-def quantize_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per column of ``table [V, D]``: ``(q int8 [V, D], scales fp32 [D])``,
-    ``table ≈ q * scales``, every value within half a step of its column."""
-    table = np.asarray(table, dtype=np.float32)
-    scales = (np.abs(table).max(axis=0) / 127.0).astype(np.float32)
-    scales = np.where(scales > 0, scales, np.float32(1.0)).astype(np.float32)
-    return np.clip(np.round(table / scales), -127, 127).astype(np.int8), scales
-
-
 def narrow_table(graph, name: str, array: np.ndarray) -> tuple[str, list, int]:
     """Store ``array [V, D]`` as int8 columns (see the module doc): ``(data name, DequantizeLinear
     inputs after the looked-up rows, stored bytes)``. One column takes a scalar scale (per tensor)."""
     from onnx import numpy_helper
 
-    q, scales = quantize_columns(array)
+    from .rowwise import symmetric_columns
+
+    q, scales = symmetric_columns(array, 8, axis=1)       # one scale per column
     base = f"{name}_c8"
     scale = scales.reshape(()) if scales.size == 1 else scales
     graph.initializer.extend([numpy_helper.from_array(q, base),
@@ -356,7 +349,7 @@ def _table_delta_auc(before: Path, after: Path, config: OnnxEmbeddingConfig) -> 
     """AUC(after) - AUC(before) on the labelled rows of ``config.data`` (None: the graph scores no rows)."""
     from edgerec.runtime.metrics import auc
 
-    from .onnx_quant import graph_scores, scoring_rows
+    from .onnx_fallback import graph_scores, scoring_rows
 
     inputs, labels = scoring_rows(config.data, before, config.sensitivity_rows)
     reference = graph_scores(before, inputs)
