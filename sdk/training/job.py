@@ -288,13 +288,14 @@ def with_hard_negatives(dataset, retrieval_dir: str, seed: int = 0):
         SpecError: the folder is not a retrieval MODEL_DIR, or its item vocabulary is not this
             dataset's (a retriever trained on other data would rank other items).
     """
-    from .model_dir import load_model_dir
+    from .model_dir import load_model_dir, read_manifest
     from .retrieval import HARD_NEGATIVE_M, with_retrieved_negatives
 
-    retriever = load_model_dir(retrieval_dir)
-    if getattr(retriever, "family", None) != RETRIEVAL or not hasattr(retriever, "item_vectors"):
+    family = read_manifest(retrieval_dir)["family"]          # before loading any Keras part
+    if family != RETRIEVAL:
         raise SpecError(expected("--hard-negatives-from a retrieval MODEL_DIR (edgerec train --model retrieval)",
-                                 f"{retrieval_dir}: family {getattr(retriever, 'family', None)!r}"))
+                                 f"{retrieval_dir}: family {family!r}"))
+    retriever = load_model_dir(retrieval_dir)
     items = int(np.asarray(retriever.item_vectors).shape[0])
     if items != dataset.spec.item_vocab.size:
         raise SpecError(expected(f"a retriever over this dataset's {dataset.spec.item_vocab.size} item ids",
