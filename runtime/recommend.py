@@ -184,10 +184,6 @@ class Retriever:
         out = np.asarray(self.tower.run(dict(feeds))[self._output], np.float32)
         return out.reshape(len(out), -1)
 
-    def feeds(self, pre, request: Mapping) -> dict:
-        """The tower's inputs for one raw request (every user-side field validated)."""
-        return self.feeds_of(UserRow.encode(pre, request))
-
     def feeds_of(self, user: "UserRow") -> dict:
         """The tower's inputs from one encoded user row."""
         feeds = {HIST_ITEMS: user.hist, **user.context}
