@@ -91,15 +91,16 @@ def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[
         loaded = [create_backend(backend_name, c.path, num_threads=config.num_threads) for c in members]
         try:
             arrays = arrays_by_part.get(part, {})
-            feeds = {(i, b): _serving_feeds(be, part, arrays, b) for i, be in enumerate(loaded) for b in config.batch_sizes}
-            samples = {(i, b): [] for i in range(len(loaded)) for b in config.batch_sizes}
-            for (i, b), feed in feeds.items():
+            calls = {(i, b): _serving_call(be, part, arrays, b) for i, be in enumerate(loaded)
+                     for b in config.batch_sizes}
+            samples = {key: [] for key in calls}
+            for run, feed in calls.values():
                 for _ in range(config.warmup):
-                    _call(loaded[i], feed)
+                    run(feed)
             for _ in range(config.rounds):
                 for b in config.batch_sizes:
-                    for i, be in enumerate(loaded):
-                        samples[(i, b)].append(_time_call(be, feeds[(i, b)], config.min_time_s))
+                    for i in range(len(loaded)):
+                        samples[(i, b)].append(_time_call(*calls[(i, b)], config.min_time_s))
             for i, art in enumerate(members):
                 result[art.file] = {b: float(np.median(samples[(i, b)])) for b in config.batch_sizes}
         finally:
@@ -108,33 +109,29 @@ def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[
     return result
 
 
-def _serving_feeds(backend, part: str, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """A scorer is timed as it serves: one user's state (the user-encoder outputs) as 1 row beside
-    ``batch`` candidates where it broadcasts that state, else repeated (an older export)."""
+def _serving_call(backend, part: str, arrays: Mapping[str, np.ndarray], batch: int) -> tuple:
+    """``(run, feeds)`` timing a part as it serves: a scorer gets one user's state (the
+    user-encoder outputs) as 1 row beside ``batch`` candidates where it broadcasts that state to the
+    same outputs (the runtime's own test, `scores.broadcast_matches`), else the state repeated (an
+    older export). 1-row-state feeds go through ``run_validated`` (``run`` takes one batch size)."""
+    from edgerec.runtime.scores import broadcast_matches
+
     repeated = latency_feeds(backend.inputs, arrays, batch)
     state = {t.name for t in backend.inputs} & USER_OUTPUTS
     if part != "scorer" or batch == 1 or not state:
-        return repeated
+        return backend.run, repeated
     once = latency_feeds(backend.inputs, arrays, batch, one_row=state)
     try:
-        backend.run_validated(once)
-    except Exception:  # noqa: BLE001 - a scorer that cannot broadcast the state
-        return repeated
-    return once
+        broadcasts = broadcast_matches(backend.run_validated, once, state, rows=batch)
+    except Exception:  # noqa: BLE001 - a scorer that cannot take the 1-row state fails in its backend
+        broadcasts = False
+    return (backend.run_validated, once) if broadcasts else (backend.run, repeated)
 
 
-def _call(backend, feed: dict) -> None:
-    """``backend.run``; feeds with a 1-row state (probed by `_serving_feeds`) skip its one-batch check."""
-    if len({len(v) for v in feed.values()}) > 1:
-        backend.run_validated(feed)
-    else:
-        backend.run(feed)
-
-
-def _time_call(backend, feed, min_time_s: float) -> float:
+def _time_call(run, feed, min_time_s: float) -> float:
     calls, start = 0, time.perf_counter()
     while True:
-        _call(backend, feed)
+        run(feed)
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time_s:

@@ -203,7 +203,7 @@ def test_a_compressed_variant_whose_sweep_did_not_run_is_refused_when_others_wer
 def test_a_scorer_is_timed_with_one_users_state_where_it_broadcasts_it():
     import numpy as np
 
-    from edgerec.converters.latency import _serving_feeds
+    from edgerec.converters.latency import _serving_call
 
     class Scorer:
         inputs = [TensorSpec("cand_item", "int32", [None]), TensorSpec("user_state", "float32", [None, 4])]
@@ -212,15 +212,22 @@ def test_a_scorer_is_timed_with_one_users_state_where_it_broadcasts_it():
             self.broadcasts, self.probed = broadcasts, []
 
         def run_validated(self, feeds):
-            self.probed.append({k: v.shape for k, v in feeds.items()})
-            if not self.broadcasts:
+            shapes = {k: v.shape for k, v in feeds.items()}
+            self.probed.append(shapes)
+            if not self.broadcasts and len({len(v) for v in feeds.values()}) > 1:
                 raise ValueError("Expected one batch size, received: {16, 1}")
+            return {"score": (feeds["cand_item"][:, None] * feeds["user_state"][:, :1]).astype(np.float32)}
+
+        run = run_validated
 
     arrays = {"cand_item": np.arange(2, 12, dtype=np.int32), "user_state": np.ones((10, 4), np.float32)}
-    served = _serving_feeds(Scorer(True), "scorer", arrays, 16)
+    scorer = Scorer(True)
+    run, served = _serving_call(scorer, "scorer", arrays, 16)
+    assert run == scorer.run_validated
     assert served["cand_item"].shape == (16,) and served["user_state"].shape == (1, 4)
     older = Scorer(False)
-    repeated = _serving_feeds(older, "scorer", arrays, 16)
-    assert repeated["user_state"].shape == (16, 4) and older.probed == [{"cand_item": (16,), "user_state": (1, 4)}]
+    run, repeated = _serving_call(older, "scorer", arrays, 16)
+    assert repeated["user_state"].shape == (16, 4) and run == older.run
+    assert {"cand_item": (16,), "user_state": (1, 4)} in older.probed
     for part, batch in (("fused", 16), ("scorer", 1)):
-        assert _serving_feeds(Scorer(True), part, arrays, batch)["user_state"].shape == (batch, 4)
+        assert _serving_call(Scorer(True), part, arrays, batch)[1]["user_state"].shape == (batch, 4)
