@@ -30,7 +30,7 @@ from .errors import BackendUnavailableError, BundleError, MissingDependencyError
 from .io import strict_json_loads
 from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
-from .scores import rows_of, scorer_shared_inputs, spread_rows
+from .scores import has_state_row, rows_of, scorer_shared_inputs, spread_rows
 from .shared_tables import SharedTables
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
@@ -345,6 +345,10 @@ class LoadedBundle:
             plan = self._tensor_plan(part)
         backend, rows, fast, renames = plan
         if not (fast and feeds_match(rows, feeds)):
+            shared = self.shared_inputs.get(part)
+            if shared and has_state_row(feeds, shared):
+                # one user's state as 1 row beside N candidates: the same checks, then `run` feeds it once
+                return self.run(part, self._check_tensors(backend, feeds, shared))
             feeds = self._check_tensors(backend, feeds)
         outputs = backend.run_validated(feeds)
         if renames is None:
@@ -359,15 +363,16 @@ class LoadedBundle:
         plan = self._tensor_plans[part] = (backend, rows, backend.fast_checks, renames)
         return plan
 
-    def _check_tensors(self, backend, feeds) -> dict:
-        """The full checks, in the order the errors are reported: feeds type, value ranges, signature."""
+    def _check_tensors(self, backend, feeds, shared=frozenset()) -> dict:
+        """The full checks, in the order the errors are reported: feeds type, value ranges, signature
+        (``shared`` inputs may hold 1 row beside the others' N)."""
         if type(feeds) is not dict:
             if not isinstance(feeds, Mapping):
                 raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
             feeds = dict(feeds)
         if self.spec is not None:
             check_tensor_ranges(self.spec, feeds, self.id_limits)
-        return backend.check_feeds(feeds)
+        return backend.check_feeds(feeds, shared=shared)
 
     @property
     def id_limits(self) -> dict:

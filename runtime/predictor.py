@@ -25,7 +25,7 @@ from .counters import FOLD_EVERY, CallCounters
 from .errors import RequestError, expected
 from .hot_swap import swap_bundle
 from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
-from .scores import Scores, as_scores, count_oov, has_state_row, score_in_chunks
+from .scores import Scores, as_scores, count_oov, score_in_chunks
 from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
 
 _clock = time.perf_counter
@@ -299,11 +299,7 @@ class Predictor(ItemContentMethods):
                 part = model.default_part
             elif part not in model.parts:
                 raise RequestError(expected(f"a part among {sorted(model.parts)}", part))
-            shared = model.shared_inputs.get(part)
-            if shared and has_state_row(feeds, shared):
-                result = _run_state_row(model, part, feeds, shared)
-            else:
-                result = model.run_tensors(part, feeds)
+            result = model.run_tensors(part, feeds)
         except BaseException:
             self._leave(model, start, True)
             raise
@@ -390,11 +386,3 @@ class Predictor(ItemContentMethods):
 
     def __repr__(self):
         return f"Predictor(backend={self.backend!r}, version={self.version!r}, parts={sorted(self._model.parts)})"
-
-
-def _run_state_row(model: LoadedBundle, part: str, feeds: Mapping, shared: frozenset) -> dict:
-    """`LoadedBundle.run_tensors` for ``shared`` inputs of 1 row beside N-row ones: its checks (ids
-    in the tables, finite floats, the signature), then `LoadedBundle.run`, which feeds them once."""
-    if model.spec is not None:
-        check_tensor_ranges(model.spec, feeds, model.id_limits)
-    return model.run(part, model.parts[part].check_feeds(feeds, shared=shared))
