@@ -169,9 +169,10 @@ def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
         records.append({"output": node.output[0], "shape": [int(k), int(n)], "block_size": block,
                         "bytes_float": int(weight.size * 4), "bytes_quantized": int(packed.size + scales.nbytes)})
     used = {i for nd in nodes for i in nd.input} | {o.name for o in graph.output}
+    constants = {t.name for t in graph.initializer}
     # the constant Reshapes that fed a rewritten weight are dead now
     nodes = [nd for nd in nodes if nd.op_type != "Reshape" or nd.output[0] in used or
-             not all(i in {t.name for t in graph.initializer} for i in nd.input)]
+             not all(i in constants for i in nd.input)]
     set_nodes(proto, nodes, microsoft_ops=bool(records))
     return records
 
