@@ -21,6 +21,7 @@ from edgerec.runtime.manifest import TensorSpec
 from ..errors import ConversionError, ConverterConfigError, expected
 from ..keras_io import flat_serving_function, load_keras_model, walk_layers
 from ..pipeline import ExportedArtifact, Pass
+from .onnx_standins import convert_with_stand_ins
 
 MAX_TF2ONNX_OPSET = 18
 MIN_OPSET = 13
@@ -35,12 +36,17 @@ class OnnxExportConfig:
         lift_to_opset: optional higher opset reached with ``onnx.version_converter`` afterwards.
         custom_objects_module: module registering custom layers, imported before loading.
         output_names: override the canonical output names of a single/list-output model.
+        stand_in_min_bytes: lookup tables of at least this many bytes read only by axis-0 Gathers
+            are converted as tiny placeholders and their rows written into the ONNX file afterwards
+            (`onnx_standins`: tf2onnx's copies of a 10^6-row table cost GBs); ``None`` converts
+            every constant through tf2onnx.
     """
 
     opset: int = MAX_TF2ONNX_OPSET
     lift_to_opset: int | None = None
     custom_objects_module: str | None = None
     output_names: tuple[str, ...] | None = None
+    stand_in_min_bytes: int | None = 1 << 20
 
     def __post_init__(self):
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_TF2ONNX_OPSET:
@@ -50,11 +56,14 @@ class OnnxExportConfig:
         if self.lift_to_opset is not None and (not isinstance(self.lift_to_opset, int)
                                                or self.lift_to_opset <= self.opset):
             raise ConverterConfigError(expected(f"lift_to_opset > opset {self.opset}", self.lift_to_opset))
+        if self.stand_in_min_bytes is not None and (not isinstance(self.stand_in_min_bytes, int)
+                                                    or self.stand_in_min_bytes < 1):
+            raise ConverterConfigError(expected("stand_in_min_bytes ≥ 1 or None", self.stand_in_min_bytes))
 
 
 class OnnxExportPass(Pass):
     name = "onnx_export"
-    version = 2
+    version = 3
     Config = OnnxExportConfig
     accepts = ("keras", "savedmodel")
 
@@ -67,7 +76,11 @@ class OnnxExportPass(Pass):
                                             list(config.output_names) if config.output_names else None)
         out_names = sorted(flat.get_concrete_function().structured_outputs)
         try:
-            proto, _ = tf2onnx.convert.from_function(flat, input_signature=specs, opset=config.opset)
+            proto, stand_ins = None, []
+            if config.stand_in_min_bytes is not None:
+                proto, stand_ins = convert_with_stand_ins(flat, specs, config.opset, config.stand_in_min_bytes)
+            if proto is None:
+                proto, _ = tf2onnx.convert.from_function(flat, input_signature=specs, opset=config.opset)
         except Exception as err:  # noqa: BLE001 - tf2onnx raises many types
             raise ConversionError(expected(f"a tf2onnx conversion at opset {config.opset}",
                                            f"{type(err).__name__}: {str(err)[:400]}"), mode="onnx") from None
@@ -90,6 +103,7 @@ class OnnxExportPass(Pass):
                                 inputs=inputs, outputs=outputs,
                                 details={**self.carried_details(source), "opset": opset,
                                          "tf2onnx_opset": config.opset, "nodes": len(proto.graph.node),
+                                         "table_stand_ins": [list(t.real.shape) for t in stand_ins],
                                          "size_bytes": out.stat().st_size})
 
 
