@@ -283,31 +283,47 @@ def recommend(model, predictor, user_request: Mapping, k: int = DEFAULT_K, m: in
     mark("encode")
     vector = _cached_vector(predictor, model, retriever, retriever.feeds_of(user), use_cache)
     mark("user_tower")
-    if filter is None:
-        rows, retrieved = index.search(vector, m, exclude=exclude)
-    elif callable(filter):
-        rows, retrieved = _filtered(index, vector, m, exclude, filter)
-    elif isinstance(filter, Collection) and not isinstance(filter, (str, bytes, Mapping)):
-        allowed = [i for i in filter if isinstance(i, (str, int)) and not isinstance(i, bool)]
-        if len(allowed) != len(filter):
-            raise RequestError(expected("filter ids as str or int", [i for i in filter if i not in allowed][:3]))
-        codes = pre.encode_items(allowed) if allowed else np.zeros(0, np.int32)
-        rows, retrieved = index.search(vector, m, exclude=exclude, allowed=codes)
-    else:
-        raise RequestError(expected("filter as None, a callable on item ids, or a set/list of allowed ids",
-                                    type(filter).__name__))
+    rows, retrieved = retrieve(index, vector, m, exclude, allowed_rows(pre, filter))
     mark("index")
     if rows.size == 0:
         return Recommendations([], np.zeros(0, np.float32))
     fusion = retriever.fusion
     ranked = _rank(predictor, model, request, user, rows, use_cache, mark) if fusion.needs_ranker else None
-    scores = fusion.combine(ranked, retrieved)
-    # best first, ties in retrieval order (lexsort is stable on the index order)
-    order = np.lexsort((np.arange(rows.size), -scores))[:k]
+    order, scores = best_k(fusion.combine(ranked, retrieved), k)
     mark("combine")
-    found = Recommendations(index.ids[rows[order]].tolist(), scores[order])
+    found = Recommendations(index.ids[rows[order]].tolist(), scores)
     mark("result")
     return found
+
+
+def allowed_rows(pre, filter):
+    """``filter`` checked once: None, the callable itself, or the index rows of a set/list of ids."""
+    if filter is None or callable(filter):
+        return filter
+    if isinstance(filter, Collection) and not isinstance(filter, (str, bytes, Mapping)):
+        allowed = [i for i in filter if isinstance(i, (str, int)) and not isinstance(i, bool)]
+        if len(allowed) != len(filter):
+            raise RequestError(expected("filter ids as str or int", [i for i in filter if i not in allowed][:3]))
+        return pre.encode_items(allowed) if allowed else np.zeros(0, np.int32)
+    raise RequestError(expected("filter as None, a callable on item ids, or a set/list of allowed ids",
+                                type(filter).__name__))
+
+
+def retrieve(index: ItemIndex, vector, m: int, exclude, allowed) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` best index rows and their retrieval scores for one user vector; ``allowed`` as
+    `allowed_rows` returns it."""
+    if allowed is None:
+        return index.search(vector, m, exclude=exclude)
+    if callable(allowed):
+        return _filtered(index, vector, m, exclude, allowed)
+    return index.search(vector, m, exclude=exclude, allowed=allowed)
+
+
+def best_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the ``k`` best scores, best first, ties in retrieval order (lexsort is stable
+    on the index order), and those scores."""
+    order = np.lexsort((np.arange(scores.size), -scores))[:k]
+    return order, scores[order]
 
 
 def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache: bool,

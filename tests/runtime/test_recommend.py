@@ -164,3 +164,45 @@ def test_a_stage_clock_books_every_stage_without_changing_the_answer(cascade_bun
     np.testing.assert_array_equal(timed.scores, plain.scores)
     assert list(clock.wall) == ["encode", "user_tower", "index", "user_state", "scorer", "combine", "result"]
     assert all(len(v) == 2 and min(v) >= 0 for v in (*clock.wall.values(), *clock.cpu.values()))
+
+
+def test_recommend_batch_answers_like_recommend_one_user_at_a_time(cascade_bundle):
+    requests = [{"history": ["101", "105"]}, {"history": []}, {"user_id": "u7", "history": SMALL_ITEMS[-3:]},
+                {"history": ["110"]}]
+    with rt.load(cascade_bundle) as predictor:
+        alone = [predictor.recommend(r, k=4, m=8) for r in requests]
+        together = predictor.recommend_batch(requests, k=4, m=8)
+        seen_too = predictor.recommend_batch(requests[2:3], k=3, m=50, exclude_seen=False)
+        allowed = {"103", "110", "111"}
+        filtered = predictor.recommend_batch(requests, k=10, filter=allowed)
+        filtered_alone = [predictor.recommend(r, k=10, filter=allowed) for r in requests]
+    assert [r.items for r in together] == [r.items for r in alone]
+    for got, want in zip(together, alone):
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6, atol=1e-6)
+    assert seen_too[0].items == _by_ranker(SMALL_ITEMS[-3:])
+    assert [r.items for r in filtered] == [r.items for r in filtered_alone]
+    assert filtered[3].items == ["111", "103"]            # its own seen item 110 left out
+
+
+def test_recommend_batch_refuses_bad_input_naming_the_request(cascade_bundle):
+    with rt.load(cascade_bundle) as predictor:
+        with pytest.raises(RequestError, match="sequence of user requests"):
+            predictor.recommend_batch({"history": []})
+        with pytest.raises(RequestError, match="at least one"):
+            predictor.recommend_batch([])
+        with pytest.raises(RequestError, match="request 1"):
+            predictor.recommend_batch([{"history": []}, {"no_history": 1}])
+        with pytest.raises(RequestError, match="k as a positive int"):
+            predictor.recommend_batch([{"history": []}], k=0)
+
+
+def test_recommend_batch_reuses_and_fills_the_user_vector_cache(cascade_bundle):
+    request = {"user_id": "u1", "history": ["104"]}
+    with rt.load(cascade_bundle) as predictor:
+        single = predictor.recommend(request, k=3)
+        hits = predictor.user_cache.stats()["hits"]
+        batch = predictor.recommend_batch([request, {"user_id": "u2", "history": ["106"]}], k=3)
+        assert predictor.user_cache.stats()["hits"] == hits + 1
+        again = predictor.recommend({"user_id": "u2", "history": ["106"]}, k=3)
+        assert predictor.user_cache.stats()["hits"] == hits + 2
+    assert batch[0].items == single.items and batch[1].items == again.items
