@@ -26,6 +26,7 @@ import numpy as np
 from edgerec.runtime.contract import (CAND_ITEM, CASCADE, FULL_CATALOGUE, HIST_ITEMS, INDEX, POPULARITY, RANKER,
                                       RETRIEVAL, USER_TOWER)
 from edgerec.runtime.errors import expected
+from edgerec.runtime.index import recall_at
 from edgerec.runtime.metrics import FULL_CATALOGUE_KEYS, full_catalogue_metrics, topk_ranks
 from edgerec.runtime.recommend import CASCADE_SCORE, CascadeScore, retriever_for
 from edgerec.runtime.spec import NUM_RESERVED
@@ -98,7 +99,7 @@ def measure_cascade(bundle, vectors: np.ndarray, users: dict, heldout_path, sett
         exact = np.asarray(vectors, np.float32)
         truth = [exact_top(exact, vector, m, seen) for vector, seen in zip(stages["vectors"], users["seen"])]
         served = [rows[:m] for rows in stages["rows"]]
-        recall = float(np.mean([len(np.intersect1d(s, t)) / max(len(t), 1) for s, t in zip(served, truth)]))
+        recall = recall_at(served, truth)
         say(f"  index recall@{m} vs exact: {recall:.4f} ({len(served)} users)")
         positives = users["positives"]
         blocks = {RETRIEVAL: _block(full_catalogue_metrics(retrieval_tops(stages), positives, topk=True), len(positives)),

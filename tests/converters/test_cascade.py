@@ -138,6 +138,24 @@ def test_cascade_bundle_recommends_from_the_catalogue(cascade):
     assert list(found.scores) == sorted(found.scores, reverse=True)
 
 
+def test_recommend_batch_of_an_exported_cascade_equals_one_user_at_a_time(cascade):
+    """The exported DIN (user encoder + scorer, an hour context and dense features): the batched
+    user tower, user encoder and shared scorer calls give each user's own answer."""
+    import edgerec.runtime as rt
+
+    result, _ = cascade
+    requests = [{"user_id": f"u{i}", "history": [str(1000 + (7 * i + j) % 40) for j in range(i % 5)],
+                 "context": {"timestamp": 1_000_000_000 + 3600 * i}, "dense": {"d0": 0.1 * i, "d1": -0.2}}
+                for i in range(9)]
+    with rt.load(result.bundle, backend="onnxruntime") as predictor:
+        alone = [predictor.recommend(r, k=5, m=20, use_cache=False) for r in requests]
+        together = predictor.recommend_batch(requests, k=5, m=20, use_cache=False)
+        cached = predictor.recommend_batch(requests, k=5, m=20)
+    for got, again, want in zip(together, cached, alone):
+        assert got.items == want.items == again.items
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+
+
 def test_towers_are_selected_most_compressed_first_unless_slower_than_fp32():
     from types import SimpleNamespace
 
@@ -214,9 +232,25 @@ def test_tuning_widens_the_hnsw_search_until_the_recall_target_and_records_it():
     tuned, queries, seen = _tune(index, vectors, ids, 20, target_recall=0.97)
     record = tuned.meta["search_tuning"]
     assert tuned.kind == "hnsw" and record["met"] and record["chosen"] == {"kind": "hnsw", "ef_search": tuned.ef_search}
-    assert [t["ef_search"] for t in record["tried"]] == [20 * 2 ** k for k in range(len(record["tried"]))]
-    assert record["tried"][-1]["recall@20"] >= 0.97 and tuned.meta["ann"]["ef_search"] == tuned.ef_search
-    assert _recall(tuned, vectors, queries, seen, 20) == pytest.approx(record["tried"][-1]["recall@20"], abs=1e-4)
+    widths = [t["ef_search"] for t in record["tried"]]
+    assert widths[0] == 20 and all(b == -(-int(a * 1.25) // 8) * 8 for a, b in zip(widths, widths[1:]))
+    # it stops on the lower confidence bound of the 30 users' recall, not on the mean
+    last = record["tried"][-1]
+    assert last["lower_bound"] >= 0.97 and last["recall@20"] >= last["lower_bound"]
+    assert all(t["lower_bound"] < 0.97 for t in record["tried"][:-1])
+    assert tuned.meta["ann"]["ef_search"] == tuned.ef_search
+    assert _recall(tuned, vectors, queries, seen, 20) == pytest.approx(last["recall@20"], abs=1e-4)
+
+
+def test_the_recall_bound_is_the_mean_less_two_standard_errors():
+    from edgerec.converters.cascade import recall_bound
+
+    per_user = np.array([1.0, 0.9, 0.8, 1.0])
+    mean, lower = recall_bound(per_user)
+    assert mean == pytest.approx(0.925)
+    assert lower == pytest.approx(0.925 - 1.96 * per_user.std(ddof=1) / 2)
+    assert recall_bound(np.array([0.5])) == (0.5, 0.5)
+    assert recall_bound(np.ones(50)) == (1.0, 1.0)
 
 
 def test_an_unreachable_recall_target_falls_back_to_the_exact_index_or_is_recorded_as_missed():
