@@ -100,6 +100,45 @@ def recommend_stages(bundle, backend: str = "onnxruntime", k: int = 10, m: int =
                     "cpu_mean_ms": float(np.mean(clock.cpu[stage])) * 1e3} for stage in clock.wall}
 
 
+USER_BATCHES = (1, 8, 64, 256, 1024)
+
+
+def recommend_batch_rows(bundle, providers: Sequence[str] | None = None, batches: Sequence[int] = USER_BATCHES,
+                         k: int = 10, m: int = 200, budget_s: float = 2.0, num_threads: int | None = None,
+                         check_users: int = 16) -> list[dict]:
+    """``Predictor.recommend_batch`` on ONNX Runtime with ``providers`` (None: the backend's
+    choice), one row per batch of users: ``{"users", "calls", "p50_ms", "p99_ms", "ms_per_user",
+    "users_per_s", "same_as_single"}``. Each user is a distinct request (the bundle's examples
+    under fresh user ids, caches off); ``same_as_single`` is the share of the first
+    ``check_users`` users whose batched top k equals their own `recommend` call's."""
+    import edgerec.runtime as rt
+
+    bundle = Path(bundle)
+    base = _requests(bundle, 64)
+    options = {"cache": False, **({"providers": list(providers)} if providers else {}),
+               **({"num_threads": num_threads} if num_threads else {})}
+    rows = []
+    with rt.load(bundle, backend="onnxruntime", **options) as predictor:
+        for users in batches:
+            requests = [{**base[i % len(base)], "user_id": f"batch-user-{i}"} for i in range(users)]
+            first = predictor.recommend_batch(requests, k=k, m=m)
+            single = [predictor.recommend(r, k=k, m=m).items for r in requests[:check_users]]
+            same = float(np.mean([a.items == b for a, b in zip(first, single)]))
+            times, deadline = [], time.perf_counter() + budget_s
+            while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+                start = time.perf_counter()
+                predictor.recommend_batch(requests, k=k, m=m)
+                times.append(time.perf_counter() - start)
+            ms = np.asarray(times) * 1e3
+            p50 = float(np.percentile(ms, 50))
+            rows.append({"scenario": "recommend_batch", "users": users, "k": k, "m": m, "calls": len(times),
+                         "p50_ms": p50, "p99_ms": float(np.percentile(ms, 99)), "ms_per_user": p50 / users,
+                         "users_per_s": users / (p50 / 1e3), "same_as_single": same,
+                         "session_providers": {part: info.get("providers")
+                                               for part, info in predictor.stats()["backend_info"].items()}})
+    return rows
+
+
 def _load() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

@@ -206,3 +206,28 @@ def test_recommend_batch_reuses_and_fills_the_user_vector_cache(cascade_bundle):
         again = predictor.recommend({"user_id": "u2", "history": ["106"]}, k=3)
         assert predictor.user_cache.stats()["hits"] == hits + 2
     assert batch[0].items == single.items and batch[1].items == again.items
+
+
+def test_recommend_batch_runs_a_batch_variant_part_one_user_per_call(cascade_bundle, monkeypatch):
+    """A dynamically quantized part scales activations over the whole call: batched, a user's
+    scores would depend on the other users, so such parts get one call per user."""
+    import edgerec.runtime.recommend_batch as rb
+
+    requests = [{"history": ["101", "105"]}, {"history": ["110"]}, {"history": []}]
+    with rt.load(cascade_bundle) as predictor:
+        model = predictor._model
+        assert model.manifest.artifact("fused_fp32.onnx").precision == "fp32"
+        assert rb._batch_invariant(model, "fused_fp32.onnx") and not rb._batch_invariant(model, "not-listed.onnx")
+        alone = [predictor.recommend(r, k=4, m=8, use_cache=False) for r in requests]
+        calls = []
+        run = model.run
+        monkeypatch.setattr(model, "run", lambda part, feeds: calls.append(part) or run(part, feeds))
+        shared = predictor.recommend_batch(requests, k=4, m=8, use_cache=False)
+        assert calls == ["fused"]
+        calls.clear()
+        monkeypatch.setattr(rb, "_batch_invariant", lambda model, file: False)
+        apart = predictor.recommend_batch(requests, k=4, m=8, use_cache=False)
+        assert calls == ["fused"] * len(requests)
+    for got, same, want in zip(apart, shared, alone):
+        assert got.items == same.items == want.items
+        np.testing.assert_array_equal(got.scores, want.scores)
