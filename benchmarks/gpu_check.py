@@ -3,7 +3,8 @@
 Run by `benchmarks/gpu_check.sh` on a machine with an NVIDIA GPU. For every ONNX artifact of
 the bundle (fused, user_encoder, scorer; fp32 and int8 variants) and each provider that
 activates, it measures batch 1 / 256 / 4096 latency, checks the outputs against ORT CPU on the
-same rows, and times `Predictor.score_candidates` for 1 user x 1000 candidates. Writes
+same rows, and times `Predictor.score_candidates` for 1 user x 1000 candidates and, for a cascade
+bundle, `Predictor.recommend_batch` for batches of 1 → 1,024 users (`recommend_batch_rows`). Writes
 ``gpu_check.json`` and ``gpu_check.md`` to the output folder. Providers that do not activate
 are reported with the reason, never silently replaced by CPU.
 
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerec.benchmarks.recommend import USER_BATCHES, recommend_batch_rows
 from edgerec.benchmarks.stats import LoopLimits, summarize, timed_calls
 from edgerec.runtime.backends.registry import create_backend
 from edgerec.runtime.errors import EdgeRecError
 from edgerec.runtime.io import atomic_write_json, atomic_write_text
 from edgerec.runtime.manifest import load_manifest
+from edgerec.runtime.recommend import has_index
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider"]}
@@ -61,7 +64,7 @@ def gpu_description() -> str:
         return f"nvidia-smi unavailable ({err})"
 
 
-def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
+def run(bundle: Path, out_dir: Path, budget_s: float, user_batches: tuple = USER_BATCHES) -> dict:
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):
@@ -78,7 +81,7 @@ def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
         item_count = len(FeatureSpec.load(confined_path(bundle, manifest.feature_spec)).item_vocab.tokens) + 2
     report = {"gpu": gpu_description(), "onnxruntime": ort.__version__, "python": platform.python_version(),
               "available_providers": ort.get_available_providers(), "bundle": str(bundle),
-              "providers": {}, "results": [], "candidates": []}
+              "providers": {}, "results": [], "candidates": [], "recommend_batches": []}
     limits = LoopLimits(budget_s=budget_s, max_iters=2000, min_iters=20, warmup_iters=20)
     onnx_artifacts = [a for a in manifest.artifacts if a.format == "onnx"]
     for provider, names in PROVIDERS.items():
@@ -111,6 +114,8 @@ def run(bundle: Path, out_dir: Path, budget_s: float) -> dict:
         report["providers"][provider] = status
         if status.get("active"):
             report["candidates"].append(candidate_scoring(bundle, names, limits))
+            if has_index(manifest) and provider != "tensorrt":   # an engine per scorer shape: not this check
+                report["recommend_batches"].extend(recommend_batches(bundle, provider, names, budget_s, user_batches))
     write(report, out_dir)
     return report
 
@@ -131,6 +136,19 @@ def candidate_scoring(bundle: Path, providers: list, limits: LoopLimits) -> dict
     return {"providers": providers, "scenario": "candidates_1x1000_warm", **stats.to_dict()}
 
 
+def recommend_batches(bundle: Path, provider: str, names: list, budget_s: float,
+                      user_batches: tuple = USER_BATCHES) -> list[dict]:
+    """`recommend_batch_rows` on one provider, each row tagged with it (an error as a row)."""
+    try:
+        rows = recommend_batch_rows(bundle, names, batches=user_batches, budget_s=budget_s)
+    except EdgeRecError as err:
+        return [{"provider": provider, "error": f"{type(err).__name__}: {err}"}]
+    for row in rows:
+        print(f"{provider:8s} recommend_batch users={row['users']:5d} p50={row['p50_ms']:.2f} ms "
+              f"users/s={row['users_per_s']:.0f} same_as_single={row['same_as_single']:.2f}", flush=True)
+    return [{"provider": provider, **row} for row in rows]
+
+
 def write(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "gpu_check.json", report)
@@ -149,6 +167,15 @@ def write(report: dict, out_dir: Path) -> None:
     lines += ["", "| providers | 1 user x 1000 candidates p50 ms | p99 ms |", "|---|---|---|"]
     for c in report["candidates"]:
         lines.append(f"| {c['providers'][0]} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} |")
+    if report.get("recommend_batches"):
+        lines += ["", "| provider | users per call | p50 ms | p99 ms | ms per user | users/s | same top k as single |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["recommend_batches"]:
+            if "error" in r:
+                lines.append(f"| {r['provider']} | error: {r['error'][:100]} | | | | | |")
+                continue
+            lines.append(f"| {r['provider']} | {r['users']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['ms_per_user']:.3f} | {r['users_per_s']:.0f} | {r['same_as_single']:.2f} |")
     atomic_write_text(out_dir / "gpu_check.md", "\n".join(lines) + "\n")
 
 

@@ -68,3 +68,37 @@ def test_a_measured_cascade_bundle_gets_its_full_catalogue_table(tmp_path):
     unmeasured = run_bench(bundle, tmp_path / "out2", _options()).report["full_catalogue"]
     assert unmeasured["measured"] is None and "not re-measured" in unmeasured["note"]
     assert unmeasured["recorded"] == sections["full_catalogue"]
+
+
+def test_recommend_batch_rows_time_batches_of_distinct_users(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from edgerec.benchmarks.recommend import recommend_batch_rows, synthetic_cascade
+
+    bundle = synthetic_cascade(tmp_path / "cascade", 3000, kind="exact")
+    rows = recommend_batch_rows(bundle, ["CPUExecutionProvider"], batches=(1, 5, 32), budget_s=0.05, check_users=8)
+    assert [r["users"] for r in rows] == [1, 5, 32]
+    for r in rows:
+        assert r["calls"] >= 3 and 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["ms_per_user"] == pytest.approx(r["p50_ms"] / r["users"])
+        assert r["same_as_single"] == 1.0
+        assert all(p == ["CPUExecutionProvider"] for p in r["session_providers"].values())
+
+
+def test_the_gpu_check_reports_recommend_batches_for_a_cascade_bundle(tmp_path, monkeypatch):
+    """On a machine without CUDA the check still runs the CPU provider and says why the others
+    did not activate; a cascade bundle gets its recommend_batch rows and table."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import edgerec.benchmarks.gpu_check as check
+    from edgerec.benchmarks.recommend import synthetic_cascade
+
+    monkeypatch.setattr(check, "BATCHES", (1, 16))
+    bundle = synthetic_cascade(tmp_path / "cascade", 3000, kind="exact")
+    report = check.run(bundle, tmp_path / "out", 0.02, user_batches=(1, 4))
+    assert report["providers"]["cpu"]["active"]
+    assert all(status.get("active") or status.get("reason") for status in report["providers"].values())
+    cpu_rows = [r for r in report["recommend_batches"] if r["provider"] == "cpu"]
+    assert [r["users"] for r in cpu_rows] == [1, 4] and all(r["same_as_single"] == 1.0 for r in cpu_rows)
+    assert "| cpu | 4 |" in (tmp_path / "out" / "gpu_check.md").read_text()
+
