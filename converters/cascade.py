@@ -38,7 +38,8 @@ import numpy as np
 from edgerec.runtime.contract import (FULL_CATALOGUE, HELDOUT_USERS_FILE, INDEX, ITEM_VECTORS_FILE, RETRIEVAL,
                                       TOLERANCES, USER_TOWER, USER_VECTOR)
 from edgerec.runtime.errors import expected
-from edgerec.runtime.index import IndexConfig, ItemIndex, recall_at, user_recalls
+from edgerec.runtime.index import IndexConfig, ItemIndex
+from edgerec.runtime.metrics import recall_at, user_recalls
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
 
 from .cascade_metrics import exact_top, load_heldout, measure_cascade

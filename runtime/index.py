@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .ann import ann_rows, new_usearch, usearch_module
 from .contract import ITEM_INDEX_ROLE
-from .errors import BundleError, MissingDependencyError, RequestError, SpecError, expected
+from .errors import BundleError, RequestError, SpecError, expected
 from .spec import NUM_RESERVED
 
 ROLE = ITEM_INDEX_ROLE
@@ -201,8 +201,8 @@ class ItemIndex:
         body = norms[NUM_RESERVED:]
         augmented = bool(body.size and np.abs(body - 1.0).max() > UNIT_NORM_TOLERANCE)
         max_norm = float(body.max()) if body.size and body.max() > 0 else 1.0
-        units = _ann_rows(vectors[NUM_RESERVED:], norms[NUM_RESERVED:], augmented, max_norm)
-        ann = _new_usearch(units.shape[1], config.ann_dtype, config.connectivity, config.expansion_add)
+        units = ann_rows(vectors[NUM_RESERVED:], norms[NUM_RESERVED:], augmented, max_norm)
+        ann = new_usearch(units.shape[1], config.ann_dtype, config.connectivity, config.expansion_add)
         ann.add(np.arange(NUM_RESERVED, len(vectors), dtype=np.uint64), units, threads=config.build_threads)
         meta["quantization"] = f"usearch {config.ann_dtype} over unit vectors"
         meta["ann"] = {"file": ANN_FILE, "library": "usearch", "metric": "ip", "dtype": config.ann_dtype,
@@ -258,7 +258,7 @@ class ItemIndex:
         data = files.get(ann_meta.get("file"))
         if data is None:
             raise BundleError(expected("the HNSW index file named in the index description", ann_meta.get("file")))
-        usearch = _usearch()
+        usearch = usearch_module()
         ann = usearch.Index.restore(bytes(data))
         norms = arrays.get("norms")
         width = d + (1 if ann_meta.get("augmented") else 0)
@@ -402,53 +402,3 @@ def _finite_matrix(vectors) -> np.ndarray:
     if not np.all(np.isfinite(vectors)):
         raise SpecError(expected("finite item vectors", "NaN or inf"))
     return vectors
-
-
-def _ann_rows(vectors: np.ndarray, norms: np.ndarray, augmented: bool, max_norm: float) -> np.ndarray:
-    """Unit rows the graph stores: augmented to equal norms (then scaled), else normalised."""
-    if augmented:
-        extra = np.sqrt(np.maximum(max_norm ** 2 - norms.astype(np.float64) ** 2, 0.0)).astype(np.float32)
-        return np.concatenate([vectors, extra[:, None]], axis=1) / np.float32(max_norm)
-    return vectors / np.maximum(norms, 1e-30)[:, None]
-
-
-def _usearch():
-    # With the usearch 2.26 and onnxruntime 1.32 Linux wheels, `import onnxruntime` after usearch's
-    # compiled module crashes the interpreter (segfault at import); onnxruntime imported first is
-    # safe, so it is loaded here before usearch whenever it is installed.
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        import usearch.index as usearch_index
-    except ImportError:
-        raise MissingDependencyError("usearch", "index", "the approximate (HNSW) item index") from None
-    return usearch_index
-
-
-def ann_available() -> bool:
-    """Whether the HNSW index can be built and loaded here (the ``index`` extra is installed)."""
-    try:
-        _usearch()
-    except MissingDependencyError:
-        return False
-    return True
-
-
-def _new_usearch(ndim: int, dtype: str, connectivity: int, expansion_add: int = DEFAULT_EXPANSION_ADD):
-    return _usearch().Index(ndim=ndim, metric="ip", dtype=dtype, connectivity=connectivity,
-                            expansion_add=expansion_add)
-
-
-def user_recalls(found, truth) -> np.ndarray:
-    """Per user, the share of its ``truth`` rows in ``found`` (1.0 where the truth is empty: there
-    was nothing to miss)."""
-    return np.asarray([len(np.intersect1d(f, t)) / len(t) if len(t) else 1.0 for f, t in zip(found, truth)],
-                      np.float64)
-
-
-def recall_at(found, truth) -> float:
-    """Mean of `user_recalls` (both [U, M]); NaN when there are no users."""
-    hits = user_recalls(found, truth)
-    return float(hits.mean()) if hits.size else math.nan

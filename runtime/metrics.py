@@ -7,6 +7,7 @@ constant model never gets credit.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -351,3 +352,16 @@ def full_catalogue_metrics(scores_or_topk, positives, seen=None, ks=FULL_CATALOG
         return metrics_from_ranks(topk_ranks(lists, positives), ks, max_rank=lists.shape[1])
     return metrics_from_ranks(full_catalogue_ranks(scores_or_topk, positives, seen, excluded=excluded,
                                                    chunk_cells=chunk_cells), ks)
+
+
+def user_recalls(found, truth) -> np.ndarray:
+    """Per user, the share of its ``truth`` rows in ``found`` (1.0 where the truth is empty: there
+    was nothing to miss)."""
+    return np.asarray([len(np.intersect1d(f, t)) / len(t) if len(t) else 1.0 for f, t in zip(found, truth)],
+                      np.float64)
+
+
+def recall_at(found, truth) -> float:
+    """Mean of `user_recalls` (both [U, M]); NaN when there are no users."""
+    hits = user_recalls(found, truth)
+    return float(hits.mean()) if hits.size else math.nan

@@ -225,7 +225,7 @@ def _recall(index, vectors, queries, seen, m):
 
 
 def test_tuning_widens_the_hnsw_search_until_the_recall_target_and_records_it():
-    from edgerec.runtime.index import ann_available
+    from edgerec.runtime.ann import ann_available
     if not ann_available():
         pytest.skip("usearch (the index extra) is not installed")
     vectors, ids, index = _gaussian_index("hnsw")
@@ -254,7 +254,7 @@ def test_the_recall_bound_is_the_mean_less_two_standard_errors():
 
 
 def test_an_unreachable_recall_target_falls_back_to_the_exact_index_or_is_recorded_as_missed():
-    from edgerec.runtime.index import ann_available
+    from edgerec.runtime.ann import ann_available
     if not ann_available():
         pytest.skip("usearch (the index extra) is not installed")
     vectors, ids, index = _gaussian_index("hnsw")

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from edgerec.runtime.ann import ann_available
 from edgerec.runtime.errors import BundleError, IntegrityError, RequestError, SpecError
-from edgerec.runtime.index import (META_FILE, IndexConfig, ItemIndex, ann_available, dequantize_rows, quantize_rows,
-                                   recall_at)
+from edgerec.runtime.index import META_FILE, IndexConfig, ItemIndex, dequantize_rows, quantize_rows
+from edgerec.runtime.metrics import recall_at
 
 from .cascade_support import make_cascade_bundle
 
@@ -139,7 +140,7 @@ def test_loading_the_ann_library_leaves_onnxruntime_importable():
 
     _need_usearch()
     pytest.importorskip("onnxruntime")
-    code = "from edgerec.runtime.index import ann_available; assert ann_available(); import onnxruntime; print('ok')"
+    code = "from edgerec.runtime.ann import ann_available; assert ann_available(); import onnxruntime; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
 

@@ -127,7 +127,7 @@ def test_recommend_command_exit_codes(cascade_bundle, tmp_path, capsys):
 
 
 def test_an_hnsw_cascade_bundle_recommends_like_the_exact_one(tmp_path):
-    from edgerec.runtime.index import ann_available
+    from edgerec.runtime.ann import ann_available
 
     pytest.importorskip("onnxruntime")
     if not ann_available():
