@@ -60,13 +60,26 @@ def test_a_failed_stage_names_itself(tmp_path):
         run_stage("nap", {}, timeout_s=1)
 
 
+def test_settle_waits_for_the_load_average_at_most_max_s():
+    from edgerec.benchmarks.scale import ScaleConfig, settle
+    from edgerec.runtime.errors import SpecError
+
+    said = []
+    already = settle(1e9, 60, said.append)                      # any load is below 1e9: no wait
+    assert already["seconds"] == 0.0 and already["load_average"] >= 0 and said == []
+    waited = settle(-1.0, 0.05, said.append, poll_s=0.01)      # a load never reached: gives up
+    assert 0.0 <= waited["seconds"] <= 1.0 and waited["load_average"] >= 0
+    with pytest.raises(SpecError, match="settle_max_s"):
+        ScaleConfig(settle_max_s=-1)
+
+
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path):
     """The real thing at 300 items: trains, exports, serves in child processes (minutes)."""
     from edgerec.benchmarks.scale import SIZE_KEYS, ScaleConfig, run_scale
 
     config = ScaleConfig(train_rows=512, max_groups=20, eval_users=20, ranker_users=1, requests=20,
-                         events_per_user=12, max_seq_len=8, embedding_dim=8)
+                         events_per_user=12, max_seq_len=8, embedding_dim=8, settle_max_s=0)
     report = run_scale([300], tmp_path, config)
     (entry,) = report["sizes"]
     assert all(entry[key] is not None for key in SIZE_KEYS), entry
