@@ -48,20 +48,21 @@ def convert_with_stand_ins(flat, specs, opset: int, min_bytes: int):
     import tf2onnx
     from tf2onnx import tf_loader
 
-    graph_def, input_names, output_names = _frozen_graph(flat, specs)
+    graph_def, input_names, output_names, renames = _frozen_graph(flat, specs)
     if graph_def is None:
         return None, []
     stand_ins = swap_gather_tables(graph_def, min_bytes, keep={n.split(":")[0] for n in output_names})
     if not stand_ins:
         return None, []
-    graph_def = tf_loader.fix_freezing_errors_part2(graph_def)
-    proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=input_names, output_names=output_names,
-                                              opset=opset)
-    del graph_def
     try:
+        graph_def = tf_loader.fix_freezing_errors_part2(graph_def)
+        proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=input_names, output_names=output_names,
+                                                  opset=opset, tensors_to_rename=renames)
+        del graph_def
         restore_tables(proto, stand_ins)
-    except StandInMismatch as err:
-        log.info("table placeholders not usable (%s); converting the whole function", err)
+    except Exception as err:  # noqa: BLE001 - tf2onnx raises many types; the whole conversion decides
+        log.info("table placeholders not usable (%s: %s); converting the whole function",
+                 type(err).__name__, str(err)[:200])
         return None, []
     return proto, stand_ins
 
@@ -71,16 +72,20 @@ def _frozen_graph(flat, specs):
 
     from edgerec.converters.tfenv import import_tf
 
+    from tf2onnx.convert import tensor_names_from_structed
+
     tf, _ = import_tf()
     concrete = flat.get_concrete_function(*specs)
     input_names = [t.name for t in concrete.inputs if t.dtype != tf.resource]
     output_names = [t.name for t in concrete.outputs if t.dtype != tf.resource]
+    # the structured names tf2onnx's from_function gives the graph inputs and outputs
+    renames = tensor_names_from_structed(concrete, input_names, output_names)
     try:
         frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
-    except ValueError as err:  # tf2onnx's own path has a repair for some freezing failures
+    except Exception as err:  # noqa: BLE001 - tf2onnx's own path has a repair for some freezing failures
         log.info("freezing for table placeholders failed (%s); converting the whole function", err)
-        return None, input_names, output_names
-    return frozen.graph.as_graph_def(add_shapes=True), input_names, output_names
+        return None, input_names, output_names, renames
+    return frozen.graph.as_graph_def(add_shapes=True), input_names, output_names, renames
 
 
 def swap_gather_tables(graph_def, min_bytes: int, keep: set[str] = frozenset()) -> list[StandIn]:
@@ -100,6 +105,29 @@ def swap_gather_tables(graph_def, min_bytes: int, keep: set[str] = frozenset()) 
             if not name.startswith("^"):
                 readers.setdefault(name.split(":")[0], []).append((node, slot))
 
+    fed: dict[str, bool] = {}
+
+    def from_inputs(name: str) -> bool:
+        """Whether ``name`` depends on a graph input: a Gather with constant indices would be
+        folded by grappler or tf2onnx — from the placeholder's rows."""
+        stack, seen = [name], set()
+        while stack:
+            current = stack.pop()
+            if current in fed:
+                if fed[current]:
+                    return fed.setdefault(name, True)
+                continue
+            node = nodes.get(current)
+            if node is None or current in seen:
+                continue
+            seen.add(current)
+            if node.op == "Placeholder":
+                fed[name] = True
+                return True
+            stack.extend(i.split(":")[0].lstrip("^") for i in node.input)
+        fed[name] = False
+        return False
+
     def gather_only(name: str, chain: list) -> bool:
         if name in keep or not readers.get(name):
             return False
@@ -108,7 +136,8 @@ def swap_gather_tables(graph_def, min_bytes: int, keep: set[str] = frozenset()) 
                 chain.append(node)
                 if not gather_only(node.name, chain):
                     return False
-            elif node.op not in GATHER_OPS or slot != 0 or not _axis_zero(node, nodes, tensor_util):
+            elif (node.op not in GATHER_OPS or slot != 0 or not _axis_zero(node, nodes, tensor_util)
+                  or not from_inputs(node.input[1].split(":")[0])):
                 return False
         return True
 
@@ -142,17 +171,22 @@ def restore_tables(proto, stand_ins: list[StandIn]) -> None:
         StandInMismatch: a placeholder is missing, or its initializer is read by anything but the
             data input of an axis-0 ``Gather`` (anywhere, subgraphs included).
     """
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     uses = _initializer_uses(proto.graph)
     outputs = {o.name for o in proto.graph.output}
     for stand_in in stand_ins:
+        onnx_type = helper.np_dtype_to_tensor_dtype(stand_in.placeholder.dtype)
         found = [init for init in proto.graph.initializer
-                 if tuple(init.dims) == stand_in.placeholder.shape
+                 if tuple(init.dims) == stand_in.placeholder.shape and init.data_type == onnx_type
                  and np.array_equal(numpy_helper.to_array(init), stand_in.placeholder)]
         if not found:
             raise StandInMismatch(f"the placeholder of {stand_in.node} {stand_in.real.shape} was not "
                                   "found among the ONNX initializers")
+        if any(tuple(t.dims) == stand_in.placeholder.shape and np.array_equal(numpy_helper.to_array(t),
+                                                                            stand_in.placeholder)
+               for t in _other_constants(proto.graph)):
+            raise StandInMismatch(f"a copy of the placeholder of {stand_in.node} is a Constant or a subgraph's")
         for init in found:
             bad = [(n.op_type, slot) for n, slot in uses.get(init.name, []) if not _gather_data(n, slot)]
             if bad or init.name in outputs:
@@ -179,6 +213,23 @@ def _initializer_uses(graph, uses=None) -> dict:
                 for sub in attr.graphs:
                     _initializer_uses(sub, uses)
     return uses
+
+
+def _other_constants(graph, top: bool = True):
+    """Tensors of ``Constant`` nodes, and the initializers of subgraphs (not the main graph's)."""
+    from onnx import AttributeProto
+
+    if not top:
+        yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == AttributeProto.GRAPH:
+                yield from _other_constants(attr.g, False)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _other_constants(sub, False)
 
 
 def _gather_data(node, slot: int) -> bool:
