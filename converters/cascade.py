@@ -224,12 +224,12 @@ def tune_index(index: ItemIndex, vectors: np.ndarray, ids, queries: np.ndarray, 
                say) -> ItemIndex:
     """An HNSW ``index`` searching with the smallest ``ef_search`` whose recall@M against exact
     search over the fp32 ``vectors`` reaches ``settings.index.target_recall`` on ``queries``
-    (user vectors, each user's ``seen`` rows excluded on both sides), tried by doubling from M up to
-    ``max_ef_search``; when none does and ``exact_fallback`` is set, an exact index over the same
+    (user vectors, each user's ``seen`` rows excluded on both sides) — the lower confidence bound
+    of the per-user recall (`recall_bound`), widened in 25 % steps from M up to ``max_ef_search``; when none does and ``exact_fallback`` is set, an exact index over the same
     vectors instead. The index's ``meta["search_tuning"]`` records the target, the users and every
     setting tried with its recall (an exact index is returned untouched: it is the reference)."""
     config, m = settings.index, settings.m
-    if index.kind != "hnsw" or config.target_recall is None:
+    if index.kind != "hnsw" or config.target_recall is None or not len(queries):
         return index
     # the reference product in the queries' dtype, cast once (a float32 table times a float64 query
     # would be copied to float64 for every query)
@@ -257,8 +257,9 @@ def tune_index(index: ItemIndex, vectors: np.ndarray, ids, queries: np.ndarray, 
         return index
     say(f"  no ef_search up to {config.max_ef_search} reaches recall {config.target_recall:g}: exact index instead")
     exact_index = ItemIndex.build(vectors, ids, replace(config, kind="exact"))
-    record["chosen"] = {"kind": "exact", "reason": f"HNSW recall@{m} {tried[-1][f'recall@{m}']:.4f} < target "
-                                                   f"{config.target_recall:g} at ef_search {tried[-1]['ef_search']}"}
+    record["chosen"] = {"kind": "exact", "reason": f"HNSW recall@{m} lower bound {tried[-1]['lower_bound']:.4f} "
+                                                   f"< target {config.target_recall:g} at ef_search "
+                                                   f"{tried[-1]['ef_search']}"}
     exact_index.meta["search_tuning"] = record
     return exact_index
 

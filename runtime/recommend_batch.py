@@ -4,8 +4,9 @@ For B user requests it runs the user tower ONCE on the B users (those whose vect
 searches the index per user (the same search as `recommend`), runs the ranker's user encoder ONCE
 on the users whose state is not cached, and scores all users' retrieved items together, at most
 `RANK_CHUNK_ROWS` rows per scorer call, each row fed its own user's state. Results are those of
-``[recommend(r) for r in requests]`` (same items; scores equal up to float rounding of batched
-kernels) — what changes is the number of model calls: 2 + ceil(B·m / 4096) instead of 3·B, which
+``[recommend(r) for r in requests]`` (scores equal up to the float rounding of batched kernels,
+so items can differ only where two scores nearly tie; `benchmarks.recommend.recommend_batch_rows`
+measures the share of identical top k) — what changes is the number of model calls: 2 + ceil(B·m / 4096) instead of 3·B, which
 is what a GPU provider needs to be worth its launch cost.
 
 A part whose artifact is dynamically quantized (precision ``dynamic``: ONNX Runtime's
@@ -33,6 +34,9 @@ from .recommend import (DEFAULT_K, DEFAULT_M, RANK_CHUNK_ROWS, Recommendations, 
                         best_k, retrieve, retriever_for)
 from .loaded import selected_files
 from .scores import as_scores, score_in_chunks
+
+# users per user-tower / user-encoder call: within the default batch bucket of a TensorRT engine
+USER_CHUNK = 256
 
 
 def recommend_batch(model, predictor, user_requests: Sequence[Mapping], k: int = DEFAULT_K, m: int = DEFAULT_M,
@@ -98,10 +102,10 @@ def _batch_invariant(model, file: str | None) -> bool:
 
 
 def _rows(run, feeds: dict, rows: list[int], one_by_one: bool) -> dict:
-    """``run`` on the given rows of ``feeds``: one call, or one call per row; outputs stacked."""
-    if not one_by_one:
-        return run({name: value[rows] for name, value in feeds.items()})
-    outs = [run({name: value[i:i + 1] for name, value in feeds.items()}) for i in rows]
+    """``run`` on the given rows of ``feeds``: calls of up to `USER_CHUNK` rows, or one call per
+    row; outputs stacked (copies: a cached row must not keep a whole batch's buffer alive)."""
+    step = 1 if one_by_one else USER_CHUNK
+    outs = [run({name: value[rows[i:i + step]] for name, value in feeds.items()}) for i in range(0, len(rows), step)]
     return {name: np.concatenate([out[name] for out in outs]) for name in outs[0]}
 
 
@@ -118,9 +122,9 @@ def _vectors(predictor, model, retriever, batch: UserRow, use_cache: bool, invar
     if missing:
         computed = _rows(lambda f: {"v": retriever.vectors(f)}, feeds, missing, not invariant)["v"]
         for i, vector in zip(missing, computed):
-            known[i] = vector
+            known[i] = vector.copy()
             if cached:
-                cache.put(keys[i], vector)
+                cache.put(keys[i], known[i])
     return np.stack(known)
 
 
@@ -136,7 +140,7 @@ def _states(predictor, model, requests, hist: np.ndarray, use_cache: bool, invar
     if missing:
         computed = _rows(lambda f: model.run("user_encoder", f), {HIST_ITEMS: hist}, missing, not invariant)
         for j, i in enumerate(missing):
-            known[i] = {name: value[j:j + 1] for name, value in computed.items()}
+            known[i] = {name: value[j:j + 1].copy() for name, value in computed.items()}
             if cached:
                 cache.put(keys[i], known[i])
     return {name: np.concatenate([state[name] for state in known]) for name in known[0]}

@@ -71,6 +71,8 @@ def test_settle_waits_for_the_load_average_at_most_max_s():
     assert 0.0 <= waited["seconds"] <= 1.0 and waited["load_average"] >= 0
     with pytest.raises(SpecError, match="settle_max_s"):
         ScaleConfig(settle_max_s=-1)
+    with pytest.raises(SpecError, match="settle_load"):
+        ScaleConfig(settle_load=0)
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
     """The real thing at 300 items: trains, exports, serves in child processes (minutes)."""
     from edgerec.benchmarks.scale import SIZE_KEYS, ScaleConfig, run_scale
 
-    config = ScaleConfig(train_rows=512, max_groups=20, eval_users=20, ranker_users=1, requests=20,
+    config = ScaleConfig(train_rows=512, max_groups=20, eval_users=20, ranker_users=1, requests=22,
                          events_per_user=12, max_seq_len=8, embedding_dim=8, settle_max_s=0)
     report = run_scale([300], tmp_path, config)
     (entry,) = report["sizes"]
@@ -86,6 +88,8 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert entry["bundle_bytes"] > entry["index_bytes"] > 0
     assert 0.0 <= entry["index_recall_at_200"] <= 1.0 and entry["recommend_p99_ms"] >= entry["recommend_p50_ms"] > 0
     assert entry["export_peak_rss_mb"] > entry["runtime_rss_mb"] > 0
+    rounds = entry["recommend_round_p50_ms"]                # 22 calls in 5 rounds of 5/5/4/4/4
+    assert len(rounds) == 5 and entry["recommend_p50_ms"] == pytest.approx(sorted(rounds)[2])
     assert entry["recommend_cpu_p50_ms"] > 0 and len(entry["serve_load_average"]) == 2
     assert json.loads((tmp_path / "scale.json").read_text())["sizes"] == report["sizes"]
 

@@ -156,6 +156,33 @@ def test_recommend_batch_of_an_exported_cascade_equals_one_user_at_a_time(cascad
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
 
 
+def test_recommend_batch_with_batch_variant_parts_runs_each_user_alone(cascade, monkeypatch):
+    """Every part treated as batch-variant (dynamic): tower, user encoder and scorer each get one
+    call per user, and the answers are exactly recommend's."""
+    import edgerec.runtime as rt
+    import edgerec.runtime.recommend_batch as rb
+
+    result, _ = cascade
+    requests = [{"user_id": f"v{i}", "history": [str(1000 + (3 * i + j) % 40) for j in range(1 + i % 4)],
+                 "context": {"timestamp": 1_000_000_000 + 7200 * i}, "dense": {"d0": -0.1 * i, "d1": 0.3}}
+                for i in range(5)]
+    monkeypatch.setattr(rb, "_batch_invariant", lambda model, file: False)
+    with rt.load(result.bundle, backend="onnxruntime") as predictor:
+        alone = [predictor.recommend(r, k=5, m=20, use_cache=False) for r in requests]
+        model = predictor._model
+        calls, run = [], model.run
+        monkeypatch.setattr(model, "run", lambda part, feeds: calls.append((part, len(feeds["hist_items"])
+                                                                            if "hist_items" in feeds else None))
+                            or run(part, feeds))
+        apart = predictor.recommend_batch(requests, k=5, m=20, use_cache=False)
+    # the ranker's calls (user encoder + scorer, or fused) each carry one user's history row
+    assert calls and all(rows in (1, None) for _, rows in calls)
+    assert len(calls) == len(requests) * len({part for part, _ in calls})
+    for got, want in zip(apart, alone):
+        assert got.items == want.items
+        np.testing.assert_array_equal(got.scores, want.scores)
+
+
 def test_towers_are_selected_most_compressed_first_unless_slower_than_fp32():
     from types import SimpleNamespace
 
