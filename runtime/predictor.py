@@ -280,10 +280,10 @@ class Predictor(ItemContentMethods):
 
     def recommend_batch(self, user_requests: Sequence[Mapping], k: int = 10, m: int = 200, exclude_seen: bool = True,
                         filter=None, use_cache: bool = True) -> list:
-        """`recommend` for many users with the model calls batched (one user-tower call, one
-        user-encoder call, scorer calls of up to 4,096 rows over all users' retrieved items): a
-        list of `Recommendations` in request order; ``filter`` applies to every user. Details in
-        `edgerec.runtime.recommend_batch`."""
+        """`recommend` for many users with the model calls batched (user-tower and user-encoder
+        calls of up to 256 users, scorer calls of up to 4,096 rows over all users' retrieved
+        items): a list of `Recommendations` in request order; ``filter`` applies to every user.
+        Details in `edgerec.runtime.recommend_batch`."""
         from .recommend_batch import recommend_batch
         return self._serve(recommend_batch, self, user_requests, k, m, exclude_seen, filter, use_cache)
 

@@ -186,9 +186,7 @@ class Retriever:
 
     def feeds_of(self, user: "UserRow") -> dict:
         """The tower's inputs from one encoded user row."""
-        feeds = {HIST_ITEMS: user.hist, **user.context}
-        if user.dense is not None:
-            feeds[DENSE] = user.dense
+        feeds = {HIST_ITEMS: user.hist, **user.columns}
         return {name: feeds[name] for name in self.input_names if name in feeds}
 
     def close(self) -> None:
@@ -208,6 +206,11 @@ class UserRow:
     def encode(cls, pre, request: Mapping) -> "UserRow":
         dense = pre.encode_dense([request.get("dense")]) if pre.spec.dense else None
         return cls(pre.encode_history([request["history"]]), pre.encode_context([request.get("context")]), dense)
+
+    @property
+    def columns(self) -> dict:
+        """The user-side inputs a ranker takes once per candidate row: context fields and dense."""
+        return self.context if self.dense is None else {**self.context, DENSE: self.dense}
 
 
 _RETRIEVERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -330,20 +333,22 @@ def _rank(predictor, model, request, user: UserRow, rows: np.ndarray, use_cache:
           mark=_unclocked) -> np.ndarray:
     """Ranker scores of index rows for one user: `Predictor.score_candidates`'s path fed the row
     indices directly (raw ids would only be looked up again)."""
-    n = rows.size
-    arrays = {CAND_ITEM: rows.astype(np.int32)}
-    for name, column in user.context.items():
-        arrays[name] = np.repeat(column, n)
-    if user.dense is not None:
-        arrays[DENSE] = np.repeat(user.dense, n, axis=0)
     if "scorer" in model.parts and "user_encoder" in model.parts:
         part, shared = "scorer", predictor._user_state(model, request.get("user_id"), user.hist, use_cache)
     else:
         part, shared = "fused", {HIST_ITEMS: user.hist}
     mark("user_state")
-    scores = score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, shared, n, RANK_CHUNK_ROWS)
+    scores = score_rows(model, part, rows, user.columns, shared)
     mark("scorer")
     return scores
+
+
+def score_rows(model, part: str, rows: np.ndarray, columns: Mapping, shared: Mapping) -> np.ndarray:
+    """``part``'s scores of index ``rows`` for one user: its 1-row ``columns`` (`UserRow.columns`)
+    repeated per row, its 1-row ``shared`` inputs (user state or history) fed once."""
+    n = rows.size
+    arrays = {CAND_ITEM: rows.astype(np.int32), **{name: np.repeat(value, n, axis=0) for name, value in columns.items()}}
+    return score_in_chunks(lambda feeds: model.run(part, feeds)[SCORE], arrays, dict(shared), n, RANK_CHUNK_ROWS)
 
 
 def _cached_vector(predictor, model, retriever: Retriever, feeds: dict, use_cache: bool) -> np.ndarray:

@@ -1,12 +1,13 @@
 """`Predictor.recommend_batch`: `recommend` for many users at once, the model calls batched.
 
-For B user requests it runs the user tower ONCE on the B users (those whose vector is not cached),
-searches the index per user (the same search as `recommend`), runs the ranker's user encoder ONCE
-on the users whose state is not cached, and scores all users' retrieved items together, at most
-`RANK_CHUNK_ROWS` rows per scorer call, each row fed its own user's state. Results are those of
-``[recommend(r) for r in requests]`` (scores equal up to the float rounding of batched kernels,
-so items can differ only where two scores nearly tie; `benchmarks.recommend.recommend_batch_rows`
-measures the share of identical top k) — what changes is the number of model calls: 2 + ceil(B·m / 4096) instead of 3·B, which
+For B user requests it runs the user tower on the users whose vector is not cached, `USER_CHUNK`
+users per call, searches the index per user (the same search as `recommend`), runs the ranker's
+user encoder the same way on the users whose state is not cached, and scores all users'
+retrieved items together, at most `RANK_CHUNK_ROWS` rows per scorer call, each row fed its own
+user's state. Results are those of ``[recommend(r) for r in requests]`` (scores equal up to the
+float rounding of batched kernels, so items can differ only where two scores nearly tie;
+`benchmarks.recommend.recommend_batch_rows` measures the share of identical top k) — what
+changes is the number of model calls: 2·ceil(B / 256) + ceil(B·m / 4096) instead of 3·B, which
 is what a GPU provider needs to be worth its launch cost.
 
 A part whose artifact is dynamically quantized (precision ``dynamic``: ONNX Runtime's
@@ -28,12 +29,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .cache import result_keys, user_state_key
-from .contract import CAND_ITEM, DENSE, HIST_ITEMS, SCORE
-from .errors import RequestError, expected
-from .recommend import (DEFAULT_K, DEFAULT_M, RANK_CHUNK_ROWS, Recommendations, UserRow, _count, allowed_rows,
-                        best_k, retrieve, retriever_for)
+from .contract import CAND_ITEM, HIST_ITEMS, SCORE
+from .errors import BundleError, RequestError, expected
 from .loaded import selected_files
-from .scores import as_scores, score_in_chunks
+from .recommend import (DEFAULT_K, DEFAULT_M, RANK_CHUNK_ROWS, Recommendations, UserRow, _count, allowed_rows,
+                        best_k, retrieve, retriever_for, score_rows)
+from .scores import as_scores
 
 # users per user-tower / user-encoder call: within the default batch bucket of a TensorRT engine
 USER_CHUNK = 256
@@ -97,7 +98,7 @@ def _batch_invariant(model, file: str | None) -> bool:
         return True
     try:
         return model.manifest.artifact(file).precision != "dynamic"
-    except Exception:  # noqa: BLE001 - an unlisted file: assume the conservative answer
+    except BundleError:          # an unlisted file: assume the conservative answer
         return False
 
 
@@ -110,8 +111,8 @@ def _rows(run, feeds: dict, rows: list[int], one_by_one: bool) -> dict:
 
 
 def _vectors(predictor, model, retriever, batch: UserRow, use_cache: bool, invariant: bool) -> np.ndarray:
-    """[B, D] user vectors: cached ones reused, the rest from ONE user-tower call (one per user
-    for a batch-variant tower)."""
+    """[B, D] user vectors: cached ones reused, the rest from user-tower calls of `USER_CHUNK`
+    users (one per user for a batch-variant tower)."""
     feeds = retriever.feeds_of(batch)
     n = len(batch.hist)
     cache = predictor.user_cache
@@ -130,7 +131,8 @@ def _vectors(predictor, model, retriever, batch: UserRow, use_cache: bool, invar
 
 def _states(predictor, model, requests, hist: np.ndarray, use_cache: bool, invariant: bool) -> dict:
     """The ranker's user-encoder outputs for every user, [B, …] per output: cached states
-    reused, the rest from ONE user-encoder call (one per user for a batch-variant encoder)."""
+    reused, the rest from user-encoder calls of `USER_CHUNK` users (one per user for a
+    batch-variant encoder)."""
     cache = predictor.user_cache
     cached = use_cache and cache.enabled
     keys = [user_state_key(model.version, r.get("user_id"), hist[i:i + 1]) if cached else None
@@ -154,34 +156,30 @@ def _rank_all(predictor, model, requests, batch: UserRow, rows_per_user: list[np
     if total == 0:
         return [np.zeros(0, np.float32) for _ in rows_per_user]
     files = selected_files(model.manifest, model.backend_name)
-    owner = np.repeat(np.arange(len(counts)), counts)          # the user of each ranked row
-    items = np.concatenate(rows_per_user).astype(np.int32)
     if "scorer" in model.parts and "user_encoder" in model.parts:
         part = "scorer"
         per_user = _states(predictor, model, requests, batch.hist, use_cache,
                            _batch_invariant(model, files.get("user_encoder")))
     else:
         part, per_user = "fused", {HIST_ITEMS: batch.hist}
-    columns = dict(batch.context)                                       # one value per candidate row
-    if batch.dense is not None:
-        columns[DENSE] = batch.dense
-    run = lambda feeds: model.run(part, feeds)[SCORE]                   # noqa: E731
+    columns = batch.columns                                             # one value per candidate row
     if not _batch_invariant(model, files.get(part)):
         # one user per call, its 1-row state fed once: `recommend`'s own scorer calls
-        out, start = [], 0
-        for u, n in enumerate(counts.tolist()):
-            arrays = {CAND_ITEM: items[start:start + n],
-                      **{name: np.repeat(value[u:u + 1], n, axis=0) for name, value in columns.items()}}
-            out.append(score_in_chunks(run, arrays, {name: value[u:u + 1] for name, value in per_user.items()},
-                                       n, RANK_CHUNK_ROWS))
-            start += n
-        return out
+        return [score_rows(model, part, rows, _row(columns, u), _row(per_user, u))
+                for u, rows in enumerate(rows_per_user)]
     per_user = {**per_user, **columns}
+    owner = np.repeat(np.arange(len(counts)), counts)          # the user of each ranked row
+    items = np.concatenate(rows_per_user).astype(np.int32)
     scores = np.empty(total, np.float32)
     for begin in range(0, total, RANK_CHUNK_ROWS):
         end = min(total, begin + RANK_CHUNK_ROWS)
         who = owner[begin:end]
         feeds = {name: value[who] for name, value in per_user.items()}
         feeds[CAND_ITEM] = items[begin:end]
-        scores[begin:end] = as_scores(run(feeds), end - begin)
+        scores[begin:end] = as_scores(model.run(part, feeds)[SCORE], end - begin)
     return np.split(scores, np.cumsum(counts)[:-1])
+
+
+def _row(arrays: dict, u: int) -> dict:
+    """User ``u``'s 1-row slice of every [B, …] array."""
+    return {name: value[u:u + 1] for name, value in arrays.items()}
