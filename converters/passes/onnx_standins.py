@@ -69,10 +69,9 @@ def convert_with_stand_ins(flat, specs, opset: int, min_bytes: int):
 
 def _frozen_graph(flat, specs):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tf2onnx.convert import tensor_names_from_structed
 
     from edgerec.converters.tfenv import import_tf
-
-    from tf2onnx.convert import tensor_names_from_structed
 
     tf, _ = import_tf()
     concrete = flat.get_concrete_function(*specs)
@@ -105,27 +104,18 @@ def swap_gather_tables(graph_def, min_bytes: int, keep: set[str] = frozenset()) 
             if not name.startswith("^"):
                 readers.setdefault(name.split(":")[0], []).append((node, slot))
 
-    fed: dict[str, bool] = {}
-
     def from_inputs(name: str) -> bool:
-        """Whether ``name`` depends on a graph input: a Gather with constant indices would be
-        folded by grappler or tf2onnx — from the placeholder's rows."""
+        """Whether ``name``'s value depends on a graph input (control edges carry none): a Gather
+        with constant indices would be folded by grappler or tf2onnx — from the placeholder's rows."""
         stack, seen = [name], set()
         while stack:
-            current = stack.pop()
-            if current in fed:
-                if fed[current]:
-                    return fed.setdefault(name, True)
+            node = nodes.get(stack.pop())
+            if node is None or node.name in seen:
                 continue
-            node = nodes.get(current)
-            if node is None or current in seen:
-                continue
-            seen.add(current)
             if node.op == "Placeholder":
-                fed[name] = True
                 return True
-            stack.extend(i.split(":")[0].lstrip("^") for i in node.input)
-        fed[name] = False
+            seen.add(node.name)
+            stack.extend(i.split(":")[0] for i in node.input if not i.startswith("^"))
         return False
 
     def gather_only(name: str, chain: list) -> bool:
@@ -199,37 +189,38 @@ def restore_tables(proto, stand_ins: list[StandIn]) -> None:
     proto.graph.value_info.extend(kept)
 
 
-def _initializer_uses(graph, uses=None) -> dict:
+def _graphs(graph):
+    """``graph`` and every subgraph (If/Loop/Scan bodies), depth first."""
     from onnx import AttributeProto
 
-    uses = {} if uses is None else uses
+    yield graph
     for node in graph.node:
-        for slot, name in enumerate(node.input):
-            uses.setdefault(name, []).append((node, slot))
         for attr in node.attribute:
             if attr.type == AttributeProto.GRAPH:
-                _initializer_uses(attr.g, uses)
+                yield from _graphs(attr.g)
             elif attr.type == AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    _initializer_uses(sub, uses)
+                    yield from _graphs(sub)
+
+
+def _initializer_uses(graph) -> dict:
+    """``{tensor name: [(node, input slot), …]}`` over ``graph`` and its subgraphs."""
+    uses: dict = {}
+    for sub in _graphs(graph):
+        for node in sub.node:
+            for slot, name in enumerate(node.input):
+                uses.setdefault(name, []).append((node, slot))
     return uses
 
 
-def _other_constants(graph, top: bool = True):
+def _other_constants(graph):
     """Tensors of ``Constant`` nodes, and the initializers of subgraphs (not the main graph's)."""
-    from onnx import AttributeProto
-
-    if not top:
-        yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Constant" and attr.type == AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == AttributeProto.GRAPH:
-                yield from _other_constants(attr.g, False)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _other_constants(sub, False)
+    for sub in _graphs(graph):
+        if sub is not graph:
+            yield from sub.initializer
+        for node in sub.node:
+            if node.op_type == "Constant":
+                yield from (attr.t for attr in node.attribute if attr.name == "value")
 
 
 def _gather_data(node, slot: int) -> bool:
