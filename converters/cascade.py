@@ -225,9 +225,10 @@ def tune_index(index: ItemIndex, vectors: np.ndarray, ids, queries: np.ndarray, 
     """An HNSW ``index`` searching with the smallest ``ef_search`` whose recall@M against exact
     search over the fp32 ``vectors`` reaches ``settings.index.target_recall`` on ``queries``
     (user vectors, each user's ``seen`` rows excluded on both sides) — the lower confidence bound
-    of the per-user recall (`recall_bound`), widened in 25 % steps from M up to ``max_ef_search``; when none does and ``exact_fallback`` is set, an exact index over the same
-    vectors instead. The index's ``meta["search_tuning"]`` records the target, the users and every
-    setting tried with its recall (an exact index is returned untouched: it is the reference)."""
+    of the per-user recall (`recall_bound`), widened in 25 % steps from M up to ``max_ef_search``;
+    when none does and ``exact_fallback`` is set, an exact index over the same vectors instead.
+    The index's ``meta["search_tuning"]`` records the target, the users and every setting tried
+    with its recall (an exact index is returned untouched: it is the reference)."""
     config, m = settings.index, settings.m
     if index.kind != "hnsw" or config.target_recall is None or not len(queries):
         return index
@@ -304,7 +305,7 @@ def validate_towers(tower, artifacts, inputs: dict, index: ItemIndex, settings: 
             diff = np.abs(produced.astype(np.float64) - reference)
             found = [index.search(u, settings.m)[0] for u in produced]
             metrics = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "rows": len(reference),
-                       f"topm_overlap@{settings.m}": _overlap(found, truth)}
+                       f"topm_overlap@{settings.m}": recall_at(found, truth)}
             tol = TOLERANCES[art.precision]
             if tol.max_abs_diff is not None and metrics["max_abs_diff"] > tol.max_abs_diff:
                 failures.append(f"max_abs_diff {metrics['max_abs_diff']:.3g} > tolerance {tol.max_abs_diff:g}")
@@ -385,6 +386,3 @@ def _vector(outputs: dict) -> np.ndarray:
     value = outputs[USER_VECTOR] if USER_VECTOR in outputs else next(iter(outputs.values()))
     return np.asarray(value, np.float64).reshape(len(value), -1)
 
-
-def _overlap(found, truth) -> float:
-    return recall_at(found, truth)
