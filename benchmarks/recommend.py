@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .stats import LoopLimits, summarize, timed_calls
+
 SEQ, DIM, CENTRES = 8, 32, 1000
 
 
@@ -115,6 +117,8 @@ def recommend_batch_rows(bundle, providers: Sequence[str] | None = None, batches
 
     bundle = Path(bundle)
     base = _requests(bundle, 64)
+    # the first call of each batch (the comparison with `recommend`) is the warm-up
+    limits = LoopLimits(budget_s=budget_s, max_iters=200, min_iters=3, warmup_iters=0)
     options = {"cache": False, **({"providers": list(providers)} if providers else {}),
                **({"num_threads": num_threads} if num_threads else {})}
     rows = []
@@ -124,15 +128,10 @@ def recommend_batch_rows(bundle, providers: Sequence[str] | None = None, batches
             first = predictor.recommend_batch(requests, k=k, m=m)
             single = [predictor.recommend(r, k=k, m=m).items for r in requests[:check_users]]
             same = float(np.mean([a.items == b for a, b in zip(first, single)]))
-            times, deadline = [], time.perf_counter() + budget_s
-            while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-                start = time.perf_counter()
-                predictor.recommend_batch(requests, k=k, m=m)
-                times.append(time.perf_counter() - start)
-            ms = np.asarray(times) * 1e3
-            p50 = float(np.percentile(ms, 50))
-            rows.append({"scenario": "recommend_batch", "users": users, "k": k, "m": m, "calls": len(times),
-                         "p50_ms": p50, "p99_ms": float(np.percentile(ms, 99)), "ms_per_user": p50 / users,
+            stats = summarize(timed_calls(lambda: predictor.recommend_batch(requests, k=k, m=m), limits), users)
+            p50 = stats.p50_ms
+            rows.append({"scenario": "recommend_batch", "users": users, "k": k, "m": m, "calls": stats.iterations,
+                         "p50_ms": p50, "p99_ms": stats.p99_ms, "ms_per_user": p50 / users,
                          "users_per_s": users / (p50 / 1e3), "same_as_single": same,
                          "session_providers": {part: info.get("providers")
                                                for part, info in predictor.stats()["backend_info"].items()}})
