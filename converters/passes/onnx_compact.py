@@ -7,9 +7,9 @@ recurrent layer has thousands of such tensors: in the MovieLens GRU's static-QDQ
 and value_info were ~1.2 MB of a 2.0 MB file (weights: 0.6 MB).
 
 `compact_onnx_names` renames every tensor that is not a graph input or output to a short id,
-clears node names and drops ``value_info`` (ONNX Runtime infers shapes itself). The function
-computed is unchanged; graphs with subgraphs (``Loop``/``If`` bodies that capture outer names)
-are left as they are.
+clears node names and drops ``value_info`` (ONNX Runtime infers shapes itself), in the main graph
+and in every subgraph (``If``/``Loop`` bodies) with one map: ONNX names are unique across scopes,
+so a body's references to outer names are renamed with them. The function computed is unchanged.
 
 Examples:
     >>> compact_onnx_names(proto)  # doctest: +SKIP
@@ -20,18 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _has_subgraphs(graph) -> bool:
+def _subgraphs(node):
     import onnx
 
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for node in graph.node for a in node.attribute)
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
 
 
 def compact_onnx_names(proto) -> bool:
-    """Rename internal tensors of ``proto`` in place; False (untouched) when it has subgraphs."""
+    """Rename internal tensors of ``proto`` in place (True: it always can)."""
     graph = proto.graph
-    if _has_subgraphs(graph):
-        return False
     public = {v.name for v in graph.input} | {v.name for v in graph.output}
     renames: dict[str, str] = {}
 
@@ -42,16 +43,24 @@ def compact_onnx_names(proto) -> bool:
             renames[name] = f"{prefix}{len(renames):x}"
         return renames[name]
 
-    for tensor in graph.initializer:
-        tensor.name = short(tensor.name, "w")
-    for tensor in graph.sparse_initializer:
-        tensor.values.name = short(tensor.values.name, "w")
-    for node in graph.node:
-        node.input[:] = [short(n, "t") for n in node.input]
-        node.output[:] = [short(n, "t") for n in node.output]
-        node.name = ""
-        node.doc_string = ""
-    del graph.value_info[:]
+    def compact(body, outer: bool) -> None:
+        for tensor in body.initializer:
+            tensor.name = short(tensor.name, "w")
+        for tensor in body.sparse_initializer:
+            tensor.values.name = short(tensor.values.name, "w")
+        if not outer:                      # a body's own inputs/outputs are internal names
+            for value in list(body.input) + list(body.output):
+                value.name = short(value.name, "t")
+        for node in body.node:
+            node.input[:] = [short(n, "t") for n in node.input]
+            node.output[:] = [short(n, "t") for n in node.output]
+            node.name = ""
+            node.doc_string = ""
+            for sub in _subgraphs(node):
+                compact(sub, False)
+        del body.value_info[:]
+
+    compact(graph, True)
     return True
 
 

@@ -112,7 +112,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 6
+    version = 7
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)

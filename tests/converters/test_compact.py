@@ -35,7 +35,7 @@ def test_tflite_compaction_keeps_outputs_and_signature(model_dir, rows_npz, cach
     assert len(named) < len(details)                     # intermediates lost their names
 
 
-def _onnx_graph(with_loop: bool = False):
+def _onnx_graph():
     from onnx import TensorProto, helper
 
     weight = helper.make_tensor("StatefulPartitionedCall/model/dense/MatMul/ReadVariableOp:0", TensorProto.FLOAT,
@@ -44,12 +44,6 @@ def _onnx_graph(with_loop: bool = False):
                               name="StatefulPartitionedCall/model/dense/MatMul"),
              helper.make_node("Relu", ["StatefulPartitionedCall/model/dense/MatMul:0"], ["y"],
                               name="StatefulPartitionedCall/model/dense/Relu")]
-    if with_loop:
-        body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
-                                 [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                                  helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
-                                 [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])
-        nodes.append(helper.make_node("Loop", ["", ""], [], body=body))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [weight],
                               value_info=[helper.make_tensor_value_info(
@@ -74,10 +68,45 @@ def test_onnx_compaction_renames_internals_only():
     np.testing.assert_array_equal(run(after), run(before))
 
 
-def test_onnx_compaction_leaves_graphs_with_subgraphs_alone():
+def _if_graph():
+    """``y = relu(x @ W)`` when ``sum(x) > 0`` else ``x @ W``: both branches read outer names."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("StatefulPartitionedCall/model/dense/kernel:0", TensorProto.FLOAT, [3, 2],
+                                np.arange(6, dtype=np.float32).tolist())
+    product = "StatefulPartitionedCall/model/dense/MatMul:0"
+
+    def branch(name, op):
+        out = f"StatefulPartitionedCall/model/cond/{name}/out:0"
+        return helper.make_graph([helper.make_node(op, [product], [out], name=f"cond/{name}/{op}")], name, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 2])])
+
+    nodes = [helper.make_node("MatMul", ["x", weight.name], [product], name="dense/MatMul"),
+             helper.make_node("ReduceSum", ["x"], ["StatefulPartitionedCall/model/sum:0"], keepdims=0),
+             helper.make_node("Greater", ["StatefulPartitionedCall/model/sum:0", "StatefulPartitionedCall/zero:0"],
+                              ["StatefulPartitionedCall/model/cond/pred:0"]),
+             helper.make_node("If", ["StatefulPartitionedCall/model/cond/pred:0"], ["y"], name="cond",
+                              then_branch=branch("then", "Relu"), else_branch=branch("else", "Identity"))]
+    zero = helper.make_tensor("StatefulPartitionedCall/zero:0", TensorProto.FLOAT, [], [0.0])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [weight, zero])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_compaction_renames_inside_subgraphs_and_their_outer_references():
+    import onnx
+
+    ort = pytest.importorskip("onnxruntime")
     from edgerec.converters.passes.onnx_compact import compact_onnx_names
 
-    proto = _onnx_graph(with_loop=True)
+    proto = _if_graph()
     before = proto.SerializeToString()
-    assert not compact_onnx_names(proto)
-    assert proto.SerializeToString() == before
+    assert compact_onnx_names(proto)
+    onnx.checker.check_model(proto)
+    after = proto.SerializeToString()
+    assert len(after) < len(before) and b"StatefulPartitionedCall" not in after
+    assert [v.name for v in proto.graph.input] == ["x"] and [v.name for v in proto.graph.output] == ["y"]
+    run = lambda data, x: ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    for sign in (1.0, -1.0):                      # each branch once
+        x = sign * np.abs(np.random.default_rng(0).normal(size=(4, 3))).astype(np.float32)
+        np.testing.assert_array_equal(run(after, x), run(before, x))
