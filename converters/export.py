@@ -222,8 +222,9 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
     """The core shared by every model source: prune, convert, validate, select, bundle, serve."""
     from .bundle import examples_with_expected, write_bundle
     from .content_export import add_content_encoder
-    from .keras_io import load_keras_model
+    from .keras_io import input_specs, load_keras_model
     from .pipeline import PassRunner, merged_lineage, sha256_path
+    from .specs import position_axes
 
     say = progress or logger.info
     out = Path(out)
@@ -239,10 +240,13 @@ def run_export(job: ExportJob, out: str | os.PathLike, options: ExportOptions, *
             refs.update(pruned.models)
             rejections += pruned.rejections
             prune_info = pruned.info
+        # a scorer's user-state positions stay free in ONNX: the runtime feeds one user's history
+        # without its padding (`edgerec.runtime.positions`)
+        free = {"scorer": position_axes(input_specs(refs["scorer"]))} if "scorer" in refs else {}
         produced = convert_parts(sources, options.artifact_targets, options.quantize,
                                  part_calibration(job.calibration, refs, work), runner, work / "stage",
                                  custom_objects_module=job.custom_objects_module, engine=options.engine,
-                                 budget=options.budget, say=say)
+                                 budget=options.budget, free_axes=free, say=say)
         rejections += produced.rejections
         unverified = _unrunnable(produced.artifacts)
         runnable = [a for a in produced.artifacts if a.file not in unverified]

@@ -125,9 +125,11 @@ def wanted_variants(targets: Sequence[str], quantize: Sequence[str]) -> list[Var
 
 def variant_pipeline(variant: Variant, runner: PassRunner, calibration: str | None,
                      custom_objects_module: str | None, engine: EngineConfig | None = None,
-                     budget: float = DEFAULT_BUDGET) -> Pipeline:
+                     budget: float = DEFAULT_BUDGET, free_axes: tuple = ()) -> Pipeline:
     """The passes that produce ``variant`` (calibration is used only where the variant needs it;
-    ``budget`` is the |ΔAUC| the accuracy-aware fallback of row-wise-table variants aims for)."""
+    ``budget`` is the |ΔAUC| the accuracy-aware fallback of row-wise-table variants aims for).
+    ``free_axes`` (`OnnxExportConfig.free_axes`) reach every ONNX variant except the TensorRT
+    ones, whose engines are built for fixed sizes."""
     from .passes import (OnnxExportConfig, OnnxExportPass, OrtOptimizeConfig, OrtOptimizePass, OrtQuantizeConfig,
                          OrtQuantizePass, TensorRTEnginePass, TFLitePass)
     from .passes.tflite import variant_config
@@ -135,7 +137,9 @@ def variant_pipeline(variant: Variant, runner: PassRunner, calibration: str | No
     data = calibration if variant.calibrated else None
     if variant.target == "tflite":
         return Pipeline([Step(TFLitePass(), variant_config(variant.mode, data, custom_objects_module, budget))], runner)
-    steps = [Step(OnnxExportPass(), OnnxExportConfig(custom_objects_module=custom_objects_module))]
+    for_tensorrt = variant.target == "tensorrt" or variant.mode == ENGINE_SOURCE.mode
+    free = () if for_tensorrt else tuple(free_axes)
+    steps = [Step(OnnxExportPass(), OnnxExportConfig(custom_objects_module=custom_objects_module, free_axes=free))]
     if variant.tables:
         from .passes.onnx_embedding import OnnxEmbeddingConfig, OnnxEmbeddingPass
 
@@ -170,7 +174,8 @@ class Conversions:
 def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: Sequence[str],
                   calibration: Mapping[str, str], runner: PassRunner, stage_dir: Path, *,
                   custom_objects_module: str | None = None, engine: EngineConfig | None = None,
-                  budget: float = DEFAULT_BUDGET, say: Callable[[str], None] = logger.info) -> Conversions:
+                  budget: float = DEFAULT_BUDGET, free_axes: Mapping[str, tuple] | None = None,
+                  say: Callable[[str], None] = logger.info) -> Conversions:
     """Run every wanted variant for every part (``sources``: part -> Keras model) and stage the results.
 
     Args:
@@ -182,6 +187,7 @@ def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: 
         custom_objects_module: module registering the model's custom layers.
         engine: how TensorRT engines are built.
         budget: the |ΔAUC| budget the accuracy-aware fallback of row-wise-table variants aims for.
+        free_axes: part -> `OnnxExportConfig.free_axes` of its ONNX variants (see `variant_pipeline`).
         say: progress lines.
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +205,8 @@ def convert_parts(sources: Mapping[str, str], targets: Sequence[str], quantize: 
                                                    variant.mode))
                 continue
             say(f"converting {part} → {variant.target} {variant.mode}")
-            pipeline = variant_pipeline(variant, runner, calibration.get(part), custom_objects_module, engine, budget)
+            pipeline = variant_pipeline(variant, runner, calibration.get(part), custom_objects_module, engine, budget,
+                                        (free_axes or {}).get(part, ()))
             try:
                 art = pipeline.run(source, part=part)
             except (EdgeRecError, RuntimeError, ValueError) as err:

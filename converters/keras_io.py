@@ -120,6 +120,24 @@ def input_specs(model) -> dict[str, tuple[str, tuple]]:
     return out
 
 
+def relaxed_specs(specs: dict[str, tuple[str, tuple]], free_axes=()) -> dict[str, tuple[str, tuple]]:
+    """``specs`` (`input_specs`) with the ``(input name, axis)`` pairs of ``free_axes`` unknown.
+
+    Examples:
+        >>> relaxed_specs({"user_mask": ("float32", (None, 50))}, [("user_mask", 1)])
+        {'user_mask': ('float32', (None, None))}
+    """
+    out = dict(specs)
+    for name, axis in free_axes:
+        if name not in out:
+            raise ConverterConfigError(expected(f"free axes of inputs among {sorted(specs)}", name))
+        dtype, shape = out[name]
+        if isinstance(axis, bool) or not isinstance(axis, int) or not 0 < axis < len(shape):
+            raise ConverterConfigError(expected(f"a free axis of {name} in 1..{len(shape) - 1}", axis))
+        out[name] = (dtype, shape[:axis] + (None,) + shape[axis + 1:])
+    return out
+
+
 def output_names(model, part: str, names: list[str] | None = None) -> list[str] | None:
     """Canonical output names; ``None`` means the model already returns a dict."""
     if names:
@@ -132,14 +150,18 @@ def output_names(model, part: str, names: list[str] | None = None) -> list[str] 
     return [n for n in model.output_names]
 
 
-def serving_function(model, part: str = "fused", names: list[str] | None = None):
+def serving_function(model, part: str = "fused", names: list[str] | None = None, free_axes=()):
     """A ``tf.function`` taking canonical named inputs and returning ``{output name: tensor}``.
+
+    Args:
+        free_axes: ``(input name, axis)`` pairs traced as unknown sizes besides the batch (a
+            length-free graph where the model's layers allow one).
 
     Returns:
         ``(function, input_signature_dict)`` where the function takes one dict argument.
     """
     tf, _ = import_tf()
-    specs = input_specs(model)
+    specs = relaxed_specs(input_specs(model), free_axes)
     signature = {n: tf.TensorSpec(shape, tf.as_dtype(dtype), name=n) for n, (dtype, shape) in specs.items()}
     outs = output_names(model, part, names)
 
@@ -156,14 +178,14 @@ def serving_function(model, part: str = "fused", names: list[str] | None = None)
     return serve, signature
 
 
-def flat_serving_function(model, part: str = "fused", names: list[str] | None = None):
+def flat_serving_function(model, part: str = "fused", names: list[str] | None = None, free_axes=()):
     """Like `serving_function` but with one positional argument per input (tf2onnx, SavedModel).
 
     Returns:
         ``(function, [TensorSpec …])`` in input order; outputs are a dict keyed by canonical name.
     """
     tf, _ = import_tf()
-    serve, signature = serving_function(model, part, names)
+    serve, signature = serving_function(model, part, names, free_axes)
     concrete = serve.get_concrete_function()
     names_in = list(signature)
     specs = [signature[n] for n in names_in]

@@ -21,6 +21,7 @@ from typing import Mapping
 
 from edgerec.runtime.contract import BUNDLE_FAMILIES as FAMILIES
 from edgerec.runtime.contract import PARTS, PRECISIONS, SCORE, TOLERANCES, Tolerance  # noqa: F401  (re-exported)
+from edgerec.runtime.contract import USER_MASK, USER_OUTPUT_PREFIX
 from edgerec.runtime.errors import SpecError, expected
 from edgerec.runtime.manifest import TensorSpec
 from edgerec.runtime.spec import FeatureSpec
@@ -106,6 +107,29 @@ def spec_for_part(family: str, part: str, feature_spec: FeatureSpec,
         signature.update(user_outputs or {})
     score = None if part == "user_encoder" else SCORE
     return PartSpec(family, part, _tensor_specs(signature), score_output=score)
+
+
+POSITIONS_DIM = "positions"
+
+
+def position_axes(signature: Mapping[str, tuple]) -> tuple[tuple[str, int, str], ...]:
+    """The history-position axis of a scorer's user-state inputs, for `OnnxExportConfig.free_axes`:
+    axis 1 of ``user_mask`` ``[B, L]`` and of every ``user_*`` input of shape ``[B, L, ...]`` (a
+    per-position tensor), so one user's state can be fed without its padded positions. Empty when
+    the inputs (``{name: (dtype, shape)}``) have no ``user_mask`` of a fixed length.
+
+    Examples:
+        >>> position_axes({"user_mask": ("float32", (None, 50)), "user_state": ("float32", (None, 50, 32)),
+        ...                "user_pooled": ("float32", (None, 32)), "cand_item": ("int32", (None,))})
+        (('user_mask', 1, 'positions'), ('user_state', 1, 'positions'))
+    """
+    mask = signature.get(USER_MASK)
+    if mask is None or len(mask[1]) != 2 or not isinstance(mask[1][1], int):
+        return ()
+    length = mask[1][1]
+    return tuple((name, 1, POSITIONS_DIM) for name, (_, shape) in signature.items()
+                 if name == USER_MASK or (name.startswith(USER_OUTPUT_PREFIX) and len(shape) >= 3
+                                          and shape[1] == length))
 
 
 def spec_for_byom(inputs: list[TensorSpec], score_output: str | None = None) -> PartSpec:

@@ -8,8 +8,9 @@ bundle is closed or garbage-collected), and picks the artifacts the manifest sel
 backend. It counts in-flight calls so a hot swap can retire it only after they finish.
 
 `LoadedBundle.run` takes one user's 1-row state beside N candidate rows: a scorer that broadcasts
-it in its graph gets it once (`scores.scorer_shared_inputs`, probed at open), a part that cannot
-(an older export) gets it repeated to N rows.
+it in its graph gets it once (`scores.probe_scorer`, probed at open), a part that cannot
+(an older export) gets it repeated to N rows. A scorer with free history positions gets that
+state without its padded positions (`positions.trim_positions`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from .errors import BackendUnavailableError, BundleError, MissingDependencyError
 from .io import strict_json_loads
 from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
 from .preprocess import Preprocessor
-from .scores import has_state_row, rows_of, scorer_shared_inputs, spread_rows
+from .positions import trim_positions
+from .scores import has_state_row, probe_scorer, rows_of, spread_rows
 from .shared_tables import SharedTables
 from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
 
@@ -192,6 +194,7 @@ class LoadedBundle:
         self._tensor_plans: dict = {}   # part -> (backend, feeds_match rows, fast, renames), see `run_tensors`
         self._encoded_fits: dict = {}   # part -> its signature takes Preprocessor arrays as they are
         self.shared_inputs: dict = {}   # part -> inputs it takes as 1 row for all rows (user state)
+        self.position_inputs: dict = {}  # part -> 1-row inputs it takes without padded positions
         self._mixed_plans: dict = {}    # (part, 1-row inputs) -> their feeds_match rows, the others'
         self.default_part = ""          # what `Predictor.predict_arrays` runs without a part
         self.request_inputs: frozenset = frozenset()   # inputs raw requests must be encoded into
@@ -264,8 +267,10 @@ class LoadedBundle:
             self.parts[part] = loaded
             self.output_names[part] = check_signature(part, artifact, loaded)
         if {"user_encoder", "scorer"} <= set(self.parts):
-            self.shared_inputs["scorer"] = scorer_shared_inputs(self, chosen["scorer"], verified[chosen["scorer"]],
-                                                                load_options)
+            probe = probe_scorer(self, chosen["scorer"], verified[chosen["scorer"]], load_options)
+            self.shared_inputs["scorer"] = probe.shared
+            if probe.positions:
+                self.position_inputs["scorer"] = probe.positions
         del verified, tables, load_options
         self.default_part = "fused" if "fused" in self.parts else "scorer"
         row_parts = ("fused",) if "fused" in self.parts else ("user_encoder", "scorer")
@@ -308,6 +313,9 @@ class LoadedBundle:
                 rows = backend.feed_plan()
                 plans = self._mixed_plans[(part, keep)] = (tuple(r for r in rows if r[0] in keep),
                                                            tuple(r for r in rows if r[0] not in keep))
+            positions = self.position_inputs.get(part)
+            if positions and keep.issuperset(positions):
+                feeds = trim_positions(feeds, positions)
             once = {k: v for k, v in feeds.items() if k in keep}
             each = {k: v for k, v in feeds.items() if k not in keep}
             if backend.fast_checks and feeds_match(plans[0], once) and feeds_match(plans[1], each):

@@ -1,7 +1,7 @@
 """What scoring returns (float32 scores, which rows scored an out-of-vocabulary candidate) and
 how one user's state meets N candidate rows: `score_in_chunks` passes the 1-row state as it is,
 and the helpers here repeat it (`spread_rows`) for a part that cannot broadcast it, which
-`broadcast_matches` finds out once per artifact."""
+`probe_scorer` finds out once per artifact."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -13,7 +13,7 @@ from .spec import OOV_INDEX
 
 # backends a scorer's batch-1 state is probed on (a throwaway TensorRT engine would take minutes)
 PROBED_BACKENDS = ("litert", "onnxruntime")
-# (backend, artifact sha256) -> whether that scorer broadcasts a 1-row user state
+# (backend, artifact sha256) -> how that scorer takes a 1-row user state (`ScorerProbe`)
 _BROADCAST_PROBES: dict = {}
 _MAX_PROBES = 256
 
@@ -120,33 +120,52 @@ def as_scores(scores: np.ndarray, n: int) -> np.ndarray:
     return scores
 
 
-def scorer_shared_inputs(bundle, file: str, model_bytes: bytes, options: dict) -> frozenset:
-    """The inputs of ``bundle``'s scorer (``file``) fed as 1 row for all rows: the user-encoder
-    outputs when this scorer broadcasts them, else none (they are repeated). Probed once per
-    artifact and backend on a throwaway backend loaded from ``model_bytes``, so a failed probe
-    leaves the serving sessions untouched; the user state comes from the bundle's user encoder
-    on an empty history."""
+class ScorerProbe(NamedTuple):
+    """How a scorer takes one user's state: ``shared``, the user-encoder outputs it takes as 1
+    row for all rows (empty: they are repeated); ``positions``, the shared inputs it takes cut to
+    the valid history positions (`edgerec.runtime.positions`; empty: fed whole)."""
+
+    shared: frozenset = frozenset()
+    positions: tuple = ()
+
+
+def probe_scorer(bundle, file: str, model_bytes: bytes, options: dict) -> ScorerProbe:
+    """How ``bundle``'s scorer (``file``) takes one user's state, probed once per artifact and
+    backend on a throwaway backend loaded from ``model_bytes``, so a failed probe leaves the
+    serving sessions untouched. The broadcast probe feeds the user encoder's state of an empty
+    history; the position probe one of a half-padded history (`positions.probe_history`)."""
     from .backends.registry import create_backend
+    from .positions import position_inputs, probe_history, trim_matches
 
     scorer_inputs = {t.name for t in bundle.parts["scorer"].inputs}
     shared = frozenset(bundle.output_names["user_encoder"].values()) & scorer_inputs
     if not shared or bundle.backend_name not in PROBED_BACKENDS:
-        return frozenset()
+        return ScorerProbe()
     key = (bundle.backend_name, bundle.manifest.artifact(file).sha256)
     if key not in _BROADCAST_PROBES:
         encoder = bundle.parts["user_encoder"]
-        state = bundle.run("user_encoder", {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype)
-                                            for t in encoder.inputs})
+        empty = {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype) for t in encoder.inputs}
+        state = bundle.run("user_encoder", empty)
         probe = create_backend(bundle.backend_name, bundle.dir / file, model_bytes=model_bytes, **options)
         try:
+            run = _quiet(probe)
             feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, bundle.id_limits)
-            accepted = broadcast_matches(_quiet(probe), feeds, shared, rows=2)
+            found = ScorerProbe(shared if broadcast_matches(run, feeds, shared, rows=2) else frozenset())
+            names = position_inputs(probe.inputs, found.shared)
+            histories = {t.name: probe_history(t, bundle.id_limits.get(t.name, 0)) for t in encoder.inputs
+                         if np.dtype(t.dtype).kind in "iu"}
+            if names and len(histories) == 1 and all(h is not None for h in histories.values()):
+                state = bundle.run("user_encoder", {**empty, **histories})
+                feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared},
+                                    bundle.id_limits)
+                if trim_matches(run, feeds, names):
+                    found = found._replace(positions=names)
         finally:
             probe.close()
         if len(_BROADCAST_PROBES) >= _MAX_PROBES:
             _BROADCAST_PROBES.clear()
-        _BROADCAST_PROBES[key] = accepted
-    return shared if _BROADCAST_PROBES[key] else frozenset()
+        _BROADCAST_PROBES[key] = found
+    return _BROADCAST_PROBES[key]
 
 
 def _quiet(probe):

@@ -11,6 +11,7 @@ Examples:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from ..errors import ConversionError, ConverterConfigError, expected
 from ..keras_io import flat_serving_function, load_keras_model, walk_layers
 from ..pipeline import ExportedArtifact, Pass
 from .onnx_standins import convert_with_stand_ins
+
+logger = logging.getLogger(__name__)
 
 MAX_TF2ONNX_OPSET = 18
 MIN_OPSET = 13
@@ -40,6 +43,11 @@ class OnnxExportConfig:
             are converted as tiny placeholders and their rows written into the ONNX file afterwards
             (`onnx_standins`: tf2onnx's copies of a 10^6-row table cost GBs); ``None`` converts
             every constant through tf2onnx.
+        free_axes: ``(input name, axis, dim name)`` triples exported as the symbolic dimension
+            ``dim name`` besides the batch (e.g. a scorer's user-state positions, so a runtime can
+            feed one user's history without its padding). A model whose graph cannot be traced
+            length-free there is exported with its own sizes (``details["free_axes"]`` says which
+            it got).
     """
 
     opset: int = MAX_TF2ONNX_OPSET
@@ -47,6 +55,7 @@ class OnnxExportConfig:
     custom_objects_module: str | None = None
     output_names: tuple[str, ...] | None = None
     stand_in_min_bytes: int | None = 1 << 20
+    free_axes: tuple[tuple[str, int, str], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_TF2ONNX_OPSET:
@@ -59,32 +68,44 @@ class OnnxExportConfig:
         if self.stand_in_min_bytes is not None and (not isinstance(self.stand_in_min_bytes, int)
                                                     or self.stand_in_min_bytes < 1):
             raise ConverterConfigError(expected("stand_in_min_bytes ≥ 1 or None", self.stand_in_min_bytes))
+        for entry in self.free_axes:
+            if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 1
+                    and isinstance(entry[2], str) and entry[2] and entry[2] != BATCH_DIM):
+                raise ConverterConfigError(expected(
+                    f"free_axes as (input name, axis >= 1, dim name other than {BATCH_DIM!r}) triples", entry))
 
 
 class OnnxExportPass(Pass):
     name = "onnx_export"
-    version = 3
+    version = 4
     Config = OnnxExportConfig
     accepts = ("keras", "savedmodel")
 
     def _run_impl(self, source: ExportedArtifact, config: OnnxExportConfig, out_dir: Path) -> ExportedArtifact:
         import onnx
-        import tf2onnx
 
-        model = with_onnx_twins(load_keras_model(source.path, config.custom_objects_module))
-        flat, specs = flat_serving_function(model, source.part,
-                                            list(config.output_names) if config.output_names else None)
-        out_names = sorted(flat.get_concrete_function().structured_outputs)
-        try:
-            proto, stand_ins = None, []
-            if config.stand_in_min_bytes is not None:
-                proto, stand_ins = convert_with_stand_ins(flat, specs, config.opset, config.stand_in_min_bytes)
-            if proto is None:
-                proto, _ = tf2onnx.convert.from_function(flat, input_signature=specs, opset=config.opset)
-        except Exception as err:  # noqa: BLE001 - tf2onnx raises many types
-            raise ConversionError(expected(f"a tf2onnx conversion at opset {config.opset}",
-                                           f"{type(err).__name__}: {str(err)[:400]}"), mode="onnx") from None
-        canonicalize_io(proto, [s.name for s in specs], out_names)
+        model = with_onnx_twins(load_keras_model(source.path, config.custom_objects_module), source.part)
+        names = list(config.output_names) if config.output_names else None
+        free = config.free_axes
+        refused = None
+        if free:
+            try:
+                proto, stand_ins, specs, out_names = _convert(model, source.part, names, config, free)
+            except ConverterConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a layer that needs its sizes fails in many ways
+                refused = f"{type(err).__name__}: {str(err)[:300]}"
+                logger.warning("%s: exported with fixed sizes (not length-free at %s): %s",
+                               source.part, [f"{n}[{a}]" for n, a, _ in free], refused)
+                free = ()
+        if not free:
+            try:
+                proto, stand_ins, specs, out_names = _convert(model, source.part, names, config)
+            except Exception as err:  # noqa: BLE001 - tf2onnx raises many types
+                raise ConversionError(expected(f"a tf2onnx conversion at opset {config.opset}",
+                                               f"{type(err).__name__}: {str(err)[:400]}"), mode="onnx") from None
+        canonicalize_io(proto, [s.name for s in specs], out_names, free)
         opset = config.opset
         if config.lift_to_opset:
             from onnx import version_converter
@@ -104,26 +125,45 @@ class OnnxExportPass(Pass):
                                 details={**self.carried_details(source), "opset": opset,
                                          "tf2onnx_opset": config.opset, "nodes": len(proto.graph.node),
                                          "table_stand_ins": [list(t.real.shape) for t in stand_ins],
+                                         "free_axes": [list(f) for f in free],
+                                         **({"free_axes_refused": refused} if refused else {}),
                                          "size_bytes": out.stat().st_size})
 
 
-def with_onnx_twins(model):
-    """``model`` with every layer that offers ``onnx_twin()`` replaced by that twin (same function,
-    same weight layout, an ONNX-friendlier graph; e.g. `ProjectedGRU` → one ONNX ``GRU`` node).
+def _convert(model, part: str, names, config: OnnxExportConfig, free=()) -> tuple:
+    """tf2onnx on ``model``'s serving function: ``(proto, stand-ins, input specs, output names)``."""
+    import tf2onnx
+
+    flat, specs = flat_serving_function(model, part, names, [(name, axis) for name, axis, _ in free])
+    out_names = sorted(flat.get_concrete_function().structured_outputs)
+    proto, stand_ins = None, []
+    if config.stand_in_min_bytes is not None:
+        proto, stand_ins = convert_with_stand_ins(flat, specs, config.opset, config.stand_in_min_bytes)
+    if proto is None:
+        proto, _ = tf2onnx.convert.from_function(flat, input_signature=specs, opset=config.opset)
+    return proto, stand_ins, specs, out_names
+
+
+def with_onnx_twins(model, part: str | None = None):
+    """``model`` with every layer whose ``onnx_twin(part)`` gives a layer replaced by that twin
+    (same function, same weight layout, an ONNX-friendlier graph; e.g. `ProjectedGRU` → one ONNX
+    ``GRU`` node, `TargetAttention` in a scorer → a one-user branch). ``part``: the model part
+    exported (a twin may serve one part only; None where unknown).
 
     Returns the model itself when no layer has a twin. Outputs are unchanged: each twin takes its
     layer's weights, and the validator compares the exported graph with the original model.
     """
     from edgerec.converters.tfenv import import_tf
 
-    if not any(hasattr(layer, "onnx_twin") for layer in walk_layers(model)):
+    twins = {id(layer): layer.onnx_twin(part) for layer in walk_layers(model) if hasattr(layer, "onnx_twin")}
+    if not any(t is not None for t in twins.values()):
         return model
 
     _, tf_keras = import_tf()
 
     def clone(layer):
-        if hasattr(layer, "onnx_twin"):
-            return layer.onnx_twin()
+        if twins.get(id(layer)) is not None:
+            return twins.pop(id(layer))
         return layer.__class__.from_config(layer.get_config())
 
     twin = tf_keras.models.clone_model(model, clone_function=clone)
@@ -134,9 +174,10 @@ def with_onnx_twins(model):
     return twin
 
 
-def canonicalize_io(proto, input_names: list[str], output_names: list[str]) -> None:
+def canonicalize_io(proto, input_names: list[str], output_names: list[str], free_axes=()) -> None:
     """Rename graph inputs (``hist_items:0`` → ``hist_items``) and outputs (in order) in place;
-    make the first dimension of every input/output the symbolic ``batch``."""
+    make the first dimension of every input/output the symbolic ``batch`` and name the
+    ``(input, axis, dim name)`` dimensions of ``free_axes``."""
     graph = proto.graph
     renames = {}
     for value in graph.input:
@@ -157,6 +198,12 @@ def canonicalize_io(proto, input_names: list[str], output_names: list[str]) -> N
         if len(dims):
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIM
+    named = {(name, axis): dim for name, axis, dim in free_axes}
+    for value in graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if (value.name, axis) in named:
+                dim.Clear()
+                dim.dim_param = named[(value.name, axis)]
 
 
 def graph_specs(proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -192,7 +239,7 @@ class OrtOptimizeConfig:
 
 class OrtOptimizePass(Pass):
     name = "ort_optimize"
-    version = 2
+    version = 3
     Config = OrtOptimizeConfig
     accepts = ("onnx",)
 

@@ -59,7 +59,7 @@ class ExactGelu(tf_keras.layers.Layer):
     def call(self, inputs):
         return tf.nn.gelu(inputs, approximate=False)
 
-    def onnx_twin(self):
+    def onnx_twin(self, part=None):
         return ErfGelu(name=self.name)
 
 

@@ -156,8 +156,8 @@ class ProjectedGRU(tf_keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(2, width), initializer="zeros")
         super().build(input_shape)
 
-    def onnx_twin(self):
-        """The same function as a layer tf2onnx turns into ONE ONNX ``GRU`` node.
+    def onnx_twin(self, part=None):
+        """The same function as a layer tf2onnx turns into ONE ONNX ``GRU`` node (any ``part``).
 
         The ONNX exporter swaps it in (weights copied): ``GRU(unroll=False)`` is a while loop
         that TFLite builtins cannot lower, but tf2onnx rewrites it into ``GRU`` (``linear_before_reset=1``),
@@ -260,8 +260,8 @@ class ProjectedLSTM(tf_keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(width,), initializer=bias_initializer)
         super().build(input_shape)
 
-    def onnx_twin(self):
-        """The same function as a layer tf2onnx turns into ONE ONNX ``LSTM`` node.
+    def onnx_twin(self, part=None):
+        """The same function as a layer tf2onnx turns into ONE ONNX ``LSTM`` node (any ``part``).
 
         The ONNX exporter swaps it in (weights copied): ``LSTM(unroll=False)`` without a mask is a
         while loop that TFLite builtins cannot lower, but tf2onnx rewrites it into ``LSTM``, which

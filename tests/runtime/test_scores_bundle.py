@@ -1,6 +1,8 @@
 """Split bundles serve one user's state once: a scorer exported from `build_model` broadcasts the
 1-row state in its graph (LiteRT and ONNX Runtime, fp32 and int8) with the scores of the state
-repeated; an older scorer that cannot gets it repeated (the fallback)."""
+repeated; an older scorer that cannot gets it repeated (the fallback). ONNX scorers exported with
+free history positions get that state without its padded positions where the scores stay the same
+(the attention families), and whole where they would not (none here) or cannot (LiteRT)."""
 from __future__ import annotations
 
 import shutil
@@ -33,7 +35,7 @@ def _keras_parts(family: str):
     return build_model(family, make_spec(), config)
 
 
-def _convert(model_path: Path, part: str, fmt: str, precision: str, work: Path, calibration: Path):
+def _convert(model_path: Path, part: str, fmt: str, precision: str, work: Path, calibration: Path, free_axes=()):
     from edgerec.converters.passes.onnx import OnnxExportConfig, OnnxExportPass
     from edgerec.converters.passes.onnx_quant import OrtQuantizeConfig, OrtQuantizePass
     from edgerec.converters.passes.tflite import TFLiteConfig, TFLitePass
@@ -44,7 +46,7 @@ def _convert(model_path: Path, part: str, fmt: str, precision: str, work: Path, 
         config = TFLiteConfig(mode=mode, data=str(calibration) if mode == "int8" else None,
                               custom_objects_module=module)
         return TFLitePass().run(model_path, config, work / f"{part}-{fmt}-{precision}", part=part)
-    fp32 = OnnxExportPass().run(model_path, OnnxExportConfig(custom_objects_module=module),
+    fp32 = OnnxExportPass().run(model_path, OnnxExportConfig(custom_objects_module=module, free_axes=free_axes),
                                 work / f"{part}-onnx-fp32", part=part)
     if precision == "fp32":
         return fp32
@@ -53,7 +55,9 @@ def _convert(model_path: Path, part: str, fmt: str, precision: str, work: Path, 
 
 def _write_bundle(directory: Path, parts, precision: str) -> Path:
     """user_encoder + scorer, tflite and onnx, of one precision (int8: full-integer TFLite and
-    dynamic-range ONNX)."""
+    dynamic-range ONNX); the ONNX scorer with free history positions, as `export` writes it."""
+    from edgerec.converters.keras_io import input_specs
+    from edgerec.converters.specs import position_axes
     from edgerec.runtime.preprocess import Preprocessor
 
     work = directory.parent / f"{directory.name}-work"
@@ -71,7 +75,8 @@ def _write_bundle(directory: Path, parts, precision: str) -> Path:
         model_path = work / f"{part}.keras"
         getattr(parts, part).save(model_path)
         for fmt, backend in (("tflite", "litert"), ("onnx", "onnxruntime")):
-            made = _convert(model_path, part, fmt, precision, work, calibration[part])
+            free = position_axes(input_specs(parts.scorer)) if part == "scorer" else ()
+            made = _convert(model_path, part, fmt, precision, work, calibration[part], free)
             name = f"{part}.{precision}.{fmt}"
             shutil.copyfile(made.path, directory / name)
             artifacts.append(Artifact(file=name, format=fmt, precision=made.precision, part=part,
@@ -142,6 +147,40 @@ def test_split_scorer_takes_the_user_state_once(split_bundle, backend):
     with Predictor(path, backend=backend) as predictor:
         scores = predictor.score_candidates(_request(), candidates, use_cache=False)
     np.testing.assert_allclose(scores, once, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_onnx_scorer_takes_the_state_without_its_padded_positions(split_bundle, backend):
+    """A 3-item history in 5 positions: the attention families' ONNX scorer is fed the 3 valid
+    positions (the probe found the scores unchanged), with the scores of the whole state; LiteRT
+    artifacts (fixed sizes) and the GRU scorer (no positions) get the state whole."""
+    from edgerec.runtime.loaded import LoadedBundle
+
+    parts, path, _ = split_bundle
+    model = LoadedBundle.open(path, backend=backend, share_sessions=False)
+    try:
+        trims = backend == "onnxruntime" and parts.family != "gru"
+        positions = model.position_inputs.get("scorer", ())
+        assert bool(positions) == trims
+        if trims:
+            assert positions[0] == "user_mask" and set(positions) <= model.shared_inputs["scorer"]
+        pre = model.preprocessor
+        state = model.run("user_encoder", {"hist_items": pre.encode_history([_request()["history"]])})
+        feeds = pre.encode_candidates([str(i) for i in range(10, 10 + N_CANDIDATES)], _request()["context"],
+                                      _request()["dense"])
+        backend_impl, lengths = model.parts["scorer"], []
+        original = backend_impl.run_validated
+        backend_impl.run_validated = lambda f: lengths.append(f.get("user_mask", np.zeros((1, 0))).shape[1]) \
+            or original(f)
+        once = model.run("scorer", {**feeds, **state})["score"].reshape(-1)
+        backend_impl.run_validated = original
+        rows = {**feeds, **{k: np.repeat(v, N_CANDIDATES, 0) for k, v in state.items()}}
+        whole = original({t.name: rows[t.name] for t in backend_impl.inputs})
+        np.testing.assert_allclose(once, whole["score"].reshape(-1), rtol=0, atol=1e-6)
+        if "user_mask" in state:
+            assert lengths == [3 if trims else state["user_mask"].shape[1]]
+    finally:
+        model.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
