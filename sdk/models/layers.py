@@ -214,13 +214,18 @@ class TargetAttention(tf_keras.layers.Layer):
         query, keys, mask = inputs[:3]
         key_half = inputs[3] if len(inputs) == 4 else self.key_half(keys)
         w_query, _, w_product = self._blocks()
-        length = keys.shape[1] if keys.shape[1] is not None else tf.shape(keys)[1]
         product = query[:, None, :] * keys                                   # [N, L, D]
         # The full-size term first: each add then broadcasts one operand along one axis (a
         # [1, L, U] + [N, 1, U] sum would take the backends' slow general broadcast).
         hidden = tf.matmul(product, w_product) + key_half + tf.matmul(query, w_query)[:, None, :]
+        return self.pooled(self.hidden[0].activation(hidden), keys, mask)
+
+    def pooled(self, first, keys, mask):
+        """The keys pooled by the weights the MLP gives ``first``, the first hidden layer's
+        activations ``[N, L, U]`` (or ``[N, L * U]``)."""
+        length = keys.shape[1] if keys.shape[1] is not None else tf.shape(keys)[1]
         # [N * L, U] rows: each further Dense is one matrix product with its bias and activation
-        features = tf.reshape(self.hidden[0].activation(hidden), [-1, self.hidden_units[0]])
+        features = tf.reshape(first, [-1, self.hidden_units[0]])
         for layer in self.hidden[1:]:
             features = layer(features)
         # The logit's bias is added to every position alike, which the softmax over positions
@@ -230,6 +235,17 @@ class TargetAttention(tf_keras.layers.Layer):
         penalty = tf.stop_gradient(spread) + MASK_MARGIN
         weights = tf.nn.softmax(logits - (1.0 - mask) * penalty, axis=-1) * mask
         return _rows_times(weights, keys)
+
+    def onnx_twin(self, part=None):
+        """For a ``scorer`` export: the same function with a one-user branch (weights copied),
+        whose keys of a batch of 1 (one user's state against N candidates) take the first hidden
+        layer as ONE matrix product (`attention_twin.OneUserTargetAttention`). None (keep this
+        layer) for other parts, which always get N users' keys."""
+        if part != "scorer":
+            return None
+        from .attention_twin import OneUserTargetAttention
+
+        return OneUserTargetAttention(**self.get_config())
 
     def compute_output_shape(self, input_shape):
         if not _is_shape_list(input_shape):
