@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _subgraphs(node):
+def subgraphs(node):
+    """The bodies (``GRAPH``/``GRAPHS`` attributes) of one node: an If's branches, a Loop's body."""
     import onnx
 
     for attribute in node.attribute:
@@ -56,7 +57,7 @@ def compact_onnx_names(proto) -> bool:
             node.output[:] = [short(n, "t") for n in node.output]
             node.name = ""
             node.doc_string = ""
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 compact(sub, False)
         del body.value_info[:]
 

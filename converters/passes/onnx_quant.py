@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from ..errors import ConversionError, ConverterConfigError, expected
 from ..pipeline import ExportedArtifact, Pass
 from .data import batches, load_rows
 from .onnx import graph_specs
+from .onnx_compact import subgraphs
 from .onnx_fallback import SENSITIVE_OPS, fit_budget, graph_scores, scoring_rows  # noqa: F401 - public here too
 
 logger = logging.getLogger(__name__)
@@ -153,6 +156,11 @@ class OrtQuantizePass(Pass):
         if changed:                                  # one check and one write for both rewrites
             onnx.checker.check_model(proto)
             out.write_bytes(proto.SerializeToString())
+        if any(True for node in proto.graph.node for _ in subgraphs(node)):
+            crash = load_crash(out)
+            if crash:
+                raise ConversionError(expected(f"an ORT {config.mode} quantization of {source.path} that onnxruntime "
+                                               "loads", crash), mode=config.mode)
         inputs, outputs = graph_specs(proto)
         ops = sorted({n.op_type for n in proto.graph.node})
         details = {k: v for k, v in source.details.items()
@@ -172,6 +180,23 @@ class OrtQuantizePass(Pass):
             "dynamic" if config.mode == "dynamic" else "int8"
         return ExportedArtifact(path=str(out), format="onnx", precision=precision, part=source.part, inputs=inputs,
                                 outputs=outputs, details=details)
+
+
+def load_crash(path: Path, timeout_s: float = 300.0) -> str | None:
+    """How a child interpreter died opening ``path`` in an onnxruntime CPU session, or None when
+    it opened it. Quantized graphs with If/Loop bodies get this check: onnxruntime 1.32 aborts the
+    whole process (a C++ assertion, not an exception) on a dynamically quantized DIN whose
+    attention holds an If, which in the export's own process would end it without a word."""
+    code = ("import sys, onnxruntime as o; o.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"no session within {timeout_s:.0f} s"
+    if done.returncode == 0:
+        return None
+    tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or [""]
+    return f"exit {done.returncode}: {tail[0][:300]}"
 
 
 def _quantize(model_in: Path, out: Path, config: OrtQuantizeConfig, source: ExportedArtifact) -> None:

@@ -1,6 +1,8 @@
 """ONNX export, ORT optimisation and ORT quantization passes on tiny contract models."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,31 @@ def test_projected_gru_exports_as_one_onnx_gru_node(tmp_path):
                                 tmp_path / "b")
     assert np.max(np.abs(ort_predict(qdq.path, rows)["score"] - want)) <= TOLERANCE["static_qdq"]
     assert qdq.details["size_bytes"] <= 0.30 * fp32.details["size_bytes"]
+
+
+@pytest.mark.slow
+def test_quantize_never_returns_a_file_onnxruntime_aborts_on(tmp_path):
+    """A fused DIN exported with the scorer's one-user attention branch (an If on the keys'
+    batch): onnxruntime 1.32 aborts the process (a C++ assertion) loading its dynamic-int8 file.
+    The pass opens quantized graphs with bodies in a child process first: it raises a typed
+    ConversionError, or returns a file a child opens."""
+    from edgerec.converters.errors import ConversionError
+    from edgerec.converters.passes.onnx import OnnxExportConfig, OnnxExportPass
+    from edgerec.converters.passes.onnx_quant import OrtQuantizeConfig, OrtQuantizePass, load_crash
+    from edgerec.runtime.spec import FeatureSpec, Vocabulary
+    from edgerec.sdk.models import ModelConfig, build_model
+
+    spec = FeatureSpec(10, Vocabulary("item", tuple(str(i) for i in range(300))))
+    parts = build_model("din", spec, ModelConfig(embedding_dim=8, hidden_units=(8,), attention_units=(8, 4)))
+    parts.fused.save(tmp_path / "fused.keras")
+    fp32 = OnnxExportPass().run(tmp_path / "fused.keras", OnnxExportConfig(custom_objects_module="edgerec.sdk.models.layers"),
+                                tmp_path / "a", part="scorer")
+    assert load_crash(Path(fp32.path)) is None
+    try:
+        quant = OrtQuantizePass().run(fp32, OrtQuantizeConfig(mode="dynamic"), tmp_path / "b", part="scorer")
+    except ConversionError as err:
+        assert "that onnxruntime loads" in str(err) and "exit" in str(err)
+    else:
+        assert load_crash(Path(quant.path)) is None
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    assert load_crash(tmp_path / "broken.onnx").startswith("exit 1")
