@@ -158,9 +158,13 @@ REPLAY_TOLERANCES: dict[str, Tolerance] = {
     "int4": Tolerance(max_abs_diff=0.25, mean_abs_diff=0.04, delta_auc=TOLERANCES["int4"].delta_auc),
 }
 # A manifest's recorded max |Δ| (over the validation rows) may tighten a replay's worst-line bound
-# to RECORDED_MARGIN x that figure, never below RECORDED_FLOOR (float rounding differs between
-# machines and library builds), and never loosen it.
+# to a margin x that figure, never below RECORDED_FLOOR (float rounding differs between machines
+# and library builds), and never loosen it. Float precisions differ by rounding, the same on any
+# row: RECORDED_MARGIN. A quantized artifact's worst line depends on which rows it meets: a small
+# cascade test ranker's dynamic-int8 file, 0.0064 worst over its validation rows, was 0.036-0.044
+# off on one of its 32 examples on an AMD EPYC host: QUANTIZED_RECORDED_MARGIN.
 RECORDED_MARGIN = 2.0
+QUANTIZED_RECORDED_MARGIN = 10.0
 RECORDED_FLOOR = 1e-4
 
 

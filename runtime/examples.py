@@ -24,8 +24,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .contract import (BACKEND_FOR_FORMAT, BACKENDS, FORMAT_FOR_BACKEND, FUSED, PRECISIONS, RECORDED_FLOOR,
-                       RECORDED_MARGIN, SCORE, SCORER, USER_ENCODER, Tolerance, replay_tolerance_for)
+from .contract import (BACKEND_FOR_FORMAT, BACKENDS, FORMAT_FOR_BACKEND, FUSED, PRECISIONS,
+                       QUANTIZED_RECORDED_MARGIN, RECORDED_FLOOR, RECORDED_MARGIN, SCORE, SCORER, USER_ENCODER,
+                       Tolerance, replay_tolerance_for)
 from .backends.registry import create_backend, is_available
 from .errors import BundleError, EdgeRecError, IntegrityError, RequestError, expected
 from .loaded import LoadedBundle, check_signature, choose_backend, load_spec, selected_files
@@ -178,13 +179,16 @@ def _tensor_rows(lines: list, manifest: Manifest) -> tuple[dict, dict]:
 # -- the rule ----------------------------------------------------------------------------------
 def replay_tolerance(precision: str, recorded: Mapping | None = None) -> Tolerance:
     """The replay bound of an artifact: declared per precision; ``recorded`` (the artifact's
-    ``validation`` figures in the manifest) may only tighten the worst-line bound.
+    ``validation`` figures in the manifest) may only tighten the worst-line bound, to 2x that
+    figure for float precisions and 10x for quantized ones (see `contract.RECORDED_MARGIN`).
 
     Examples:
         >>> replay_tolerance("int8").max_abs_diff
         0.25
+        >>> replay_tolerance("fp16", {"max_abs_diff": 0.001}).max_abs_diff
+        0.002
         >>> replay_tolerance("int8", {"max_abs_diff": 0.01}).max_abs_diff
-        0.02
+        0.1
         >>> replay_tolerance("int8", {"max_abs_diff": 0.5}).max_abs_diff     # cannot loosen
         0.25
     """
@@ -192,7 +196,8 @@ def replay_tolerance(precision: str, recorded: Mapping | None = None) -> Toleran
     figure = (recorded or {}).get("max_abs_diff") if isinstance(recorded, Mapping) else None
     if isinstance(figure, bool) or not isinstance(figure, (int, float)) or not math.isfinite(figure) or figure < 0:
         return declared
-    bound = max(RECORDED_FLOOR, RECORDED_MARGIN * float(figure))
+    margin = RECORDED_MARGIN if precision in ("fp32", "fp16") else QUANTIZED_RECORDED_MARGIN
+    bound = max(RECORDED_FLOOR, margin * float(figure))
     if declared.max_abs_diff is not None and bound >= declared.max_abs_diff:
         return declared
     return replace(declared, max_abs_diff=bound)
