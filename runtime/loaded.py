@@ -194,7 +194,7 @@ class LoadedBundle:
         self._tensor_plans: dict = {}   # part -> (backend, feeds_match rows, fast, renames), see `run_tensors`
         self._encoded_fits: dict = {}   # part -> its signature takes Preprocessor arrays as they are
         self.shared_inputs: dict = {}   # part -> inputs it takes as 1 row for all rows (user state)
-        self.position_inputs: dict = {}  # part -> 1-row inputs it takes without padded positions
+        self.position_inputs: dict = {}  # part -> state inputs it takes without padded positions
         self._mixed_plans: dict = {}    # (part, 1-row inputs) -> their feeds_match rows, the others'
         self.default_part = ""          # what `Predictor.predict_arrays` runs without a part
         self.request_inputs: frozenset = frozenset()   # inputs raw requests must be encoded into
@@ -283,7 +283,8 @@ class LoadedBundle:
         """Feed the inputs ``part`` declares (a model may ignore spec fields), canonical outputs.
 
         1-row arrays beside N-row ones (one user's state for N candidates) are taken once where
-        the part broadcasts them (`shared_inputs`) and repeated to N rows otherwise."""
+        the part broadcasts them (`shared_inputs`) and repeated to N rows otherwise; a part with
+        `position_inputs` gets users' states without the positions no row's mask holds."""
         backend = self.parts[part]
         order, inputs, renames = self._run_plans.get(part) or self._run_plan(part)
         if type(arrays) is dict and arrays.keys() == inputs:
@@ -292,6 +293,9 @@ class LoadedBundle:
             feeds = {name: arrays[name] for name in order if name in arrays}
             if len(feeds) != len(inputs):
                 feeds = dict(arrays)
+        positions = self.position_inputs.get(part)
+        if positions:
+            feeds = trim_positions(feeds, positions)
         if len({rows_of(v) for v in feeds.values()}) > 1:
             outputs = self._run_mixed(part, backend, feeds)
         else:
@@ -313,9 +317,6 @@ class LoadedBundle:
                 rows = backend.feed_plan()
                 plans = self._mixed_plans[(part, keep)] = (tuple(r for r in rows if r[0] in keep),
                                                            tuple(r for r in rows if r[0] not in keep))
-            positions = self.position_inputs.get(part)
-            if positions and keep.issuperset(positions):
-                feeds = trim_positions(feeds, positions)
             once = {k: v for k, v in feeds.items() if k in keep}
             each = {k: v for k, v in feeds.items() if k not in keep}
             if backend.fast_checks and feeds_match(plans[0], once) and feeds_match(plans[1], each):

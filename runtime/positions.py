@@ -1,11 +1,11 @@
-"""One user's history without its padding: a scorer fed a 1-row user state drops the positions
-``user_mask`` marks empty.
+"""Users' histories without their padding: a scorer fed user states drops the positions
+``user_mask`` marks empty in every row (one user's 1-row state, or a batch of users' states).
 
 A target-attention scorer gives a masked position no weight, so its cost per candidate grows with
 the history length it is fed while its answer depends only on the valid positions. Where the
 artifact's user-state inputs have a free position axis (ONNX exports of edgerec scorers,
 `edgerec.converters.specs.position_axes`) and a probe at open shows the outputs unchanged,
-`LoadedBundle.run` feeds only the valid positions of a 1-row state: on the 10^4-item scale
+`LoadedBundle.run` feeds only the valid positions: on the 10^4-item scale
 benchmark's DIN ranker (50 positions, 27 valid on average) the 1 x 200 scorer call went from
 4.3-5.1 ms to 2.3-2.5 ms (ONNX Runtime, 1 thread, 2-core VM). A scorer that reads its padding (position embeddings, a recurrent state) fails the
 probe and is fed the full state.
@@ -42,15 +42,16 @@ def position_inputs(inputs, shared) -> tuple[str, ...]:
 
 
 def trim_positions(feeds: Mapping, names: tuple[str, ...]) -> dict:
-    """``feeds`` with the ``names`` inputs (`position_inputs`) cut to the positions where the
-    1-row ``user_mask`` is non-zero: a slice (no copy) when they are contiguous, as left padding
-    leaves them; one masked position is kept for an empty history (a zero-length axis is not
-    something every backend runs). Feeds of another shape come back as they are."""
+    """``feeds`` with the ``names`` inputs (`position_inputs`) cut to the positions where any
+    row of ``user_mask`` is non-zero (one user's 1-row state, or N rows of users' states): a slice
+    (no copy) when they are contiguous, as left padding leaves them; one masked position is kept
+    for empty histories (a zero-length axis is not something every backend runs). Feeds of other
+    shapes come back as they are."""
     mask = feeds.get(USER_MASK)
-    if mask is None or mask.ndim != 2 or mask.shape[0] != 1 or mask.shape[1] < 2:
+    if mask is None or mask.ndim != 2 or mask.shape[1] < 2:
         return dict(feeds)
-    length = mask.shape[1]
-    valid = np.flatnonzero(mask[0])
+    rows, length = mask.shape
+    valid = np.flatnonzero(mask[0] if rows == 1 else mask.any(axis=0))
     if valid.size == length:
         return dict(feeds)
     if valid.size == 0:
@@ -62,9 +63,10 @@ def trim_positions(feeds: Mapping, names: tuple[str, ...]) -> dict:
     out = dict(feeds)
     for name in names:
         value = feeds.get(name)
-        if value is None or value.ndim < 2 or value.shape[0] != 1 or value.shape[1] != length:
+        if value is None or value.ndim < 2 or value.shape[0] != rows or value.shape[1] != length:
             return dict(feeds)
-        out[name] = value[:, take]
+        out[name] = value[:, take] if rows == 1 or isinstance(take, np.ndarray) \
+            else np.ascontiguousarray(value[:, take])
     return out
 
 
@@ -81,8 +83,9 @@ def probe_history(spec, limit: int) -> np.ndarray | None:
 
 
 def trim_matches(run: Callable[[dict], dict], feeds: dict, names: tuple[str, ...]) -> bool:
-    """Whether ``run`` gives the same outputs for ``feeds`` (a 1-row state with masked positions)
-    with and without those positions (False when the cut state fails to run or cuts nothing)."""
+    """Whether ``run`` gives the same outputs for ``feeds`` (a state with masked positions, 1 row
+    or N) with and without those positions (False when the cut state fails to run or cuts
+    nothing)."""
     trimmed = trim_positions(feeds, names)
     if trimmed[USER_MASK].shape == feeds[USER_MASK].shape:
         return False

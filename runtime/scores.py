@@ -158,7 +158,8 @@ def probe_scorer(bundle, file: str, model_bytes: bytes, options: dict) -> Scorer
                 state = bundle.run("user_encoder", {**empty, **histories})
                 feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared},
                                     bundle.id_limits)
-                if trim_matches(run, feeds, names):
+                # the one-user path and the N-row path (both rows one user's state)
+                if trim_matches(run, feeds, names) and trim_matches(run, spread_rows(feeds, 2), names):
                     found = found._replace(positions=names)
         finally:
             probe.close()

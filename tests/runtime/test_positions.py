@@ -61,11 +61,21 @@ def test_full_histories_and_other_shapes_are_left_alone():
     names = position_inputs(_inputs(), SHARED)
     full = _state(range(L))
     assert all(trim_positions(full, names)[k] is v for k, v in full.items())
-    rows = {k: np.repeat(v, 2, 0) for k, v in _state([4, 5]).items()}     # N users' states
-    assert all(trim_positions(rows, names)[k] is v for k, v in rows.items())
     odd = _state([4, 5])
     odd["user_keys"] = odd["user_keys"][:, :4]                          # not as long as the mask
     assert all(trim_positions(odd, names)[k] is v for k, v in odd.items())
+
+
+def test_n_users_states_keep_the_positions_any_row_holds():
+    names = position_inputs(_inputs(), SHARED)
+    rows = {k: np.repeat(v, 2, 0) for k, v in _state([4, 5]).items()}
+    rows["user_mask"][1, 3] = 1.0                                        # the second user has 3 items
+    cut = trim_positions(rows, names)
+    assert cut["user_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+    np.testing.assert_array_equal(cut["user_state"], rows["user_state"][:, 3:])
+    assert cut["user_state"].flags.c_contiguous and cut["user_pooled"] is rows["user_pooled"]
+    one_row_state = {**rows, "user_state": rows["user_state"][:1]}      # rows disagree: left alone
+    assert all(trim_positions(one_row_state, names)[k] is v for k, v in one_row_state.items())
 
 
 def test_probe_history_is_half_padding_then_real_items():
