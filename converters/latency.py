@@ -55,17 +55,20 @@ class LatencyConfig:
                                            (self.rounds, self.warmup, self.min_time_s)))
 
 
-def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int, one_row=frozenset()) -> dict[str, np.ndarray]:
+def latency_feeds(declared, arrays: Mapping[str, np.ndarray], batch: int, one_row=frozenset(),
+                  state_row: int = 0) -> dict[str, np.ndarray]:
     """Feeds of ``batch`` rows for the declared inputs, taken from real rows (tiled if short).
 
     Inputs absent from ``arrays`` (none for edgerec parts when user outputs are given) get zeros;
-    inputs in ``one_row`` get 1 row (one user's state, as the runtime feeds a scorer that
-    broadcasts it: `edgerec.runtime.scores.scorer_shared_inputs`).
+    inputs in ``one_row`` get row ``state_row`` (one user's state, as the runtime feeds a scorer
+    that broadcasts it: `edgerec.runtime.scores.probe_scorer`).
     """
     feeds = {}
     for spec in declared:
         if spec.name in one_row and spec.name in arrays and len(arrays[spec.name]):
-            feeds[spec.name] = np.ascontiguousarray(np.asarray(arrays[spec.name])[:1], dtype=spec.dtype)
+            source = np.asarray(arrays[spec.name])
+            row = min(state_row, len(source) - 1)
+            feeds[spec.name] = np.ascontiguousarray(source[row:row + 1], dtype=spec.dtype)
         elif spec.name in arrays and len(arrays[spec.name]):
             source = np.asarray(arrays[spec.name])
             rows = np.resize(np.arange(len(source)), batch)
@@ -111,21 +114,39 @@ def measure_latencies(artifacts: Sequence, arrays_by_part: Mapping[str, Mapping[
 
 def _serving_call(backend, part: str, arrays: Mapping[str, np.ndarray], batch: int) -> tuple:
     """``(run, feeds)`` timing a part as it serves: a scorer gets one user's state (the
-    user-encoder outputs) as 1 row beside ``batch`` candidates where it broadcasts that state to the
-    same outputs (the runtime's own test, `scores.broadcast_matches`), else the state repeated (an
-    older export). 1-row-state feeds go through ``run_validated`` (``run`` takes one batch size)."""
+    user-encoder outputs of the user with the median history length) as 1 row beside ``batch``
+    candidates where it broadcasts that state to the same outputs (the runtime's own test,
+    `scores.broadcast_matches`), else the state repeated (an older export), and that state without
+    its padded positions where the runtime would cut them (`runtime.positions`), so a scorer of
+    fixed sizes is not compared with a length-free one at the full length. 1-row-state feeds go
+    through ``run_validated`` (``run`` takes one batch size)."""
+    from edgerec.runtime.positions import position_inputs, trim_matches, trim_positions
     from edgerec.runtime.scores import broadcast_matches
 
     repeated = latency_feeds(backend.inputs, arrays, batch)
     state = {t.name for t in backend.inputs} & USER_OUTPUTS
     if part != "scorer" or batch == 1 or not state:
         return backend.run, repeated
-    once = latency_feeds(backend.inputs, arrays, batch, one_row=state)
+    once = latency_feeds(backend.inputs, arrays, batch, one_row=state, state_row=_median_user(arrays))
     try:
         broadcasts = broadcast_matches(backend.run_validated, once, state, rows=batch)
     except Exception:  # noqa: BLE001 - a scorer that cannot take the 1-row state fails in its backend
         broadcasts = False
-    return (backend.run_validated, once) if broadcasts else (backend.run, repeated)
+    if not broadcasts:
+        return backend.run, repeated
+    names = position_inputs(backend.inputs, state)
+    if names and trim_matches(backend.run_validated, once, names):
+        once = trim_positions(once, names)
+    return backend.run_validated, once
+
+
+def _median_user(arrays: Mapping[str, np.ndarray]) -> int:
+    """The row whose ``user_mask`` holds the median number of valid positions (0 without one)."""
+    mask = arrays.get(USER_MASK)
+    if mask is None or np.ndim(mask) != 2 or not len(mask):
+        return 0
+    counts = np.count_nonzero(np.asarray(mask), axis=1)
+    return int(np.argsort(counts, kind="stable")[len(counts) // 2])
 
 
 def _time_call(run, feed, min_time_s: float) -> float:

@@ -352,7 +352,7 @@ class ItemIndex:
         m = min(m, available)
         if m <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        top = np.argpartition(-scores, m - 1)[:m] if m < scores.size else np.arange(scores.size)
+        top = np.argpartition(scores, scores.size - m)[scores.size - m:] if m < scores.size else np.arange(scores.size)
         return _best(top, scores[top], m)
 
     def _hnsw(self, query: np.ndarray, m: int, banned: np.ndarray):

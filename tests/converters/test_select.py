@@ -231,3 +231,34 @@ def test_a_scorer_is_timed_with_one_users_state_where_it_broadcasts_it():
     assert {"cand_item": (16,), "user_state": (1, 4)} in older.probed
     for part, batch in (("fused", 16), ("scorer", 1)):
         assert _serving_call(Scorer(True), part, arrays, batch)[1]["user_state"].shape == (batch, 4)
+
+
+def test_a_length_free_scorer_is_timed_with_the_median_users_state_without_padding():
+    """As the runtime serves it: the user with the median history (3 of 5 positions here), cut to
+    its valid positions where the scores stay the same; a scorer of fixed sizes gets it whole."""
+    import numpy as np
+
+    from edgerec.converters.latency import _serving_call
+
+    class Scorer:
+        def __init__(self, length):
+            self.inputs = [TensorSpec("cand_item", "int32", [None]), TensorSpec("user_mask", "float32", [None, length]),
+                           TensorSpec("user_state", "float32", [None, length, 2])]
+
+        def run_validated(self, feeds):
+            mask, state = feeds["user_mask"], feeds["user_state"][..., 0]
+            pooled = (mask * state).sum(axis=1, keepdims=True) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+            return {"score": (feeds["cand_item"][:, None] * pooled).astype(np.float32)}
+
+        run = run_validated
+
+    mask = np.zeros((3, 5), np.float32)
+    for row, valid in enumerate((5, 1, 3)):
+        mask[row, 5 - valid:] = 1.0
+    arrays = {"cand_item": np.arange(2, 12, dtype=np.int32), "user_mask": mask,
+              "user_state": np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)}
+    run, served = _serving_call(Scorer(None), "scorer", arrays, 16)
+    assert served["user_mask"].tolist() == [[1.0, 1.0, 1.0]] and served["user_state"].shape == (1, 3, 2)
+    np.testing.assert_array_equal(served["user_state"], arrays["user_state"][2:3, 2:])
+    _, whole = _serving_call(Scorer(5), "scorer", arrays, 16)
+    assert whole["user_mask"].shape == (1, 5) and whole["user_mask"].sum() == 3
