@@ -305,3 +305,28 @@ def test_the_ranker_alone_metric_scores_fewer_users_at_a_large_catalogue():
     assert ranker_user_budget(settings, 10_000) == 100
     assert ranker_user_budget(settings, 1_000_000) == 2
     assert ranker_user_budget(settings, 5_000_000) == 1
+
+
+def test_export_cli_passes_the_index_storage_through(monkeypatch):
+    """``--index-dtype`` reaches the index the export builds (f32 unless asked)."""
+    import edgerec.converters.export as export_module
+    from edgerec.sdk.cli import build_parser
+    from edgerec.sdk.cli import export as export_cli
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_export(*args, cascade=None, **kwargs):
+        seen.append(cascade.index.ann_dtype)
+        raise Stop
+
+    monkeypatch.setattr(export_module, "export_bundle", fake_export)
+    for flags, want in (([], "f32"), (["--index-dtype", "f16"], "f16")):
+        args = build_parser().parse_args(["export", "m", "--retrieval", "r", "--out", "b", *flags])
+        with pytest.raises(Stop):
+            export_cli.run(args)
+        assert seen[-1] == want
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "m", "--retrieval", "r", "--index-dtype", "f8"])
