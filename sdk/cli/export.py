@@ -50,9 +50,10 @@ def configure(parser) -> None:
                         help="item index: exact int8 search, HNSW (pip install 'edgerec[index]'), or auto "
                              "(exact up to 50,000 items)")
     parser.add_argument("--ef-search", type=int, default=256, help="HNSW search width (recall vs latency)")
-    parser.add_argument("--index-dtype", choices=("f32", "f16", "i8"), default="f32",
-                        help="how the HNSW graph stores item vectors: f32 searches ~20%% faster than f16 at the "
-                             "same recall for 2 more bytes per dimension and item; i8 is smallest, lowest recall")
+    parser.add_argument("--index-dtype", choices=("f16", "f32", "i8"), default="f16",
+                        help="how the HNSW graph stores item vectors: f16 (half of f32's bytes), f32 (faster than "
+                             "f16 on some CPUs, slower on others: measure on the target), i8 (smallest, lowest "
+                             "recall)")
     parser.add_argument("--m", type=int, default=200, help="items retrieved per user before ranking (recall@M "
                                                             "of the index is measured at this M)")
     parser.add_argument("--eval-users", type=int, default=500,

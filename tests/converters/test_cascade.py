@@ -308,7 +308,7 @@ def test_the_ranker_alone_metric_scores_fewer_users_at_a_large_catalogue():
 
 
 def test_export_cli_passes_the_index_storage_through(monkeypatch):
-    """``--index-dtype`` reaches the index the export builds (f32 unless asked)."""
+    """``--index-dtype`` reaches the index the export builds (f16 unless asked)."""
     import edgerec.converters.export as export_module
     from edgerec.sdk.cli import build_parser
     from edgerec.sdk.cli import export as export_cli
@@ -323,7 +323,7 @@ def test_export_cli_passes_the_index_storage_through(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(export_module, "export_bundle", fake_export)
-    for flags, want in (([], "f32"), (["--index-dtype", "f16"], "f16")):
+    for flags, want in (([], "f16"), (["--index-dtype", "f32"], "f32")):
         args = build_parser().parse_args(["export", "m", "--retrieval", "r", "--out", "b", *flags])
         with pytest.raises(Stop):
             export_cli.run(args)
