@@ -116,7 +116,7 @@ class Backend:
         """Validate names, dtypes, ranks, static dims and a shared batch size; collect every problem.
 
         ``shared``: inputs that may also come as 1 row beside N-row others (one user's state for N
-        candidates, where the model broadcasts it: `edgerec.runtime.scores.scorer_shared_inputs`)."""
+        candidates, where the model broadcasts it: `edgerec.runtime.scores.probe_scorer`)."""
         if not isinstance(feeds, Mapping):
             raise RequestError(expected("feeds as a dict of name -> numpy array", type(feeds).__name__))
         declared = {spec.name: spec for spec in self.inputs}
