@@ -45,10 +45,7 @@ FORMAT_VERSION = 1
 KINDS = ("auto", "exact", "hnsw")
 ANN_DTYPES = ("i8", "f16", "f32")
 EXACT_MAX_ITEMS = 50_000
-# HNSW graph degree M. On a 10^5-item cascade's item vectors (87k x 32, f16, 150 noisy item
-# queries, recall@200 against exact search) M = 32 reached 0.981 at ef 256 in 1.65 ms where M = 16
-# needed ef 504 for 0.980 in 3.44 ms: half the search time for twice the graph links
-CONNECTIVITY = 32
+CONNECTIVITY = 16
 DEFAULT_EF_SEARCH = 256
 # an export widens ef_search (x1.25 steps) until the HNSW recall@M against exact search reaches the
 # target with a margin for the users sampled, up to MAX_EF_SEARCH; a graph that cannot reach it is
