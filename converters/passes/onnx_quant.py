@@ -60,6 +60,11 @@ class OrtQuantizeConfig:
         calibrate_method: ``minmax``, ``percentile`` or ``entropy`` (static modes).
         percentile: the percentile kept by ``percentile`` calibration.
         per_channel: per-channel weight scales.
+        reduce_range: 7-bit weights for the CPU modes (``dynamic``, ``static_qdq``). x86 CPUs without
+            VNNI (AVX2, AVX-512F) multiply u8 activations by s8 weights with an instruction that
+            saturates 16-bit pair sums: on a 2-core AMD EPYC (AVX2) a small BERT-style content
+            encoder's dynamic int8 file had cosine 0.913 to fp32 with 8-bit weights and 0.9999
+            with 7-bit ones. ``tensorrt`` keeps 8-bit (TensorRT does not use those kernels).
         calibration_rows: rows read for calibration.
         calibration_batch: rows per calibration batch.
         symmetric_activations: ``static_qdq`` only; ``tensorrt`` always uses symmetric int8.
@@ -83,6 +88,7 @@ class OrtQuantizeConfig:
     calibrate_method: str = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
+    reduce_range: bool = True
     calibration_rows: int = 256
     calibration_batch: int = 32
     symmetric_activations: bool = False
@@ -115,7 +121,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 7
+    version = 8
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -338,7 +344,8 @@ def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
     # (a fused score head) must stay excluded under its new names
     excluded = [n for name in config.nodes_to_exclude for n in (name, f"{name}_MatMul", f"{name}_Add")]
     quantize_dynamic(str(model_in), str(out), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=excluded, extra_options={"DefaultTensorType": _float_type()})
+                     reduce_range=config.reduce_range, nodes_to_exclude=excluded,
+                     extra_options={"DefaultTensorType": _float_type()})
 
 
 def _float_type() -> int:
@@ -394,6 +401,7 @@ def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Export
         try:
             quantize_static(str(model_in), target, reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, per_channel=config.per_channel,
+                            reduce_range=config.reduce_range and config.mode != "tensorrt",
                             activation_type=activation, weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(config.nodes_to_exclude), calibrate_method=method,
                             extra_options=extra)
