@@ -239,13 +239,13 @@ class TargetAttention(tf_keras.layers.Layer):
     def onnx_twin(self, part=None):
         """For a ``scorer`` export: the same function with a one-user branch (weights copied),
         whose keys of a batch of 1 (one user's state against N candidates) take the first hidden
-        layer as ONE matrix product (`attention_twin.OneUserTargetAttention`). None (keep this
-        layer) for other parts, which always get N users' keys."""
+        layer as ONE matrix product (`attention_twin.one_user_twin`). None (keep this layer) for
+        other parts, which always get N users' keys."""
         if part != "scorer":
             return None
-        from .attention_twin import OneUserTargetAttention
+        from .attention_twin import one_user_twin
 
-        return OneUserTargetAttention(**self.get_config())
+        return one_user_twin(self)
 
     def compute_output_shape(self, input_shape):
         if not _is_shape_list(input_shape):

@@ -1,4 +1,4 @@
-"""`OneUserTargetAttention`, the scorer's ONNX twin of `TargetAttention`: the same outputs for one
+"""`attention_twin.one_user_twin`, the scorer's ONNX twin of `TargetAttention`: the same outputs for one
 user's keys against N queries (its one-GEMM branch) and for N users' keys (the general form), the
 same weights; other parts keep the layer itself."""
 from __future__ import annotations
@@ -51,8 +51,7 @@ def test_twin_gives_the_layers_outputs(batch):
 
 
 def test_only_a_scorer_gets_the_twin():
-    from edgerec.sdk.models.attention_twin import OneUserTargetAttention
-
     layer, twin = _layer_and_twin()
-    assert isinstance(twin, OneUserTargetAttention) and twin.get_config() == layer.get_config()
+    assert type(twin).__name__ == "OneUserTargetAttention" and isinstance(twin, type(layer))
+    assert twin.get_config() == layer.get_config() and type(layer.onnx_twin("scorer")) is type(twin)
     assert layer.onnx_twin("fused") is None and layer.onnx_twin(None) is None
