@@ -22,10 +22,7 @@ import numpy as np
 
 from .contract import USER_MASK
 from .errors import EdgeRecError
-from .spec import PAD_INDEX
-
-# first id of a real item (PAD_INDEX and OOV_INDEX come before it)
-FIRST_ITEM = 2
+from .spec import NUM_RESERVED, PAD_INDEX
 
 
 def position_inputs(inputs, shared) -> tuple[str, ...]:
@@ -74,11 +71,11 @@ def probe_history(spec, limit: int) -> np.ndarray | None:
     """A 1-row history for the probe: its first half padding, then distinct item ids below
     ``limit`` (None when the table holds no real item or the history has under 2 positions)."""
     shape = [1 if d is None else d for d in spec.shape]
-    if len(shape) != 2 or shape[1] < 2 or limit <= FIRST_ITEM:
+    if len(shape) != 2 or shape[1] < 2 or limit <= NUM_RESERVED:
         return None
     history = np.full(shape, PAD_INDEX, dtype=spec.dtype)
     valid = shape[1] - shape[1] // 2
-    history[0, shape[1] // 2:] = FIRST_ITEM + np.arange(valid) % (limit - FIRST_ITEM)
+    history[0, shape[1] // 2:] = NUM_RESERVED + np.arange(valid) % (limit - NUM_RESERVED)
     return history
 
 

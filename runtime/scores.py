@@ -147,17 +147,18 @@ def probe_scorer(bundle, file: str, model_bytes: bytes, options: dict) -> Scorer
         empty = {t.name: np.zeros([1 if d is None else d for d in t.shape], t.dtype) for t in encoder.inputs}
         state = bundle.run("user_encoder", empty)
         probe = create_backend(bundle.backend_name, bundle.dir / file, model_bytes=model_bytes, **options)
+        def feeds_of(state: dict) -> dict:
+            return probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, bundle.id_limits)
+
         try:
             run = _quiet(probe)
-            feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared}, bundle.id_limits)
+            feeds = feeds_of(state)
             found = ScorerProbe(shared if broadcast_matches(run, feeds, shared, rows=2) else frozenset())
             names = position_inputs(probe.inputs, found.shared)
             histories = {t.name: probe_history(t, bundle.id_limits.get(t.name, 0)) for t in encoder.inputs
                          if np.dtype(t.dtype).kind in "iu"}
             if names and len(histories) == 1 and all(h is not None for h in histories.values()):
-                state = bundle.run("user_encoder", {**empty, **histories})
-                feeds = probe_feeds(probe.inputs, {k: v for k, v in state.items() if k in shared},
-                                    bundle.id_limits)
+                feeds = feeds_of(bundle.run("user_encoder", {**empty, **histories}))
                 # the one-user path and the N-row path (both rows one user's state)
                 if trim_matches(run, feeds, names) and trim_matches(run, spread_rows(feeds, 2), names):
                     found = found._replace(positions=names)
