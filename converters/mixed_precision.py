@@ -23,6 +23,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from edgerec.runtime.errors import expected
 
 from .errors import ConverterConfigError
@@ -119,3 +121,57 @@ def fallback_until_within(ranked: Sequence[str] | Callable[[], Sequence[str]], b
     error, size, artifact = tried[chosen]
     return FallbackResult(artifact, tuple(ranked_ops[:chosen]), error, size, base_error, base_size,
                           fits is not None, float(budget), trials)
+
+
+DEFAULT_SHIFT_BUDGET = 0.01     # mean |Δp| a 4-bit weight rewrite may cost (probability outputs)
+
+
+@dataclass
+class ScoreBudget:
+    """The error a quantized artifact's scores may have against the reference scores of the same rows.
+
+    |ΔAUC| rests on the rows' few positives (60 users' ranking rows hold 60); mean |Δp| moves with
+    every row. A 4-bit layer that moved every score of a small BST by −0.02 passed a 0.0015 ΔAUC
+    budget on 4,096 rows and missed it by 3× on all 6,060, so with probability scores (all of
+    ``reference`` in [0, 1]) both bounds hold: the error is the larger of |ΔAUC| / ``budget`` and
+    mean |Δp| / ``shift``, against a fallback budget of 1.
+
+    Args:
+        labels / reference: the rows' labels and the reference artifact's scores of them.
+        budget: largest |ΔAUC|.
+        shift: largest mean |Δp| (``None``, or scores that are not probabilities: ΔAUC alone).
+
+    Examples:
+        >>> b = ScoreBudget(np.array([0, 1.0]), np.array([0.25, 0.5]), budget=0.003, shift=0.0625)
+        >>> b.error(np.array([0.375, 0.625]))[0], b.fallback_budget          # same AUC, twice the shift
+        (2.0, 1.0)
+    """
+
+    labels: np.ndarray
+    reference: np.ndarray
+    budget: float
+    shift: float | None = DEFAULT_SHIFT_BUDGET
+
+    def __post_init__(self):
+        if self.shift is not None and not np.all((self.reference >= 0) & (self.reference <= 1)):
+            self.shift = None
+
+    @property
+    def fallback_budget(self) -> float:
+        return 1.0 if self.shift else float(self.budget)
+
+    def error(self, scores: np.ndarray) -> tuple[float, dict]:
+        """``(error on the scale of fallback_budget, {"delta_auc", "mean_abs_dp"})`` of ``scores``."""
+        from edgerec.runtime.metrics import auc
+
+        scores = np.asarray(scores).reshape(-1)
+        record = {"delta_auc": float(auc(self.labels, scores) - auc(self.labels, self.reference)),
+                  "mean_abs_dp": float(np.mean(np.abs(scores - self.reference)))}
+        if not self.shift:
+            return abs(record["delta_auc"]), record
+        miss = abs(record["delta_auc"])
+        fraction = miss / self.budget if self.budget else (np.inf if miss else 0.0)
+        return max(fraction, record["mean_abs_dp"] / self.shift), record
+
+    def to_dict(self) -> dict:
+        return {"budget": float(self.budget), "shift_budget": self.shift}

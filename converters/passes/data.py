@@ -12,8 +12,10 @@ LABELS = "labels"
 
 
 def load_rows(path: str | os.PathLike, names: list[str], limit: int | None = None,
-              need_labels: bool = False) -> dict[str, np.ndarray]:
-    """Arrays ``names`` (and ``labels`` if asked) from ``path``, first ``limit`` rows.
+              need_labels: bool = False, spread: bool = False) -> dict[str, np.ndarray]:
+    """Arrays ``names`` (and ``labels`` if asked) from ``path``: the first ``limit`` rows, or with
+    ``spread`` ``limit`` rows evenly spread over the file (ranking files are grouped by user: the
+    first rows would be a few users only).
 
     Raises:
         ConverterConfigError: the file is unreadable, lacks a name, or row counts differ.
@@ -34,7 +36,11 @@ def load_rows(path: str | os.PathLike, names: list[str], limit: int | None = Non
     counts = {n: len(a) for n, a in rows.items()}
     if len(set(counts.values())) != 1 or not counts or next(iter(counts.values())) == 0:
         raise ConverterConfigError(expected("the same non-zero row count for every array", counts))
-    if limit is not None:
+    if limit is not None and spread:
+        count = next(iter(counts.values()))
+        pick = np.unique(np.linspace(0, count - 1, num=min(count, int(limit))).astype(int))
+        rows = {n: a[pick] for n, a in rows.items()}
+    elif limit is not None:
         rows = {n: a[:limit] for n, a in rows.items()}
     return rows
 

@@ -12,7 +12,8 @@ MatMul/Gemm (the chain back from each output, see `onnx_quant.score_head_nodes`)
 
 `int4_matmuls` with labelled rows is accuracy-aware: it ranks the weights by the mean |Δp| each one
 costs alone, then keeps the most sensitive ones unchanged (`mixed_precision.fallback_until_within`)
-until |ΔAUC| against the reference graph fits the budget.
+until |ΔAUC| against the reference graph fits the budget *and*, for probability outputs, the mean
+|Δp| fits ``shift_budget`` (`mixed_precision.ScoreBudget` says why both).
 
 Examples:
     >>> records = int4_matmuls(proto)                 # doctest: +SKIP
@@ -26,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +181,18 @@ def rewrite(proto, weights: dict[str, np.ndarray]) -> list[dict]:
 
 
 def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = None, budget: float | None = None,
-                 rows: int = 4096):
+                 rows: int = 4096, fit_rows: int = 32768, shift_budget: float | None = DEFAULT_SHIFT_BUDGET):
     """Rewrite ``proto``'s dense weights to 4 bits, in place; returns the details record.
 
     Args:
         proto: the graph (its tables may already be quantized).
         reference: the graph ΔAUC is measured against (with ``data`` and ``budget``).
         data: labelled rows ``.npz``; without it (or without a score per row) every candidate is rewritten.
-        budget: largest |ΔAUC| of the rewritten graph vs ``reference`` on ``rows`` rows of ``data``.
+        budget: largest |ΔAUC| of the rewritten graph vs ``reference`` on ``fit_rows`` rows of ``data``
+            (evenly spread; as in `OrtQuantizeConfig`, a ΔAUC on a few thousand ranking rows is noise).
+        rows: of those, the evenly spread rows each weight's sensitivity (mean |Δp| alone) is scored on.
+        shift_budget: largest mean |Δp| on the ``fit_rows`` rows when ``reference`` scores probabilities (all in
+            [0, 1]); ``None`` bounds ΔAUC alone (`mixed_precision.ScoreBudget`).
     """
     import onnx
 
@@ -194,13 +201,13 @@ def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = Non
         return {"rewritten": [], "kept": []}
     if data is None or budget is None or reference is None:
         return {"rewritten": rewrite(proto, found), "kept": []}
-    from edgerec.runtime.metrics import auc
-
-    from ..mixed_precision import fallback_until_within
+    from ..mixed_precision import ScoreBudget, fallback_until_within
     from .onnx_fallback import graph_scores, scoring_rows
 
-    inputs, labels = scoring_rows(data, Path(reference), rows)
+    inputs, labels = scoring_rows(data, Path(reference), max(rows, fit_rows))
     base_scores = graph_scores(Path(reference), inputs)
+    every = max(1, len(labels) // rows)
+    sample = {name: value[::every] for name, value in inputs.items()}
     if base_scores.shape != labels.shape:
         return {"rewritten": rewrite(proto, found), "kept": [], "skipped": "the first output is not one score per row"}
     original = proto.SerializeToString()
@@ -212,19 +219,25 @@ def int4_matmuls(proto, *, reference: Path | None = None, data: str | None = Non
             path.write_bytes(trial.SerializeToString())
             return path
 
-        start = graph_scores(build(tuple(found)), inputs)     # nothing rewritten: the tables alone
+        start = graph_scores(build(tuple(found)), sample)     # nothing rewritten: the tables alone
 
         def ranked() -> list:
-            cost = {name: float(np.mean(np.abs(graph_scores(build(tuple(n for n in found if n != name)), inputs)
+            cost = {name: float(np.mean(np.abs(graph_scores(build(tuple(n for n in found if n != name)), sample)
                                                - start))) for name in found}
             return sorted(cost, key=lambda name: -cost[name])
 
-        result = fallback_until_within(
-            ranked, build, lambda path: (abs(auc(labels, graph_scores(path, inputs)) - auc(labels, base_scores)),
-                                         path.stat().st_size), float(budget))
+        bound = ScoreBudget(labels, base_scores, float(budget), shift_budget)
+        measured: dict[str, dict] = {}
+
+        def measure(path: Path) -> tuple[float, int]:
+            error, measured[str(path)] = bound.error(graph_scores(path, inputs))
+            return error, path.stat().st_size
+
+        result = fallback_until_within(ranked, build, measure, bound.fallback_budget)
+        chosen = measured[str(result.artifact)]
     kept = set(result.kept_float)
     records = rewrite(proto, {name: w for name, w in found.items() if name not in kept})
-    return {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict()}
+    return {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict(), **chosen, **bound.to_dict()}
 
 
 RECURRENT_UNQUANTIZED = ("GRU", "RNN")     # ops no ORT quantizer rewrites (LSTM has DynamicQuantizeLSTM)

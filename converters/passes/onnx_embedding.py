@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import ConverterConfigError, expected
 from ..pipeline import ExportedArtifact, Pass
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 from .onnx_dense import set_nodes
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class OnnxEmbeddingConfig:
             weights of recurrent ops no ORT quantizer covers (GRU, RNN) int8 behind DequantizeLinear (`onnx_dense`).
         dense_budget: with ``data``: largest |ΔAUC| (tables + 4-bit weights vs the input graph); over
             it the most sensitive weights stay as they were (float, for the later int8 pass).
+        dense_shift_budget: with ``dense_budget``: largest mean |Δp| of the same graph when it scores
+            probabilities (``None``: ΔAUC alone); see `onnx_dense.int4_matmuls`.
     """
 
     bits: int = 4
@@ -87,6 +90,7 @@ class OnnxEmbeddingConfig:
     sensitivity_rows: int = 4096
     dense_bits: int | None = None
     dense_budget: float | None = None
+    dense_shift_budget: float | None = DEFAULT_SHIFT_BUDGET
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -100,6 +104,9 @@ class OnnxEmbeddingConfig:
         if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
                                               not 0 <= float(self.dense_budget) < 1):
             raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
+        if self.dense_shift_budget is not None and (isinstance(self.dense_shift_budget, bool) or
+                                                    not 0 < float(self.dense_shift_budget) < 1):
+            raise ConverterConfigError(expected("dense_shift_budget in (0, 1) or None", self.dense_shift_budget))
 
 
 def block_size(dim: int) -> int:
@@ -303,7 +310,7 @@ class OnnxEmbeddingPass(Pass):
     """Row-wise int4/int8 tables through ``com.microsoft.GatherBlockQuantized`` (see the module doc)."""
 
     name = "onnx_embedding"
-    version = 6
+    version = 7
     Config = OnnxEmbeddingConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -322,7 +329,8 @@ class OnnxEmbeddingPass(Pass):
         if config.dense_bits:
             from .onnx_dense import int4_matmuls, int8_recurrent_weights
 
-            dense = int4_matmuls(proto, reference=Path(source.path), data=config.data, budget=config.dense_budget)
+            dense = int4_matmuls(proto, reference=Path(source.path), data=config.data, budget=config.dense_budget,
+                                 shift_budget=config.dense_shift_budget)
             dense["recurrent_int8"] = int8_recurrent_weights(proto)
         onnx.checker.check_model(proto)
         out = out_dir / f"{source.part}.tables{config.bits}.onnx"

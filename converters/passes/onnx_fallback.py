@@ -31,9 +31,8 @@ SENSITIVE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Softmax"
 
 
 def scoring_rows(data: str, model_path: Path, limit: int) -> tuple[dict, object]:
-    """``(inputs, labels)``: up to ``limit`` rows spread evenly over ``data`` (ranking files are grouped by
-    user: the first rows would be a few users only), cast to the graph's input dtypes."""
-    import numpy as np
+    """``(inputs, labels)``: up to ``limit`` rows spread evenly over ``data`` (`load_rows` with ``spread``),
+    cast to the graph's input dtypes."""
     import onnx
     from onnx import helper
 
@@ -41,10 +40,8 @@ def scoring_rows(data: str, model_path: Path, limit: int) -> tuple[dict, object]
     inits = {i.name for i in proto.graph.initializer}
     dtypes = {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
               for v in proto.graph.input if v.name not in inits}
-    rows = load_rows(data, list(dtypes), need_labels=True)
-    count = len(rows["labels"])
-    pick = np.unique(np.linspace(0, count - 1, num=min(count, limit)).astype(int))
-    return {n: rows[n][pick].astype(dtypes[n]) for n in dtypes}, rows["labels"][pick]
+    rows = load_rows(data, list(dtypes), limit=limit, need_labels=True, spread=True)
+    return {n: rows[n].astype(dtypes[n]) for n in dtypes}, rows["labels"]
 
 
 def graph_scores(model_path: Path, inputs: dict, batch: int = 1024):

@@ -34,6 +34,7 @@ import numpy as np
 from edgerec.runtime.manifest import TensorSpec
 
 from ..errors import ConversionError, ConverterConfigError, expected
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 from ..keras_io import input_specs, load_keras_model, save_serving_savedmodel
 from ..pipeline import ExportedArtifact, Pass
 from .data import batches, cast_like, load_rows, sample_inputs
@@ -69,11 +70,13 @@ class TFLiteConfig:
         float_nodes: ``int8`` only — more nodes (output tensor names of the calibrated model) kept float.
         accuracy_budget: ``int8`` only — largest |ΔAUC| vs the Keras model on the labelled rows of
             ``data``; over it, the most sensitive nodes are kept float until it fits.
-        evaluation_rows: rows of ``data`` the accuracy fallback measures ΔAUC on.
+        evaluation_rows: rows of ``data`` (evenly spread) the accuracy fallbacks measure ΔAUC on.
         dense_bits: ``dynamic`` only — ``4``: FULLY_CONNECTED weights in packed int4 and other float
             constants of >= 1,024 values packed int4 behind a load-time DEQUANTIZE (`tflite_dense`).
         dense_budget: with ``dense_bits`` and labelled ``data``: largest |ΔAUC| vs the dynamic-range
             file; over it the most sensitive weights stay int8.
+        dense_shift_budget: with ``dense_budget``: largest mean |Δp| vs the same file when it scores
+            probabilities (``None``: ΔAUC alone; `mixed_precision.ScoreBudget`).
     """
 
     mode: str = "fp32"
@@ -90,6 +93,7 @@ class TFLiteConfig:
     evaluation_rows: int = 4000
     dense_bits: int | None = None
     dense_budget: float | None = None
+    dense_shift_budget: float | None = DEFAULT_SHIFT_BUDGET
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -109,6 +113,9 @@ class TFLiteConfig:
         if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
                                               not 0 <= float(self.dense_budget) < 1):
             raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
+        if self.dense_shift_budget is not None and (isinstance(self.dense_shift_budget, bool) or
+                                                    not 0 < float(self.dense_shift_budget) < 1):
+            raise ConverterConfigError(expected("dense_shift_budget in (0, 1) or None", self.dense_shift_budget))
         if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) for n in self.float_nodes):
             raise ConverterConfigError(expected("float_nodes as a tuple of node names", self.float_nodes))
 
@@ -137,7 +144,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 10
+    version = 11
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -236,7 +243,7 @@ class _Builder:
                 labelled = "labels" in data.files
             if labelled:
                 rows = load_rows(self.config.data, list(self.specs), limit=self.config.evaluation_rows,
-                                 need_labels=True)
+                                 need_labels=True, spread=True)
         if rows is None:
             flat, records = int4_fully_connected(flat)
             self.details["dense_int4"] = {"rewritten": records, "kept": []}
@@ -251,7 +258,8 @@ class _Builder:
                 self.details["dense_int4"] = {"rewritten": records, "kept": [], "skipped": "no score per row"}
             else:
                 flat, self.details["dense_int4"] = fit_int4_weights(flat, rows, labels, reference,
-                                                                    self.config.dense_budget)
+                                                                    self.config.dense_budget,
+                                                                    self.config.dense_shift_budget)
         self.details["dense_kernel"] = "FULLY_CONNECTED hybrid, packed int4 weights (RAM ≈ file); other large float constants packed int4 behind a load-time DEQUANTIZE (float in RAM)"
         return flat
 
@@ -275,7 +283,8 @@ class _Builder:
         from ..mixed_precision import fallback_until_within
         from .tflite_sensitivity import delta_auc_on_rows, rank_nodes, scores_of
 
-        rows = load_rows(self.config.data, list(self.specs) + ["labels"], limit=self.config.evaluation_rows)
+        rows = load_rows(self.config.data, list(self.specs) + ["labels"], limit=self.config.evaluation_rows,
+                         spread=True)
         labels = np.asarray(rows.pop("labels")).reshape(-1)
         rows = cast_like(rows, {n: d for n, (d, _) in self.specs.items()})
         reference = scores_of(self.converted, rows, sorted(self.specs))

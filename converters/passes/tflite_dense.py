@@ -28,6 +28,7 @@ import logging
 
 import numpy as np
 
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 from .rowwise import pack_int4, symmetric_columns
 
 logger = logging.getLogger(__name__)
@@ -172,17 +173,20 @@ def _insert_dequantize(model, schema, rewritten) -> None:
         model.subgraphs[s].operators.insert(0, op)
 
 
-def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.ndarray, budget: float
-                     ) -> tuple[bytes, dict]:
-    """`int4_fully_connected` keeping the most sensitive weights as converted until |ΔAUC| vs ``reference``
-    (scores of the same ``rows``) fits ``budget``; returns the flatbuffer and the record."""
-    from ..mixed_precision import fallback_until_within
-    from .tflite_sensitivity import delta_auc_on_rows, scores_of
+def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.ndarray, budget: float,
+                     shift_budget: float | None = DEFAULT_SHIFT_BUDGET) -> tuple[bytes, dict]:
+    """`int4_fully_connected` keeping the most sensitive weights as converted until the scores of ``rows``
+    fit ``budget`` (|ΔAUC| vs ``reference``, the scores of the same rows) and, for probability scores,
+    ``shift_budget`` (mean |Δp|; `mixed_precision.ScoreBudget`); returns the flatbuffer and the record."""
+    from ..mixed_precision import ScoreBudget, fallback_until_within
+    from .tflite_sensitivity import scores_of
 
     found = int4_candidates(flat)
     if not found:
         return flat, {"rewritten": [], "kept": []}
     names = sorted(rows)
+    bound = ScoreBudget(np.asarray(labels).reshape(-1), np.asarray(reference).reshape(-1), float(budget), shift_budget)
+    measured: dict[int, dict] = {}
 
     def build(kept: tuple) -> bytes:
         return int4_fully_connected(flat, [k for k in found if k not in kept])[0]
@@ -193,8 +197,12 @@ def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.
                 for k in found}
         return sorted(cost, key=lambda k: -cost[k])
 
-    result = fallback_until_within(ranked, build, lambda f: (abs(delta_auc_on_rows(f, rows, labels, reference)),
-                                                             len(f)), float(budget))
+    def measure(candidate: bytes) -> tuple[float, int]:
+        error, measured[id(candidate)] = bound.error(scores_of(candidate, rows, names))
+        return error, len(candidate)
+
+    result = fallback_until_within(ranked, build, measure, bound.fallback_budget)
     kept = set(result.kept_float)
     small, records = int4_fully_connected(flat, [k for k in found if k not in kept])
-    return small, {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict()}
+    return small, {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict(),
+                   **measured[id(result.artifact)], **bound.to_dict()}

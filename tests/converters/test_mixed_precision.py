@@ -106,3 +106,22 @@ def test_an_empty_ranking_keeps_the_fully_quantized_artifact_over_budget():
 
     result = fallback_until_within(lambda: [], lambda ops: ops, lambda ops: (0.01, 10), 0.003)
     assert not result.within_budget and result.kept_float == () and result.artifact == ()
+
+
+def test_score_budget_bounds_the_shift_of_probabilities_and_only_auc_otherwise():
+    from edgerec.converters.mixed_precision import ScoreBudget
+
+    labels = np.array([0, 0, 1, 1], np.float32)
+    reference = np.array([0.1, 0.3, 0.5, 0.7])
+    bound = ScoreBudget(labels, reference, budget=0.003, shift=0.01)
+    error, record = bound.error(reference + 0.02)                  # the same order, every score moved
+    assert record["delta_auc"] == 0 and np.isclose(record["mean_abs_dp"], 0.02)
+    assert np.isclose(error, 2.0) and bound.fallback_budget == 1.0
+    swapped = np.array([0.1, 0.5, 0.3, 0.7])                          # one pair swapped, no shift on average
+    assert np.isclose(bound.error(swapped)[0], max(0.25 / 0.003, 0.1 / 0.01))
+    logits = ScoreBudget(labels, reference * 10 - 3, budget=0.003)    # not probabilities: ΔAUC alone
+    assert logits.shift is None and logits.fallback_budget == 0.003
+    assert logits.error(reference * 10 - 2)[0] == 0.0
+    exact = ScoreBudget(labels, reference, budget=0.0, shift=0.01)
+    assert exact.error(swapped)[0] == np.inf and exact.error(reference)[0] == 0.0
+    assert exact.to_dict() == {"budget": 0.0, "shift_budget": 0.01}

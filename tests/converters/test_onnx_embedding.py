@@ -262,6 +262,9 @@ def test_bad_configs_and_graphs_without_tables_are_refused(tmp_path):
         OnnxEmbeddingConfig(bits=2)
     with pytest.raises(ConverterConfigError, match="scale type"):
         OnnxEmbeddingConfig(scale_type="bfloat16")
+    for shift in (0, 1.5, True):
+        with pytest.raises(ConverterConfigError, match=r"dense_shift_budget in \(0, 1\) or None"):
+            OnnxEmbeddingConfig(dense_bits=4, dense_budget=0.003, dense_shift_budget=shift)
     src, _ = _model(tmp_path / "m.onnx")
     with pytest.raises(ConverterConfigError, match="Gather of a constant 2-D float table"):
         OnnxEmbeddingPass().run(_onnx(src), OnnxEmbeddingConfig(min_rows=VOCAB + 1), tmp_path / "o")

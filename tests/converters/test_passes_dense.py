@@ -109,6 +109,24 @@ def test_a_sensitive_weight_stays_float_until_the_budget_holds(tmp_path):
     assert abs(auc(labels, _run(proto, x)) - auc(labels, _run(path, x))) <= 0.003
 
 
+
+def test_the_score_shift_bound_keeps_a_weight_float_that_the_auc_budget_lets_through(tmp_path):
+    """ΔAUC rests on the rows' few positives; mean |Δp| moves with every row. With a |ΔAUC| budget
+    that nothing misses, only the shift bound keeps the ruined weight float."""
+    path, _ = _mlp(tmp_path / "m.onnx", sensitive=True)
+    x, _ = _rows(tmp_path / "rows.npz", path)
+    data = str(tmp_path / "rows.npz")
+    loose = onnx.load(str(path))
+    record = int4_matmuls(loose, reference=path, data=data, budget=0.9, shift_budget=None)
+    assert record["kept"] == [] and record["shift_budget"] is None
+    assert record["mean_abs_dp"] > 0.01                                 # what the AUC budget let through
+    bounded = onnx.load(str(path))
+    record = int4_matmuls(bounded, reference=path, data=data, budget=0.9)
+    assert "h1" in record["kept"] and record["shift_budget"] == 0.01
+    assert record["fallback"]["within_budget"] and record["fallback"]["budget"] == 1.0
+    assert record["mean_abs_dp"] <= 0.01
+    assert np.abs(_run(bounded, x) - _run(path, x)).mean() <= 0.01
+
 @pytest.mark.slow
 def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(tmp_path, cache_dir):
     from ai_edge_litert.interpreter import Interpreter
@@ -142,6 +160,8 @@ def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(t
     assert len(int4_candidates(open(dynamic.path, "rb").read())) == 2
     plain = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(mode="dynamic", dense_bits=4))
     fitted = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(
+        mode="dynamic", dense_bits=4, data=str(tmp_path / "rows.npz"), dense_budget=0.01, dense_shift_budget=None))
+    shifted = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(
         mode="dynamic", dense_bits=4, data=str(tmp_path / "rows.npz"), dense_budget=0.01))
 
     def scores(art):
@@ -156,6 +176,11 @@ def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(t
     assert dense["rewritten"][0]["shape"] == [H, H]                           # the second layer, [out, in]
     assert abs(auc(labels, scores(fitted)) - auc(labels, p)) <= 0.01
     assert np.abs(scores(fitted) - p).mean() < 0.5 * np.abs(scores(plain) - p).mean()
+    # the default shift bound (mean |Δp| <= 0.01 vs the dynamic-range file) keeps more, never less
+    bounded = shifted.details["dense_int4"]
+    assert set(dense["kept"]) <= set(bounded["kept"]) and bounded["shift_budget"] == 0.01
+    assert bounded["mean_abs_dp"] <= 0.01 and bounded["fallback"]["within_budget"]
+    assert np.abs(scores(shifted) - scores(dynamic)).mean() <= 0.01
 
 
 def test_gru_weights_are_stored_int8_behind_a_dequantize(tmp_path):
