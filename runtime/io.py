@@ -15,6 +15,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,13 @@ _CHUNK = 1 << 20
 # JSON nesting deeper than this is refused before parsing (the parser recurses once per level);
 # edgerec's manifests nest about 8 deep.
 MAX_JSON_DEPTH = 64
+# a version the link stopped pointing at is kept this long after its successor arrived: a reader
+# that had resolved the link may still be opening files inside it (a plain open() of
+# TARGET/manifest.json resolves the link, then the file: a reader descheduled between the two for
+# three quick swaps found the file gone, with the two newest old versions kept and no grace)
+RETIRED_GRACE_S = 10.0
+# ...and no more than this many old versions are kept, however quick the swaps (disk)
+MAX_OLD_VERSIONS = 16
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -165,9 +173,10 @@ def replace_folder(staged: str | os.PathLike, target: str | os.PathLike, keep_ve
 
     - ``target`` absent: one rename.
     - ``target`` a symlink (the versioned layout: ``TARGET -> TARGET.versions/<id>``): ``staged``
-      becomes a new version and the link is flipped with one rename of a temp link over it; all
-      but the newest ``keep_versions`` older versions are removed (a reader still inside one
-      finishes its read).
+      becomes a new version and the link is flipped with one rename of a temp link over it; the
+      older versions beyond the newest ``keep_versions`` are removed once retired for
+      `RETIRED_GRACE_S` (a reader that had resolved the link finishes its read), and beyond
+      `MAX_OLD_VERSIONS` at once.
     - ``target`` a folder: exchanged with ``staged`` in one atomic rename (Linux), then the old
       folder is removed. Elsewhere it is converted to the versioned layout, the one time a
       reader can find it missing.
@@ -212,10 +221,14 @@ def _flip_link(staged: Path, target: Path, keep_versions: int) -> None:
     except BaseException:
         os.unlink(link)
         raise
-    current = os.readlink(target)
-    old = sorted((p for p in versions.iterdir() if p.name != Path(current).name), key=lambda p: p.stat().st_mtime)
-    for stale in old[:max(0, len(old) - keep_versions)]:
-        shutil.rmtree(stale, ignore_errors=True)
+    current = Path(os.readlink(target)).name
+    ordered = sorted(versions.iterdir(), key=lambda p: (p.name == current, p.stat().st_mtime))
+    now = time.time()
+    old = ordered[:-1]
+    for position, stale in enumerate(old[:max(0, len(old) - keep_versions)]):
+        retired = ordered[position + 1].stat().st_mtime       # when its successor arrived
+        if now - retired >= RETIRED_GRACE_S or len(old) - position > MAX_OLD_VERSIONS:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # -- strict JSON ---------------------------------------------------------------------------------

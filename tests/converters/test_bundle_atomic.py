@@ -92,8 +92,28 @@ def test_a_reader_never_finds_the_manifest_missing(tmp_path, monkeypatch, layout
     assert json.loads((target / "manifest.json").read_text()) == {"round": ROUNDS - 1}
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
-    if target.is_symlink():
-        assert len(list(versions_dir(target).iterdir())) <= 3      # current + 2 kept
+    if target.is_symlink():      # quick swaps: the retired versions are kept, up to the cap
+        assert len(list(versions_dir(target).iterdir())) <= 1 + io_module.MAX_OLD_VERSIONS
+
+
+def test_retired_versions_go_after_their_grace_and_the_newest_two_stay(tmp_path):
+    target = tmp_path / "bundle"
+    versions = versions_dir(target)
+    versions.mkdir()
+    replace_folder(_stage(tmp_path, -1), versions / "first")
+    target.symlink_to(Path(versions.name) / "first")
+    for i in range(4):
+        replace_folder(_stage(tmp_path, i), target)
+    assert len(list(versions.iterdir())) == 5              # all retired within the grace: kept
+    old = time.time() - 2 * io_module.RETIRED_GRACE_S
+    for version in versions.iterdir():                      # as if those swaps were long ago, in order
+        made = old + json.loads((version / "manifest.json").read_text())["round"]
+        os.utime(version, (made, made))
+    replace_folder(_stage(tmp_path, 9), target)
+    names = sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)
+    # the newest old one retired just now (its successor is the new version): kept with the one before
+    assert len(names) == 3 and json.loads((target / "manifest.json").read_text()) == {"round": 9}
+    assert [json.loads((p / "manifest.json").read_text())["round"] for p in names] == [2, 3, 9]
 
 
 def test_the_old_two_rename_replace_has_the_window_this_closes(tmp_path):
