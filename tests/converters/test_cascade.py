@@ -308,7 +308,8 @@ def test_the_ranker_alone_metric_scores_fewer_users_at_a_large_catalogue():
 
 
 def test_export_cli_passes_the_index_storage_through(monkeypatch):
-    """``--index-dtype`` reaches the index the export builds (f16 unless asked)."""
+    """``--index-dtype`` and ``--index-connectivity`` reach the index the export builds (f16, M 32
+    unless asked); a degree below 1 is refused with the index's own error."""
     import edgerec.converters.export as export_module
     from edgerec.sdk.cli import build_parser
     from edgerec.sdk.cli import export as export_cli
@@ -319,14 +320,20 @@ def test_export_cli_passes_the_index_storage_through(monkeypatch):
         pass
 
     def fake_export(*args, cascade=None, **kwargs):
-        seen.append(cascade.index.ann_dtype)
+        seen.append((cascade.index.ann_dtype, cascade.index.connectivity))
         raise Stop
 
     monkeypatch.setattr(export_module, "export_bundle", fake_export)
-    for flags, want in (([], "f16"), (["--index-dtype", "f32"], "f32")):
+    for flags, want in (([], ("f16", 32)), (["--index-dtype", "f32"], ("f32", 32)),
+                        (["--index-connectivity", "12"], ("f16", 12))):
         args = build_parser().parse_args(["export", "m", "--retrieval", "r", "--out", "b", *flags])
         with pytest.raises(Stop):
             export_cli.run(args)
         assert seen[-1] == want
     with pytest.raises(SystemExit):
         build_parser().parse_args(["export", "m", "--retrieval", "r", "--index-dtype", "f8"])
+    from edgerec.runtime.errors import SpecError
+
+    args = build_parser().parse_args(["export", "m", "--retrieval", "r", "--out", "b", "--index-connectivity", "0"])
+    with pytest.raises(SpecError, match="connectivity as an int >= 1"):
+        export_cli.run(args)
