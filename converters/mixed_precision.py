@@ -126,6 +126,12 @@ def fallback_until_within(ranked: Sequence[str] | Callable[[], Sequence[str]], b
 DEFAULT_SHIFT_BUDGET = 0.01     # mean |Δp| a 4-bit weight rewrite may cost (probability outputs)
 
 
+def check_shift_budget(value, name: str = "dense_shift_budget") -> None:
+    """Raise `ConverterConfigError` unless ``value`` is None or a number in (0, 1)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise ConverterConfigError(expected(f"{name} in (0, 1) or None", value))
+
+
 @dataclass
 class ScoreBudget:
     """The error a quantized artifact's scores may have against the reference scores of the same rows.

@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConverterConfigError, expected
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET, check_shift_budget
 from ..pipeline import ExportedArtifact, Pass
-from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 from .onnx_dense import set_nodes
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ class OnnxEmbeddingConfig:
         if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
                                               not 0 <= float(self.dense_budget) < 1):
             raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
-        if self.dense_shift_budget is not None and (isinstance(self.dense_shift_budget, bool) or
-                                                    not 0 < float(self.dense_shift_budget) < 1):
-            raise ConverterConfigError(expected("dense_shift_budget in (0, 1) or None", self.dense_shift_budget))
+        check_shift_budget(self.dense_shift_budget)
 
 
 def block_size(dim: int) -> int:

@@ -34,8 +34,8 @@ import numpy as np
 from edgerec.runtime.manifest import TensorSpec
 
 from ..errors import ConversionError, ConverterConfigError, expected
-from ..mixed_precision import DEFAULT_SHIFT_BUDGET
 from ..keras_io import input_specs, load_keras_model, save_serving_savedmodel
+from ..mixed_precision import DEFAULT_SHIFT_BUDGET, check_shift_budget
 from ..pipeline import ExportedArtifact, Pass
 from .data import batches, cast_like, load_rows, sample_inputs
 
@@ -113,9 +113,7 @@ class TFLiteConfig:
         if self.dense_budget is not None and (isinstance(self.dense_budget, bool) or
                                               not 0 <= float(self.dense_budget) < 1):
             raise ConverterConfigError(expected("dense_budget in [0, 1)", self.dense_budget))
-        if self.dense_shift_budget is not None and (isinstance(self.dense_shift_budget, bool) or
-                                                    not 0 < float(self.dense_shift_budget) < 1):
-            raise ConverterConfigError(expected("dense_shift_budget in (0, 1) or None", self.dense_shift_budget))
+        check_shift_budget(self.dense_shift_budget)
         if not isinstance(self.float_nodes, tuple) or not all(isinstance(n, str) for n in self.float_nodes):
             raise ConverterConfigError(expected("float_nodes as a tuple of node names", self.float_nodes))
 
