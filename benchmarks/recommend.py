@@ -279,7 +279,8 @@ def _tower_onnx(centres: np.ndarray) -> bytes:
 def synthetic_cascade(folder, items: int, kind: str = "auto", ef_search: int = 256, seed: int = 0) -> Path:
     """A cascade bundle over ``items`` item ids (plus padding/OOV rows) with clustered item vectors."""
     from edgerec.converters.cascade import write_cascade
-    from edgerec.runtime.index import IndexConfig, ItemIndex
+    from edgerec.runtime.index import ItemIndex
+    from edgerec.runtime.index_config import IndexConfig
     from edgerec.runtime.io import atomic_write_bytes
     from edgerec.runtime.manifest import Artifact, Manifest, TensorSpec, file_entry, write_manifest
     from edgerec.runtime.spec import FeatureSpec, Vocabulary

@@ -38,7 +38,8 @@ import numpy as np
 from edgerec.runtime.contract import (FULL_CATALOGUE, HELDOUT_USERS_FILE, INDEX, ITEM_VECTORS_FILE, RETRIEVAL,
                                       TOLERANCES, USER_TOWER, USER_VECTOR)
 from edgerec.runtime.errors import expected
-from edgerec.runtime.index import IndexConfig, ItemIndex
+from edgerec.runtime.index import ItemIndex
+from edgerec.runtime.index_config import IndexConfig
 from edgerec.runtime.metrics import recall_at, user_recalls
 from edgerec.runtime.spec import NUM_RESERVED, FeatureSpec
 
@@ -76,7 +77,7 @@ class CascadeSettings:
             at 10^6 items the default scores 2 users).
         min_overlap: the top-M overlap a compressed user tower must keep with the Keras tower.
         seed: seeds the user samples.
-        retrieval_weight: the cascade score's retrieval weight in [0, 1] (`runtime.recommend.CascadeScore`);
+        retrieval_weight: the cascade score's retrieval weight in [0, 1] (`runtime.cascade_score.CascadeScore`);
             None fits it on the validation events of the eval users (`cascade_metrics.fit_cascade_score`).
     """
 
@@ -144,7 +145,7 @@ def add_retrieval(bundle, retrieval_dir, *, targets: Sequence[str] = ("tflite", 
                   cache_dir=None, say: Callable[[str], None] | None = None) -> dict:
     """Turn the exported ranker ``bundle`` into a cascade bundle with ``retrieval_dir``'s tower
     and item vectors; returns the manifest's new ``{"index": …, "full_catalogue": …}``."""
-    from edgerec.runtime.loaded import load_spec
+    from edgerec.runtime.selection import load_spec
     from edgerec.runtime.manifest import load_manifest
 
     from .keras_io import load_keras_model

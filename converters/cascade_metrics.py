@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgerec.runtime.cascade_score import CASCADE_SCORE, CascadeScore
 from edgerec.runtime.contract import (CAND_ITEM, CASCADE, FULL_CATALOGUE, HIST_ITEMS, INDEX, POPULARITY, RANKER,
                                       RETRIEVAL, USER_TOWER)
 from edgerec.runtime.errors import expected
 from edgerec.runtime.metrics import FULL_CATALOGUE_KEYS, full_catalogue_metrics, recall_at, topk_ranks
-from edgerec.runtime.recommend import CASCADE_SCORE, CascadeScore, retriever_for
+from edgerec.runtime.recommend import retriever_for
 from edgerec.runtime.spec import NUM_RESERVED
 
 from .errors import ConverterConfigError

@@ -20,8 +20,8 @@ from .backends.registry import is_available
 from .contract import BACKENDS, FORMAT_FOR_BACKEND
 from .errors import EdgeRecError
 from .examples import ExampleSet
-from .loaded import load_spec, selected_files
 from .manifest import Manifest, bundle_directory, read_manifest, verify_files
+from .selection import load_spec, selected_files
 from .shared_tables import SharedTables, artifact_size
 from .spec import FeatureSpec
 

@@ -29,11 +29,12 @@ from .contract import (BACKEND_FOR_FORMAT, BACKENDS, FORMAT_FOR_BACKEND, FUSED, 
                        Tolerance, replay_tolerance_for)
 from .backends.registry import create_backend, is_available
 from .errors import BundleError, EdgeRecError, IntegrityError, RequestError, expected
-from .loaded import LoadedBundle, check_signature, choose_backend, load_spec, selected_files
+from .loaded import LoadedBundle
 from .manifest import Manifest, bundle_directory, confined_path, load_manifest
 from .preprocess import Preprocessor
 from .chains import artifact_chains, part_chains, run_chain
 from .requests_io import parse_jsonl
+from .selection import check_signature, choose_backend, load_spec, selected_files
 
 logger = logging.getLogger(__name__)
 

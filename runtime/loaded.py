@@ -15,7 +15,6 @@ state without its padded positions (`positions.trim_positions`).
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import threading
 import weakref
@@ -24,153 +23,18 @@ from typing import Mapping
 
 import numpy as np
 
-from .backends.base import UNSIGNED_VIEW, byte_order_problem, feeds_match
-from .backends.registry import BACKEND_EXTRAS, BACKEND_FORMATS, BACKEND_MODULES, BACKENDS, create_backend, is_available
+from .backends.base import feeds_match
+from .backends.registry import create_backend
 from .cache import SESSIONS, SessionCache
-from .errors import BackendUnavailableError, BundleError, MissingDependencyError, RequestError, SpecError, expected
-from .io import strict_json_loads
-from .manifest import Manifest, extract_bundle, read_manifest, read_verified, verify_files
+from .errors import RequestError, expected
+from .manifest import Manifest, extract_bundle, read_manifest, verify_files
 from .preprocess import Preprocessor
 from .positions import trim_positions
 from .scores import has_state_row, probe_scorer, rows_of, spread_rows
 from .shared_tables import SharedTables
-from .spec import CAND_ITEM, HIST_ITEMS, FeatureSpec
-
-RUN_PARTS = ("fused", "user_encoder", "scorer", "content_encoder")
-# feature specs embed vocabularies; the largest real ones are a few MB
-MAX_SPEC_BYTES = 256 << 20
-
-
-def choose_backend(manifest: Manifest, backend: str) -> str:
-    """"auto" -> onnxruntime if importable and it has artifacts, else litert; names are checked."""
-    def usable(name):
-        return bool(manifest.selected.get(name)) or bool(manifest.find(format=BACKEND_FORMATS[name]))
-
-    if not manifest.artifacts:
-        raise BundleError(expected("at least one artifact in the manifest", 0))
-    if backend == "auto":
-        for name in ("onnxruntime", "litert"):
-            if is_available(name) and usable(name):
-                return name
-        raise BackendUnavailableError(expected(
-            "an installed backend with artifacts in the bundle (pip install 'edgerec[onnx]' or 'edgerec[litert]')",
-            {"installed": [n for n in BACKENDS if is_available(n)], "formats": sorted({a.format for a in manifest.artifacts})}))
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(expected(f"backend 'auto' or one of {sorted(BACKENDS)}", backend))
-    if not usable(backend):
-        raise BackendUnavailableError(expected(f"{BACKEND_FORMATS[backend]} artifacts in the bundle for {backend}",
-                                               sorted({a.format for a in manifest.artifacts})))
-    if not is_available(backend):
-        raise MissingDependencyError(BACKEND_MODULES[backend][0], BACKEND_EXTRAS[backend], f"the {backend} backend")
-    return backend
-
-
-def selected_files(manifest: Manifest, backend: str) -> dict[str, str]:
-    """part -> file for ``backend``: the manifest's selection, else the first fp32 (or any) artifact."""
-    chosen = dict(manifest.selected.get(backend) or {})
-    if not chosen:
-        fmt = BACKEND_FORMATS[backend]
-        for part in RUN_PARTS:
-            arts = manifest.find(format=fmt, part=part)
-            arts.sort(key=lambda a: a.precision != "fp32")
-            if arts:
-                chosen[part] = arts[0].file
-    unknown = set(chosen) - set(RUN_PARTS)
-    if unknown or not chosen:
-        raise BundleError(expected(f"selected parts among {RUN_PARTS}", sorted(chosen)))
-    for part, file in chosen.items():
-        art = manifest.artifact(file)
-        if art.format != BACKEND_FORMATS[backend] or art.part != part:
-            raise BundleError(expected(f"a {BACKEND_FORMATS[backend]} '{part}' artifact for {backend}",
-                                       f"{file} ({art.format}, {art.part})"))
-    if "fused" not in chosen and not {"user_encoder", "scorer"} <= set(chosen):
-        raise BundleError(expected("a fused model or a user_encoder + scorer pair", sorted(chosen)))
-    return chosen
-
-
-def id_limits(spec: FeatureSpec) -> dict[str, int]:
-    """Encoded id inputs of ``spec`` -> their table sizes (valid ids are in ``[0, size)``)."""
-    limits = {HIST_ITEMS: spec.item_vocab.size, CAND_ITEM: spec.item_vocab.size}
-    limits.update({field.name: field.size for field in spec.context})
-    return limits
-
-
-def check_tensor_ranges(spec, feeds: Mapping, limits: Mapping[str, int] | None = None) -> None:
-    """Encoded ids must index the spec's tables and dense values must be finite (else RequestError).
-
-    ``limits`` (input name -> table size) defaults to the spec's (`id_limits`). The hot path runs
-    the same checks inside `backends.base.feeds_match`; this is the full version that names every
-    problem. Ids are read as unsigned, so a negative id wraps above every table size and the largest
-    value bounds both ends; ``argmax``/``argmin`` propagate NaN, so finite extremes mean every value
-    is finite.
-    """
-    if limits is None:
-        limits = id_limits(spec)
-    problems = []
-    for name, value in feeds.items():
-        if not isinstance(value, np.ndarray) or value.size == 0:
-            continue
-        kind = value.dtype.kind
-        limit = limits.get(name)
-        if not value.dtype.isnative:
-            problems.append(byte_order_problem(name, value.dtype))
-        elif limit is not None and kind in "iu":
-            if value.size == 1:
-                ok = 0 <= value.item() < limit
-            else:
-                unsigned = value.view(UNSIGNED_VIEW[value.dtype.itemsize]) if kind == "i" else value
-                ok = unsigned.item(unsigned.argmax()) < limit
-            if not ok:
-                low, high = int(value.min()), int(value.max())
-                problems.append(expected(f"'{name}' ids in [0, {limit})", f"range [{low}, {high}]"))
-        elif kind == "f":
-            if not (math.isfinite(value.item(value.argmax())) and math.isfinite(value.item(value.argmin()))):
-                problems.append(expected(f"finite values in '{name}'", "NaN or inf"))
-    if problems:
-        raise RequestError("; ".join(problems))
-
-
-def encoded_fits(produced: Mapping[str, tuple], backend) -> bool:
-    """Whether every input ``backend`` declares is one the Preprocessor produces (``produced``:
-    `FeatureSpec.input_signature`) with the same dtype, rank and dims, and a dynamic batch."""
-    for spec in backend.inputs:
-        if spec.name not in produced:
-            return False
-        dtype, shape = produced[spec.name]
-        if np.dtype(spec.dtype) != np.dtype(dtype) or len(spec.shape) != len(shape) or not shape:
-            return False
-        if spec.shape[0] is not None or any(want is not None and want != got
-                                            for want, got in zip(spec.shape[1:], shape[1:])):
-            return False
-    return True
-
-
-def check_signature(part: str, artifact, backend) -> dict:
-    """Backend inputs must be the manifest's; returns backend output name -> canonical name."""
-    declared_in = {t.name for t in artifact.inputs}
-    actual_in = {t.name for t in backend.inputs}
-    if declared_in and declared_in != actual_in:
-        raise BundleError(expected(f"{artifact.file} inputs {sorted(declared_in)} (manifest)", sorted(actual_in)))
-    declared_out = [t.name for t in artifact.outputs]
-    actual_out = [t.name for t in backend.outputs]
-    if not declared_out or set(declared_out) == set(actual_out):
-        return {n: n for n in actual_out}
-    if len(declared_out) == len(actual_out) == 1:
-        return {actual_out[0]: declared_out[0]}
-    raise BundleError(expected(f"{artifact.file} outputs {sorted(declared_out)} (manifest)", sorted(actual_out)))
-
-
-def spec_from_bytes(data: bytes, name: str = "feature_spec.json") -> FeatureSpec:
-    """A `FeatureSpec` from the verified bytes of a bundle's feature spec (bounded strict JSON)."""
-    return FeatureSpec.from_dict(strict_json_loads(data, name, error=SpecError, max_bytes=MAX_SPEC_BYTES))
-
-
-def load_spec(bundle_dir, manifest: Manifest) -> FeatureSpec | None:
-    """The bundle's feature spec, parsed from bytes verified against its manifest entry (None for
-    bring-your-own-model bundles)."""
-    if manifest.feature_spec is None:
-        return None
-    return spec_from_bytes(read_verified(bundle_dir, manifest, manifest.feature_spec), manifest.feature_spec)
+from .selection import check_signature, choose_backend, selected_files, spec_from_bytes
+from .spec import FeatureSpec
+from .tensor_checks import check_tensor_ranges, encoded_fits, id_limits
 
 
 class LoadedBundle:

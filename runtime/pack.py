@@ -27,7 +27,7 @@ from .contract import BACKENDS, FORMAT_FOR_BACKEND
 from .describe import backend_files
 from .errors import BundleError, IntegrityError, expected
 from .io import replace_folder, sha256_file, write_archive
-from .loaded import selected_files
+from .selection import selected_files
 from .shared_tables import SharedTables
 from .manifest import (ARCHIVE_SUFFIXES, MANIFEST_NAME, Manifest, bundle_directory, confined_path, file_entry,
                        load_manifest, read_manifest, read_verified, verify_files, write_manifest)

@@ -24,9 +24,10 @@ from .contract import ITEM_TOKENS, ITEM_VECTOR  # noqa: F401  (public here too)
 from .counters import FOLD_EVERY, CallCounters
 from .errors import RequestError, expected
 from .hot_swap import swap_bundle
-from .loaded import LoadedBundle, check_tensor_ranges  # noqa: F401  (public here too)
+from .loaded import LoadedBundle
 from .scores import Scores, as_scores, count_oov, score_in_chunks
 from .spec import CAND_ITEM, HIST_ITEMS, OOV_INDEX, SCORE
+from .tensor_checks import check_tensor_ranges  # noqa: F401  (public here too)
 
 _clock = time.perf_counter
 # Rows per model call: a bigger batch is scored in chunks, so peak memory (the backend's

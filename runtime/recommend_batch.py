@@ -31,9 +31,9 @@ import numpy as np
 from .cache import result_keys, user_state_key
 from .contract import CAND_ITEM, HIST_ITEMS, SCORE
 from .errors import BundleError, RequestError, expected
-from .loaded import selected_files
 from .recommend import (DEFAULT_K, DEFAULT_M, RANK_CHUNK_ROWS, Recommendations, UserRow, _count, allowed_rows,
                         best_k, retrieve, retriever_for, score_rows)
+from .selection import selected_files
 from .scores import as_scores
 
 # users per user-tower / user-encoder call: within the default batch bucket of a TensorRT engine

@@ -8,7 +8,7 @@ packed in memory and is dequantized block by block inside the kernel (file ≈ R
 Each block of ``block`` values along K (the largest power of two <= K, between 16 and 128) is
 quantized symmetrically (``q = round(w / s) + 8``, ``s = max|block| / 7``): every weight is within
 half a step of its block. Weights with fewer than ``MIN_ELEMENTS`` values and the score head's
-MatMul/Gemm (the chain back from each output, see `onnx_quant.score_head_nodes`) stay as they were.
+MatMul/Gemm (the chain back from each output, see `onnx_quant_prep.score_head_nodes`) stay as they were.
 
 `int4_matmuls` with labelled rows is accuracy-aware: it ranks the weights by the mean |Δp| each one
 costs alone, then keeps the most sensitive ones unchanged (`mixed_precision.fallback_until_within`)
@@ -88,7 +88,7 @@ def _attr(node, name, default):
 
 
 def _head_outputs(proto) -> set[str]:
-    from .onnx_quant import HEAD_OPS
+    from .onnx_quant_prep import HEAD_OPS
 
     producer = {o: n for n in proto.graph.node for o in n.output}
     constant = {i.name for i in proto.graph.initializer}

@@ -81,7 +81,7 @@ class Backend:
     def feed_plan(self, limits: Mapping[str, int] | None = None, finite: bool = False) -> tuple:
         """Rows for `feeds_match`, one per declared input; with ``limits`` (input name -> table
         size) integer inputs must also lie in ``[0, limit)``, with ``finite`` float inputs must be
-        finite (the checks of `loaded.check_tensor_ranges`)."""
+        finite (the checks of `tensor_checks.check_tensor_ranges`)."""
         limits = limits or {}
         rows = []
         for spec in self.inputs:

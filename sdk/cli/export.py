@@ -79,7 +79,7 @@ def run(args) -> int:
     cascade = None
     if args.retrieval is not None:
         from edgerec.converters.cascade import CascadeSettings
-        from edgerec.runtime.index import IndexConfig
+        from edgerec.runtime.index_config import IndexConfig
 
         graph = {} if args.index_connectivity is None else {"connectivity": args.index_connectivity}
         cascade = CascadeSettings(IndexConfig(kind=args.index, ef_search=args.ef_search, ann_dtype=args.index_dtype,

@@ -227,7 +227,8 @@ def test_validate_compares_the_ranker_with_keras_and_remeasures_the_full_catalog
 
 
 def _gaussian_index(kind: str, n: int = 6000, dim: int = 16):
-    from edgerec.runtime.index import IndexConfig, ItemIndex
+    from edgerec.runtime.index import ItemIndex
+    from edgerec.runtime.index_config import IndexConfig
     vectors = np.random.default_rng(1).normal(size=(n, dim)).astype(np.float32)
     vectors[:2] = 0
     ids = ["", ""] + [f"i{i}" for i in range(n - 2)]
@@ -236,7 +237,7 @@ def _gaussian_index(kind: str, n: int = 6000, dim: int = 16):
 
 def _tune(index, vectors, ids, m: int, **config):
     from edgerec.converters.cascade import CascadeSettings, tune_index
-    from edgerec.runtime.index import IndexConfig
+    from edgerec.runtime.index_config import IndexConfig
     rng = np.random.default_rng(2)
     queries = rng.normal(size=(30, vectors.shape[1])).astype(np.float32)
     seen = [rng.integers(2, len(vectors), 5) for _ in queries]

@@ -81,7 +81,7 @@ def test_engines_are_manifest_artifacts_selected_for_tensorrt(engine_export):
 
 def test_runtime_manifest_loader_accepts_and_finds_the_engine(engine_export):
     from edgerec.runtime.errors import MissingDependencyError
-    from edgerec.runtime.loaded import choose_backend, selected_files
+    from edgerec.runtime.selection import choose_backend, selected_files
     from edgerec.runtime.manifest import load_manifest
     from edgerec.runtime.predictor import load
 

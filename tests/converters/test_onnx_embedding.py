@@ -15,7 +15,7 @@ from edgerec.converters.passes import OrtQuantizeConfig, OrtQuantizePass  # noqa
 from edgerec.converters.pipeline import ExportedArtifact  # noqa: E402
 from edgerec.converters.passes.onnx_embedding import (OnnxEmbeddingConfig, OnnxEmbeddingPass, block_size,  # noqa: E402
                                                        quantize_rows)
-from edgerec.converters.passes.onnx_quant import score_head_nodes  # noqa: E402
+from edgerec.converters.passes.onnx_quant_prep import score_head_nodes  # noqa: E402
 
 VOCAB, DIM, SEQ = 2000, 24, 6
 

@@ -117,7 +117,7 @@ def test_masked_lstm_failure_names_the_blocking_op(tmp_path, cache_dir):
 
 
 def test_conversion_error_parses_ops_and_layers():
-    from edgerec.converters.passes.tflite import conversion_error
+    from edgerec.converters.passes.tflite_checks import conversion_error
 
     message = ('<unknown>:0: error: loc(callsite(fused["TensorListReserve:", "TensorArrayV2_1@__inference_lstm_3"] at '
                'callsite(fused["PartitionedCall:", "model/masked_lstm/PartitionedCall@__inference_serve_4"]))): '

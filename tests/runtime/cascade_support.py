@@ -47,7 +47,8 @@ def item_vectors(seed: int = 0) -> np.ndarray:
 def make_cascade_bundle(directory: Path, kind: str = "exact") -> Path:
     """`make_onnx_bundle` plus the user tower artifact and an item index over `item_vectors`."""
     from edgerec.converters.cascade import write_cascade
-    from edgerec.runtime.index import IndexConfig, ItemIndex
+    from edgerec.runtime.index import ItemIndex
+    from edgerec.runtime.index_config import IndexConfig
 
     make_onnx_bundle(directory)
     tower = directory.parent / f"{directory.name}_tower.onnx"

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from edgerec.runtime.backends import create_backend
 from edgerec.runtime.errors import RequestError
-from edgerec.runtime.loaded import LoadedBundle, id_limits
+from edgerec.runtime.loaded import LoadedBundle
+from edgerec.runtime.tensor_checks import id_limits
 from edgerec.runtime.predictor import check_tensor_ranges
 from edgerec.runtime.preprocess import Preprocessor
 from edgerec.runtime.spec import OOV_INDEX, PAD_INDEX, Vocabulary

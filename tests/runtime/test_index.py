@@ -9,7 +9,8 @@ import pytest
 
 from edgerec.runtime.ann import ann_available
 from edgerec.runtime.errors import BundleError, IntegrityError, RequestError, SpecError
-from edgerec.runtime.index import META_FILE, IndexConfig, ItemIndex, dequantize_rows, quantize_rows
+from edgerec.runtime.index import META_FILE, ItemIndex, dequantize_rows, quantize_rows
+from edgerec.runtime.index_config import IndexConfig
 from edgerec.runtime.metrics import recall_at
 
 from .cascade_support import make_cascade_bundle

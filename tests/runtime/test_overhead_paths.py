@@ -17,7 +17,8 @@ from edgerec.runtime.backends import create_backend
 from edgerec.runtime.backends.base import Backend, feeds_match
 from edgerec.runtime.backends.ort import OrtBackend
 from edgerec.runtime.errors import RequestError
-from edgerec.runtime.loaded import LoadedBundle, check_tensor_ranges, encoded_fits
+from edgerec.runtime.loaded import LoadedBundle
+from edgerec.runtime.tensor_checks import check_tensor_ranges, encoded_fits
 from edgerec.runtime.manifest import TensorSpec
 from edgerec.runtime.preprocess import Preprocessor
 from edgerec.runtime.spec import FeatureSpec

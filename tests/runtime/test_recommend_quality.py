@@ -60,7 +60,7 @@ def _set_weight(bundle: Path, weight: float) -> None:
 
 
 def test_cascade_score_standardises_both_scores_before_weighting():
-    from edgerec.runtime.recommend import CascadeScore
+    from edgerec.runtime.cascade_score import CascadeScore
 
     ranker, retrieval = np.array([0.2, 0.5, 0.9]), np.array([3.0, 1.0, 2.0])
     assert np.array_equal(CascadeScore(0.0).combine(ranker, retrieval), ranker.astype(np.float32))
