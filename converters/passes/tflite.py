@@ -64,7 +64,10 @@ class TFLiteConfig:
         float_nodes: ``int8`` only — more nodes (output tensor names of the calibrated model) kept float.
         accuracy_budget: ``int8`` only — largest |ΔAUC| vs the Keras model on the labelled rows of
             ``data``; over it, the most sensitive nodes are kept float until it fits.
-        evaluation_rows: rows of ``data`` (evenly spread) the accuracy fallbacks measure ΔAUC on.
+        evaluation_rows: rows of ``data`` (evenly spread) the accuracy fallbacks measure ΔAUC on (as
+            the ONNX passes' ``fit_rows``: a ΔAUC on a few thousand ranking rows is noise).
+        sensitivity_rows: of those, the evenly spread rows each 4-bit weight's sensitivity (mean |Δp|
+            with that weight alone rewritten) is scored on.
         dense_bits: ``dynamic`` only — ``4``: FULLY_CONNECTED weights in packed int4 and other float
             constants of >= 1,024 values packed int4 behind a load-time DEQUANTIZE (`tflite_dense`).
         dense_budget: with ``dense_bits`` and labelled ``data``: largest |ΔAUC| vs the dynamic-range
@@ -84,7 +87,8 @@ class TFLiteConfig:
     float_head: bool = True
     float_nodes: tuple[str, ...] = ()
     accuracy_budget: float | None = None
-    evaluation_rows: int = 4000
+    evaluation_rows: int = 32768
+    sensitivity_rows: int = 4096
     dense_bits: int | None = None
     dense_budget: float | None = None
     dense_shift_budget: float | None = DEFAULT_SHIFT_BUDGET
@@ -94,8 +98,10 @@ class TFLiteConfig:
             raise ConverterConfigError(expected(f"a TFLite mode in {MODES}", self.mode))
         if self.mode == "int8" and not self.data:
             raise ConverterConfigError(expected("data=<rows .npz> for full-integer int8 calibration", self.data))
-        if not isinstance(self.calibration_rows, int) or self.calibration_rows < 1:
-            raise ConverterConfigError(expected("calibration_rows >= 1", self.calibration_rows))
+        for name in ("calibration_rows", "evaluation_rows", "sensitivity_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConverterConfigError(expected(f"{name} >= 1", value))
         if self.embedding_bits not in (None, 4, 8):
             raise ConverterConfigError(expected("embedding_bits None, 8 or 4", self.embedding_bits))
         if self.accuracy_budget is not None and (self.mode != "int8" or isinstance(self.accuracy_budget, bool) or
@@ -136,7 +142,7 @@ def variant_config(variant_mode: str, data: str | None, custom_objects_module: s
 
 class TFLitePass(Pass):
     name = "tflite"
-    version = 11
+    version = 12
     Config = TFLiteConfig
     path_fields = ("data",)
     accepts = ("keras", "savedmodel")
@@ -180,7 +186,7 @@ class TFLitePass(Pass):
                    "float_fallback": config.allow_float_fallback if config.mode == "int8" else None,
                    **build.details}
         if mixed is not None:
-            details["mixed_precision"] = mixed.to_dict()
+            details["mixed_precision"] = {**mixed.to_dict(), "rows": build.fallback_rows}
         elif config.accuracy_budget is not None:
             details["mixed_precision"] = {"skipped": skipped}
         precision = "int4" if config.embedding_bits == 4 else PRECISION[config.mode]

@@ -29,6 +29,7 @@ class FlatbufferBuilder:
     def __init__(self, converted: bytes, config, model, specs):
         self.converted, self.config, self.specs = converted, config, specs
         self.details: dict = {}
+        self.fallback_rows = 0          # labelled rows the accuracy fallback measured ΔAUC on
         self.tables = embedding_weights(model) if config.embedding_bits else []
         self.head = score_head_nodes(converted) if config.mode == "int8" and config.float_head else []
         if config.mode == "int8":
@@ -82,9 +83,9 @@ class FlatbufferBuilder:
                 flat, records = int4_fully_connected(flat)
                 self.details["dense_int4"] = {"rewritten": records, "kept": [], "skipped": "no score per row"}
             else:
-                flat, self.details["dense_int4"] = fit_int4_weights(flat, rows, labels, reference,
-                                                                    self.config.dense_budget,
-                                                                    self.config.dense_shift_budget)
+                flat, self.details["dense_int4"] = fit_int4_weights(
+                    flat, rows, labels, reference, self.config.dense_budget, self.config.dense_shift_budget,
+                    sensitivity_rows=self.config.sensitivity_rows)
         self.details["dense_kernel"] = "FULLY_CONNECTED hybrid, packed int4 weights (RAM ≈ file); other large float constants packed int4 behind a load-time DEQUANTIZE (float in RAM)"
         return flat
 
@@ -113,6 +114,7 @@ class FlatbufferBuilder:
         labels = np.asarray(rows.pop("labels")).reshape(-1)
         rows = cast_like(rows, {n: d for n, (d, _) in self.specs.items()})
         reference = scores_of(self.converted, rows, sorted(self.specs))
+        self.fallback_rows = int(len(labels))
 
         def ranked() -> list:
             # TF's QuantizationDebugger runs the reference kernels, which refuse some inputs LiteRT

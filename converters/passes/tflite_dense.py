@@ -174,10 +174,13 @@ def _insert_dequantize(model, schema, rewritten) -> None:
 
 
 def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.ndarray, budget: float,
-                     shift_budget: float | None = DEFAULT_SHIFT_BUDGET) -> tuple[bytes, dict]:
+                     shift_budget: float | None = DEFAULT_SHIFT_BUDGET,
+                     sensitivity_rows: int = 4096) -> tuple[bytes, dict]:
     """`int4_fully_connected` keeping the most sensitive weights as converted until the scores of ``rows``
     fit ``budget`` (|ΔAUC| vs ``reference``, the scores of the same rows) and, for probability scores,
-    ``shift_budget`` (mean |Δp|; `mixed_precision.ScoreBudget`); returns the flatbuffer and the record."""
+    ``shift_budget`` (mean |Δp|; `mixed_precision.ScoreBudget`); returns the flatbuffer and the record.
+    Weights are ranked by their mean |Δp| alone on ``sensitivity_rows`` of ``rows`` (evenly spread):
+    one scoring per weight, so on far fewer rows than the budget is checked on."""
     from ..mixed_precision import ScoreBudget, fallback_until_within
     from .tflite_sensitivity import scores_of
 
@@ -185,15 +188,18 @@ def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.
     if not found:
         return flat, {"rewritten": [], "kept": []}
     names = sorted(rows)
-    bound = ScoreBudget(np.asarray(labels).reshape(-1), np.asarray(reference).reshape(-1), float(budget), shift_budget)
+    labels = np.asarray(labels).reshape(-1)
+    bound = ScoreBudget(labels, np.asarray(reference).reshape(-1), float(budget), shift_budget)
+    every = max(1, len(labels) // max(1, int(sensitivity_rows)))
+    sample = {n: a[::every] for n, a in rows.items()}
     measured: dict[int, dict] = {}
 
     def build(kept: tuple) -> bytes:
         return int4_fully_connected(flat, [k for k in found if k not in kept])[0]
 
     def ranked() -> list:
-        start = scores_of(flat, rows, names)
-        cost = {k: float(np.mean(np.abs(scores_of(int4_fully_connected(flat, [k])[0], rows, names) - start)))
+        start = scores_of(flat, sample, names)
+        cost = {k: float(np.mean(np.abs(scores_of(int4_fully_connected(flat, [k])[0], sample, names) - start)))
                 for k in found}
         return sorted(cost, key=lambda k: -cost[k])
 
@@ -205,4 +211,5 @@ def fit_int4_weights(flat: bytes, rows: dict, labels: np.ndarray, reference: np.
     kept = set(result.kept_float)
     small, records = int4_fully_connected(flat, [k for k in found if k not in kept])
     return small, {"rewritten": records, "kept": sorted(kept), "fallback": result.to_dict(),
+                   "rows": int(len(labels)), "sensitivity_rows": int(len(next(iter(sample.values())))),
                    **measured[id(result.artifact)], **bound.to_dict()}

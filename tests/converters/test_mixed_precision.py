@@ -82,6 +82,7 @@ def test_sensitive_layer_stays_float_until_the_budget_fits(tmp_path, cache_dir):
     assert mixed["size_cost_bytes"] == fitted.size_bytes - mixed["base_size_bytes"]
     assert mixed["base_size_bytes"] == plain.size_bytes
     assert set(mixed["kept_float"]) <= set(fitted.details["float_nodes"])
+    assert mixed["rows"] == len(labels)                             # all 2,000 labelled rows measured
 
 
 def test_a_lazy_ranking_runs_only_when_the_quantized_artifact_misses_the_budget():

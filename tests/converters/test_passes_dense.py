@@ -181,6 +181,14 @@ def test_tflite_dynamic_int4_weights_half_the_bytes_and_keep_a_sensitive_layer(t
     assert set(dense["kept"]) <= set(bounded["kept"]) and bounded["shift_budget"] == 0.01
     assert bounded["mean_abs_dp"] <= 0.01 and bounded["fallback"]["within_budget"]
     assert np.abs(scores(shifted) - scores(dynamic)).mean() <= 0.01
+    # every labelled row (3,000 < evaluation_rows) checks the budget; the ranking runs on all of them too
+    assert dense["rows"] == len(labels) and dense["sensitivity_rows"] == len(labels)
+    # ranked on an evenly spread tenth of the rows, the same weight is the one kept
+    sampled = runner.run(TFLitePass(), tmp_path / "mlp.keras", TFLiteConfig(
+        mode="dynamic", dense_bits=4, data=str(tmp_path / "rows.npz"), dense_budget=0.01, dense_shift_budget=None,
+        sensitivity_rows=300)).details["dense_int4"]
+    assert sampled["kept"] == dense["kept"] and sampled["sensitivity_rows"] == 300
+    assert sampled["rows"] == len(labels)
 
 
 def test_gru_weights_are_stored_int8_behind_a_dequantize(tmp_path):

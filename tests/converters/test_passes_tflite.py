@@ -138,3 +138,7 @@ def test_bad_configs():
         TFLiteConfig(mode="int8")
     with pytest.raises(ConverterConfigError, match="calibration_rows"):
         TFLiteConfig(mode="dynamic", calibration_rows=0)
+    with pytest.raises(ConverterConfigError, match="evaluation_rows >= 1"):
+        TFLiteConfig(mode="dynamic", evaluation_rows=True)
+    with pytest.raises(ConverterConfigError, match="sensitivity_rows >= 1"):
+        TFLiteConfig(mode="dynamic", sensitivity_rows=0)
