@@ -60,7 +60,8 @@ class OrtQuantizeConfig:
             VNNI (AVX2, AVX-512F) multiply u8 activations by s8 weights with an instruction that
             saturates 16-bit pair sums: on a 2-core AMD EPYC (AVX2) a small BERT-style content
             encoder's dynamic int8 file had cosine 0.913 to fp32 with 8-bit weights and 0.9999
-            with 7-bit ones. ``tensorrt`` keeps 8-bit (TensorRT does not use those kernels).
+            with 7-bit ones. ``tensorrt`` keeps 8-bit (TensorRT does not use those kernels), and so
+            do tables only Gathers read (`gather_tables`).
         calibration_rows: rows read for calibration.
         calibration_batch: rows per calibration batch.
         symmetric_activations: ``static_qdq`` only; ``tensorrt`` always uses symmetric int8.
@@ -117,7 +118,7 @@ class OrtQuantizeConfig:
 
 class OrtQuantizePass(Pass):
     name = "ort_quantize"
-    version = 8
+    version = 9
     Config = OrtQuantizeConfig
     path_fields = ("data",)
     accepts = ("onnx",)
@@ -220,6 +221,22 @@ def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
                      extra_options={"DefaultTensorType": _float_type()})
 
 
+def gather_tables(model_path: Path) -> list[str]:
+    """Constant float tables only top-level ``Gather`` nodes read (as their data). ``reduce_range``
+    exists for the u8 x s8 multiply kernels; a looked-up row is only dequantized, so such a table
+    keeps all 8 bits, as the dynamic quantizer stores it, and the two int8 variants hold the same
+    table bytes (one stored copy per bundle, `shared_tables`). A table a MatMul also reads (tied
+    output weights) keeps the default."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input and n.input[0] in tables}
+    other = {x for n in graph.node for i, x in enumerate(n.input) if n.op_type != "Gather" or i > 0}
+    other |= {x for n in graph.node for g in subgraphs(n) for m in g.node for x in m.input}
+    return sorted(gathered - other)
+
+
 def _float_type() -> int:
     from onnx import TensorProto
 
@@ -266,6 +283,8 @@ def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Export
         extra.update({"ActivationSymmetric": bool(config.symmetric_activations), "WeightSymmetric": True})
         op_types = None
         activation = QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8
+        if config.reduce_range:
+            extra["TensorQuantOverrides"] = {name: [{"reduce_range": False}] for name in gather_tables(model_in)}
     target = str(out.resolve())
     with tempfile.TemporaryDirectory(prefix="edgerec-calib-") as calib_tmp, CWD_LOCK:
         previous = os.getcwd()

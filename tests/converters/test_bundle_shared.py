@@ -130,3 +130,92 @@ def test_nothing_repeated_leaves_the_artifacts_whole(tmp_path):
     assert share_tables(tmp_path, [("engine.plan", "tensorrt")]) == {}
     with pytest.raises(BundleError, match="min_bytes"):
         share_tables(tmp_path, [], min_bytes=0)
+
+
+def _gather_tables(path: Path) -> dict:
+    """``{table name: (uint8 bytes, scale, zero point)}`` of the quantized tables Gathers read: a
+    DequantizeLinear feeding the Gather (QDQ) or one the Gather feeds (dynamic)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    readers = {x: n for n in graph.node for x in n.input}
+    found = {}
+    for gather in (n for n in graph.node if n.op_type == "Gather"):
+        source = gather.input[0]
+        if source in dq and dq[source].input[0] in init:                      # DQ(table) -> Gather
+            node, table = dq[source], dq[source].input[0]
+        elif source in init and init[source].dtype == np.uint8:                # Gather(table) -> DQ
+            node, table = readers[gather.output[0]], source
+        else:
+            continue
+        found[table] = (init[table], float(init[node.input[1]]), int(init[node.input[2]]))
+    return found
+
+
+def test_the_dynamic_and_static_int8_variants_store_one_table(tmp_path):
+    """A bring-your-own DIN (one table read by two Gathers) quantized by ORT dynamically and with
+    QDQ calibration: both keep the full 8 bits per table value (``reduce_range`` is for the matmul
+    kernels, not a lookup), so their table bytes are equal and a bundle stores them once."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from edgerec.converters.passes.onnx_quant import OrtQuantizeConfig, OrtQuantizePass, gather_tables
+    from edgerec.converters.pipeline import ExportedArtifact
+    from edgerec.converters.shared_tables import share_tables
+
+    byom = _sibling("byom_models.py", "byom_models_t")
+    model = byom.build_byom("din", vocab=3000, seq_len=10, dim=32)
+    signature = [tf.TensorSpec([None, *i.shape[1:]], i.dtype, name=i.name) for i in model.inputs]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)
+    fp32 = tmp_path / "fused.fp32.onnx"
+    fp32.write_bytes(proto.SerializeToString())
+    float_table, = [np.asarray(w) for w in model.weights if tuple(w.shape) == (3000, 32)]
+    assert len(gather_tables(fp32)) == 1
+    rng = np.random.default_rng(0)
+    rows = {byom.HISTORY: rng.integers(0, 3000, (64, 10)).astype(np.int32),
+            byom.TARGET: rng.integers(0, 3000, (64, 1)).astype(np.int32)}
+    np.savez(tmp_path / "rows.npz", **rows)
+    source = ExportedArtifact(path=str(fp32), format="onnx", precision="fp32", part="fused", inputs=[], outputs=[])
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    tables = {}
+    for mode, name in (("dynamic", "fused_dynamic.onnx"), ("static_qdq", "fused_qdq_int8.onnx")):
+        art = OrtQuantizePass().run(source, OrtQuantizeConfig(mode=mode, data=str(tmp_path / "rows.npz")),
+                                    tmp_path / mode)
+        shutil.copy(art.path, folder / name)
+        (data, scale, zero), = _gather_tables(folder / name).values()
+        assert data.shape == (3000, 32) and data.max() - data.min() > 128, (mode, data.min(), data.max())
+        step_error = np.abs((data.astype(np.float32) - zero) * scale - float_table).max()
+        assert step_error <= scale / 2 + 1e-7, (mode, step_error, scale)
+        tables[mode] = data
+    np.testing.assert_array_equal(tables["static_qdq"], tables["dynamic"])
+    record = share_tables(folder, [("fused_dynamic.onnx", "onnx"), ("fused_qdq_int8.onnx", "onnx")])
+    table, = [t for t in record["tables"] if t["size_bytes"] == 3000 * 32]
+    assert sorted(u["artifact"] for u in table["uses"]) == ["fused_dynamic.onnx", "fused_qdq_int8.onnx"]
+
+
+def test_a_table_a_matmul_also_reads_keeps_the_default_range(tmp_path):
+    """Tied output weights: the table a Gather looks up is also a MatMul's weight, whose kernel is
+    what ``reduce_range`` protects, so it is not among the lookup-only tables."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgerec.converters.passes.onnx_quant import gather_tables
+
+    rng = np.random.default_rng(0)
+    tied = numpy_helper.from_array(rng.normal(size=(50, 8)).astype(np.float32), "tied")
+    lookup = numpy_helper.from_array(rng.normal(size=(40, 8)).astype(np.float32), "lookup")
+    nodes = [helper.make_node("Gather", ["tied", "ids"], ["h"]),
+             helper.make_node("Gather", ["lookup", "ids"], ["g"]),
+             helper.make_node("Add", ["h", "g"], ["hg"]),
+             helper.make_node("MatMul", ["hg", "tied_t"], ["logits"]),
+             helper.make_node("Transpose", ["tied"], ["tied_t"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 50])],
+                              initializer=[tied, lookup])
+    path = tmp_path / "tied.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert gather_tables(path) == ["lookup"]
