@@ -221,15 +221,14 @@ def _dynamic(model_in: Path, out: Path, config: OrtQuantizeConfig) -> None:
                      extra_options={"DefaultTensorType": _float_type()})
 
 
-def gather_tables(model_path: Path) -> list[str]:
-    """Constant float tables only top-level ``Gather`` nodes read (as their data). ``reduce_range``
-    exists for the u8 x s8 multiply kernels; a looked-up row is only dequantized, so such a table
-    keeps all 8 bits, as the dynamic quantizer stores it, and the two int8 variants hold the same
-    table bytes (one stored copy per bundle, `shared_tables`). A table a MatMul also reads (tied
-    output weights) keeps the default."""
+def gather_tables(graph) -> list[str]:
+    """Constant float tables of ``graph`` (an ONNX GraphProto) only top-level ``Gather`` nodes read
+    (as their data). ``reduce_range`` exists for the u8 x s8 multiply kernels; a looked-up row is
+    only dequantized, so such a table keeps all 8 bits, as the dynamic quantizer stores it, and the
+    two int8 variants hold the same table bytes (one stored copy per bundle, `shared_tables`). A
+    table a MatMul also reads (tied output weights) keeps the default."""
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
     tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
     gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input and n.input[0] in tables}
     other = {x for n in graph.node for i, x in enumerate(n.input) if n.op_type != "Gather" or i > 0}
@@ -244,16 +243,14 @@ def _float_type() -> int:
 
 
 class NpzReader:
-    """`CalibrationDataReader` over the ``.npz`` rows, batches cast to the graph's input dtypes."""
+    """`CalibrationDataReader` over the ``.npz`` rows, batches cast to the input dtypes of ``graph``."""
 
-    def __init__(self, model_path: Path, data: str, rows: int, batch: int):
-        import onnx
+    def __init__(self, graph, data: str, rows: int, batch: int):
         from onnx import helper
 
-        proto = onnx.load(str(model_path))
-        inits = {i.name for i in proto.graph.initializer}
+        inits = {i.name for i in graph.initializer}
         dtypes = {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-                  for v in proto.graph.input if v.name not in inits}
+                  for v in graph.input if v.name not in inits}
         loaded = load_rows(data, list(dtypes), limit=rows)
         self._batches = [{n: a.astype(dtypes[n]) for n, a in b.items()} for b in batches(loaded, batch)]
         self._iter = iter(self._batches)
@@ -266,11 +263,13 @@ class NpzReader:
 
 
 def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: ExportedArtifact) -> None:
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    graph = onnx.load(str(model_in), load_external_data=False).graph     # names and types only
     reader_cls = type("EdgerecNpzReader", (NpzReader, CalibrationDataReader), {})
-    reader = reader_cls(model_in, config.data, config.calibration_rows, config.calibration_batch)
+    reader = reader_cls(graph, config.data, config.calibration_rows, config.calibration_batch)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[config.calibrate_method]
     extra = {"CalibPercentile": float(config.percentile)}
@@ -284,7 +283,7 @@ def _static(model_in: Path, out: Path, config: OrtQuantizeConfig, source: Export
         op_types = None
         activation = QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8
         if config.reduce_range:
-            extra["TensorQuantOverrides"] = {name: [{"reduce_range": False}] for name in gather_tables(model_in)}
+            extra["TensorQuantOverrides"] = {name: [{"reduce_range": False}] for name in gather_tables(graph)}
     target = str(out.resolve())
     with tempfile.TemporaryDirectory(prefix="edgerec-calib-") as calib_tmp, CWD_LOCK:
         previous = os.getcwd()
